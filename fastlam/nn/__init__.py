@@ -1,0 +1,26 @@
+"""fastlam.nn: drop-in torch.nn modules built on fastlam.ops (usable outside fastlam's models)."""
+from .adaln import FrameAdaLN
+from .attention import STAttention
+from .losses import PredictionLoss
+from .regularizers import (
+    REGULARIZERS,
+    GaussianLatentRegularizer,
+    RegularizerOutput,
+    SparseLatentRegularizer,
+    UnconstrainedLatent,
+    VectorQuantizer,
+    build_regularizer,
+)
+
+__all__ = [
+    "FrameAdaLN",
+    "GaussianLatentRegularizer",
+    "PredictionLoss",
+    "REGULARIZERS",
+    "RegularizerOutput",
+    "STAttention",
+    "SparseLatentRegularizer",
+    "UnconstrainedLatent",
+    "VectorQuantizer",
+    "build_regularizer",
+]

@@ -1,0 +1,25 @@
+"""PredictionLoss: L1 / L2 between predicted and target states."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops import prediction_loss
+
+
+class PredictionLoss(nn.Module):
+    """Mean L1 (default) or L2 error in fp32; the target gets no gradient.
+
+    Example:
+        >>> loss = PredictionLoss("l1")
+        >>> float(loss(torch.ones(2, 4, 8), torch.zeros(2, 4, 8)))
+        1.0
+    """
+
+    def __init__(self, kind: str = "l1", normalize_target: bool = False):
+        super().__init__()
+        self.kind = kind
+        self.normalize_target = normalize_target
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return prediction_loss(pred, target, kind=self.kind, normalize_target=self.normalize_target)

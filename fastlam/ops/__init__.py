@@ -1,0 +1,51 @@
+"""fastlam.ops: the functional entry points every model calls.
+
+Each op has a readable plain-PyTorch reference here (the CPU path and the test oracle); the
+Triton kernels in ``fastlam.kernels`` are dispatched behind the same functions on CUDA.
+"""
+from .adaln import frame_adaln_modulate, frame_gated_residual
+from .attention import (
+    MASKS,
+    available_backends,
+    dense_mask,
+    mask_allows,
+    register_backend,
+    select_backend,
+    st_attention,
+)
+from .losses import prediction_loss
+from .regularizers import (
+    gaussian_kl,
+    gaussian_sample,
+    sparse_energy,
+    sparse_regularizer,
+    vcm_terms,
+    vector_quantize,
+    vq_nearest,
+)
+from .rope import Rope3D, apply_rope_3d, rope_chunk_dim, rope_tables, token_positions
+
+__all__ = [
+    "MASKS",
+    "Rope3D",
+    "apply_rope_3d",
+    "available_backends",
+    "dense_mask",
+    "frame_adaln_modulate",
+    "frame_gated_residual",
+    "gaussian_kl",
+    "gaussian_sample",
+    "mask_allows",
+    "prediction_loss",
+    "register_backend",
+    "rope_chunk_dim",
+    "rope_tables",
+    "select_backend",
+    "sparse_energy",
+    "sparse_regularizer",
+    "st_attention",
+    "token_positions",
+    "vcm_terms",
+    "vector_quantize",
+    "vq_nearest",
+]

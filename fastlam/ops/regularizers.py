@@ -1,0 +1,128 @@
+"""Information regularizers on latent actions (plain-PyTorch references).
+
+These are the formulas of lam-spec.md section 3, written to be read. Each function takes the
+latents of a whole batch flattened to (N, D) and returns scalar losses in fp32; the fused
+Triton kernels sit behind the same functions and are tested against them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import check_choice, check_tensor
+
+MEAN_TERMS = ("signed", "abs", "squared")
+
+
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    """Accumulate in fp32, or fp64 when the input is fp64 (so gradcheck sees fp64 maths)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def sparse_energy(z: torch.Tensor, l_l1: float, l_l2: float = 1.0) -> torch.Tensor:
+    """mean_i [ l_l2 * max(sqrt(D) - ||z_i||_2^2, 0) + l_l1 * ||z_i||_1 ]  (energy E of the paper)."""
+    check_tensor("z", z, ndim=2, shape_doc="(N, D)")
+    zf = _acc(z)
+    d = zf.shape[1]
+    sq = (zf * zf).sum(dim=1)
+    hinge = torch.clamp(math.sqrt(d) - sq, min=0.0)
+    return (l_l2 * hinge + l_l1 * zf.abs().sum(dim=1)).mean()
+
+
+def vcm_terms(z: torch.Tensor, eps: float = 1e-4, mean_term: str = "signed"):
+    """Variance hinge, off-diagonal covariance and mean terms of VCM(Z), unweighted.
+
+    Variance and covariance use the unbiased (N - 1) estimator, as VICReg does. The mean term
+    is the plain mean over all entries as the paper prints it (``signed``); ``abs`` and
+    ``squared`` are the alternatives that cannot be driven negative.
+    """
+    check_tensor("z", z, ndim=2, shape_doc="(N, D)")
+    check_choice("mean_term", mean_term, MEAN_TERMS)
+    n, d = z.shape
+    if n < 2:
+        raise ValueError(f"z: VCM needs at least 2 rows (a batch of latents), got shape {tuple(z.shape)}")
+    zf = _acc(z)
+    mu = zf.mean(dim=0)
+    zc = zf - mu
+    var = (zc * zc).sum(dim=0) / (n - 1)
+    variance = torch.clamp(1.0 - torch.sqrt(var + eps), min=0.0).mean()
+    cov = (zc.T @ zc) / (n - 1)
+    off = cov - torch.diag(torch.diagonal(cov))
+    covariance = (off * off).sum() / (d * (d - 1))
+    if mean_term == "signed":
+        mean = zf.mean()
+    elif mean_term == "abs":
+        mean = mu.abs().mean()
+    else:
+        mean = (mu * mu).mean()
+    return variance, covariance, mean
+
+
+def sparse_regularizer(
+    z: torch.Tensor,
+    *,
+    l_l1: float,
+    l_l2: float = 1.0,
+    l_v: float = 0.1,
+    l_c: float = 0.001,
+    l_m: float = 0.1,
+    eps: float = 1e-4,
+    mean_term: str = "signed",
+) -> dict[str, torch.Tensor]:
+    """L(Z) = VCM(Z) + mean_i E(Z_i) with the paper's fixed coefficients as defaults."""
+    energy = sparse_energy(z, l_l1=l_l1, l_l2=l_l2)
+    variance, covariance, mean = vcm_terms(z, eps=eps, mean_term=mean_term)
+    total = energy + l_v * variance + l_c * covariance + l_m * mean
+    return {"loss": total, "energy": energy, "variance": variance, "covariance": covariance, "mean": mean}
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over latent dims, averaged over rows."""
+    check_tensor("mu", mu, ndim=2, shape_doc="(N, D)")
+    check_tensor("logvar", logvar, ndim=2, shape_doc="(N, D)")
+    if mu.shape != logvar.shape:
+        raise ValueError(f"logvar: expected the shape of mu {tuple(mu.shape)}, got {tuple(logvar.shape)}")
+    m = _acc(mu)
+    lv = _acc(logvar)
+    return (0.5 * (m * m + lv.exp() - 1.0 - lv)).sum(dim=1).mean()
+
+
+def gaussian_sample(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None = None, generator=None):
+    """Reparameterised sample ``mu + exp(logvar / 2) * eps``; ``noise`` overrides eps."""
+    if noise is None:
+        noise = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+    return mu + torch.exp(0.5 * logvar) * noise
+
+
+def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Index of the nearest code (L2) for every row of z, computed in row chunks so the full
+    N x K distance matrix never exists at once."""
+    check_tensor("z", z, ndim=2, shape_doc="(N, D)")
+    check_tensor("codebook", codebook, ndim=2, shape_doc="(K, D)")
+    if z.shape[1] != codebook.shape[1]:
+        raise ValueError(f"codebook: expected code dim {z.shape[1]} (z's D), got {codebook.shape[1]}")
+    cb = _acc(codebook)
+    cb_sq = (cb * cb).sum(dim=1)
+    out = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
+    for s in range(0, z.shape[0], chunk):
+        zc = z[s : s + chunk].to(cb.dtype)
+        # ||z||^2 is constant per row, so argmin over ||e||^2 - 2 z.e is the nearest code.
+        dist = cb_sq[None, :] - 2.0 * zc @ cb.T
+        out[s : s + chunk] = dist.argmin(dim=1)
+    return out
+
+
+def vector_quantize(z: torch.Tensor, codebook: torch.Tensor, commitment: float = 0.25):
+    """VQ-VAE quantisation with a straight-through estimator.
+
+    Returns (z_q, indices, codebook_loss, commitment_loss) where z_q equals the chosen code in
+    the forward pass and passes gradients straight to z; the losses are
+    ``||sg(z) - e||^2`` and ``commitment * ||z - sg(e)||^2`` (means over all entries).
+    """
+    idx = vq_nearest(z.detach(), codebook.detach())
+    e = codebook[idx].to(z.dtype)
+    codebook_loss = ((_acc(z.detach()) - _acc(e)) ** 2).mean()
+    commitment_loss = commitment * ((_acc(z) - _acc(e.detach())) ** 2).mean()
+    z_q = z + (e - z).detach()
+    return z_q, idx, codebook_loss, commitment_loss

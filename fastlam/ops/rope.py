@@ -1,0 +1,115 @@
+"""3D rotary position embedding in V-JEPA 2's layout (plain-PyTorch reference).
+
+The head dimension is split into three chunks of ``2 * ((head_dim // 3) // 2)`` channels,
+rotated by the token's time, row and column index respectively; any remaining channels are
+left unrotated. Within a chunk of ``d`` channels the frequencies are
+``f_i = theta ** (-i / (d / 2))`` for ``i < d / 2`` and adjacent channel pairs
+``(2i, 2i + 1)`` are rotated together.
+
+V-JEPA 2 (and V-JEPA 2-AC) build the per-channel frequency vector by *repeating* the
+``d / 2`` frequencies (``[f_0..f_{n-1}, f_0..f_{n-1}]``) rather than interleaving them, so
+the two channels of a pair see different angles. That is not a rotation, but released
+checkpoints were trained with it, so ``duplicated_freqs=True`` reproduces it;
+``duplicated_freqs=False`` gives the textbook rotation (``f_{c // 2}`` for channel ``c``).
+
+Per-frame prefix tokens (V-JEPA 2-AC's action and state tokens) are rotated by time only:
+their row and column positions are zero, which makes those chunks the identity.
+
+Everything is expressed as ``x * cos + pair_swap(x) * sin`` with per-(token, channel) tables,
+so the Triton kernel computes exactly the same angles from the token index.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Rope3D:
+    """Where a token sits in (time, row, column), derived from its index.
+
+    Args:
+        grid_w: patch tokens per row of a frame.
+        num_prefix: tokens at the start of every frame that are rotated by time only.
+        duplicated_freqs: reproduce V-JEPA 2's repeated-frequency quirk (needed to load its
+            checkpoints); False gives a true rotation.
+        theta: frequency base.
+        spatial_scale: multiplies row/column positions (V-JEPA 2-AC uses grid_size / H).
+    """
+
+    grid_w: int
+    num_prefix: int = 0
+    duplicated_freqs: bool = True
+    theta: float = 10000.0
+    spatial_scale: float = 1.0
+
+    def grid_h(self, frame_len: int) -> int:
+        patches = frame_len - self.num_prefix
+        if patches <= 0 or patches % self.grid_w:
+            raise ValueError(
+                f"rope: frame_len - num_prefix = {patches} must be a positive multiple of grid_w={self.grid_w}"
+            )
+        return patches // self.grid_w
+
+
+def rope_chunk_dim(head_dim: int) -> int:
+    """Channels per (time / row / column) chunk: V-JEPA 2's ``2 * ((head_dim // 3) // 2)``."""
+    return 2 * ((head_dim // 3) // 2)
+
+
+def token_positions(seq_len: int, frame_len: int, rope: Rope3D, device=None, dtype=torch.float32):
+    """(t, h, w) positions of tokens ``0..seq_len-1``; prefix tokens get h = w = 0."""
+    rope.grid_h(frame_len)  # validates the layout
+    idx = torch.arange(seq_len, device=device)
+    t = idx // frame_len
+    j = idx % frame_len
+    p = (j - rope.num_prefix).clamp(min=0)
+    is_patch = j >= rope.num_prefix
+    h = torch.where(is_patch, p // rope.grid_w, torch.zeros_like(p)).to(dtype) * rope.spatial_scale
+    w = torch.where(is_patch, p % rope.grid_w, torch.zeros_like(p)).to(dtype) * rope.spatial_scale
+    return t.to(dtype), h, w
+
+
+def channel_frequencies(head_dim: int, rope: Rope3D, device=None, dtype=torch.float32):
+    """Per-channel frequency (head_dim,) and the axis it belongs to (0=t, 1=h, 2=w, -1=none)."""
+    d = rope_chunk_dim(head_dim)
+    n = d // 2
+    freqs = torch.zeros(head_dim, device=device, dtype=dtype)
+    axis = torch.full((head_dim,), -1, device=device, dtype=torch.long)
+    if n == 0:
+        return freqs, axis
+    base = rope.theta ** (-torch.arange(n, device=device, dtype=torch.float64) / n)
+    c = torch.arange(d, device=device)
+    within = base[c % n] if rope.duplicated_freqs else base[c // 2]
+    for a in range(3):
+        freqs[a * d : (a + 1) * d] = within.to(dtype)
+        axis[a * d : (a + 1) * d] = a
+    return freqs, axis
+
+
+def rope_tables(seq_len: int, frame_len: int, head_dim: int, rope: Rope3D, device=None, dtype=torch.float32):
+    """cos / sin tables of shape (seq_len, head_dim); unrotated channels get cos=1, sin=0."""
+    t, h, w = token_positions(seq_len, frame_len, rope, device=device, dtype=dtype)
+    freqs, axis = channel_frequencies(head_dim, rope, device=device, dtype=dtype)
+    pos = torch.stack([t, h, w, torch.zeros_like(t)], dim=1)  # column 3 serves axis -1
+    angle = pos[:, axis % 4] * freqs  # axis -1 -> column 3 (zeros)
+    return angle.cos(), angle.sin()
+
+
+def pair_swap(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...) over the last dim (pairs must be complete)."""
+    y = x.unflatten(-1, (-1, 2))
+    return torch.stack((-y[..., 1], y[..., 0]), dim=-1).flatten(-2)
+
+
+def apply_rope_3d(x: torch.Tensor, frame_len: int, rope: Rope3D) -> torch.Tensor:
+    """Rotate q or k of shape (B, heads, L, head_dim) by their 3D positions (reference)."""
+    L, D = x.shape[-2], x.shape[-1]
+    d3 = 3 * rope_chunk_dim(D)
+    # Compute angles in at least fp32 (fp64 when the input is fp64) for the oracle.
+    tdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cos, sin = rope_tables(L, frame_len, D, rope, device=x.device, dtype=tdtype)
+    xr = x[..., :d3].to(tdtype)
+    rotated = xr * cos[:, :d3] + pair_swap(xr) * sin[:, :d3]
+    return torch.cat([rotated.to(x.dtype), x[..., d3:]], dim=-1)

@@ -1,0 +1,43 @@
+"""fastlam: Triton-accelerated latent action world models.
+
+`kernels/` (all @triton.jit code, no autograd) is installed as the subpackage
+`fastlam.kernels` through `package_dir`, so the repository keeps the layering
+kernels <- fastlam.ops <- fastlam.nn <- fastlam.models visible at the top level
+while users import everything from one package.
+"""
+from setuptools import setup
+
+setup(
+    name="fastlam",
+    version="0.1.0",
+    description="Triton-accelerated latent action world models learned from in-the-wild video",
+    python_requires=">=3.10",
+    packages=[
+        "fastlam",
+        "fastlam.ops",
+        "fastlam.nn",
+        "fastlam.models",
+        "fastlam.data",
+        "fastlam.eval",
+        "fastlam.kernels",
+    ],
+    package_dir={"fastlam": "fastlam", "fastlam.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.6",
+        "numpy",
+        "pyyaml",
+        "safetensors",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={
+        # triton ships with CUDA torch; on CPU machines it is installed for the interpreter.
+        "kernels": ["triton>=3.4"],
+        "data": ["av>=12"],
+        "dali": ["nvidia-dali-cuda130"],
+        "dist": ["deepspeed"],
+        "gpu": ["flash-attn", "xformers"],
+        "dev": ["pytest", "pytest-benchmark", "triton>=3.4", "av>=12"],
+    },
+    entry_points={"console_scripts": ["fastlam-train=fastlam.train:main"]},
+)

@@ -1,0 +1,43 @@
+"""Atomic, safe checkpoints.
+
+A checkpoint is written to a temporary file in the same directory and renamed over the target
+(``os.replace`` is atomic on POSIX), so a crash mid-write never leaves a truncated file where a
+good one was. Loading uses ``torch.load(weights_only=True)``: checkpoints hold only tensors and
+plain containers, and nothing a downloaded file contains can execute code.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    return atomic_write(path, lambda p: torch.save(state, p))
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no file at {path}")
+    return torch.load(path, map_location=map_location, weights_only=True)

@@ -1,0 +1,45 @@
+"""Predictor p(s_0..t, z_t) -> s_{t+1}: a frame-causal ViT conditioned frame-wise on the
+latent action through AdaLN-zero, trained with teacher forcing."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops import Rope3D
+from .blocks import AdaLNZeroBlock
+
+
+class Predictor(nn.Module):
+    def __init__(self, state_dim: int, width: int, depth: int, heads: int, action_dim: int,
+                 grid_w: int, mlp_ratio: float = 4.0, rope_duplicated_freqs: bool = False):
+        super().__init__()
+        self.grid_w = grid_w
+        self.width = width
+        self.action_dim = action_dim
+        self.rope_duplicated_freqs = rope_duplicated_freqs
+        self.embed = nn.Linear(state_dim, width)
+        self.action_embed = nn.Linear(action_dim, width)  # c_t = Linear(z_t)
+        self.blocks = nn.ModuleList([AdaLNZeroBlock(width, heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width, eps=1e-6)
+        self.head = nn.Linear(width, state_dim)
+
+    def forward(self, states: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
+        """states (B, T, N, D) and actions (B, T, action_dim) or None -> predictions (B, T, N, D).
+
+        Output t predicts s_{t+1} from s_0..s_t and z_t (frame-causal attention). With
+        ``actions=None`` (the deterministic reference) no action information enters.
+        """
+        if states.dim() != 4:
+            raise ValueError(f"states: expected (B, T, N, D), got shape {tuple(states.shape)}")
+        B, T, N, D = states.shape
+        if actions is not None and tuple(actions.shape) != (B, T, self.action_dim):
+            raise ValueError(f"actions: expected shape {(B, T, self.action_dim)}, got {tuple(actions.shape)}")
+        x = self.embed(states).flatten(1, 2)
+        if actions is None:
+            cond = x.new_zeros(B, T, self.width)
+        else:
+            cond = self.action_embed(actions.to(x.dtype))
+        rope = Rope3D(grid_w=self.grid_w, duplicated_freqs=self.rope_duplicated_freqs)
+        for blk in self.blocks:
+            x = blk(x, cond, frame_len=N, mask="frame_causal", rope=rope)
+        return self.head(self.norm(x)).view(B, T, N, D)

@@ -1,0 +1,70 @@
+"""Optimisers and learning-rate schedule of the paper's recipe (lam-spec.md section 4).
+
+Muon updates the 2-D hidden weights (the matrices inside transformer blocks); AdamW updates
+everything else (embeddings, input/output projections, norms, biases, the VQ codebook),
+both with decoupled weight decay, linear warmup then cosine decay.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    muon_lr: float = 0.02
+    adamw_lr: float = 6.25e-4
+    weight_decay: float = 0.04
+    adamw_betas: tuple[float, float] = (0.9, 0.95)
+    warmup_frac: float = 0.1
+    min_lr_frac: float = 0.0  # cosine decays to this fraction of the peak
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    use_muon: bool = True  # False: AdamW for everything
+
+
+def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:
+    """2-D weights inside transformer blocks: the parameters Muon is designed for."""
+    return p.ndim == 2 and ".blocks." in f".{name}" and name.endswith("weight")
+
+
+def split_params(model: nn.Module):
+    muon, adamw = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (muon if is_hidden_matrix(name, p) else adamw).append(p)
+    return muon, adamw
+
+
+def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
+    muon, adamw = split_params(model)
+    opts: list[torch.optim.Optimizer] = []
+    if cfg.use_muon and muon:
+        if not hasattr(torch.optim, "Muon"):
+            raise RuntimeError("optim.use_muon: this torch has no torch.optim.Muon (needs torch >= 2.9); set optim.use_muon=false")
+        opts.append(torch.optim.Muon(muon, lr=cfg.muon_lr, weight_decay=cfg.weight_decay))
+    else:
+        adamw = muon + adamw
+    if adamw:
+        opts.append(torch.optim.AdamW(adamw, lr=cfg.adamw_lr, betas=tuple(cfg.adamw_betas), weight_decay=cfg.weight_decay))
+    return opts
+
+
+def warmup_cosine(total_steps: int, warmup_frac: float, min_lr_frac: float = 0.0):
+    warmup = max(1, int(round(total_steps * warmup_frac)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_schedulers(opts, total_steps: int, cfg: OptimConfig):
+    f = warmup_cosine(total_steps, cfg.warmup_frac, cfg.min_lr_frac)
+    return [torch.optim.lr_scheduler.LambdaLR(o, f) for o in opts]

@@ -27,6 +27,11 @@ class KernelConfig:
     ref_shape: str = ""  # the shape FLOPs / bytes refer to, e.g. "B=4,H=16,L=2048,D=64"
     flops: float = 0.0  # for ref_shape
     min_bytes: float = 0.0  # each input read once, each output written once, for ref_shape
+    # Integer arguments the launcher sees as multiples of 16 (Triton specializes on this at
+    # launch and it decides vectorized / async-copy loads, hence shared memory and registers).
+    # None: every integer argument (the usual case for contiguous tensors and the reference
+    # shapes). Pointers are always taken as 16-byte aligned, as torch allocations are.
+    aligned: tuple | None = None
     extra: dict = field(default_factory=dict)
 
 

@@ -21,11 +21,6 @@ if not _HAS_CUDA:
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
-    config.addinivalue_line("markers", "slow: longer CPU tests (still part of CI)")
-
-
 def pytest_collection_modifyitems(config, items):
     if _HAS_CUDA:
         return

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up: a virtual environment in .venv that can see packages already
+# installed system-wide (so a machine that has torch keeps it), torch if it is missing, then
+# fastlam in editable mode with its development extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv --system-site-packages .venv
+fi
+VPY=.venv/bin/python
+if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
+  # 2.13.0 is the release fastlam is tested with (a CPU build where one is provided locally).
+  "$VPY" -m pip install -q "torch==2.13.0"
+fi
+"$VPY" -m pip install -q -e ".[dev]"

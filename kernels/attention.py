@@ -1,0 +1,671 @@
+"""Fused spatio-temporal attention: Triton forward and backward with index-computed masks.
+
+Layout: q, k, v, o are (B, H, L, D) with a unit stride on the head dim (any strides for B,
+H, L, so views of a packed qkv projection need no copy). The mask is a predicate of the
+query and key token indices (the same one as ``fastlam.ops.attention.mask_allows``):
+
+    MASK 0 full          every key
+    MASK 1 causal        k <= q
+    MASK 2 frame_causal  frame(q) - window < frame(k) <= frame(q)   (window = n_frames: none)
+    MASK 3 frame_local   frame(k) == frame(q)
+
+For each query tile the kernel derives, from the tile's first and last index, the range of
+key tiles that may contain an allowed pair ``[lo, hi)`` and the sub-range whose every pair
+is allowed; it runs three loops: masked tiles below, unmasked tiles (no mask arithmetic),
+masked tiles above. Key tiles outside ``[lo, hi)`` are never loaded. With frame lengths
+like 258 that do not divide the tile size, only the tiles that straddle a frame boundary
+pay for the mask. The backward dK/dV pass does the same over query tiles for each key tile.
+
+Optional fused 3D RoPE (V-JEPA 2 layout): the token's (t, h, w) position is derived from
+its index, the frame length, the number of per-frame prefix tokens and the grid width; per
+channel the launcher passes the axis (0=t, 1=h, 2=w, 3=none) and cos/sin tables indexed by
+(integer position along that axis, channel). The tables are ``cos((i * scale_axis) * f_c)``
+built in fp32 by the same torch ops as the reference, so the angles are bit-identical to
+``fastlam.ops.rope``; a lookup replaces per-element ``sin``/``cos``, which would cost more
+than the matmuls when the key tile is re-rotated for every query tile. Rotation is
+``x*cos + pair_swap(x)*sin``; its transpose (backward) is ``g*cos - pair_swap(g*sin)``.
+
+Softmax runs in base 2 (``exp2`` with ``scale * log2(e)`` folded in); the stored
+log-sum-exp is natural-log, fp32, (B, H, L). The backward is the flash-attention split:
+a preprocess (Delta = rowsum(O * dO)), a dK/dV pass over query tiles per key tile, and
+either a separate dQ pass (deterministic, no atomics) or dQ accumulated with fp32 atomics
+in the dK/dV pass followed by a small finalize kernel (fewer matmuls, run-to-run
+non-deterministic summation order).
+
+Host launchers here are plain functions (no autograd); fastlam.ops.triton_attention wraps
+them. Block sizes come from :func:`block_config` (a documented heuristic, no autotuning).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .registry import KernelConfig, register
+
+MASK_IDS = {"full": 0, "causal": 1, "frame_causal": 2, "frame_local": 3}
+HEAD_DIMS = (32, 64, 80, 96, 128)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": a row masked in one tile never gives inf - inf
+_LOG2E_F = 1.4426950408889634
+_LOG2E = tl.constexpr(_LOG2E_F)
+_LN2 = tl.constexpr(0.6931471805599453)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# ----------------------------------------------------------------------------- jit helpers
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _allowed(q_idx, k_idx, L, F, W, MASK: tl.constexpr):
+    """Mask predicate on broadcast index tiles; out-of-range keys and queries are never allowed."""
+    ok = (k_idx < L) & (q_idx < L)
+    if MASK == 1:
+        ok = ok & (k_idx <= q_idx)
+    elif MASK == 2:
+        fq = q_idx // F
+        fk = k_idx // F
+        ok = ok & (fk <= fq) & (fq - fk < W)
+    elif MASK == 3:
+        ok = ok & ((q_idx // F) == (k_idx // F))
+    return ok
+
+
+@triton.jit
+def _align_ranges(lo, hi, a, b, BLOCK: tl.constexpr):
+    """Split the tile range starting at ``lo`` (aligned down) into masked / unmasked / masked.
+
+    ``[lo, hi)`` may hold allowed pairs, ``[a, b)`` holds only allowed pairs. Returns tile
+    starts ``lo <= s <= e``: tiles in ``[s, e)`` lie inside ``[a, b)``.
+    """
+    lo = (lo // BLOCK) * BLOCK
+    n_tiles = tl.cdiv(hi - lo, BLOCK)
+    end = lo + tl.maximum(n_tiles, 0) * BLOCK
+    s = lo + tl.cdiv(tl.maximum(a - lo, 0), BLOCK) * BLOCK
+    s = tl.minimum(s, end)
+    e = s + tl.maximum(b - s, 0) // BLOCK * BLOCK
+    return lo, s, e, hi
+
+
+@triton.jit
+def _key_range(m0, L, F, W, MASK: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Keys a query tile starting at m0 may see ([lo, hi)) and sees in full ([a, b))."""
+    m1 = tl.minimum(m0 + BLOCK_M, L)
+    lo = 0
+    hi = L
+    a = 0
+    b = L
+    if MASK == 1:
+        hi = m1
+        b = m0 + 1
+    elif MASK == 2:
+        f0 = m0 // F
+        f1 = (m1 - 1) // F
+        lo = tl.maximum(f0 - W + 1, 0) * F
+        hi = tl.minimum((f1 + 1) * F, L)
+        a = tl.maximum(f1 - W + 1, 0) * F
+        b = tl.minimum((f0 + 1) * F, L)
+    elif MASK == 3:
+        f0 = m0 // F
+        f1 = (m1 - 1) // F
+        lo = f0 * F
+        hi = tl.minimum((f1 + 1) * F, L)
+        a = f1 * F
+        b = tl.minimum((f0 + 1) * F, L)
+    return lo, hi, a, b
+
+
+@triton.jit
+def _query_range(n0, L, F, W, MASK: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Queries that may see a key tile starting at n0 ([lo, hi)) and see all of it ([a, b))."""
+    n1 = tl.minimum(n0 + BLOCK_N, L)
+    lo = 0
+    hi = L
+    a = 0
+    b = L
+    if MASK == 1:
+        lo = n0
+        a = n1 - 1
+    elif MASK == 2:
+        f0 = n0 // F
+        f1 = (n1 - 1) // F
+        lo = f0 * F
+        hi = tl.minimum((f1 + W) * F, L)
+        a = f1 * F
+        b = tl.minimum((f0 + W) * F, L)
+    elif MASK == 3:
+        f0 = n0 // F
+        f1 = (n1 - 1) // F
+        lo = f0 * F
+        hi = tl.minimum((f1 + 1) * F, L)
+        a = f1 * F
+        b = tl.minimum((f0 + 1) * F, L)
+    # A key tile that runs past L holds padded keys: every query tile must be masked.
+    b = tl.where(n0 + BLOCK_N > L, a, b)
+    return lo, hi, a, b
+
+
+@triton.jit
+def _pair_swap(x, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...) along the head dim of a register tile."""
+    pairs = tl.reshape(x, (ROWS, BLOCK_D // 2, 2))
+    even, odd = tl.split(pairs)
+    return tl.reshape(tl.join(-odd, even), (ROWS, BLOCK_D))
+
+
+@triton.jit
+def _rope_tables(tok, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W):
+    """cos / sin (rows = tokens, cols = channels) for token indices ``tok``, from index maths."""
+    t = tok // F
+    j = tok % F
+    is_patch = j >= NPREFIX
+    p = tl.maximum(j - NPREFIX, 0)
+    h = tl.where(is_patch, p // GRID_W, 0)
+    w = tl.where(is_patch, p % GRID_W, 0)
+    d_ok = offs_d < D
+    ax = tl.load(AXIS + offs_d, mask=d_ok, other=3)[None, :]
+    pos = tl.where(ax == 0, t[:, None], tl.where(ax == 1, h[:, None], tl.where(ax == 2, w[:, None], 0)))
+    ok = (tok < L)[:, None] & d_ok[None, :]
+    idx = pos * D + offs_d[None, :]
+    cos = tl.load(COS + idx, mask=ok, other=1.0)
+    sin = tl.load(SIN + idx, mask=ok, other=0.0)
+    return cos, sin
+
+
+@triton.jit
+def _rope(x, tok, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rotate a (ROWS, BLOCK_D) tile of q or k in fp32; returns fp32."""
+    cos, sin = _rope_tables(tok, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W)
+    x = x.to(tl.float32)
+    return x * cos + _pair_swap(x, ROWS, BLOCK_D) * sin
+
+
+@triton.jit
+def _rope_transpose(g, tok, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Gradient through the rotation: R^T g = g*cos - pair_swap(g*sin) (fp32)."""
+    cos, sin = _rope_tables(tok, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W)
+    return g * cos - _pair_swap(g * sin, ROWS, BLOCK_D)
+
+
+@triton.jit
+def _load_qk(PTR, tok, offs_d, stride_l, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W,
+             ROPE: tl.constexpr, DOT_FP32: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Load a q or k tile (padded rows / channels read as 0), rotate it, cast it for tl.dot."""
+    x = tl.load(PTR + tok[:, None] * stride_l + offs_d[None, :], mask=(tok < L)[:, None] & (offs_d < D)[None, :], other=0.0)
+    if ROPE:
+        xr = _rope(x, tok, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROWS, BLOCK_D)
+        # Round to the input dtype like the reference (which rotates then casts back).
+        x = xr.to(x.dtype)
+    if DOT_FP32:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _load_rows(PTR, tok, offs_d, stride_l, L, D, DOT_FP32: tl.constexpr):
+    x = tl.load(PTR + tok[:, None] * stride_l + offs_d[None, :], mask=(tok < L)[:, None] & (offs_d < D)[None, :], other=0.0)
+    if DOT_FP32:
+        x = x.to(tl.float32)
+    return x
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+@triton.jit
+def _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+              COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
+              MASK: tl.constexpr, MASKED: tl.constexpr, ROPE: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k = _load_qk(K, offs_n, offs_d, stride_kl, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROPE, DOT_FP32, BLOCK_N, BLOCK_D)
+    v = _load_rows(V, offs_n, offs_d, stride_vl, L, D, DOT_FP32)
+    s = _dot(q, tl.trans(k), IEEE) * qk_scale
+    if MASKED:
+        s = tl.where(_allowed(offs_m[:, None], offs_n[None, :], L, F, W, MASK), s, _NEG)
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _attn_fwd(
+    Q, K, V, O, LSE, COS, SIN, AXIS,
+    stride_qb, stride_qh, stride_ql,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    stride_ob, stride_oh, stride_ol,
+    H, L, D, F, W, NPREFIX, GRID_W, qk_scale,
+    MASK: tl.constexpr, ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    off_b = (bh // H).to(tl.int64)
+    off_h = (bh % H).to(tl.int64)
+    Q += off_b * stride_qb + off_h * stride_qh
+    K += off_b * stride_kb + off_h * stride_kh
+    V += off_b * stride_vb + off_h * stride_vh
+    O += off_b * stride_ob + off_h * stride_oh
+    LSE += bh.to(tl.int64) * L
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_qk(Q, offs_m, offs_d, stride_ql, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROPE, DOT_FP32, BLOCK_M, BLOCK_D)
+
+    m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + _NEG
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    lo, hi, a, b = _key_range(start_m, L, F, W, MASK, BLOCK_M)
+    lo, s, e, hi = _align_ranges(lo, hi, a, b, BLOCK_N)
+    for start_n in range(lo, s, BLOCK_N):
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+                                  COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
+                                  MASK, True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+    for start_n in range(s, e, BLOCK_N):
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+                                  COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
+                                  MASK, False, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+    for start_n in range(e, hi, BLOCK_N):
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+                                  COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
+                                  MASK, True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+
+    acc = acc / l_i[:, None]
+    row_ok = offs_m < L
+    tl.store(LSE + offs_m, (m_i + tl.math.log2(l_i)) * _LN2, mask=row_ok)
+    tl.store(O + offs_m[:, None] * stride_ol + offs_d[None, :], acc.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_d < D)[None, :])
+
+
+# ----------------------------------------------------------------------------- backward
+
+
+@triton.jit
+def _attn_bwd_preprocess(
+    O, DO, DELTA,
+    stride_ob, stride_oh, stride_ol,
+    stride_db, stride_dh, stride_dl,
+    H, L, D,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    off_b = (bh // H).to(tl.int64)
+    off_h = (bh % H).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_m < L)[:, None] & (offs_d < D)[None, :]
+    o = tl.load(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ol + offs_d[None, :], mask=ok, other=0.0)
+    do = tl.load(DO + off_b * stride_db + off_h * stride_dh + offs_m[:, None] * stride_dl + offs_d[None, :], mask=ok, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(DELTA + bh.to(tl.int64) * L + offs_m, delta, mask=offs_m < L)
+
+
+@triton.jit
+def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d,
+               stride_ql, stride_dol, stride_dql,
+               COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale, sm_scale,
+               MASK: tl.constexpr, MASKED: tl.constexpr, ROPE: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    q = _load_qk(Q, offs_m, offs_d, stride_ql, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROPE, DOT_FP32, BLOCK_M, BLOCK_D)
+    do = _load_rows(DO, offs_m, offs_d, stride_dol, L, D, DOT_FP32)
+    row_ok = offs_m < L
+    lse2 = tl.load(LSE + offs_m, mask=row_ok, other=0.0) * _LOG2E
+    delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
+    # Work transposed (keys on rows) so dK and dV accumulate without transposing tiles.
+    p_t = tl.math.exp2(_dot(k, tl.trans(q), IEEE) * qk_scale - lse2[None, :])
+    if MASKED:
+        p_t = tl.where(_allowed(offs_m[None, :], offs_n[:, None], L, F, W, MASK), p_t, 0.0)
+    dv += _dot(p_t.to(do.dtype), do, IEEE)
+    dp_t = _dot(v, tl.trans(do), IEEE)
+    ds_t = p_t * (dp_t - delta[None, :])
+    ds_t_lo = ds_t.to(q.dtype)
+    dk += _dot(ds_t_lo, q, IEEE)
+    if ATOMIC_DQ:
+        dq = _dot(tl.trans(ds_t_lo), k, IEEE) * sm_scale
+        tl.atomic_add(DQ + offs_m[:, None] * stride_dql + offs_d[None, :], dq,
+                      mask=row_ok[:, None] & (offs_d < D)[None, :], sem="relaxed")
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv(
+    Q, K, V, DO, DK, DV, DQ, LSE, DELTA, COS, SIN, AXIS,
+    stride_qb, stride_qh, stride_ql,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    stride_dob, stride_doh, stride_dol,
+    stride_dkb, stride_dkh, stride_dkl,
+    stride_dvb, stride_dvh, stride_dvl,
+    stride_dqb, stride_dqh, stride_dql,
+    H, L, D, F, W, NPREFIX, GRID_W, qk_scale, sm_scale,
+    MASK: tl.constexpr, ROPE: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
+):
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    off_b = (bh // H).to(tl.int64)
+    off_h = (bh % H).to(tl.int64)
+    Q += off_b * stride_qb + off_h * stride_qh
+    K += off_b * stride_kb + off_h * stride_kh
+    V += off_b * stride_vb + off_h * stride_vh
+    DO += off_b * stride_dob + off_h * stride_doh
+    DK += off_b * stride_dkb + off_h * stride_dkh
+    DV += off_b * stride_dvb + off_h * stride_dvh
+    DQ += off_b * stride_dqb + off_h * stride_dqh
+    LSE += bh.to(tl.int64) * L
+    DELTA += bh.to(tl.int64) * L
+
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = _load_qk(K, offs_n, offs_d, stride_kl, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROPE, DOT_FP32, BLOCK_N, BLOCK_D)
+    v = _load_rows(V, offs_n, offs_d, stride_vl, L, D, DOT_FP32)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    lo, hi, a, b = _query_range(start_n, L, F, W, MASK, BLOCK_N)
+    lo, s, e, hi = _align_ranges(lo, hi, a, b, BLOCK_M)
+    for start_m in range(lo, s, BLOCK_M):
+        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql, stride_dol, stride_dql,
+                            COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale, sm_scale,
+                            MASK, True, ROPE, ATOMIC_DQ, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
+    for start_m in range(s, e, BLOCK_M):
+        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql, stride_dol, stride_dql,
+                            COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale, sm_scale,
+                            MASK, False, ROPE, ATOMIC_DQ, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
+    for start_m in range(e, hi, BLOCK_M):
+        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql, stride_dol, stride_dql,
+                            COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale, sm_scale,
+                            MASK, True, ROPE, ATOMIC_DQ, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
+
+    dk *= sm_scale
+    if ROPE:
+        dk = _rope_transpose(dk, offs_n, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, BLOCK_N, BLOCK_D)
+    ok = (offs_n < L)[:, None] & (offs_d < D)[None, :]
+    tl.store(DK + offs_n[:, None] * stride_dkl + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=ok)
+    tl.store(DV + offs_n[:, None] * stride_dvl + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+             COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
+             MASK: tl.constexpr, MASKED: tl.constexpr, ROPE: tl.constexpr, BLOCK_N: tl.constexpr,
+             BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k = _load_qk(K, offs_n, offs_d, stride_kl, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROPE, DOT_FP32, BLOCK_N, BLOCK_D)
+    v = _load_rows(V, offs_n, offs_d, stride_vl, L, D, DOT_FP32)
+    p = tl.math.exp2(_dot(q, tl.trans(k), IEEE) * qk_scale - lse2[:, None])
+    if MASKED:
+        p = tl.where(_allowed(offs_m[:, None], offs_n[None, :], L, F, W, MASK), p, 0.0)
+    dp = _dot(do, tl.trans(v), IEEE)
+    ds = p * (dp - delta[:, None])
+    dq += _dot(ds.to(k.dtype), k, IEEE)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq(
+    Q, K, V, DO, DQ, LSE, DELTA, COS, SIN, AXIS,
+    stride_qb, stride_qh, stride_ql,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    stride_dob, stride_doh, stride_dol,
+    stride_dqb, stride_dqh, stride_dql,
+    H, L, D, F, W, NPREFIX, GRID_W, qk_scale, sm_scale,
+    MASK: tl.constexpr, ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
+):
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    off_b = (bh // H).to(tl.int64)
+    off_h = (bh % H).to(tl.int64)
+    Q += off_b * stride_qb + off_h * stride_qh
+    K += off_b * stride_kb + off_h * stride_kh
+    V += off_b * stride_vb + off_h * stride_vh
+    DO += off_b * stride_dob + off_h * stride_doh
+    DQ += off_b * stride_dqb + off_h * stride_dqh
+    LSE += bh.to(tl.int64) * L
+    DELTA += bh.to(tl.int64) * L
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < L
+    q = _load_qk(Q, offs_m, offs_d, stride_ql, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROPE, DOT_FP32, BLOCK_M, BLOCK_D)
+    do = _load_rows(DO, offs_m, offs_d, stride_dol, L, D, DOT_FP32)
+    lse2 = tl.load(LSE + offs_m, mask=row_ok, other=0.0) * _LOG2E
+    delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    lo, hi, a, b = _key_range(start_m, L, F, W, MASK, BLOCK_M)
+    lo, s, e, hi = _align_ranges(lo, hi, a, b, BLOCK_N)
+    for start_n in range(lo, s, BLOCK_N):
+        dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+                      COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
+                      MASK, True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+    for start_n in range(s, e, BLOCK_N):
+        dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+                      COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
+                      MASK, False, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+    for start_n in range(e, hi, BLOCK_N):
+        dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+                      COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
+                      MASK, True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+
+    dq *= sm_scale
+    if ROPE:
+        dq = _rope_transpose(dq, offs_m, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, BLOCK_M, BLOCK_D)
+    tl.store(DQ + offs_m[:, None] * stride_dql + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=row_ok[:, None] & (offs_d < D)[None, :])
+
+
+@triton.jit
+def _attn_bwd_dq_finalize(
+    DQACC, DQ, COS, SIN, AXIS,
+    stride_dqb, stride_dqh, stride_dql,
+    H, L, D, F, NPREFIX, GRID_W,
+    ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Atomic path: rotate the fp32 dQ accumulator back (RoPE transpose) and cast it."""
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    off_b = (bh // H).to(tl.int64)
+    off_h = (bh % H).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_m < L)[:, None] & (offs_d < D)[None, :]
+    # The accumulator is contiguous (B*H, L, D).
+    g = tl.load(DQACC + bh.to(tl.int64) * L * D + offs_m[:, None] * D + offs_d[None, :], mask=ok, other=0.0)
+    if ROPE:
+        g = _rope_transpose(g, offs_m, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, BLOCK_M, BLOCK_D)
+    tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dql + offs_d[None, :],
+             g.to(DQ.dtype.element_ty), mask=ok)
+
+
+# ----------------------------------------------------------------------------- block sizes
+
+
+def block_config(head_dim: int, dtype: torch.dtype, interpret: bool | None = None) -> dict:
+    """Tile sizes and launch parameters per head dim / dtype (a fixed heuristic, no autotune).
+
+    Why these numbers: the head dim is padded to the next power of two (BLOCK_D). The
+    forward keeps a (BLOCK_M, BLOCK_D) fp32 accumulator and the q tile in registers, so the
+    query tile is 128 rows with 4 warps up to BLOCK_D=64 and 8 warps at 128 (the same
+    register budget per thread); the key tile is 64 so a (128, 64) score tile fits without
+    spilling. The backward passes hold two fp32 accumulators (dK, dV) next to the k and v
+    tiles, so both tiles are 64 (and 32 query rows at BLOCK_D=128). fp32 inputs use IEEE
+    dots with twice the bytes per element: tiles are halved. Under the interpreter every
+    tile is 16 (the tl.dot minimum) so tiny test shapes still cross many tile boundaries.
+    All entries are registered in kernels/registry.py and compiled ahead of time in CI.
+    """
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    if interpret is None:
+        interpret = interpreting()
+    if interpret:
+        return dict(BLOCK_D=block_d, fwd=(16, 16, 4, 1), bwd_kv=(16, 16, 4, 1), bwd_q=(16, 16, 4, 1))
+    wide = block_d > 64
+    if dtype == torch.float32:
+        fwd = (64, 32, 8 if wide else 4, 2)
+        bwd_kv = (32, 32, 8 if wide else 4, 2)
+        bwd_q = (32, 32, 8 if wide else 4, 2)
+    else:
+        fwd = (128, 64, 8 if wide else 4, 3)
+        bwd_kv = (32 if wide else 64, 64, 8 if wide else 4, 2)  # (queries, keys, warps, stages)
+        bwd_q = (64, 32 if wide else 64, 8 if wide else 4, 2)
+    return dict(BLOCK_D=block_d, fwd=fwd, bwd_kv=bwd_kv, bwd_q=bwd_q)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _check(name: str, x: torch.Tensor) -> None:
+    if x.dtype not in DTYPES:
+        raise TypeError(f"{name}: the Triton attention kernel takes float16, bfloat16 or float32, got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{name}: expected (B, heads, L, head_dim), got shape {tuple(x.shape)}")
+    if x.stride(-1) != 1:
+        raise ValueError(f"{name}: the head dim must have unit stride (call .contiguous()), got strides {x.stride()}")
+
+
+def _rope_args(rope_tables, like: torch.Tensor):
+    """(cos, sin, axis, n_prefix, grid_w) or dummies when RoPE is off."""
+    if rope_tables is None:
+        return like, like, like, 0, 1
+    cos, sin, axis, n_prefix, grid_w = rope_tables
+    return cos, sin, axis, int(n_prefix), int(grid_w)
+
+
+def _common(q, frame_len, mask, window_frames):
+    L = q.shape[2]
+    n_frames = max(1, L // frame_len)
+    window = n_frames + 1 if window_frames is None else int(window_frames)
+    return MASK_IDS[mask], window
+
+
+def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, window_frames=None, rope_tables=None,
+                      out: torch.Tensor | None = None, lse: torch.Tensor | None = None):
+    """Launch the forward. Returns (out (B,H,L,D) in q's dtype, lse (B,H,L) fp32, natural log).
+
+    ``rope_tables``: None, or (cos, sin, axis, n_prefix, grid_w) with cos/sin fp32
+    (n_positions, D) contiguous and axis int32 (D,) in {0, 1, 2, 3=none}.
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        _check(name, x)
+    B, H, L, D = q.shape
+    cfg = block_config(D, q.dtype)
+    BM, BN, warps, stages = cfg["fwd"]
+    mask_id, window = _common(q, frame_len, mask, window_frames)
+    if out is None:
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if lse is None:
+        lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
+    cos, sin, axis, n_prefix, grid_w = _rope_args(rope_tables, q)
+    grid = (triton.cdiv(L, BM), B * H)
+    _attn_fwd[grid](
+        q, k, v, out, lse, cos, sin, axis,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        H, L, D, frame_len, window, n_prefix, grid_w, scale * _LOG2E_F,
+        MASK=mask_id, ROPE=rope_tables is not None, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=cfg["BLOCK_D"],
+        DOT_FP32=_dot_fp32(q.dtype), IEEE=q.dtype == torch.float32,
+        num_warps=warps, num_stages=stages,
+    )
+    return out, lse
+
+
+def _dot_fp32(dtype: torch.dtype) -> bool:
+    # The interpreter multiplies raw bf16 bit patterns in tl.dot: upcast there only.
+    return interpreting() and dtype == torch.bfloat16
+
+
+def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scale: float, window_frames=None,
+                       rope_tables=None, deterministic: bool = False):
+    """Launch the backward. Returns (dq, dk, dv) in q's dtype, contiguous (B, H, L, D).
+
+    ``deterministic=True`` computes dQ in its own pass (no atomics: bit-identical across
+    runs); otherwise dQ is accumulated with fp32 atomics inside the dK/dV pass.
+    """
+    for name, x in (("do", do), ("q", q), ("k", k), ("v", v), ("out", out)):
+        _check(name, x)
+    B, H, L, D = q.shape
+    cfg = block_config(D, q.dtype)
+    BD = cfg["BLOCK_D"]
+    mask_id, window = _common(q, frame_len, mask, window_frames)
+    cos, sin, axis, n_prefix, grid_w = _rope_args(rope_tables, q)
+    rope_on = rope_tables is not None
+    dot_fp32 = _dot_fp32(q.dtype)
+    ieee = q.dtype == torch.float32
+    lse = lse.contiguous()
+
+    delta = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
+    PM = 16 if interpreting() else 64
+    _attn_bwd_preprocess[(triton.cdiv(L, PM), B * H)](
+        out, do, delta,
+        out.stride(0), out.stride(1), out.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        H, L, D, BLOCK_M=PM, BLOCK_D=BD,
+    )
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    atomic = not deterministic
+    dq_acc = torch.zeros((B, H, L, D), device=q.device, dtype=torch.float32) if atomic else dq
+
+    BM, BN, warps, stages = cfg["bwd_kv"]
+    _attn_bwd_dkdv[(triton.cdiv(L, BN), B * H)](
+        q, k, v, do, dk, dv, dq_acc, lse, delta, cos, sin, axis,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        do.stride(0), do.stride(1), do.stride(2),
+        dk.stride(0), dk.stride(1), dk.stride(2),
+        dv.stride(0), dv.stride(1), dv.stride(2),
+        dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2),
+        H, L, D, frame_len, window, n_prefix, grid_w, scale * _LOG2E_F, scale,
+        MASK=mask_id, ROPE=rope_on, ATOMIC_DQ=atomic, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
+        DOT_FP32=dot_fp32, IEEE=ieee, num_warps=warps, num_stages=stages,
+    )
+    if atomic:
+        FM = 16 if interpreting() else 64
+        _attn_bwd_dq_finalize[(triton.cdiv(L, FM), B * H)](
+            dq_acc, dq, cos, sin, axis,
+            dq.stride(0), dq.stride(1), dq.stride(2),
+            H, L, D, frame_len, n_prefix, grid_w,
+            ROPE=rope_on, BLOCK_M=FM, BLOCK_D=BD,
+        )
+    else:
+        BM, BN, warps, stages = cfg["bwd_q"]
+        _attn_bwd_dq[(triton.cdiv(L, BM), B * H)](
+            q, k, v, do, dq, lse, delta, cos, sin, axis,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            do.stride(0), do.stride(1), do.stride(2),
+            dq.stride(0), dq.stride(1), dq.stride(2),
+            H, L, D, frame_len, window, n_prefix, grid_w, scale * _LOG2E_F, scale,
+            MASK=mask_id, ROPE=rope_on, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
+            DOT_FP32=dot_fp32, IEEE=ieee, num_warps=warps, num_stages=stages,
+        )
+    return dq, dk, dv

@@ -1,0 +1,68 @@
+"""Typed YAML configs, overrides, and the Muon/AdamW split."""
+import pytest
+import torch
+
+from fastlam.config import ConfigError, load_config
+from fastlam.models import LatentActionWorldModel, ModelConfig
+from fastlam.optim import OptimConfig, build_optimizers, build_schedulers, split_params, warmup_cosine
+from fastlam.train import TrainConfig
+
+
+def test_shipped_configs_load():
+    for name in ("configs/tiny_cpu.yaml", "configs/paper_vitl.yaml"):
+        cfg = load_config(TrainConfig, name)
+        assert cfg.model.action_dim == 128
+    paper = load_config(TrainConfig, "configs/paper_vitl.yaml")
+    assert (paper.model.predictor.width, paper.model.predictor.depth, paper.model.predictor.heads) == (1024, 24, 16)
+    assert (paper.batch_size, paper.steps, paper.optim.muon_lr, paper.optim.adamw_lr) == (1024, 30000, 0.02, 6.25e-4)
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(TrainConfig, "configs/tiny_cpu.yaml",
+                      ["steps=7", "model.regularizer.kind=sparse", "model.regularizer.l_l1=0.1", "optim.use_muon=false"])
+    assert cfg.steps == 7 and cfg.model.regularizer.kind == "sparse"
+    assert cfg.model.regularizer.l_l1 == 0.1 and cfg.optim.use_muon is False
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("model.encoder.patchsize=8", r"unknown config key 'model.encoder.patchsize'"),
+        ("stepz=3", r"unknown config key 'stepz'"),
+        ("steps=many", r"steps: expected int"),
+        ("model.frames=true", r"model.frames: expected int"),
+        ("nonsense", r"expected key.sub=value"),
+    ],
+)
+def test_bad_config_names_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(TrainConfig, "configs/tiny_cpu.yaml", [override])
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="--config: file not found"):
+        load_config(TrainConfig, "configs/does_not_exist.yaml")
+
+
+def test_muon_gets_exactly_the_hidden_matrices():
+    model = LatentActionWorldModel(ModelConfig(image_size=32, frames=4))
+    muon, adamw = split_params(model)
+    assert muon and adamw
+    assert all(p.ndim == 2 for p in muon)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(".blocks." in f".{names[id(p)]}" for p in muon)
+    assert not any(id(p) in {id(q) for q in muon} for p in model.encoder.parameters())  # frozen
+    assert id(model.predictor.head.weight) in {id(p) for p in adamw}
+    opts = build_optimizers(model, OptimConfig())
+    assert [type(o).__name__ for o in opts] == ["Muon", "AdamW"]
+    assert sum(len(g["params"]) for o in opts for g in o.param_groups) == len(muon) + len(adamw)
+
+
+def test_warmup_then_cosine():
+    f = warmup_cosine(100, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5, abs=0.02) and f(99) < 0.01
+    model = torch.nn.Linear(4, 4)
+    opts = [torch.optim.AdamW(model.parameters(), lr=1.0)]
+    (sched,) = build_schedulers(opts, 100, OptimConfig())
+    assert opts[0].param_groups[0]["lr"] == pytest.approx(0.1)

@@ -1,0 +1,216 @@
+"""Fused Triton kernels of the losses, regularizers and frame-wise AdaLN against the references.
+
+On CPU every kernel runs in the Triton interpreter (tiny, odd shapes); on CUDA the ``gpu``
+tests run bf16 and large shapes. Rule (flash-attention's): with ``ref`` the float64 reference,
+``pt`` the reference evaluated in the test dtype, the kernel must satisfy
+``max|out - ref| <= 2 * max|pt - ref| + atol`` (3x for gradients).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fastlam.ops import (
+    frame_adaln_modulate,
+    frame_gated_residual,
+    prediction_loss,
+)
+
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+ATOL = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+
+
+def assert_ratio(out, ref, pt, ratio=2.0, atol=1e-6, what=""):
+    out, ref, pt = out.detach().double(), ref.detach().double(), pt.detach().double()
+    assert torch.isfinite(out).all(), f"{what}: non-finite output"
+    err = (out - ref).abs().max().item()
+    base = (pt - ref).abs().max().item()
+    assert err <= ratio * base + atol, f"{what}: kernel error {err:.3e} > {ratio} x torch error {base:.3e} + {atol:.1e}"
+
+
+def run_three(fn, inputs, dtype, grad_seed_shape_fn=None):
+    """Evaluate fn on float64 (ref), on ``dtype`` with torch (pt) and with triton (out).
+
+    Returns [(out, pt, ref)] for the output followed by each input gradient.
+    """
+    results = {}
+    for tag, dt, be in (("ref", torch.float64, "torch"), ("pt", dtype, "torch"), ("out", dtype, "triton")):
+        xs = [x.detach().to(DEV, dt).requires_grad_(x.requires_grad) for x in inputs]
+        y = fn(*xs, backend=be)
+        if "g" not in results:
+            results["g"] = torch.randn(y.shape, dtype=torch.float64, device=DEV)
+        diff = [x for x in xs if x.requires_grad]
+        grads = torch.autograd.grad(y, diff, results["g"].to(y.dtype)) if diff else ()
+        results[tag] = (y, *grads)
+    return list(zip(results["out"], results["pt"], results["ref"]))
+
+
+# ---------------------------------------------------------------- prediction loss
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+@pytest.mark.parametrize("normalize_target", [False, True])
+@pytest.mark.parametrize("grad_mode", ["fused", "recompute"])
+def test_prediction_loss_matches_reference(dtype, kind, normalize_target, grad_mode):
+    pred = torch.randn(2, 97, 40, requires_grad=True)
+    target = torch.randn(2, 97, 40) * 1.5 + 0.3
+
+    def fn(p, t, backend):
+        gm = grad_mode if backend == "triton" else "fused"
+        return prediction_loss(p, t, kind=kind, normalize_target=normalize_target, backend=backend, grad_mode=gm)
+
+    (lo, lp, lr), (go, gp, gr) = run_three(fn, [pred, target], dtype)
+    assert lo.dtype == torch.float32 and lo.dim() == 0
+    assert_ratio(lo, lr, lp, atol=ATOL[dtype] * 10, what="loss")
+    assert_ratio(go, gr, gp, ratio=3.0, atol=ATOL[dtype] * 1e-2, what="dpred")
+    assert go.dtype == dtype
+
+
+def test_prediction_loss_target_gets_no_grad_and_l1_value():
+    pred = torch.zeros(1, 3, 5, requires_grad=True)
+    target = torch.full((1, 3, 5), 2.0, requires_grad=True)
+    loss = prediction_loss(pred, target, backend="triton")
+    assert loss.item() == pytest.approx(2.0)
+    loss.backward()
+    assert target.grad is None
+    torch.testing.assert_close(pred.grad, torch.full_like(pred, -1.0 / 15))
+
+
+def _saved_bytes(fn):
+    """Bytes of tensors autograd keeps for backward whose storage is not an input's."""
+    seen = []
+
+    def pack(t):
+        seen.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, seen
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+def test_prediction_loss_memory_saved(kind):
+    pred = torch.randn(2, 64, 32, dtype=torch.float16, requires_grad=True)
+    target = torch.randn(2, 64, 32, dtype=torch.float16)
+    inputs = {pred.untyped_storage().data_ptr(), target.untyped_storage().data_ptr()}
+
+    def extra(seen):
+        return sum(t.numel() * t.element_size() for t in seen if t.untyped_storage().data_ptr() not in inputs)
+
+    _, ref = _saved_bytes(lambda: prediction_loss(pred, target, kind=kind, backend="torch"))
+    _, fused = _saved_bytes(lambda: prediction_loss(pred, target, kind=kind, backend="triton"))
+    _, recompute = _saved_bytes(lambda: prediction_loss(pred, target, kind=kind, backend="triton", grad_mode="recompute"))
+    n = pred.numel()
+    assert extra(ref) >= 4 * n  # the fp32 difference tensor (and, for l2, its fp32 operands)
+    assert extra(fused) == 2 * n  # only the gradient itself, in pred's dtype
+    assert extra(recompute) == 0
+
+
+# ---------------------------------------------------------------- frame-wise AdaLN
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("frames,frame_len,d", [(3, 7, 40), (2, 97, 24)])
+def test_frame_adaln_matches_reference(dtype, affine, frames, frame_len, d):
+    b = 2
+    x = (torch.randn(b, frames * frame_len, d) * 2 + 0.5).requires_grad_()
+    shift = torch.randn(b, frames, d).requires_grad_()
+    scale = (0.3 * torch.randn(b, frames, d)).requires_grad_()
+    extra = [torch.randn(d).requires_grad_(), torch.randn(d).requires_grad_()] if affine else []
+
+    def fn(x, shift, scale, *wb, backend):
+        return frame_adaln_modulate(x, shift, scale, frame_len, *wb, backend=backend)
+
+    names = ["y", "dx", "dshift", "dscale", "dweight", "dbias"]
+    for name, (o, p, r) in zip(names, run_three(fn, [x, shift, scale, *extra], dtype)):
+        assert o.dtype == p.dtype
+        assert_ratio(o, r, p, ratio=2.0 if name == "y" else 3.0, atol=ATOL[dtype], what=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_frame_gated_residual_matches_reference(dtype):
+    b, frames, frame_len, d = 2, 3, 33, 48
+    x = torch.randn(b, frames * frame_len, d).requires_grad_()
+    branch = torch.randn(b, frames * frame_len, d).requires_grad_()
+    gate = torch.randn(b, frames, d).requires_grad_()
+
+    def fn(x, branch, gate, backend):
+        return frame_gated_residual(x, branch, gate, frame_len, backend=backend)
+
+    for name, (o, p, r) in zip(["out", "dx", "dbranch", "dgate"], run_three(fn, [x, branch, gate], dtype)):
+        assert_ratio(o, r, p, ratio=2.0 if name == "out" else 3.0, atol=ATOL[dtype], what=name)
+
+
+def test_frame_adaln_noncontiguous_modulation():
+    """shift/scale sliced out of one (B, T, 6D) projection, as the predictor produces them."""
+    b, frames, frame_len, d = 1, 2, 5, 16
+    x = torch.randn(b, frames * frame_len, d)
+    mod = torch.randn(b, frames, 6 * d)
+    shift, scale = mod[..., :d], mod[..., d : 2 * d]
+    out = frame_adaln_modulate(x, shift, scale, frame_len, backend="triton")
+    ref = frame_adaln_modulate(x, shift, scale, frame_len, backend="torch")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- dispatch and bad input
+
+def test_explicit_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    if CUDA:
+        pytest.skip("CPU-only behaviour")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        prediction_loss(torch.randn(1, 2, 3), torch.randn(1, 2, 3), backend="triton")
+
+
+def test_bad_backend_and_float64_triton():
+    with pytest.raises(ValueError, match="backend"):
+        prediction_loss(torch.randn(1, 2, 3), torch.randn(1, 2, 3), backend="cuda")
+    with pytest.raises(ValueError, match="float64"):
+        prediction_loss(torch.randn(1, 2, 3, dtype=torch.float64), torch.randn(1, 2, 3, dtype=torch.float64),
+                        backend="triton")
+    with pytest.raises(ValueError, match="frame_len"):
+        frame_adaln_modulate(torch.randn(1, 6, 4), torch.randn(1, 2, 4), torch.randn(1, 2, 4), 0, backend="triton")
+    with pytest.raises(ValueError, match="scale"):
+        frame_adaln_modulate(torch.randn(1, 6, 4), torch.randn(1, 2, 4), torch.randn(1, 3, 4), 3, backend="triton")
+
+
+# ---------------------------------------------------------------- GPU (bf16, large)
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["l1", "l2"])
+@pytest.mark.parametrize("normalize_target", [False, True])
+def test_gpu_prediction_loss_bf16_large(kind, normalize_target):
+    pred = torch.randn(4, 2048, 1024, requires_grad=True)
+    target = torch.randn(4, 2048, 1024)
+
+    def fn(p, t, backend):
+        return prediction_loss(p, t, kind=kind, normalize_target=normalize_target, backend=backend)
+
+    (lo, lp, lr), (go, gp, gr) = run_three(fn, [pred, target], torch.bfloat16)
+    assert_ratio(lo, lr, lp, atol=1e-4, what="loss")
+    assert_ratio(go, gr, gp, ratio=3.0, atol=1e-9, what="dpred")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("frame_len,d", [(256, 1024), (258, 80)])
+def test_gpu_frame_adaln_bf16_large(frame_len, d):
+    b, frames = 4, 8
+    x = torch.randn(b, frames * frame_len, d).requires_grad_()
+    shift = torch.randn(b, frames, d).requires_grad_()
+    scale = (0.3 * torch.randn(b, frames, d)).requires_grad_()
+
+    def fn(x, shift, scale, backend):
+        return frame_adaln_modulate(x, shift, scale, frame_len, backend=backend)
+
+    for name, (o, p, r) in zip(["y", "dx", "dshift", "dscale"], run_three(fn, [x, shift, scale], torch.bfloat16)):
+        assert_ratio(o, r, p, ratio=2.0 if name == "y" else 3.0, atol=1e-3, what=name)
+    gate = torch.randn(b, frames, d).requires_grad_()
+    br = torch.randn_like(x).requires_grad_()
+    res = run_three(lambda x, br, g, backend: frame_gated_residual(x, br, g, frame_len, backend=backend),
+                    [x, br, gate], torch.bfloat16)
+    for name, (o, p, r) in zip(["out", "dx", "dbranch", "dgate"], res):
+        assert_ratio(o, r, p, ratio=3.0, atol=1e-3, what=name)

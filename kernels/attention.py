@@ -601,11 +601,13 @@ def _dot_fp32(dtype: torch.dtype) -> bool:
 
 
 def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scale: float, window_frames=None,
-                       rope_tables=None, deterministic: bool = False):
+                       rope_tables=None, deterministic: bool = False, dlse: torch.Tensor | None = None):
     """Launch the backward. Returns (dq, dk, dv) in q's dtype, contiguous (B, H, L, D).
 
     ``deterministic=True`` computes dQ in its own pass (no atomics: bit-identical across
-    runs); otherwise dQ is accumulated with fp32 atomics inside the dK/dV pass.
+    runs); otherwise dQ is accumulated with fp32 atomics inside the dK/dV pass. ``dlse``
+    (B, H, L), the gradient of the lse output, if any: since d lse_i / d s_ij = p_ij it
+    enters as dS = P * (dP - (Delta - dlse)).
     """
     for name, x in (("do", do), ("q", q), ("k", k), ("v", v), ("out", out)):
         _check(name, x)
@@ -627,6 +629,8 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
         do.stride(0), do.stride(1), do.stride(2),
         H, L, D, BLOCK_M=PM, BLOCK_D=BD,
     )
+    if dlse is not None:
+        delta = delta - dlse.to(torch.float32)
     dq = torch.empty_like(q, memory_format=torch.contiguous_format)
     dk = torch.empty_like(k, memory_format=torch.contiguous_format)
     dv = torch.empty_like(v, memory_format=torch.contiguous_format)

@@ -25,6 +25,16 @@ from .regularizers import (
 )
 from .rope import Rope3D, apply_rope_3d, rope_chunk_dim, rope_tables, token_positions
 
+# Registers the accelerated st_attention backends (triton, flex, flash_attn, xformers). Each
+# reports through its `supports` why it cannot run (e.g. triton missing), so fastlam works
+# without triton; the guard only covers a torch too old for torch.library.custom_op.
+try:
+    from . import triton_attention  # noqa: F401
+except Exception as _exc:  # pragma: no cover - depends on the installed torch
+    import warnings as _warnings
+
+    _warnings.warn(f"fastlam: accelerated attention backends unavailable ({_exc})", RuntimeWarning)
+
 __all__ = [
     "MASKS",
     "Rope3D",

@@ -51,11 +51,18 @@ _BACKENDS: dict[str, Backend] = {}
 # Preference order for backend="auto"; the first that supports the request wins.
 _AUTO_ORDER = ["triton", "torch"]
 _warned: set[str] = set()
+# Backends that "auto" never picks for CPU tensors: the Triton interpreter runs on CPU (for
+# tests) but is ~300x slower than the torch reference.
+_NO_AUTO_ON_CPU: set[str] = set()
 
 
-def register_backend(name: str, run: Callable, supports: Callable, *, auto_priority: int | None = None) -> None:
+def register_backend(
+    name: str, run: Callable, supports: Callable, *, auto_priority: int | None = None, auto_on_cpu: bool = True
+) -> None:
     """Make a backend available to ``st_attention`` (used by fastlam.ops.triton_attention etc.)."""
     _BACKENDS[name] = Backend(run, supports)
+    if not auto_on_cpu:
+        _NO_AUTO_ON_CPU.add(name)
     if auto_priority is not None and name not in _AUTO_ORDER:
         _AUTO_ORDER.insert(auto_priority, name)
 
@@ -146,7 +153,7 @@ def select_backend(q: torch.Tensor, req: AttentionRequest, backend: str = "auto"
         return backend
     reasons = []
     for name in _AUTO_ORDER:
-        if name not in _BACKENDS:
+        if name not in _BACKENDS or (name in _NO_AUTO_ON_CPU and q.device.type == "cpu"):
             continue
         reason = _BACKENDS[name].supports(q, req)
         if reason is None:

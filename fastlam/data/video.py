@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -273,6 +274,7 @@ def read_clip(
     size: Sequence[int] = (256, 256),
     crop: str = "center",
     generator: Optional[torch.Generator] = None,
+    timeout_s: Optional[float] = None,
 ) -> torch.Tensor:
     """Read ``num_frames`` frames sampled at ``fps`` starting ``start_s`` seconds in.
 
@@ -280,14 +282,22 @@ def read_clip(
     ``max(size)`` keeping the aspect ratio, then a ``size`` window is cropped (centre, or at a
     random offset drawn from ``generator``, the same for all frames of the clip).
 
+    ``timeout_s`` bounds the decoding time (checked between frames): a file that makes the
+    decoder crawl (damaged streams with endless error concealment, absurd resolutions) is
+    reported as a :class:`VideoDecodeError` instead of stalling a training run. A call that
+    blocks inside FFmpeg itself cannot be interrupted from Python.
+
     Raises :class:`VideoDecodeError` for files that cannot be decoded and
     :class:`ClipTooShort` (with the frames that were read) when the video ends first.
     """
     _check_clip_args(num_frames, fps, start_s, size, crop)
+    if timeout_s is not None and not (_is_real(timeout_s) and timeout_s > 0):
+        raise ValueError(f"timeout_s must be a positive number of seconds or None, "
+                         f"got {timeout_s!r}")
     container, stream = _open(path)
     try:
         return _read_open(path, container, stream, num_frames, fps, start_s, size, crop,
-                          generator)
+                          generator, timeout_s=timeout_s)
     except VideoDecodeError:
         raise
     except _decode_errors() as e:
@@ -297,7 +307,8 @@ def read_clip(
 
 
 def _read_open(path, container, stream, num_frames, fps, start_s, size, crop, generator,
-               rewind=False):
+               rewind=False, timeout_s=None):
+    deadline = None if timeout_s is None else (time.monotonic(), float(timeout_s))
     tb = stream.time_base
     if tb is None or tb <= 0:
         raise VideoDecodeError(path, "video stream has no time base")
@@ -321,13 +332,14 @@ def _read_open(path, container, stream, num_frames, fps, start_s, size, crop, ge
         # The container was read before (a retry): go back to the first frame.
         container.seek(origin, stream=stream, backward=True, any_frame=False)
     out, last_pts, frame_dur = _pick_frames(container, stream, thresholds, convert, sar, rate,
-                                            tb, stop_if_late=sought)
+                                            tb, stop_if_late=sought, deadline=deadline, path=path)
     if out is None:
         # The demuxer's seek overshot (imprecise in MPEG-PS and some AVI files): decode from
         # the beginning instead, which is always correct, only slower.
         container.seek(origin, stream=stream, backward=True, any_frame=False)
         out, last_pts, frame_dur = _pick_frames(container, stream, thresholds, convert, sar,
-                                                rate, tb, stop_if_late=False)
+                                                rate, tb, stop_if_late=False, deadline=deadline,
+                                                path=path)
     have = sum(o is not None for o in out)
     if have < num_frames:
         got = [o for o in out[:have]]
@@ -343,7 +355,8 @@ def _read_open(path, container, stream, num_frames, fps, start_s, size, crop, ge
     return torch.from_numpy(np.stack(out))
 
 
-def _pick_frames(container, stream, thresholds, convert, sar, rate, tb, *, stop_if_late):
+def _pick_frames(container, stream, thresholds, convert, sar, rate, tb, *, stop_if_late,
+                 deadline=None, path=None):
     n = len(thresholds)
     out = [None] * n
     j = 0
@@ -352,6 +365,8 @@ def _pick_frames(container, stream, thresholds, convert, sar, rate, tb, *, stop_
     deltas = []
     default_dur = _to_units(1 / rate, tb) if rate else 1
     for frame in container.decode(stream):
+        if deadline is not None and time.monotonic() - deadline[0] > deadline[1]:
+            raise VideoDecodeError(path, f"decoding timed out after {deadline[1]:g} s")
         pts = frame.pts
         if pts is None:
             # Streams without timestamps (rare raw formats): step by the nominal rate.

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from ._backend import kernel_limits, use_triton
 from ._checks import check_choice, check_tensor
 
 MEAN_TERMS = ("signed", "abs", "squared")
@@ -20,9 +21,14 @@ def _acc(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-def sparse_energy(z: torch.Tensor, l_l1: float, l_l2: float = 1.0) -> torch.Tensor:
-    """mean_i [ l_l2 * max(sqrt(D) - ||z_i||_2^2, 0) + l_l1 * ||z_i||_1 ]  (energy E of the paper)."""
+def sparse_energy(z: torch.Tensor, l_l1: float, l_l2: float = 1.0, *, backend: str = "auto") -> torch.Tensor:
+    """mean_i [ l_l2 * max(sqrt(D) - ||z_i||_2^2, 0) + l_l1 * ||z_i||_1 ]  (energy E of the paper).
+
+    ``backend="triton"`` takes the term from the fused :func:`sparse_regularizer` kernel.
+    """
     check_tensor("z", z, ndim=2, shape_doc="(N, D)")
+    if backend != "torch" and z.shape[0] >= 2:
+        return sparse_regularizer(z, l_l1=l_l1, l_l2=l_l2, backend=backend)["energy"]
     zf = _acc(z)
     d = zf.shape[1]
     sq = (zf * zf).sum(dim=1)
@@ -30,8 +36,10 @@ def sparse_energy(z: torch.Tensor, l_l1: float, l_l2: float = 1.0) -> torch.Tens
     return (l_l2 * hinge + l_l1 * zf.abs().sum(dim=1)).mean()
 
 
-def vcm_terms(z: torch.Tensor, eps: float = 1e-4, mean_term: str = "signed"):
+def vcm_terms(z: torch.Tensor, eps: float = 1e-4, mean_term: str = "signed", *, backend: str = "auto"):
     """Variance hinge, off-diagonal covariance and mean terms of VCM(Z), unweighted.
+
+    ``backend="triton"`` takes the terms from the fused :func:`sparse_regularizer` kernel.
 
     Variance and covariance use the unbiased (N - 1) estimator, as VICReg does. The mean term
     is the plain mean over all entries as the paper prints it (``signed``); ``abs`` and
@@ -42,6 +50,9 @@ def vcm_terms(z: torch.Tensor, eps: float = 1e-4, mean_term: str = "signed"):
     n, d = z.shape
     if n < 2:
         raise ValueError(f"z: VCM needs at least 2 rows (a batch of latents), got shape {tuple(z.shape)}")
+    if backend != "torch":
+        t = sparse_regularizer(z, l_l1=0.0, eps=eps, mean_term=mean_term, backend=backend)
+        return t["variance"], t["covariance"], t["mean"]
     zf = _acc(z)
     mu = zf.mean(dim=0)
     zc = zf - mu
@@ -69,10 +80,25 @@ def sparse_regularizer(
     l_m: float = 0.1,
     eps: float = 1e-4,
     mean_term: str = "signed",
+    backend: str = "auto",
 ) -> dict[str, torch.Tensor]:
-    """L(Z) = VCM(Z) + mean_i E(Z_i) with the paper's fixed coefficients as defaults."""
-    energy = sparse_energy(z, l_l1=l_l1, l_l2=l_l2)
-    variance, covariance, mean = vcm_terms(z, eps=eps, mean_term=mean_term)
+    """L(Z) = VCM(Z) + mean_i E(Z_i) with the paper's fixed coefficients as defaults.
+
+    ``backend="triton"`` (default on CUDA via ``auto``) computes every term in one pass over Z
+    and the gradient in one more (kernels/sparse_reg.py; D <= 128).
+    """
+    check_tensor("z", z, ndim=2, shape_doc="(N, D)")
+    check_choice("mean_term", mean_term, MEAN_TERMS)
+    if z.shape[0] < 2:
+        raise ValueError(f"z: VCM needs at least 2 rows (a batch of latents), got shape {tuple(z.shape)}")
+    limit = kernel_limits(z, max_d=128) or (None if z.shape[1] >= 2 else "D must be at least 2 for the covariance")
+    if use_triton(backend, z, unsupported=limit):
+        from .triton_regularizers import triton_sparse_regularizer
+
+        return triton_sparse_regularizer(z, l_l1=l_l1, l_l2=l_l2, l_v=l_v, l_c=l_c, l_m=l_m, eps=eps,
+                                         mean_term=mean_term)
+    energy = sparse_energy(z, l_l1=l_l1, l_l2=l_l2, backend="torch")
+    variance, covariance, mean = vcm_terms(z, eps=eps, mean_term=mean_term, backend="torch")
     total = energy + l_v * variance + l_c * covariance + l_m * mean
     return {"loss": total, "energy": energy, "variance": variance, "covariance": covariance, "mean": mean}
 

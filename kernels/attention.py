@@ -2,12 +2,13 @@
 
 Layout: q, k, v, o are (B, H, L, D) with a unit stride on the head dim (any strides for B,
 H, L, so views of a packed qkv projection need no copy). The mask is a predicate of the
-query and key token indices (the same one as ``fastlam.ops.attention.mask_allows``):
+query and key token indices (the same one as ``fastlam.ops.attention.mask_allows``). All
+four masks are one rule, frame-causal with a window over "mask frames" (:func:`mask_frames`):
 
-    MASK 0 full          every key
-    MASK 1 causal        k <= q
-    MASK 2 frame_causal  frame(q) - window < frame(k) <= frame(q)   (window = n_frames: none)
-    MASK 3 frame_local   frame(k) == frame(q)
+    full          one frame of L tokens        every key
+    causal        frames of 1 token, no window k <= q
+    frame_causal  the video's frames, window   frame(q) - window < frame(k) <= frame(q)
+    frame_local   the video's frames, window 1 frame(k) == frame(q)
 
 For each query tile the kernel derives, from the tile's first and last index, the range of
 key tiles that may contain an allowed pair ``[lo, hi)`` and the sub-range whose every pair
@@ -46,7 +47,7 @@ import triton.language as tl
 
 from .registry import KernelConfig, register
 
-MASK_IDS = {"full": 0, "causal": 1, "frame_causal": 2, "frame_local": 3}
+MASKS = ("full", "causal", "frame_causal", "frame_local")
 HEAD_DIMS = (32, 64, 80, 96, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": a row masked in one tile never gives inf - inf
@@ -71,18 +72,15 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _allowed(q_idx, k_idx, L, F, W, MASK: tl.constexpr):
-    """Mask predicate on broadcast index tiles; out-of-range keys and queries are never allowed."""
-    ok = (k_idx < L) & (q_idx < L)
-    if MASK == 1:
-        ok = ok & (k_idx <= q_idx)
-    elif MASK == 2:
-        fq = q_idx // F
-        fk = k_idx // F
-        ok = ok & (fk <= fq) & (fq - fk < W)
-    elif MASK == 3:
-        ok = ok & ((q_idx // F) == (k_idx // F))
-    return ok
+def _allowed(q_idx, k_idx, L, MF, MW):
+    """Mask predicate on broadcast index tiles; out-of-range keys and queries are never allowed.
+
+    Every mask is frame-causal with a window over "mask frames" of MF tokens: frame(k) <=
+    frame(q) < frame(k) + MW (see :func:`mask_frames`).
+    """
+    fq = q_idx // MF
+    fk = k_idx // MF
+    return (k_idx < L) & (q_idx < L) & (fk <= fq) & (fq - fk < MW)
 
 
 @triton.jit
@@ -102,58 +100,26 @@ def _align_ranges(lo, hi, a, b, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _key_range(m0, L, F, W, MASK: tl.constexpr, BLOCK_M: tl.constexpr):
+def _key_range(m0, L, MF, MW, BLOCK_M: tl.constexpr):
     """Keys a query tile starting at m0 may see ([lo, hi)) and sees in full ([a, b))."""
-    m1 = tl.minimum(m0 + BLOCK_M, L)
-    lo = 0
-    hi = L
-    a = 0
-    b = L
-    if MASK == 1:
-        hi = m1
-        b = m0 + 1
-    elif MASK == 2:
-        f0 = m0 // F
-        f1 = (m1 - 1) // F
-        lo = tl.maximum(f0 - W + 1, 0) * F
-        hi = tl.minimum((f1 + 1) * F, L)
-        a = tl.maximum(f1 - W + 1, 0) * F
-        b = tl.minimum((f0 + 1) * F, L)
-    elif MASK == 3:
-        f0 = m0 // F
-        f1 = (m1 - 1) // F
-        lo = f0 * F
-        hi = tl.minimum((f1 + 1) * F, L)
-        a = f1 * F
-        b = tl.minimum((f0 + 1) * F, L)
+    f0 = m0 // MF
+    f1 = (tl.minimum(m0 + BLOCK_M, L) - 1) // MF
+    lo = tl.maximum(f0 - MW + 1, 0) * MF
+    hi = tl.minimum((f1 + 1) * MF, L)
+    a = tl.maximum(f1 - MW + 1, 0) * MF
+    b = tl.minimum((f0 + 1) * MF, L)
     return lo, hi, a, b
 
 
 @triton.jit
-def _query_range(n0, L, F, W, MASK: tl.constexpr, BLOCK_N: tl.constexpr):
+def _query_range(n0, L, MF, MW, BLOCK_N: tl.constexpr):
     """Queries that may see a key tile starting at n0 ([lo, hi)) and see all of it ([a, b))."""
-    n1 = tl.minimum(n0 + BLOCK_N, L)
-    lo = 0
-    hi = L
-    a = 0
-    b = L
-    if MASK == 1:
-        lo = n0
-        a = n1 - 1
-    elif MASK == 2:
-        f0 = n0 // F
-        f1 = (n1 - 1) // F
-        lo = f0 * F
-        hi = tl.minimum((f1 + W) * F, L)
-        a = f1 * F
-        b = tl.minimum((f0 + W) * F, L)
-    elif MASK == 3:
-        f0 = n0 // F
-        f1 = (n1 - 1) // F
-        lo = f0 * F
-        hi = tl.minimum((f1 + 1) * F, L)
-        a = f1 * F
-        b = tl.minimum((f0 + 1) * F, L)
+    f0 = n0 // MF
+    f1 = (tl.minimum(n0 + BLOCK_N, L) - 1) // MF
+    lo = f0 * MF
+    hi = tl.minimum((f1 + MW) * MF, L)
+    a = f1 * MF
+    b = tl.minimum((f0 + MW) * MF, L)
     # A key tile that runs past L holds padded keys: every query tile must be masked.
     b = tl.where(n0 + BLOCK_N > L, a, b)
     return lo, hi, a, b
@@ -203,7 +169,7 @@ def _rope_transpose(g, tok, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, RO
 
 @triton.jit
 def _load_qk(PTR, tok, offs_d, stride_l, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W,
-             ROPE: tl.constexpr, DOT_FP32: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+             ROPE, DOT_FP32: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     """Load a q or k tile (padded rows / channels read as 0), rotate it, cast it for tl.dot."""
     x = tl.load(PTR + tok[:, None] * stride_l + offs_d[None, :], mask=(tok < L)[:, None] & (offs_d < D)[None, :], other=0.0)
     if ROPE:
@@ -223,20 +189,39 @@ def _load_rows(PTR, tok, offs_d, stride_l, L, D, DOT_FP32: tl.constexpr):
     return x
 
 
+@triton.jit
+def _rope_rotate(
+    X, Y, COS, SIN, AXIS,
+    stride_xb, stride_xh, stride_xl,
+    H, L, D, F, NPREFIX, GRID_W,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Rotate a (B, H, L, D) q or k once into a contiguous buffer (the streamed operand)."""
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    off_b = (bh // H).to(tl.int64)
+    off_h = (bh % H).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    x = _load_qk(X + off_b * stride_xb + off_h * stride_xh, offs_m, offs_d, stride_xl, COS, SIN, AXIS, L, D, F,
+                 NPREFIX, GRID_W, True, False, BLOCK_M, BLOCK_D)
+    tl.store(Y + bh.to(tl.int64) * L * D + offs_m[:, None] * D + offs_d[None, :], x,
+             mask=(offs_m < L)[:, None] & (offs_d < D)[None, :])
+
+
 # ----------------------------------------------------------------------------- forward
 
 
 @triton.jit
-def _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-              COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
-              MASK: tl.constexpr, MASKED: tl.constexpr, ROPE: tl.constexpr, BLOCK_N: tl.constexpr,
+def _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl, L, D, MF, MW, qk_scale,
+              MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
               BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = _load_qk(K, offs_n, offs_d, stride_kl, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROPE, DOT_FP32, BLOCK_N, BLOCK_D)
+    k = _load_rows(K, offs_n, offs_d, stride_kl, L, D, DOT_FP32)
     v = _load_rows(V, offs_n, offs_d, stride_vl, L, D, DOT_FP32)
     s = _dot(q, tl.trans(k), IEEE) * qk_scale
     if MASKED:
-        s = tl.where(_allowed(offs_m[:, None], offs_n[None, :], L, F, W, MASK), s, _NEG)
+        s = tl.where(_allowed(offs_m[:, None], offs_n[None, :], L, MF, MW), s, _NEG)
     m_new = tl.maximum(m_i, tl.max(s, 1))
     p = tl.math.exp2(s - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
@@ -245,15 +230,15 @@ def _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride
     return acc, m_new, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["ROPE"])
 def _attn_fwd(
     Q, K, V, O, LSE, COS, SIN, AXIS,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     stride_ob, stride_oh, stride_ol,
-    H, L, D, F, W, NPREFIX, GRID_W, qk_scale,
-    MASK: tl.constexpr, ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    H, L, D, MF, MW, F, NPREFIX, GRID_W, qk_scale,
+    ROPE, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
@@ -274,20 +259,17 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    lo, hi, a, b = _key_range(start_m, L, F, W, MASK, BLOCK_M)
+    lo, hi, a, b = _key_range(start_m, L, MF, MW, BLOCK_M)
     lo, s, e, hi = _align_ranges(lo, hi, a, b, BLOCK_N)
     for start_n in range(lo, s, BLOCK_N):
         acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                                  COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
-                                  MASK, True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+                                  L, D, MF, MW, qk_scale, True, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
     for start_n in range(s, e, BLOCK_N):
         acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                                  COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
-                                  MASK, False, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+                                  L, D, MF, MW, qk_scale, False, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
     for start_n in range(e, hi, BLOCK_N):
         acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                                  COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
-                                  MASK, True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+                                  L, D, MF, MW, qk_scale, True, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
 
     acc = acc / l_i[:, None]
     row_ok = offs_m < L
@@ -322,12 +304,11 @@ def _attn_bwd_preprocess(
 
 @triton.jit
 def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d,
-               stride_ql, stride_dol, stride_dql,
-               COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale, sm_scale,
-               MASK: tl.constexpr, MASKED: tl.constexpr, ROPE: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+               stride_ql, stride_dol, stride_dql, L, D, MF, MW, qk_scale, sm_scale,
+               MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    q = _load_qk(Q, offs_m, offs_d, stride_ql, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROPE, DOT_FP32, BLOCK_M, BLOCK_D)
+    q = _load_rows(Q, offs_m, offs_d, stride_ql, L, D, DOT_FP32)
     do = _load_rows(DO, offs_m, offs_d, stride_dol, L, D, DOT_FP32)
     row_ok = offs_m < L
     lse2 = tl.load(LSE + offs_m, mask=row_ok, other=0.0) * _LOG2E
@@ -335,7 +316,7 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d,
     # Work transposed (keys on rows) so dK and dV accumulate without transposing tiles.
     p_t = tl.math.exp2(_dot(k, tl.trans(q), IEEE) * qk_scale - lse2[None, :])
     if MASKED:
-        p_t = tl.where(_allowed(offs_m[None, :], offs_n[:, None], L, F, W, MASK), p_t, 0.0)
+        p_t = tl.where(_allowed(offs_m[None, :], offs_n[:, None], L, MF, MW), p_t, 0.0)
     dv += _dot(p_t.to(do.dtype), do, IEEE)
     dp_t = _dot(v, tl.trans(do), IEEE)
     ds_t = p_t * (dp_t - delta[None, :])
@@ -348,7 +329,7 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d,
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["ROPE"])
 def _attn_bwd_dkdv(
     Q, K, V, DO, DK, DV, DQ, LSE, DELTA, COS, SIN, AXIS,
     stride_qb, stride_qh, stride_ql,
@@ -358,8 +339,8 @@ def _attn_bwd_dkdv(
     stride_dkb, stride_dkh, stride_dkl,
     stride_dvb, stride_dvh, stride_dvl,
     stride_dqb, stride_dqh, stride_dql,
-    H, L, D, F, W, NPREFIX, GRID_W, qk_scale, sm_scale,
-    MASK: tl.constexpr, ROPE: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    H, L, D, MF, MW, F, NPREFIX, GRID_W, qk_scale, sm_scale,
+    ROPE, ATOMIC_DQ: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
 ):
@@ -379,25 +360,22 @@ def _attn_bwd_dkdv(
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    k = _load_qk(K, offs_n, offs_d, stride_kl, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROPE, DOT_FP32, BLOCK_N, BLOCK_D)
+    k = _load_rows(K, offs_n, offs_d, stride_kl, L, D, DOT_FP32)
     v = _load_rows(V, offs_n, offs_d, stride_vl, L, D, DOT_FP32)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
-    lo, hi, a, b = _query_range(start_n, L, F, W, MASK, BLOCK_N)
+    lo, hi, a, b = _query_range(start_n, L, MF, MW, BLOCK_N)
     lo, s, e, hi = _align_ranges(lo, hi, a, b, BLOCK_M)
     for start_m in range(lo, s, BLOCK_M):
         dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql, stride_dol, stride_dql,
-                            COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale, sm_scale,
-                            MASK, True, ROPE, ATOMIC_DQ, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
+                            L, D, MF, MW, qk_scale, sm_scale, True, ATOMIC_DQ, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
     for start_m in range(s, e, BLOCK_M):
         dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql, stride_dol, stride_dql,
-                            COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale, sm_scale,
-                            MASK, False, ROPE, ATOMIC_DQ, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
+                            L, D, MF, MW, qk_scale, sm_scale, False, ATOMIC_DQ, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
     for start_m in range(e, hi, BLOCK_M):
         dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql, stride_dol, stride_dql,
-                            COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale, sm_scale,
-                            MASK, True, ROPE, ATOMIC_DQ, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
+                            L, D, MF, MW, qk_scale, sm_scale, True, ATOMIC_DQ, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
 
     dk *= sm_scale
     if ROPE:
@@ -408,23 +386,22 @@ def _attn_bwd_dkdv(
 
 
 @triton.jit
-def _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-             COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
-             MASK: tl.constexpr, MASKED: tl.constexpr, ROPE: tl.constexpr, BLOCK_N: tl.constexpr,
+def _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl, L, D, MF, MW, qk_scale,
+             MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
              BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = _load_qk(K, offs_n, offs_d, stride_kl, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROPE, DOT_FP32, BLOCK_N, BLOCK_D)
+    k = _load_rows(K, offs_n, offs_d, stride_kl, L, D, DOT_FP32)
     v = _load_rows(V, offs_n, offs_d, stride_vl, L, D, DOT_FP32)
     p = tl.math.exp2(_dot(q, tl.trans(k), IEEE) * qk_scale - lse2[:, None])
     if MASKED:
-        p = tl.where(_allowed(offs_m[:, None], offs_n[None, :], L, F, W, MASK), p, 0.0)
+        p = tl.where(_allowed(offs_m[:, None], offs_n[None, :], L, MF, MW), p, 0.0)
     dp = _dot(do, tl.trans(v), IEEE)
     ds = p * (dp - delta[:, None])
     dq += _dot(ds.to(k.dtype), k, IEEE)
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["ROPE"])
 def _attn_bwd_dq(
     Q, K, V, DO, DQ, LSE, DELTA, COS, SIN, AXIS,
     stride_qb, stride_qh, stride_ql,
@@ -432,8 +409,8 @@ def _attn_bwd_dq(
     stride_vb, stride_vh, stride_vl,
     stride_dob, stride_doh, stride_dol,
     stride_dqb, stride_dqh, stride_dql,
-    H, L, D, F, W, NPREFIX, GRID_W, qk_scale, sm_scale,
-    MASK: tl.constexpr, ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    H, L, D, MF, MW, F, NPREFIX, GRID_W, qk_scale, sm_scale,
+    ROPE, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
@@ -451,26 +428,23 @@ def _attn_bwd_dq(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < L
-    q = _load_qk(Q, offs_m, offs_d, stride_ql, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROPE, DOT_FP32, BLOCK_M, BLOCK_D)
+    q = _load_rows(Q, offs_m, offs_d, stride_ql, L, D, DOT_FP32)
     do = _load_rows(DO, offs_m, offs_d, stride_dol, L, D, DOT_FP32)
     lse2 = tl.load(LSE + offs_m, mask=row_ok, other=0.0) * _LOG2E
     delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    lo, hi, a, b = _key_range(start_m, L, F, W, MASK, BLOCK_M)
+    lo, hi, a, b = _key_range(start_m, L, MF, MW, BLOCK_M)
     lo, s, e, hi = _align_ranges(lo, hi, a, b, BLOCK_N)
     for start_n in range(lo, s, BLOCK_N):
         dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                      COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
-                      MASK, True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+                      L, D, MF, MW, qk_scale, True, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
     for start_n in range(s, e, BLOCK_N):
         dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                      COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
-                      MASK, False, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+                      L, D, MF, MW, qk_scale, False, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
     for start_n in range(e, hi, BLOCK_N):
         dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                      COS, SIN, AXIS, L, D, F, W, NPREFIX, GRID_W, qk_scale,
-                      MASK, True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+                      L, D, MF, MW, qk_scale, True, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
 
     dq *= sm_scale
     if ROPE:
@@ -479,12 +453,12 @@ def _attn_bwd_dq(
              mask=row_ok[:, None] & (offs_d < D)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["ROPE"])
 def _attn_bwd_dq_finalize(
     DQACC, DQ, COS, SIN, AXIS,
     stride_dqb, stride_dqh, stride_dql,
     H, L, D, F, NPREFIX, GRID_W,
-    ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    ROPE, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Atomic path: rotate the fp32 dQ accumulator back (RoPE transpose) and cast it."""
     start_m = tl.program_id(0) * BLOCK_M
@@ -547,6 +521,20 @@ def _check(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name}: the head dim must have unit stride (call .contiguous()), got strides {x.stride()}")
 
 
+def rope_rotate(x: torch.Tensor, frame_len: int, rope_tables) -> torch.Tensor:
+    """x rotated by its 3D positions, contiguous, in x's dtype (rotation in fp32)."""
+    _check("x", x)
+    B, H, L, D = x.shape
+    cos, sin, axis, n_prefix, grid_w = _rope_args(rope_tables, x)
+    y = torch.empty((B, H, L, D), device=x.device, dtype=x.dtype)
+    BM = 16 if interpreting() else 64
+    _rope_rotate[(triton.cdiv(L, BM), B * H)](
+        x, y, cos, sin, axis, x.stride(0), x.stride(1), x.stride(2),
+        H, L, D, frame_len, n_prefix, grid_w, BLOCK_M=BM, BLOCK_D=max(16, triton.next_power_of_2(D)),
+    )
+    return y
+
+
 def _rope_args(rope_tables, like: torch.Tensor):
     """(cos, sin, axis, n_prefix, grid_w) or dummies when RoPE is off."""
     if rope_tables is None:
@@ -555,11 +543,24 @@ def _rope_args(rope_tables, like: torch.Tensor):
     return cos, sin, axis, int(n_prefix), int(grid_w)
 
 
-def _common(q, frame_len, mask, window_frames):
-    L = q.shape[2]
-    n_frames = max(1, L // frame_len)
-    window = n_frames + 1 if window_frames is None else int(window_frames)
-    return MASK_IDS[mask], window
+def mask_frames(seq_len: int, frame_len: int, mask: str, window_frames: int | None = None) -> tuple[int, int]:
+    """Every mask as frame-causal attention over "mask frames": (mask_frame_len, window).
+
+    frame(k) <= frame(q) < frame(k) + window, frames of mask_frame_len tokens:
+    full = one frame of L tokens; causal = frames of one token, no window; frame_local =
+    window 1; frame_causal = the video's frames with its window (none = all frames). One
+    predicate and one tile-range rule then serve every mask, with no per-mask compile.
+    """
+    if mask not in MASKS:
+        raise ValueError(f"mask: expected one of {MASKS}, got {mask!r}")
+    if mask == "full":
+        return max(seq_len, 1), 1
+    if mask == "causal":
+        return 1, seq_len + 1
+    if mask == "frame_local":
+        return frame_len, 1
+    n_frames = max(1, seq_len // frame_len)
+    return frame_len, (n_frames + 1 if window_frames is None else int(window_frames))
 
 
 def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, window_frames=None, rope_tables=None,
@@ -574,12 +575,16 @@ def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, windo
     B, H, L, D = q.shape
     cfg = block_config(D, q.dtype)
     BM, BN, warps, stages = cfg["fwd"]
-    mask_id, window = _common(q, frame_len, mask, window_frames)
+    mask_frame, window = mask_frames(q.shape[2], frame_len, mask, window_frames)
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if lse is None:
         lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
     cos, sin, axis, n_prefix, grid_w = _rope_args(rope_tables, q)
+    if rope_tables is not None:
+        # q is resident (rotated in-kernel, once per program); k is streamed past every
+        # query tile, so it is rotated once up front instead of L / BLOCK_M times.
+        k = rope_rotate(k, frame_len, rope_tables)
     grid = (triton.cdiv(L, BM), B * H)
     _attn_fwd[grid](
         q, k, v, out, lse, cos, sin, axis,
@@ -587,8 +592,8 @@ def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, windo
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        H, L, D, frame_len, window, n_prefix, grid_w, scale * _LOG2E_F,
-        MASK=mask_id, ROPE=rope_tables is not None, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=cfg["BLOCK_D"],
+        H, L, D, mask_frame, window, frame_len, n_prefix, grid_w, scale * _LOG2E_F,
+        ROPE=int(rope_tables is not None), BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=cfg["BLOCK_D"],
         DOT_FP32=_dot_fp32(q.dtype), IEEE=q.dtype == torch.float32,
         num_warps=warps, num_stages=stages,
     )
@@ -601,22 +606,29 @@ def _dot_fp32(dtype: torch.dtype) -> bool:
 
 
 def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scale: float, window_frames=None,
-                       rope_tables=None, deterministic: bool = False, dlse: torch.Tensor | None = None):
+                       rope_tables=None, deterministic: bool = False, dlse: torch.Tensor | None = None,
+                       grads: tuple | None = None):
     """Launch the backward. Returns (dq, dk, dv) in q's dtype, contiguous (B, H, L, D).
 
     ``deterministic=True`` computes dQ in its own pass (no atomics: bit-identical across
     runs); otherwise dQ is accumulated with fp32 atomics inside the dK/dV pass. ``dlse``
     (B, H, L), the gradient of the lse output, if any: since d lse_i / d s_ij = p_ij it
-    enters as dS = P * (dP - (Delta - dlse)).
+    enters as dS = P * (dP - (Delta - dlse)). ``grads``: optional preallocated (dq, dk, dv)
+    with unit head-dim stride (tests poison them to prove every element is written).
     """
     for name, x in (("do", do), ("q", q), ("k", k), ("v", v), ("out", out)):
         _check(name, x)
     B, H, L, D = q.shape
     cfg = block_config(D, q.dtype)
     BD = cfg["BLOCK_D"]
-    mask_id, window = _common(q, frame_len, mask, window_frames)
+    mask_frame, window = mask_frames(q.shape[2], frame_len, mask, window_frames)
     cos, sin, axis, n_prefix, grid_w = _rope_args(rope_tables, q)
     rope_on = rope_tables is not None
+    if rope_on:
+        # Both passes stream one of q, k: rotate both once; the kernels then only apply the
+        # transposed rotation to dQ and dK in their epilogues.
+        q = rope_rotate(q, frame_len, rope_tables)
+        k = rope_rotate(k, frame_len, rope_tables)
     dot_fp32 = _dot_fp32(q.dtype)
     ieee = q.dtype == torch.float32
     lse = lse.contiguous()
@@ -631,9 +643,12 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
     )
     if dlse is not None:
         delta = delta - dlse.to(torch.float32)
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
-    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    if grads is None:
+        grads = tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
+    dq, dk, dv = grads
+    for name, g in (("dq", dq), ("dk", dk), ("dv", dv)):
+        if g.shape != q.shape or g.dtype != q.dtype or g.stride(-1) != 1:
+            raise ValueError(f"grads: {name} must be {tuple(q.shape)} {q.dtype} with a unit head-dim stride")
     atomic = not deterministic
     dq_acc = torch.zeros((B, H, L, D), device=q.device, dtype=torch.float32) if atomic else dq
 
@@ -647,8 +662,8 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
         dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
         dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2),
-        H, L, D, frame_len, window, n_prefix, grid_w, scale * _LOG2E_F, scale,
-        MASK=mask_id, ROPE=rope_on, ATOMIC_DQ=atomic, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
+        H, L, D, mask_frame, window, frame_len, n_prefix, grid_w, scale * _LOG2E_F, scale,
+        ROPE=int(rope_on), ATOMIC_DQ=atomic, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
         DOT_FP32=dot_fp32, IEEE=ieee, num_warps=warps, num_stages=stages,
     )
     if atomic:
@@ -657,7 +672,7 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
             dq_acc, dq, cos, sin, axis,
             dq.stride(0), dq.stride(1), dq.stride(2),
             H, L, D, frame_len, n_prefix, grid_w,
-            ROPE=rope_on, BLOCK_M=FM, BLOCK_D=BD,
+            ROPE=int(rope_on), BLOCK_M=FM, BLOCK_D=BD,
         )
     else:
         BM, BN, warps, stages = cfg["bwd_q"]
@@ -668,8 +683,89 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
             v.stride(0), v.stride(1), v.stride(2),
             do.stride(0), do.stride(1), do.stride(2),
             dq.stride(0), dq.stride(1), dq.stride(2),
-            H, L, D, frame_len, window, n_prefix, grid_w, scale * _LOG2E_F, scale,
-            MASK=mask_id, ROPE=rope_on, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
+            H, L, D, mask_frame, window, frame_len, n_prefix, grid_w, scale * _LOG2E_F, scale,
+            ROPE=int(rope_on), BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
             DOT_FP32=dot_fp32, IEEE=ieee, num_warps=warps, num_stages=stages,
         )
     return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------- registry
+
+_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+_REF_B, _REF_H, _REF_L, _REF_F = 4, 16, 2048, 256  # V-JEPA-like: 8 frames of 256 tokens
+
+
+def _signature(fn, pointers: dict, constexprs: dict, floats=("qk_scale", "sm_scale")) -> dict:
+    """Triton types of every non-constexpr argument: pointers as given, floats, the rest i32."""
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            continue
+        sig[name] = pointers.get(name) or ("fp32" if name in floats else "i32")
+    return sig
+
+
+def _register_configs() -> None:
+    """Register every configuration the launchers above can pick on a GPU (see block_config).
+
+    FLOPs / bytes refer to the frame-causal reference shape B=4, H=16, L=2048 (8 x 256),
+    counting only the unmasked fraction (36/64 of the L^2 pairs), backward = 2.5 x forward.
+    """
+    frac = (_REF_L // _REF_F + 1) / (2 * (_REF_L // _REF_F))
+    for dtype, tname in _TRITON_DTYPE.items():
+        el = torch.finfo(dtype).bits // 8
+        for head_dim in (32, 64, 128):
+            cfg = block_config(head_dim, dtype, interpret=False)
+            BD = cfg["BLOCK_D"]
+            ref = f"B={_REF_B},H={_REF_H},L={_REF_L},D={head_dim},frame_len={_REF_F},frame_causal"
+            fwd_flops = 4.0 * _REF_B * _REF_H * _REF_L * _REF_L * head_dim * frac
+            tensor_bytes = float(_REF_B * _REF_H * _REF_L * head_dim * el)
+            rows_bytes = float(_REF_B * _REF_H * _REF_L * 4)
+            common = dict(DOT_FP32=False, IEEE=dtype == torch.float32, BLOCK_D=BD)
+            ptr = lambda names, t=tname: {n: f"*{t}" for n in names}  # noqa: E731
+            tables = {"COS": "*fp32", "SIN": "*fp32", "AXIS": "*i32"}
+            for _ in (None,):  # RoPE is a runtime flag: one compile serves both
+                tag = f"hd{BD},{tname}"
+                BM, BN, w, st = cfg["fwd"]
+                ce = dict(common, BLOCK_M=BM, BLOCK_N=BN)
+                register(KernelConfig(
+                    f"attn_fwd[{tag},M{BM},N{BN}]", _attn_fwd,
+                    _signature(_attn_fwd, {**ptr("QKVO"), "LSE": "*fp32", **tables}, ce), ce, w, st,
+                    expects_mma=True, ref_shape=ref, flops=fwd_flops, min_bytes=4 * tensor_bytes + rows_bytes))
+                BM, BN, w, st = cfg["bwd_kv"]
+                for atomic in (True, False):
+                    ce = dict(common, ATOMIC_DQ=atomic, BLOCK_M=BM, BLOCK_N=BN)
+                    dq_t = "*fp32" if atomic else f"*{tname}"
+                    register(KernelConfig(
+                        f"attn_bwd_dkdv[{tag}{',atomic_dq' if atomic else ''},M{BM},N{BN}]", _attn_bwd_dkdv,
+                        _signature(_attn_bwd_dkdv, {**ptr(["Q", "K", "V", "DO", "DK", "DV"]), "DQ": dq_t,
+                                                    "LSE": "*fp32", "DELTA": "*fp32", **tables}, ce), ce, w, st,
+                        expects_mma=True, ref_shape=ref,
+                        flops=fwd_flops * (2.5 if atomic else 2.0),  # 4 (+1) of the 5 backward matmuls
+                        min_bytes=(6 + (2 if atomic else 0)) * tensor_bytes + 2 * rows_bytes))
+                BM, BN, w, st = cfg["bwd_q"]
+                ce = dict(common, BLOCK_M=BM, BLOCK_N=BN)
+                register(KernelConfig(
+                    f"attn_bwd_dq[{tag},M{BM},N{BN}]", _attn_bwd_dq,
+                    _signature(_attn_bwd_dq, {**ptr(["Q", "K", "V", "DO", "DQ"]), "LSE": "*fp32", "DELTA": "*fp32",
+                                              **tables}, ce), ce, w, st,
+                    expects_mma=True, ref_shape=ref, flops=fwd_flops * 1.5,
+                    min_bytes=5 * tensor_bytes + 2 * rows_bytes))
+                ce = dict(BLOCK_M=64, BLOCK_D=BD)
+                register(KernelConfig(
+                    f"attn_bwd_dq_finalize[{tag}]", _attn_bwd_dq_finalize,
+                    _signature(_attn_bwd_dq_finalize, {"DQACC": "*fp32", "DQ": f"*{tname}", **tables}, ce), ce, 4, 1,
+                    ref_shape=ref, min_bytes=tensor_bytes * (1 + 4 / el)))
+            ce = dict(BLOCK_M=64, BLOCK_D=BD)
+            register(KernelConfig(
+                f"attn_bwd_preprocess[hd{BD},{tname}]", _attn_bwd_preprocess,
+                _signature(_attn_bwd_preprocess, {**ptr(["O", "DO"]), "DELTA": "*fp32"}, ce), ce, 4, 1,
+                ref_shape=ref, min_bytes=2 * tensor_bytes + rows_bytes))
+            register(KernelConfig(
+                f"attn_rope_rotate[hd{BD},{tname}]", _rope_rotate,
+                _signature(_rope_rotate, {**ptr("XY"), **tables}, ce), ce, 4, 1,
+                ref_shape=ref, min_bytes=2 * tensor_bytes))
+
+
+_register_configs()

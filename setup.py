@@ -37,7 +37,8 @@ setup(
         "dali": ["nvidia-dali-cuda130"],
         "dist": ["deepspeed"],
         "gpu": ["flash-attn", "xformers"],
-        "dev": ["pytest", "pytest-benchmark", "triton>=3.4", "av>=12"],
+        # transformers: the peer implementation the V-JEPA 2 equivalence tests compare against.
+        "dev": ["pytest", "pytest-benchmark", "triton>=3.4", "av>=12", "transformers>=4.53"],
     },
     entry_points={"console_scripts": ["fastlam-train=fastlam.train:main"]},
 )

@@ -17,6 +17,7 @@ from .losses import prediction_loss
 from .regularizers import (
     gaussian_kl,
     gaussian_sample,
+    gaussian_sample_kl,
     sparse_energy,
     sparse_regularizer,
     vcm_terms,
@@ -45,6 +46,7 @@ __all__ = [
     "frame_gated_residual",
     "gaussian_kl",
     "gaussian_sample",
+    "gaussian_sample_kl",
     "mask_allows",
     "prediction_loss",
     "register_backend",

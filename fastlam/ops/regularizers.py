@@ -103,22 +103,56 @@ def sparse_regularizer(
     return {"loss": total, "energy": energy, "variance": variance, "covariance": covariance, "mean": mean}
 
 
-def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)), summed over latent dims, averaged over rows."""
+def _check_gaussian(mu: torch.Tensor, logvar: torch.Tensor) -> None:
     check_tensor("mu", mu, ndim=2, shape_doc="(N, D)")
     check_tensor("logvar", logvar, ndim=2, shape_doc="(N, D)")
     if mu.shape != logvar.shape:
         raise ValueError(f"logvar: expected the shape of mu {tuple(mu.shape)}, got {tuple(logvar.shape)}")
+    if mu.shape[0] == 0:
+        raise ValueError(f"mu: expected at least one row, got shape {tuple(mu.shape)}")
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)), summed over latent dims, averaged over rows."""
+    _check_gaussian(mu, logvar)
+    if use_triton(backend, mu, logvar, unsupported=kernel_limits(mu, logvar, max_d=16384)):
+        from .triton_regularizers import triton_gaussian_kl
+
+        return triton_gaussian_kl(mu, logvar)
     m = _acc(mu)
     lv = _acc(logvar)
     return (0.5 * (m * m + lv.exp() - 1.0 - lv)).sum(dim=1).mean()
 
 
-def gaussian_sample(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None = None, generator=None):
-    """Reparameterised sample ``mu + exp(logvar / 2) * eps``; ``noise`` overrides eps."""
+def gaussian_sample(mu: torch.Tensor, logvar: torch.Tensor, noise: torch.Tensor | None = None, generator=None,
+                    *, seed: int | None = None, backend: str = "auto"):
+    """Reparameterised sample ``mu + exp(logvar / 2) * eps``; ``noise`` overrides eps.
+
+    The Triton path draws eps in-kernel from a Philox ``seed`` (drawn from ``generator`` /
+    torch's default RNG when None), so the same seed gives the same sample; given ``noise``,
+    the reference runs.
+    """
+    if noise is None and backend != "torch":
+        return gaussian_sample_kl(mu, logvar, seed=seed, generator=generator, backend=backend)[0]
     if noise is None:
         noise = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
     return mu + torch.exp(0.5 * logvar) * noise
+
+
+def gaussian_sample_kl(mu: torch.Tensor, logvar: torch.Tensor, *, seed: int | None = None, generator=None,
+                       backend: str = "auto"):
+    """``(gaussian_sample(mu, logvar), gaussian_kl(mu, logvar))`` in one pass on the Triton path.
+
+    The kernel regenerates eps from the seed in the backward instead of storing it.
+    """
+    _check_gaussian(mu, logvar)
+    if use_triton(backend, mu, logvar, unsupported=kernel_limits(mu, logvar, max_d=16384)):
+        from .triton_regularizers import draw_seed, triton_gaussian_sample_kl
+
+        return triton_gaussian_sample_kl(mu, logvar, draw_seed(generator) if seed is None else int(seed))
+    if seed is not None and generator is None:
+        generator = torch.Generator(device=mu.device).manual_seed(int(seed))
+    return gaussian_sample(mu, logvar, generator=generator, backend="torch"), gaussian_kl(mu, logvar, backend="torch")
 
 
 def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

@@ -33,3 +33,46 @@ def triton_sparse_regularizer(z, *, l_l1, l_l2, l_v, l_c, l_m, eps, mean_term) -
     out = _SparseRegularizerFn.apply(
         z, dict(l_l1=l_l1, l_l2=l_l2, l_v=l_v, l_c=l_c, l_m=l_m, eps=eps, mean_term=mean_term))
     return dict(zip(SPARSE_TERMS, out.unbind(0)))
+
+
+def draw_seed(generator: torch.Generator | None = None) -> int:
+    """A Philox seed for the in-kernel RNG from torch's RNG (so torch.manual_seed reproduces it)."""
+    dev = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=dev).item())
+
+
+class _GaussianFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mu, logvar, seed, sample):
+        from fastlam.kernels.gaussian import gaussian_fwd
+
+        mu2, lv2 = _rows(mu), _rows(logvar)
+        z, kl = gaussian_fwd(mu2, lv2, seed, sample)
+        # only the inputs and the seed are kept: eps is regenerated in the backward
+        ctx.save_for_backward(mu2, lv2)
+        ctx.seed, ctx.sample = seed, sample
+        if not sample:
+            return kl
+        return z, kl
+
+    @staticmethod
+    def backward(ctx, *grads):
+        from fastlam.kernels.gaussian import gaussian_bwd
+
+        mu2, lv2 = ctx.saved_tensors
+        if ctx.sample:
+            dz, gkl = grads
+            dz = torch.zeros_like(mu2) if dz is None else _rows(dz)
+        else:
+            dz, gkl = None, grads[0]
+        gkl = torch.zeros((), device=mu2.device) if gkl is None else gkl
+        dmu, dlv = gaussian_bwd(mu2, lv2, dz, gkl, ctx.seed)
+        return dmu, dlv, None, None
+
+
+def triton_gaussian_sample_kl(mu, logvar, seed: int):
+    return _GaussianFn.apply(mu, logvar, seed, True)
+
+
+def triton_gaussian_kl(mu, logvar):
+    return _GaussianFn.apply(mu, logvar, 0, False)

@@ -24,6 +24,7 @@ from fastlam.data import (  # noqa: E402
     VideoClipDataset,
     VideoDecodeError,
     clip_to_tensor,
+    decode_video,
     make_sprite_clips,
     probe_video,
     read_clip,
@@ -380,6 +381,40 @@ def test_start_sampling_is_deterministic_per_seed_and_epoch(tmp_path):
         assert k * room / 3 - 0.1 <= c[0] / 10 <= (k + 1) * room / 3 + 0.1
 
 
+def test_decoded_cache_gives_identical_clips(tmp_path):
+    vids = [
+        write_video(tmp_path / "a.mp4", num_frames=40, rate=25, gop=8),
+        write_video(tmp_path / "b.mkv", num_frames=11,
+                    times=[0, 0.1, 0.15, 0.4, 0.45, 0.5, 0.9, 1.3, 1.35, 1.9, 2.0]),
+        write_video(tmp_path / "c.mpg", num_frames=40, codec="mpeg1video"),
+        write_video(tmp_path / "short.avi", num_frames=6, rate=10, codec="mjpeg"),
+    ]
+    kw = dict(num_frames=4, fps=4.0, size=(32, 40), clips_per_video=3, seed=5)
+    plain = VideoClipDataset(vids, **kw)
+    cached = VideoClipDataset(vids, cache_mb=64, **kw)
+    small = VideoClipDataset(vids, cache_mb=0.2, **kw)  # room for some videos only
+    for epoch in (0, 1):
+        for ds in (plain, cached, small):
+            ds.set_epoch(epoch)
+        for i in range(len(plain)):
+            x = plain[i]
+            assert torch.equal(cached[i], x) and torch.equal(small[i], x), (epoch, i)
+    assert len(cached._cache) == 4 and 0 < len(small._cache) < 4
+    assert 0 < small.cached_mb <= 0.2
+    assert "padded" in cached.report()  # the 0.6 s video was padded from the cache too
+    assert pickle.loads(pickle.dumps(cached))._cache == {}  # workers fill their own
+    # Direct use: a clip from a decoded video equals read_clip, frame for frame.
+    dv = decode_video(vids[1], size=(32, 40))
+    for start in (0.0, 0.3, 0.62):
+        g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+        assert torch.equal(
+            dv.clip(num_frames=5, start_s=start, crop="random", generator=g1),
+            read_clip(vids[1], num_frames=5, start_s=start, size=(32, 40), crop="random",
+                      generator=g2))
+    with pytest.raises(ClipTooShort):
+        dv.clip(num_frames=5, start_s=1.5)
+
+
 # ------------------------------------------------------------------------------ synthetic
 
 
@@ -485,3 +520,10 @@ def test_real_sample_videos():
                      size=(64, 64))
     sub = read_clip(SAMPLES / "bikes.mp4", num_frames=3, fps=5.0, start_s=2.0, size=(64, 64))
     assert torch.equal(sub, full[::5][:3])
+    # Seeking lands where it should in every sample container (MPEG-PS seeks can overshoot
+    # to the next keyframe): streamed clips equal clips cut from the fully decoded video.
+    for p in videos:
+        dv = decode_video(p, size=(48, 48))
+        for start in (0.05, 0.13, 0.3, 0.55, 1.1, 2.0):
+            assert torch.equal(read_clip(p, num_frames=4, start_s=start, size=(48, 48)),
+                               dv.clip(num_frames=4, start_s=start)), (p.name, start)

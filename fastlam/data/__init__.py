@@ -8,9 +8,11 @@ from .dataset import VIDEO_EXTENSIONS, VideoClipDataset, list_videos
 from .synthetic import make_sprite_clips
 from .video import (
     ClipTooShort,
+    DecodedVideo,
     VideoDecodeError,
     VideoInfo,
     clip_to_tensor,
+    decode_video,
     probe_video,
     read_clip,
 )
@@ -22,6 +24,8 @@ __all__ = [
     "probe_video",
     "read_clip",
     "clip_to_tensor",
+    "decode_video",
+    "DecodedVideo",
     "VideoClipDataset",
     "VIDEO_EXTENSIONS",
     "list_videos",

@@ -33,7 +33,11 @@ from .video import (
     _info,
     _open,
     _read_open,
+    _resized_shape,
+    _stream_sar,
+    DecodedVideo,
     clip_to_tensor,
+    decode_video,
 )
 
 PathLike = Union[str, Path]
@@ -104,6 +108,12 @@ class VideoClipDataset(Dataset):
     workers, which re-copy the dataset every epoch). With ``clips_per_video > 1`` the video's
     valid start range is split into that many strata, one clip drawn in each, so the clips
     cover the whole video.
+
+    ``cache_mb > 0`` keeps whole videos decoded (resized for ``size``, before cropping) in
+    memory, per process, until that many MiB are used; later clips of a cached video are
+    indexed instead of decoded, with bit-identical results. Worth it when a small corpus is
+    sampled many times (``clips_per_video`` large), e.g. the CPU sample-video training.
+    ``decode_timeout_s`` bounds one read (or one whole-video decode when caching).
     """
 
     def __init__(
@@ -120,6 +130,7 @@ class VideoClipDataset(Dataset):
         clips_per_video: int = 1,
         bad_file_log: Optional[PathLike] = None,
         decode_timeout_s: Optional[float] = 60.0,
+        cache_mb: float = 0.0,
     ):
         _check_clip_args(num_frames, fps, 0.0, tuple(size), crop)
         if short_policy not in ("pad", "skip"):
@@ -138,12 +149,24 @@ class VideoClipDataset(Dataset):
             raise ValueError(f"decode_timeout_s must be > 0 seconds or None, "
                              f"got {decode_timeout_s!r}")
         self.decode_timeout_s = decode_timeout_s
+        if not cache_mb >= 0:
+            raise ValueError(f"cache_mb must be >= 0 (0 turns the cache off), got {cache_mb!r}")
+        self.cache_mb = float(cache_mb)
         self.bad_file_log = str(bad_file_log) if bad_file_log is not None else None
         self.epoch = 0
         self._bad: Dict[str, str] = {}
-        self._durations: Dict[str, float] = {}
+        self._meta: Dict[str, Tuple[float, int]] = {}  # path -> (header duration, est. bytes)
+        self._cache: Dict[str, DecodedVideo] = {}
+        self._cache_bytes = 0
         self._padded: Dict[str, int] = {}
         self._log_offset = 0
+
+    def __getstate__(self):
+        # Decoded frames stay in the process that decoded them: each DataLoader worker
+        # fills its own cache instead of receiving a pickled copy of the parent's.
+        state = dict(self.__dict__)
+        state["_cache"], state["_cache_bytes"] = {}, 0
+        return state
 
     def __len__(self) -> int:
         return len(self.paths) * self.clips_per_video
@@ -200,65 +223,89 @@ class VideoClipDataset(Dataset):
         return "\n".join(lines)
 
     # ---- reading ---------------------------------------------------------------------------
+    @property
+    def cached_mb(self) -> float:
+        """Decoded frames held by this copy of the dataset, in MiB."""
+        return self._cache_bytes / 2**20
+
     def _generator(self, index: int) -> torch.Generator:
         return torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, index))
 
     def _try_read(self, path: str, clip_index: int, gen: torch.Generator):
         """A clip of ``path`` as uint8 (T, H, W, 3), or None after marking the file bad."""
         span = (self.num_frames - 1) / self.fps
+        container = stream = None
+        decoded = self._cache.get(path)
         try:
-            container, stream = _open(path)
+            if decoded is None:
+                container, stream = _open(path)
+                if path not in self._meta:
+                    info = _info(path, container, stream, exact=False)
+                    rh, rw = _resized_shape(stream.width, stream.height, _stream_sar(stream),
+                                            max(self.size))
+                    self._meta[path] = (info.duration_s, info.num_frames * rh * rw * 3)
+                est_bytes = self._meta[path][1]
+                if self.cache_mb and self._cache_bytes + est_bytes <= self.cache_mb * 2**20:
+                    container.close()
+                    container = None
+                    decoded = decode_video(path, size=self.size,
+                                           timeout_s=self.decode_timeout_s)
+                    # Header frame counts are estimates; the real size decides, and is
+                    # remembered so a video that did not fit is not decoded whole again.
+                    self._meta[path] = (self._meta[path][0], decoded.nbytes)
+                    if self._cache_bytes + decoded.nbytes <= self.cache_mb * 2**20:
+                        self._cache[path] = decoded
+                        self._cache_bytes += decoded.nbytes
+            # The header duration, also when cached, so caching never changes which clip an
+            # index gets (the decoded length could differ from the header by a frame).
+            duration = self._meta[path][0]
+
+            def read(start, rewind):
+                if decoded is not None:
+                    return decoded.clip(num_frames=self.num_frames, fps=self.fps,
+                                        start_s=start, crop=self.crop, generator=gen)
+                return _read_open(path, container, stream, self.num_frames, self.fps, start,
+                                  self.size, self.crop, gen, rewind=rewind,
+                                  timeout_s=self.decode_timeout_s)
+
+            # One draw per item even when the start is forced to 0, so the crop offsets
+            # (drawn next from the same generator) do not depend on the video's length.
+            u = float(torch.rand((), generator=gen, dtype=torch.float64))
+            # Strictly inside: the last sampled instant must fall before the video ends.
+            room = max(0.0, duration - span - 1e-3)
+            start = room * (clip_index + u) / self.clips_per_video
+            try:
+                return read(start, rewind=False)
+            except ClipTooShort as e:
+                short = e
+            # The header duration overstated the video (it can be off by frames, or be an
+            # estimate): move the start back by what was missing, then to 0.
+            got = len(short.frames) if short.frames is not None else 0
+            for retry in (max(0.0, start - (self.num_frames - got) / self.fps), 0.0):
+                if retry >= start:
+                    continue
+                start = retry
+                try:
+                    return read(start, rewind=True)
+                except ClipTooShort as e:
+                    short = e
+            got = len(short.frames) if short.frames is not None else 0
+            if self.short_policy == "pad" and got > 0:
+                self._padded[path] = got
+                pad = short.frames[-1:].expand(self.num_frames - got, -1, -1, -1)
+                return torch.cat([short.frames, pad], 0)
+            self._mark_bad(path, short.reason if got else
+                           f"no decodable frames ({short.reason})")
+            return None
         except VideoDecodeError as e:
             self._mark_bad(path, e.reason)
             return None
-        try:
-            try:
-                duration = self._durations.get(path)
-                if duration is None:
-                    duration = _info(path, container, stream, exact=False).duration_s
-                    self._durations[path] = duration
-                # One draw per item even when the start is forced to 0, so the crop offsets
-                # (drawn next from the same generator) do not depend on the video's length.
-                u = float(torch.rand((), generator=gen, dtype=torch.float64))
-                # Strictly inside: the last sampled instant must fall before the video ends.
-                room = max(0.0, duration - span - 1e-3)
-                k = self.clips_per_video
-                start = room * (clip_index + u) / k
-                try:
-                    return _read_open(path, container, stream, self.num_frames, self.fps,
-                                      start, self.size, self.crop, gen,
-                                      timeout_s=self.decode_timeout_s)
-                except ClipTooShort as e:
-                    short = e
-                # The header duration overstated the video (it can be off by frames, or be
-                # an estimate): move the start back by what was missing, then to 0.
-                got = len(short.frames) if short.frames is not None else 0
-                for retry in (max(0.0, start - (self.num_frames - got) / self.fps), 0.0):
-                    if retry >= start:
-                        continue
-                    start = retry
-                    try:
-                        return _read_open(path, container, stream, self.num_frames, self.fps,
-                                          start, self.size, self.crop, gen, rewind=True,
-                                          timeout_s=self.decode_timeout_s)
-                    except ClipTooShort as e:
-                        short = e
-                got = len(short.frames) if short.frames is not None else 0
-                if self.short_policy == "pad" and got > 0:
-                    self._padded[path] = got
-                    pad = short.frames[-1:].expand(self.num_frames - got, -1, -1, -1)
-                    return torch.cat([short.frames, pad], 0)
-                self._mark_bad(path, short.reason if got else
-                               f"no decodable frames ({short.reason})")
-                return None
-            except VideoDecodeError as e:
-                self._mark_bad(path, e.reason)
-                return None
-            except _decode_errors() as e:
-                self._mark_bad(path, f"decoding failed: {type(e).__name__}: {e}")
-                return None
+        except _decode_errors() as e:
+            self._mark_bad(path, f"decoding failed: {type(e).__name__}: {e}")
+            return None
         finally:
-            container.close()
+            if container is not None:
+                container.close()
 
     def __getitem__(self, index: int) -> torch.Tensor:
         n = len(self)

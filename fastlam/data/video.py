@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -38,6 +38,8 @@ __all__ = [
     "probe_video",
     "read_clip",
     "clip_to_tensor",
+    "DecodedVideo",
+    "decode_video",
 ]
 
 
@@ -231,6 +233,21 @@ def _resized_shape(width: int, height: int, sar: Fraction, short_side: int) -> T
     return new_h, new_w
 
 
+def _crop_offsets(rh, rw, size, crop, generator) -> Tuple[int, int]:
+    out_h, out_w = size
+    if crop == "center":
+        return (rh - out_h) // 2, (rw - out_w) // 2
+    top = int(torch.randint(0, rh - out_h + 1, (1,), generator=generator))
+    left = int(torch.randint(0, rw - out_w + 1, (1,), generator=generator))
+    return top, left
+
+
+def _resize_rgb(frame, rh, rw) -> np.ndarray:
+    # swscale converts to RGB and resizes in one pass; AREA averages when shrinking, which
+    # avoids the aliasing bilinear gives at 4-8x reduction.
+    return frame.reformat(width=rw, height=rh, format="rgb24", interpolation="AREA").to_ndarray()
+
+
 class _FrameConverter:
     """Resize (shorter side to ``max(size)``) + crop, applied identically to every frame."""
 
@@ -241,24 +258,14 @@ class _FrameConverter:
         self.geometry = None  # (resized_h, resized_w, top, left), fixed by the first frame
 
     def _plan(self, frame, sar):
-        out_h, out_w = self.size
         rh, rw = _resized_shape(frame.width, frame.height, sar, max(self.size))
-        if self.crop == "center":
-            top, left = (rh - out_h) // 2, (rw - out_w) // 2
-        else:
-            top = int(torch.randint(0, rh - out_h + 1, (1,), generator=self.generator))
-            left = int(torch.randint(0, rw - out_w + 1, (1,), generator=self.generator))
-        self.geometry = (rh, rw, top, left)
+        self.geometry = (rh, rw, *_crop_offsets(rh, rw, self.size, self.crop, self.generator))
 
     def __call__(self, frame, sar) -> np.ndarray:
         if self.geometry is None:
             self._plan(frame, sar)
         rh, rw, top, left = self.geometry
-        # swscale converts to RGB and resizes in one pass; AREA averages when shrinking,
-        # which avoids the aliasing bilinear gives at 4-8x reduction.
-        rgb = frame.reformat(width=rw, height=rh, format="rgb24", interpolation="AREA")
-        arr = rgb.to_ndarray()
-        return arr[top:top + self.size[0], left:left + self.size[1]]
+        return _resize_rgb(frame, rh, rw)[top:top + self.size[0], left:left + self.size[1]]
 
 
 def _to_units(seconds: Fraction, time_base: Fraction) -> int:
@@ -315,12 +322,8 @@ def _read_open(path, container, stream, num_frames, fps, start_s, size, crop, ge
     tb = Fraction(tb.numerator, tb.denominator)
     origin = _stream_origin(stream)
     rate = _stream_rate(stream)
-    step = Fraction(fps).limit_denominator(1_000_000)
-    start = Fraction(start_s).limit_denominator(1_000_000)
-    # Frame i is the last frame with pts <= thresholds[i]; integer compares keep it exact.
-    thresholds = [origin + _to_units(start + Fraction(i) / step, tb) for i in range(num_frames)]
-    sar = stream.sample_aspect_ratio
-    sar = Fraction(sar.numerator, sar.denominator) if sar else Fraction(1)
+    thresholds = _thresholds(origin, tb, start_s, fps, num_frames)
+    sar = _stream_sar(stream)
     convert = _FrameConverter(size, crop, generator)
 
     sought = thresholds[0] > origin
@@ -330,29 +333,50 @@ def _read_open(path, container, stream, num_frames, fps, start_s, size, crop, ge
         container.seek(thresholds[0], stream=stream, backward=True, any_frame=False)
     elif rewind:
         # The container was read before (a retry): go back to the first frame.
-        container.seek(origin, stream=stream, backward=True, any_frame=False)
+        _rewind(container, stream, origin)
     out, last_pts, frame_dur = _pick_frames(container, stream, thresholds, convert, sar, rate,
                                             tb, stop_if_late=sought, deadline=deadline, path=path)
     if out is None:
         # The demuxer's seek overshot (imprecise in MPEG-PS and some AVI files): decode from
         # the beginning instead, which is always correct, only slower.
-        container.seek(origin, stream=stream, backward=True, any_frame=False)
+        _rewind(container, stream, origin)
         out, last_pts, frame_dur = _pick_frames(container, stream, thresholds, convert, sar,
                                                 rate, tb, stop_if_late=False, deadline=deadline,
                                                 path=path)
     have = sum(o is not None for o in out)
     if have < num_frames:
-        got = [o for o in out[:have]]
-        frames = (torch.from_numpy(np.stack(got)) if got
-                  else torch.empty((0, size[0], size[1], 3), dtype=torch.uint8))
         end_s = (float((last_pts - origin + frame_dur) * tb) if last_pts is not None else 0.0)
-        need_s = float(start + Fraction(num_frames - 1) / step)
-        raise ClipTooShort(
-            path,
-            f"too short: video ends at {end_s:.3f} s but the clip needs {num_frames} frames at "
-            f"{fps} fps from {float(start):.3f} s (up to {need_s:.3f} s); got {have}",
-            frames=frames, needed=num_frames)
+        raise _too_short(path, out[:have], end_s, num_frames, fps, start_s, size)
     return torch.from_numpy(np.stack(out))
+
+
+def _rewind(container, stream, origin: int) -> None:
+    # Not seek(origin): MPEG-PS seeking by timestamp can land on the *next* keyframe even
+    # when asked for the first frame's own timestamp; a target at or before 0 cannot.
+    container.seek(min(origin, 0), stream=stream, backward=True, any_frame=False)
+
+
+def _thresholds(origin: int, tb: Fraction, start_s, fps, num_frames: int) -> List[int]:
+    """Output frame i is the last frame with pts <= thresholds[i] (exact integer compares)."""
+    step = Fraction(fps).limit_denominator(1_000_000)
+    start = Fraction(start_s).limit_denominator(1_000_000)
+    return [origin + _to_units(start + Fraction(i) / step, tb) for i in range(num_frames)]
+
+
+def _stream_sar(stream) -> Fraction:
+    sar = stream.sample_aspect_ratio
+    return Fraction(sar.numerator, sar.denominator) if sar else Fraction(1)
+
+
+def _too_short(path, got, end_s, num_frames, fps, start_s, size) -> ClipTooShort:
+    frames = (torch.from_numpy(np.stack(got)) if len(got)
+              else torch.empty((0, size[0], size[1], 3), dtype=torch.uint8))
+    need_s = float(start_s) + (num_frames - 1) / float(fps)
+    return ClipTooShort(
+        path,
+        f"too short: video ends at {end_s:.3f} s but the clip needs {num_frames} frames at "
+        f"{float(fps):g} fps from {float(start_s):.3f} s (up to {need_s:.3f} s); got {len(got)}",
+        frames=frames, needed=num_frames)
 
 
 def _pick_frames(container, stream, thresholds, convert, sar, rate, tb, *, stop_if_late,
@@ -415,3 +439,98 @@ def clip_to_tensor(clip: torch.Tensor) -> torch.Tensor:
             f"clip must have shape (T, H, W, 3) or (B, T, H, W, 3), got {tuple(clip.shape)}")
     perm = (3, 0, 1, 2) if clip.ndim == 4 else (0, 4, 1, 2, 3)
     return clip.permute(*perm).float().div_(255.0).contiguous()
+
+
+@dataclass
+class DecodedVideo:
+    """A whole video decoded once and resized for one output ``size``, for repeated clips.
+
+    Worth it for short videos sampled many times (``clips_per_video`` large, small corpora
+    on CPU): every clip after the first costs an index instead of a decode. Clips are picked
+    by the same timestamp rule as :func:`read_clip` and are bit-identical to it.
+    """
+
+    path: str
+    frames: torch.Tensor  # uint8 (N, resized_h, resized_w, 3), presentation order
+    pts: np.ndarray  # int64 (N,), strictly increasing, in time_base units
+    origin: int
+    time_base: Fraction
+    end_pts: int  # the last frame stays on screen until here
+    size: Tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        return self.frames.numel()
+
+    def clip(self, *, num_frames=16, fps=4.0, start_s=0.0, crop="center", generator=None):
+        _check_clip_args(num_frames, fps, start_s, self.size, crop)
+        thresholds = np.asarray(_thresholds(self.origin, self.time_base, start_s, fps,
+                                            num_frames), dtype=np.int64)
+        # Before the first picture the first picture is the closest there is (as read_clip).
+        idx = np.maximum(np.searchsorted(self.pts, thresholds, side="right") - 1, 0)
+        have = int(np.searchsorted(thresholds, self.end_pts, side="left"))
+        rh, rw = self.frames.shape[1:3]
+        top, left = _crop_offsets(rh, rw, self.size, crop, generator)
+        window = self.frames[:, top:top + self.size[0], left:left + self.size[1]]
+        if have < num_frames:
+            end_s = float((self.end_pts - self.origin) * self.time_base)
+            got = window[torch.from_numpy(idx[:have])].numpy()
+            raise _too_short(self.path, list(got), end_s, num_frames, fps, start_s, self.size)
+        return window[torch.from_numpy(idx)].contiguous()
+
+
+def resized_shape(path: PathLike, size: Sequence[int]) -> Tuple[int, int]:
+    """(height, width) the frames of ``path`` take before cropping to ``size``."""
+    container, stream = _open(path)
+    try:
+        return _resized_shape(stream.width, stream.height, _stream_sar(stream), max(size))
+    finally:
+        container.close()
+
+
+def decode_video(path: PathLike, *, size: Sequence[int] = (256, 256),
+                 timeout_s: Optional[float] = None) -> DecodedVideo:
+    """Decode every frame of ``path``, resized so its shorter side is ``max(size)``."""
+    _check_clip_args(1, 1.0, 0.0, size, "center")
+    size = (int(size[0]), int(size[1]))
+    container, stream = _open(path)
+    start_time = time.monotonic()
+    try:
+        tb = stream.time_base
+        if tb is None or tb <= 0:
+            raise VideoDecodeError(path, "video stream has no time base")
+        tb = Fraction(tb.numerator, tb.denominator)
+        rate = _stream_rate(stream)
+        default_dur = _to_units(1 / rate, tb) if rate else 1
+        geometry = None
+        arrays, pts_list, last = [], [], None
+        for frame in container.decode(stream):
+            if timeout_s is not None and time.monotonic() - start_time > timeout_s:
+                raise VideoDecodeError(path, f"decoding timed out after {timeout_s:g} s")
+            pts = frame.pts
+            if pts is None:
+                pts = (pts_list[-1] + default_dur) if pts_list else _stream_origin(stream)
+            if pts_list and pts <= pts_list[-1]:
+                continue  # same rule as read_clip: only strictly later frames count
+            if geometry is None:
+                geometry = _resized_shape(frame.width, frame.height, _stream_sar(stream),
+                                          max(size))
+            arrays.append(_resize_rgb(frame, *geometry))
+            pts_list.append(pts)
+            last = frame
+        if not arrays:
+            raise ClipTooShort(path, "no decodable frames", frames=torch.empty(
+                (0, size[0], size[1], 3), dtype=torch.uint8), needed=1)
+        dur = int(getattr(last, "duration", 0) or 0)
+        if dur <= 0:
+            dur = int(np.median(np.diff(pts_list))) if len(pts_list) > 1 else default_dur
+        return DecodedVideo(path=str(path), frames=torch.from_numpy(np.stack(arrays)),
+                            pts=np.asarray(pts_list, dtype=np.int64),
+                            origin=_stream_origin(stream), time_base=tb,
+                            end_pts=pts_list[-1] + dur, size=size)
+    except VideoDecodeError:
+        raise
+    except _decode_errors() as e:
+        raise VideoDecodeError(path, f"decoding failed: {type(e).__name__}: {e}") from e
+    finally:
+        container.close()

@@ -3,6 +3,7 @@ latent action through AdaLN-zero, trained with teacher forcing."""
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from ..ops import Rope3D
@@ -22,6 +23,9 @@ class Predictor(nn.Module):
         self.blocks = nn.ModuleList([AdaLNZeroBlock(width, heads, mlp_ratio) for _ in range(depth)])
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.head = nn.Linear(width, state_dim)
+        # Recompute each block's activations in backward instead of storing them (set by the
+        # trainer's ``activation_checkpointing``): memory for compute at large T x N.
+        self.checkpoint_blocks = False
 
     def forward(self, states: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
         """states (B, T, N, D) and actions (B, T, action_dim) or None -> predictions (B, T, N, D).
@@ -41,5 +45,11 @@ class Predictor(nn.Module):
             cond = self.action_embed(actions.to(x.dtype))
         rope = Rope3D(grid_w=self.grid_w, duplicated_freqs=self.rope_duplicated_freqs)
         for blk in self.blocks:
-            x = blk(x, cond, frame_len=N, mask="frame_causal", rope=rope)
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                # Non-reentrant, calling the module itself, so parameter-gathering hooks (ZeRO-3)
+                # also run during the recomputation.
+                x = torch.utils.checkpoint.checkpoint(blk, x, cond, frame_len=N, mask="frame_causal", rope=rope,
+                                                      use_reentrant=False)
+            else:
+                x = blk(x, cond, frame_len=N, mask="frame_causal", rope=rope)
         return self.head(self.norm(x)).view(B, T, N, D)

@@ -1,0 +1,342 @@
+"""Triton spatio-temporal attention against the float64 reference.
+
+CPU machines run the kernels under TRITON_INTERPRET=1 (set by conftest) with tiny shapes,
+fp32 and fp16; ``gpu`` tests run bf16 and large shapes on CUDA. Accuracy uses the
+flash-attention rule: with ``ref`` the float64 reference and ``pt`` the same maths in the
+kernel's dtype in plain PyTorch, ``max|out - ref| <= 2 * max|pt - ref| + atol`` (3x for
+gradients), so the bound follows the dtype instead of a hand-picked tolerance.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from fastlam.ops import Rope3D, st_attention
+from fastlam.ops.attention import AttentionRequest, attention_math, attention_sdpa, mask_allows, select_backend
+
+kernels = pytest.importorskip("fastlam.kernels.attention")
+from fastlam.ops import triton_attention as ta  # noqa: E402
+
+INTERP = os.environ.get("TRITON_INTERPRET") == "1"
+DEV = "cpu" if INTERP else ("cuda" if torch.cuda.is_available() else "cpu")
+ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+MASK_CASES = [("full", None), ("causal", None), ("frame_causal", None), ("frame_causal", 2), ("frame_local", None)]
+
+
+def _inputs(B, H, L, D, dtype, device=DEV, grad=False):
+    return [torch.randn(B, H, L, D, device=device, dtype=dtype, requires_grad=grad) for _ in range(3)]
+
+
+def _check_ratio(name, out, ref, pt, factor, atol):
+    err = (out.double() - ref).abs().max().item()
+    base = (pt.double() - ref).abs().max().item()
+    assert torch.isfinite(out).all(), f"{name}: non-finite values"
+    assert err <= factor * base + atol, f"{name}: max err {err:.3e} > {factor} x pt err {base:.3e} + {atol:g}"
+
+
+def _run_and_compare(B, H, L, D, dtype, frame_len, mask, window=None, rope=None, deterministic=True,
+                     backward=True, scale=None, device=DEV):
+    q, k, v = _inputs(B, H, L, D, dtype, device, grad=backward)
+    do = torch.randn(B, H, L, D, device=device, dtype=dtype)
+    kw = dict(frame_len=frame_len, mask=mask, window_frames=window, rope=rope, scale=scale)
+    out, lse = st_attention(q, k, v, backend="triton", deterministic=deterministic, return_lse=True, **kw)
+    assert out.shape == q.shape and out.dtype == dtype and lse.shape == (B, H, L) and lse.dtype == torch.float32
+
+    q64, k64, v64 = (x.detach().double().requires_grad_(backward) for x in (q, k, v))
+    ref, ref_lse = st_attention(q64, k64, v64, backend="math", return_lse=True, **kw)
+    qp, kp, vp = (x.detach().clone().requires_grad_(backward) for x in (q, k, v))
+    pt = st_attention(qp, kp, vp, backend="math", **kw)
+    atol = ATOL[dtype]
+    _check_ratio("out", out, ref, pt, 2, atol)
+    lse_tol = 1e-4 if dtype == torch.float32 else 2e-2
+    assert (lse.double() - ref_lse).abs().max().item() < lse_tol
+    if not backward:
+        return
+    out.backward(do)
+    ref.backward(do.double())
+    pt.backward(do)
+    for name, x, r, p in (("dq", q, q64, qp), ("dk", k, k64, kp), ("dv", v, v64, vp)):
+        _check_ratio(name, x.grad, r.grad, p.grad, 3, atol)
+
+
+# ---------------------------------------------------------------------------- interpreter tier
+
+
+@pytest.mark.parametrize("mask,window", MASK_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_forward_backward_every_mask(mask, window, dtype):
+    # frame_len 7 does not divide the 16-token interpreter tiles: partial tiles everywhere.
+    _run_and_compare(1, 2, 35, 32, dtype, 7, mask, window, deterministic=dtype == torch.float32)
+
+
+@pytest.mark.parametrize("L,frame_len,mask,D", [(97, 97, "causal", 32), (17, 1, "frame_causal", 40),
+                                                (60, 12, "frame_causal", 80), (30, 10, "frame_local", 96)])
+def test_odd_lengths_and_head_dims(L, frame_len, mask, D):
+    _run_and_compare(1, 1, L, D, torch.float32, frame_len, mask, deterministic=False)
+
+
+@pytest.mark.parametrize("rope", [
+    Rope3D(grid_w=3, num_prefix=2),  # V-JEPA 2-AC layout: action + state tokens per frame
+    Rope3D(grid_w=4, duplicated_freqs=False, spatial_scale=0.5, theta=100.0),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_rope_forward_backward(rope, dtype):
+    frame_len = rope.num_prefix + 2 * rope.grid_w
+    _run_and_compare(1, 2, 4 * frame_len, 32, dtype, frame_len, "frame_causal", rope=rope,
+                     deterministic=dtype == torch.float32)
+
+
+def test_rope_head_dim_with_unrotated_channels():
+    # head_dim 40: 3 chunks of 12 rotated channels, 4 left as they are.
+    _run_and_compare(1, 1, 24, 40, torch.float32, 8, "causal", rope=Rope3D(grid_w=2, num_prefix=2))
+
+
+def test_lse_gradient_flows():
+    q, k, v = _inputs(1, 2, 21, 32, torch.float32, grad=True)
+    out, lse = st_attention(q, k, v, frame_len=7, backend="triton", return_lse=True)
+    (out.sum() + 3 * lse.sum()).backward()
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ro, rl = st_attention(q64, k64, v64, frame_len=7, backend="math", return_lse=True)
+    (ro.sum() + 3 * rl.sum()).backward()
+    for x, r in ((q, q64), (k, k64), (v, v64)):
+        torch.testing.assert_close(x.grad.double(), r.grad, atol=2e-5, rtol=1e-4)
+
+
+def test_outputs_and_grads_poisoned_before_the_run():
+    B, H, L, D, F = 1, 2, 33, 40, 11
+    q, k, v = _inputs(B, H, L, D, torch.float32)
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((B, H, L), float("nan"))
+    kernels.attention_forward(q, k, v, frame_len=F, mask="frame_causal", scale=D**-0.5, out=out, lse=lse)
+    req = AttentionRequest(F, "frame_causal", None, D**-0.5, None, False, True)
+    ref, ref_lse = attention_math(q.double(), k.double(), v.double(), req)
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=1e-5, rtol=1e-5)
+    do = torch.randn_like(q)
+    for det in (True, False):
+        grads = tuple(torch.full_like(q, float("nan")) for _ in range(3))
+        kernels.attention_backward(do, q, k, v, out, lse, frame_len=F, mask="frame_causal", scale=D**-0.5,
+                                   deterministic=det, grads=grads)
+        assert all(torch.isfinite(g).all() for g in grads), f"unwritten gradient elements (deterministic={det})"
+
+
+def test_deterministic_backward_is_bit_identical():
+    q, k, v = _inputs(1, 2, 40, 32, torch.float16)
+    do = torch.randn_like(q)
+    kw = dict(frame_len=8, mask="frame_causal", scale=32**-0.5)
+    out, lse = kernels.attention_forward(q, k, v, **kw)
+    first = kernels.attention_backward(do, q, k, v, out, lse, deterministic=True, **kw)
+    second = kernels.attention_backward(do, q, k, v, out, lse, deterministic=True, **kw)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_strided_views_are_read_in_place_and_strided_head_dim_is_copied():
+    B, H, L, D, F = 1, 2, 24, 32, 8
+    packed = torch.randn(B, L, 3, H, D)  # a qkv projection's output, before any copy
+    q, k, v = (packed[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, L, D), L-stride 3*H*D
+    assert not q.is_contiguous() and q.stride(-1) == 1
+    out = st_attention(q, k, v, frame_len=F, backend="triton")
+    ref = st_attention(q, k, v, frame_len=F, backend="math")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    qt = torch.randn(B, H, D, L).transpose(-1, -2)  # head dim strided: documented copy
+    out = st_attention(qt, k, v, frame_len=F, backend="triton")
+    torch.testing.assert_close(out, st_attention(qt, k, v, frame_len=F, backend="math"), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="unit stride"):
+        kernels.attention_forward(qt, k, v, frame_len=F, mask="full", scale=1.0)
+
+
+def test_bad_inputs_name_the_problem(monkeypatch):
+    q, k, v = _inputs(1, 1, 16, 32, torch.float32)
+    with pytest.raises(ValueError, match="dtype"):
+        st_attention(q.double(), k.double(), v.double(), frame_len=8, backend="triton")
+    big = torch.randn(1, 1, 16, 160)
+    with pytest.raises(ValueError, match="head_dim 160"):
+        st_attention(big, big, big, frame_len=8, backend="triton")
+    with pytest.raises(ValueError, match="frame_len"):
+        st_attention(q, k, v, frame_len=5, backend="triton")
+    with pytest.raises(ValueError, match="k: expected the same shape"):
+        st_attention(q, k[:, :, :8], v, frame_len=8, backend="triton")
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
+        kernels.attention_forward(q.double(), k.double(), v.double(), frame_len=8, mask="full", scale=1.0)
+    with pytest.raises(ValueError, match="mask"):
+        kernels.mask_frames(16, 8, "diagonal")
+    req = AttentionRequest(8, "full", None, 1.0, None, False, False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "CPU tensor" in ta.triton_supports(q, req)
+
+
+def test_auto_never_runs_the_interpreter_on_cpu():
+    q = torch.randn(1, 1, 16, 32)
+    req = AttentionRequest(8, "frame_causal", None, 1.0, None, False, False)
+    assert select_backend(q, req) == "torch"
+    assert select_backend(q, req._replace(return_lse=True)) == "math"
+
+
+def test_tile_ranges_skip_masked_tiles_and_never_mask_full_ones():
+    """The per-tile key range of every mask: covers every allowed pair, visits no fully
+    masked tile, and the unmasked middle range holds only fully allowed tiles."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def probe(OUT, L, MF, MW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        m0 = tl.program_id(0) * BLOCK_M
+        lo, hi, a, b = kernels._key_range(m0, L, MF, MW, BLOCK_M)
+        lo, s, e, hi = kernels._align_ranges(lo, hi, a, b, BLOCK_N)
+        tl.store(OUT + tl.program_id(0) * 4 + tl.arange(0, 4),
+                 tl.where(tl.arange(0, 4) == 0, lo, tl.where(tl.arange(0, 4) == 1, s,
+                          tl.where(tl.arange(0, 4) == 2, e, hi))))
+
+    BM = BN = 16
+    for L, F, mask, window in [(77, 7, "frame_causal", None), (77, 7, "frame_causal", 3), (80, 20, "frame_local", None),
+                               (50, 1, "causal", None), (45, 9, "full", None), (96, 32, "frame_causal", 2)]:
+        mf, mw = kernels.mask_frames(L, F, mask, window)
+        n_q = triton.cdiv(L, BM)
+        out = torch.zeros(n_q, 4, dtype=torch.int32)
+        probe[(n_q,)](out, L, mf, mw, BLOCK_M=BM, BLOCK_N=BN)
+        idx = torch.arange(L)
+        allowed = mask_allows(idx[:, None], idx[None, :], F, mask, window)
+        for t in range(n_q):
+            lo, s, e, hi = out[t].tolist()
+            rows = allowed[t * BM:(t + 1) * BM]
+            visited = set(range(lo, hi, BN))
+            for n0 in range(0, L, BN):
+                block = rows[:, n0:n0 + BN]
+                if block.any():
+                    assert n0 in visited, (mask, L, F, t, n0)
+                else:
+                    assert n0 not in visited, f"{mask} L={L} F={F}: tile q{t} k{n0} fully masked but visited"
+            for n0 in range(s, e, BN):
+                full = rows[:, n0:n0 + BN]
+                assert full.shape[1] == BN and full.all(), (mask, L, F, t, n0)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flex_backend_forward_on_cpu():
+    q, k, v = _inputs(1, 2, 32, 16, torch.float32)
+    for mask, window in MASK_CASES:
+        kw = dict(frame_len=8, mask=mask, window_frames=window)
+        torch.testing.assert_close(st_attention(q, k, v, backend="flex", **kw),
+                                   st_attention(q, k, v, backend="math", **kw), atol=1e-5, rtol=1e-5)
+    assert "backward" in ta.flex_supports(q.requires_grad_(), AttentionRequest(8, "full", None, 1.0, None, False, False))
+    for name in ("flash_attn", "xformers"):
+        reason = select_backend.__globals__["_BACKENDS"][name].supports(q, AttentionRequest(
+            8, "frame_causal", None, 1.0, None, False, False))
+        assert reason, f"{name} must refuse a CPU frame_causal request"
+
+
+def test_torch_compile_fullgraph_has_no_graph_break():
+    rope = Rope3D(grid_w=2, num_prefix=1)
+
+    def f(q, k, v):
+        return st_attention(q, k, v, frame_len=5, mask="frame_causal", rope=rope, backend="triton").square().sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    q, k, v = _inputs(1, 1, 15, 32, torch.float32, grad=True)
+    loss = compiled(q, k, v)
+    loss.backward()
+    grads = [x.grad.clone() for x in (q, k, v)]
+    for x in (q, k, v):
+        x.grad = None
+    f(q, k, v).backward()
+    torch.testing.assert_close(loss, f(q, k, v))
+    for g, x in zip(grads, (q, k, v)):
+        torch.testing.assert_close(g, x.grad)
+
+
+def test_rope_tables_match_reference_bitwise():
+    from fastlam.ops.rope import rope_tables
+
+    for rope, F, D in [(Rope3D(grid_w=3, num_prefix=2), 8, 40), (Rope3D(grid_w=4, duplicated_freqs=False,
+                                                                      spatial_scale=0.25), 16, 64)]:
+        L = 5 * F
+        cos, sin, axis, npre, gw = ta.rope_position_tables(L, F, D, rope, "cpu")
+        rc, rs = rope_tables(L, F, D, rope)
+        # Gather the kernel's lookup in torch: same index maths as kernels._rope_tables.
+        idx = torch.arange(L)
+        t, j = idx // F, idx % F
+        p = (j - npre).clamp(min=0)
+        h = torch.where(j >= npre, p // gw, 0)
+        w = torch.where(j >= npre, p % gw, 0)
+        pos = torch.stack([t, h, w, torch.zeros_like(t)], 1)[:, axis.long()]
+        cols = torch.arange(D).expand(L, D)
+        assert torch.equal(cos[pos, cols], rc) and torch.equal(sin[pos, cols], rs)
+
+
+# ---------------------------------------------------------------------------- reference checks
+
+
+def test_reference_gradcheck_with_rope():
+    rope = Rope3D(grid_w=2, num_prefix=1)
+    q, k, v = (torch.randn(1, 1, 10, 12, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    req = AttentionRequest(5, "frame_causal", rope, 0.3, None, False, False)
+    assert torch.autograd.gradcheck(lambda a, b, c: attention_math(a, b, c, req), (q, k, v))
+
+
+@pytest.mark.parametrize("mask,window", [("frame_causal", None), ("frame_causal", 2), ("frame_local", None)])
+def test_reference_frame_causality(mask, window):
+    F, T = 6, 4
+    q, k, v = (torch.randn(1, 2, F * T, 16) for _ in range(3))
+    out = st_attention(q, k, v, frame_len=F, mask=mask, window_frames=window, backend="math")
+    for t in range(T - 1):
+        q2, k2, v2 = (x.clone() for x in (q, k, v))
+        for x in (q2, k2, v2):
+            x[:, :, (t + 1) * F:] = torch.randn_like(x[:, :, (t + 1) * F:])
+        out2 = st_attention(q2, k2, v2, frame_len=F, mask=mask, window_frames=window, backend="math")
+        assert torch.equal(out[:, :, :(t + 1) * F], out2[:, :, :(t + 1) * F])
+
+
+@pytest.mark.parametrize("mask,window", MASK_CASES)
+def test_reference_sdpa_matches_math(mask, window):
+    q, k, v = (torch.randn(2, 2, 24, 16, dtype=torch.float64) for _ in range(3))
+    req = AttentionRequest(6, mask, Rope3D(grid_w=3, num_prefix=0), 0.25, window, False, False)
+    torch.testing.assert_close(attention_sdpa(q, k, v, req), attention_math(q, k, v, req))
+
+
+# ---------------------------------------------------------------------------- GPU tier
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("frame_len", [256, 258])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("mask,window", [("frame_causal", None), ("full", None), ("frame_causal", 3),
+                                         ("frame_local", None), ("causal", None)])
+def test_gpu_bf16_large(frame_len, D, mask, window):
+    _run_and_compare(1, 2, 8 * frame_len, D, torch.bfloat16, frame_len, mask, window, deterministic=False,
+                     device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D,dtype", [(80, torch.bfloat16), (96, torch.float16), (32, torch.float32)])
+def test_gpu_head_dims_dtypes_rope(D, dtype):
+    rope = Rope3D(grid_w=16, num_prefix=2)
+    _run_and_compare(2, 2, 4 * 258, D, dtype, 258, "frame_causal", rope=rope, device="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_odd_length_and_determinism():
+    _run_and_compare(1, 3, 1025, 64, torch.bfloat16, 205, "frame_causal", device="cuda")
+    q, k, v = _inputs(2, 4, 2064, 64, torch.bfloat16, device="cuda")
+    do = torch.randn_like(q)
+    kw = dict(frame_len=258, mask="frame_causal", scale=0.125)
+    out, lse = kernels.attention_forward(q, k, v, **kw)
+    a = kernels.attention_backward(do, q, k, v, out, lse, deterministic=True, **kw)
+    b = kernels.attention_backward(do, q, k, v, out, lse, deterministic=True, **kw)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.gpu
+def test_gpu_auto_picks_triton_and_compiles_without_graph_break():
+    q, k, v = _inputs(1, 2, 512, 64, torch.bfloat16, device="cuda", grad=True)
+    req = AttentionRequest(256, "frame_causal", None, 0.125, None, False, False)
+    assert select_backend(q, req) == "triton"
+
+    def f(q, k, v):
+        return st_attention(q, k, v, frame_len=256, rope=Rope3D(grid_w=16)).float().square().mean()
+
+    loss = torch.compile(f, fullgraph=True)(q, k, v)
+    loss.backward()
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v))

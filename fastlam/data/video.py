@@ -438,7 +438,8 @@ def clip_to_tensor(clip: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"clip must have shape (T, H, W, 3) or (B, T, H, W, 3), got {tuple(clip.shape)}")
     perm = (3, 0, 1, 2) if clip.ndim == 4 else (0, 4, 1, 2, 3)
-    return clip.permute(*perm).float().div_(255.0).contiguous()
+    # Reorder while still uint8 (a quarter of the bytes), then convert in place.
+    return clip.permute(*perm).contiguous().float().div_(255.0)
 
 
 @dataclass

@@ -336,6 +336,7 @@ def test_file_list_and_path_list_sources(tmp_path):
     ds2 = VideoClipDataset([a, b], num_frames=3, fps=4.0, size=(24, 24))
     assert torch.equal(ds2[0], ds[0])
     assert VideoClipDataset(tmp_path / "v", extensions=(".mkv",)).paths == [str(b)]
+    assert VideoClipDataset(a).paths == [str(a)]  # a single video file
 
 
 def test_short_video_policies(tmp_path):

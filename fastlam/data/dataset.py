@@ -48,7 +48,7 @@ __all__ = ["VideoClipDataset", "VIDEO_EXTENSIONS", "list_videos"]
 
 
 def list_videos(source, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> List[str]:
-    """Resolve ``source`` (directory, text file of paths, or list of paths) to video paths.
+    """Resolve ``source`` (directory, text file of paths, list of paths, or one video file).
 
     Raises ``ValueError`` naming ``source`` when it is missing or yields no videos.
     """
@@ -65,6 +65,8 @@ def list_videos(source, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> List[st
                 raise ValueError(f"source {str(src)!r}: no video files found searching the "
                                  f"directory recursively for extensions {list(exts)}")
             return paths
+        if src.suffix.lower() in exts:
+            return [str(src)]  # a single video
         try:
             lines = src.read_text().splitlines()
         except UnicodeDecodeError as e:

@@ -5,7 +5,6 @@ brightness (grey level 10 + 6 * index), so the frames a clip picked can be read 
 decoded pixels and compared with the timestamp rule "last frame with pts <= start + i / fps".
 """
 import json
-import math
 import os
 import pickle
 import shutil

@@ -100,6 +100,10 @@ def test_hf_single_safetensors_file_and_config_checks(tmp_path):
     # Head count leaves every shape unchanged; config.json is what catches it.
     with pytest.raises(CheckpointMismatchError, match="num_attention_heads=4 but model.encoder.heads is 2"):
         load_vjepa2_encoder(_encoder(heads=2), tmp_path / "hf")
+    # convert keeps the head count (in the safetensors metadata) for the same check later.
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "enc.safetensors")]) == 0
+    with pytest.raises(CheckpointMismatchError, match="num_attention_heads=4"):
+        load_vjepa2_encoder(_encoder(heads=2), tmp_path / "enc.safetensors")
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     (tmp_path / "hf" / "config.json").write_text(json.dumps({**cfg, "hidden_act": "silu"}))
     with pytest.raises(CheckpointMismatchError, match="hidden_act='silu'"):
@@ -346,3 +350,24 @@ def test_train_with_vjepa2_checkpoint(tmp_path):
     trained = LatentActionWorldModel.from_checkpoint(summary["model"])
     expected = hf.state_dict()["encoder.embeddings.patch_embeddings.proj.weight"]
     torch.testing.assert_close(trained.encoder.patch_embed.proj.weight, expected, rtol=0, atol=0)
+
+
+def test_ac_layout_on_fastlam_triton_kernel():
+    """Prefix tokens, the scaled grid and the quirk through the fused kernel (the interpreter on CPU)."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = ACPredictorConfig(embed_dim=32, width=32, depth=1, heads=2, grid_size=4)  # head_dim 16
+    pred = _randomize(ACPredictor(cfg)).to(device).eval()
+    states, actions, proprio = (t.to(device) for t in _ac_inputs(B=1, T=2, N=4, cfg=cfg))  # 2 x 2 grid, scale 2
+    with torch.no_grad():
+        for blk in pred.predictor_blocks:
+            blk.attn.backend = "math"
+        ref = pred(states, actions, proprio)
+        for blk in pred.predictor_blocks:
+            blk.attn.backend = "triton"
+        try:
+            out = pred(states, actions, proprio)
+        except ValueError as exc:
+            pytest.skip(f"triton backend unavailable here: {exc}")
+    tol = 1e-5 if device == "cpu" else 5e-3 * ref.abs().max().item()  # CUDA fp32 dots may use TF32
+    torch.testing.assert_close(out, ref, rtol=0, atol=tol)

@@ -116,6 +116,25 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path), device="cpu")
 
 
+def _hf_config(path: Path) -> dict | None:
+    """A transformers V-JEPA 2 ``config.json`` (other configs, e.g. fastlam's own, are ignored)."""
+    if not path.is_file():
+        return None
+    cfg = json.loads(path.read_text())
+    return cfg if isinstance(cfg, dict) and str(cfg.get("model_type", "")).startswith("vjepa2") else None
+
+
+def _converted_config(path: Path) -> dict | None:
+    """The head count ``convert`` stored in a file's metadata (weights alone cannot show it)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("converted_by") == "fastlam.models.vjepa2" and meta.get("heads", "None") != "None":
+        return {"num_attention_heads": int(meta["heads"])}
+    return None
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict, dict | None]:
     """Read ``path`` into (contents, transformers config or None), never unpickling objects.
 
@@ -125,7 +144,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict | None]:
     """
     path = Path(path)
     if path.is_dir():
-        hf_cfg = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else None
+        hf_cfg = _hf_config(path / "config.json")
         index = path / "model.safetensors.index.json"
         if (path / "model.safetensors").is_file():
             return _load_safetensors(path / "model.safetensors"), hf_cfg
@@ -141,8 +160,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict | None]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no file at {path} (fastlam never downloads weights; pass a local path)")
     if path.suffix == ".safetensors":
-        sibling = path.parent / "config.json"
-        hf_cfg = json.loads(sibling.read_text()) if sibling.is_file() else None
+        hf_cfg = _hf_config(path.parent / "config.json") or _converted_config(path)
         return _load_safetensors(path), hf_cfg
     contents = _torch_load(path)
     if not isinstance(contents, dict):
@@ -276,18 +294,18 @@ def _check_hf_config(hf_cfg: dict, encoder: nn.Module) -> None:
     for hf_key, ours, where in checks:
         if hf_key in hf_cfg and hf_cfg[hf_key] != ours:
             raise CheckpointMismatchError(
-                f"checkpoint config.json has {hf_key}={hf_cfg[hf_key]} but {where} is {ours}"
+                f"the checkpoint's config has {hf_key}={hf_cfg[hf_key]} but {where} is {ours}"
             )
     if "mlp_ratio" in hf_cfg and int(width * hf_cfg["mlp_ratio"]) != int(width * mlp_ratio):
         raise CheckpointMismatchError(
-            f"checkpoint config.json has mlp_ratio={hf_cfg['mlp_ratio']} but model.encoder.mlp_ratio is {mlp_ratio}"
+            f"the checkpoint's config has mlp_ratio={hf_cfg['mlp_ratio']} but model.encoder.mlp_ratio is {mlp_ratio}"
         )
     # fastlam's blocks hard-code what every released V-JEPA 2 uses; anything else would load
     # without a shape error and silently compute a different function.
     if hf_cfg.get("layer_norm_eps", 1e-6) != 1e-6:
-        raise CheckpointMismatchError(f"checkpoint config.json has layer_norm_eps={hf_cfg['layer_norm_eps']}; fastlam uses 1e-6")
+        raise CheckpointMismatchError(f"the checkpoint's config has layer_norm_eps={hf_cfg['layer_norm_eps']}; fastlam uses 1e-6")
     if hf_cfg.get("hidden_act", "gelu") != "gelu":
-        raise CheckpointMismatchError(f"checkpoint config.json has hidden_act={hf_cfg['hidden_act']!r}; fastlam uses exact GELU")
+        raise CheckpointMismatchError(f"the checkpoint's config has hidden_act={hf_cfg['hidden_act']!r}; fastlam uses exact GELU")
 
 
 def vjepa2_encoder_state(path: str | Path, key: str = "auto") -> tuple[dict[str, torch.Tensor], LoadReport, dict | None]:

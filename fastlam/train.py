@@ -1,15 +1,25 @@
 """Train a latent action world model.
 
     python -m fastlam.train --config configs/tiny_cpu.yaml [key.sub=value ...] [--resume]
+    torchrun --nproc_per_node 2 fastlam/train.py --config ...                      (DDP)
+    deepspeed fastlam/train.py --config ... distributed.deepspeed_config=configs/deepspeed/zero2.json
+
+One loop for all three (``fastlam.distributed`` holds what only multi-process runs need):
+``batch_size`` is the global batch per optimizer step, split over ranks and
+``grad_accum_steps`` micro-batches; metrics are written by rank 0. SIGTERM makes every run
+finish its step, save a checkpoint and return (``--resume`` continues it).
 
 The run directory (``out_dir``) receives the resolved config (``config.yaml``), a JSONL
 metrics log, atomic checkpoints (``checkpoints/step_XXXXXXX.pt`` and ``latest.pt``), the final
 model (``final/model.safetensors`` + ``config.json``, loadable with
-``LatentActionWorldModel.from_checkpoint``) and a loss-curve PNG.
+``LatentActionWorldModel.from_checkpoint``) and a loss-curve PNG. DeepSpeed runs write
+DeepSpeed checkpoint directories (``checkpoints/step_XXXXXXX/`` and ``checkpoints/latest``)
+and export consolidated fp32 weights to ``final/``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -22,7 +32,9 @@ import torch
 import yaml
 
 from fastlam.checkpoint import load_checkpoint, save_checkpoint
+from fastlam import distributed as fdist
 from fastlam.config import ConfigError, load_config, to_dict
+from fastlam.distributed import DistributedConfig
 from fastlam.models import LatentActionWorldModel, ModelConfig
 from fastlam.optim import OptimConfig, build_optimizers, build_schedulers
 
@@ -53,6 +65,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
     progress: bool = True
+    grad_accum_steps: int = 1  # micro-batches per optimizer step (per rank)
+    activation_checkpointing: bool = False  # recompute predictor blocks in backward
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 # ---- data --------------------------------------------------------------------------------
@@ -75,12 +90,21 @@ class _EpochIndexed(torch.utils.data.Dataset):
 
 class ResumableBatches(torch.utils.data.Sampler):
     """Endless batches of (epoch, index) keys: a fresh permutation per epoch from (seed,
-    epoch); ``position`` = batches consumed, which is all a resume needs."""
+    epoch); ``position`` = global batches consumed, which is all a resume needs.
 
-    def __init__(self, n: int, batch_size: int, seed: int, position: int = 0):
+    ``batch_size`` is the global batch; with ``world_size`` > 1 each rank gets its contiguous
+    share ``batch_size / world_size`` of every global batch: the ranks' shares are disjoint and
+    together are exactly the batch a single process would draw."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, position: int = 0, rank: int = 0, world_size: int = 1):
         if n < batch_size:
             raise ValueError(f"batch_size={batch_size} is larger than the dataset ({n} clips)")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} is not divisible by world_size={world_size}")
         self.n, self.batch_size, self.seed, self.position = n, batch_size, seed, position
+        self.rank, self.world_size = rank, world_size
         self.per_epoch = n // batch_size
 
     def __iter__(self):
@@ -89,7 +113,9 @@ class ResumableBatches(torch.utils.data.Sampler):
             epoch, b = divmod(pos, self.per_epoch)
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             perm = torch.randperm(self.n, generator=g)
-            yield [(epoch, int(i)) for i in perm[b * self.batch_size : (b + 1) * self.batch_size]]
+            share = self.batch_size // self.world_size
+            start = b * self.batch_size + self.rank * share
+            yield [(epoch, int(i)) for i in perm[start : start + share]]
             pos += 1
 
 
@@ -178,13 +204,117 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class _LocalRunner:
+    """One optimizer step of fastlam's own optimizers (torch Muon + AdamW) on this process,
+    optionally as one rank of DDP; checkpoints are single ``.pt`` files written by rank 0."""
+
+    def __init__(self, model: LatentActionWorldModel, cfg: TrainConfig, env: fdist.DistEnv, device: torch.device):
+        self.cfg, self.env, self.device, self.model = cfg, env, device, model
+        self.opts = build_optimizers(model, cfg.optim)
+        self.scheds = build_schedulers(self.opts, cfg.steps, cfg.optim)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.net = model
+        if env.backend == "ddp":
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    @property
+    def lrs(self) -> list[float]:
+        return [g["lr"] for o in self.opts for g in o.param_groups][:2]
+
+    def train_step(self, video: torch.Tensor):
+        cfg, accum = self.cfg, self.cfg.grad_accum_steps
+        sums, metrics = [0.0, 0.0, 0.0], {}
+        chunks = video.chunk(accum) if accum > 1 else (video,)
+        for i, micro in enumerate(chunks):
+            last = i == len(chunks) - 1
+            sync = contextlib.nullcontext() if last or self.env.backend != "ddp" else self.net.no_sync()
+            with sync:
+                with autocast_for(self.device, cfg.precision):
+                    out = self.net(micro)
+                if not torch.isfinite(out.loss):
+                    raise FloatingPointError(f"loss became {out.loss.item()}")
+                (out.loss / accum if accum > 1 else out.loss).backward()
+            for j, v in enumerate((out.loss, out.pred_loss, out.reg_loss)):
+                sums[j] += v.item() / accum
+            for k, v in out.metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v) / accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
+        for o in self.opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+        for s in self.scheds:
+            s.step()
+        return sums, metrics, float(grad_norm)
+
+    def save(self, ckpt_dir: Path, step: int, position: int, extra: dict, keep: int) -> Path:
+        rngs = fdist.all_gather_objects(self.env, extra["rng"])
+        path = ckpt_dir / f"step_{step:07d}.pt"
+        if self.env.is_main:
+            state = {
+                "model": self.model.state_dict(),
+                "model_config": extra["model_config"],
+                "optimizers": [o.state_dict() for o in self.opts],
+                "schedulers": [s.state_dict() for s in self.scheds],
+                "step": step,
+                "data_position": position,
+                "rng": extra["rng"],
+            }
+            if self.env.distributed:
+                state["rng_ranks"] = rngs
+            save_checkpoint(path, state)
+            save_checkpoint(ckpt_dir / "latest.pt", state)
+            for p in sorted(ckpt_dir.glob("step_*.pt"))[:-keep]:
+                p.unlink(missing_ok=True)
+        fdist.barrier(self.env)
+        return path
+
+    def load(self, ckpt_dir: Path) -> dict:
+        latest = ckpt_dir / "latest.pt"
+        if not latest.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {latest}")
+        try:
+            state = load_checkpoint(latest, map_location=self.device)
+            self.model.load_state_dict(state["model"])
+            for o, s in zip(self.opts, state["optimizers"]):
+                o.load_state_dict(s)
+            for sc, s in zip(self.scheds, state["schedulers"]):
+                sc.load_state_dict(s)
+        except (RuntimeError, KeyError, EOFError, ValueError) as e:
+            raise ValueError(f"--resume: {latest} could not be loaded ({type(e).__name__}: {e})") from e
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) == self.env.world_size:
+            state["rng"] = ranks[self.env.rank]
+        state["tag"] = latest.name
+        return state
+
+    def export(self, ckpt_dir: Path, tag: str, out_dir: Path) -> Path | None:
+        path = self.model.save_pretrained(out_dir) if self.env.is_main else None
+        fdist.barrier(self.env)
+        return path
+
+
 # ---- the loop ----------------------------------------------------------------------------
 def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
+    backend = fdist.resolve_backend(cfg.distributed)
+    # Settle every batch/world-size mismatch before a process group, a model or data exist.
+    fdist.check_batch_split(cfg.batch_size, int(os.environ.get("WORLD_SIZE", "1") or 1), cfg.grad_accum_steps)
+    env = fdist.init_process_group(cfg.distributed, backend)
+    try:
+        return _train(cfg, env, resume)
+    finally:
+        fdist.shutdown(env)
+
+
+def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool) -> dict:
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and env.distributed:
+        device = torch.device("cuda", env.local_rank)
     torch.manual_seed(cfg.seed)
 
     dataset = build_dataset(cfg)  # fails early (empty folder, unreadable files) before any work
@@ -193,26 +323,26 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         from fastlam.models.vjepa2 import load_vjepa2_encoder
 
         load_vjepa2_encoder(model.encoder, cfg.model.encoder.checkpoint)
+    model.predictor.checkpoint_blocks = cfg.activation_checkpointing
     model.to(device).train()
-    opts = build_optimizers(model, cfg.optim)
-    scheds = build_schedulers(opts, cfg.steps, cfg.optim)
+    if env.world_size > 1:
+        # Same weights on every rank (seeded above), but each rank's own noise stream.
+        torch.manual_seed(cfg.seed + 1_000_003 * env.rank)
+    if env.backend == "deepspeed":
+        runner = fdist.DeepSpeedRunner(model, cfg, env, device)
+    else:
+        runner = _LocalRunner(model, cfg, env, device)
 
     step, position = 0, 0
-    latest = ckpt_dir / "latest.pt"
     if resume:
-        if not latest.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {latest}")
-        state = load_checkpoint(latest, map_location=device)
-        model.load_state_dict(state["model"])
-        for o, s in zip(opts, state["optimizers"]):
-            o.load_state_dict(s)
-        for sc, s in zip(scheds, state["schedulers"]):
-            sc.load_state_dict(s)
+        state = runner.load(ckpt_dir)
         step, position = int(state["step"]), int(state["data_position"])
         _set_rng_state(state["rng"])
-        print(f"resumed from {latest} at step {step}")
+        if env.is_main:
+            print(f"resumed from {ckpt_dir / state['tag']} at step {step}")
 
-    sampler = ResumableBatches(len(dataset), cfg.batch_size, cfg.seed, position=position)
+    sampler = ResumableBatches(len(dataset), cfg.batch_size, cfg.seed, position=position,
+                               rank=env.rank, world_size=env.world_size)
     loader = torch.utils.data.DataLoader(
         _EpochIndexed(dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
         pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0,
@@ -221,79 +351,91 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     batches = iter(loader)
-    params = [p for p in model.parameters() if p.requires_grad]
     metrics_file = out / "metrics.jsonl"
+    model_config = json.dumps(to_dict(cfg.model))
 
     def checkpoint(at_step: int) -> Path:
-        state = {
-            "model": model.state_dict(),
-            "model_config": json.dumps(to_dict(cfg.model)),
-            "optimizers": [o.state_dict() for o in opts],
-            "schedulers": [s.state_dict() for s in scheds],
-            "step": at_step,
-            "data_position": position,
-            "rng": _rng_state(),
-        }
-        path = save_checkpoint(ckpt_dir / f"step_{at_step:07d}.pt", state)
-        save_checkpoint(latest, state)
-        old = sorted(ckpt_dir.glob("step_*.pt"))[: -cfg.keep_checkpoints]
-        for p in old:
-            p.unlink(missing_ok=True)
-        return path
+        return runner.save(ckpt_dir, at_step, position, {"rng": _rng_state(), "model_config": model_config},
+                           cfg.keep_checkpoints)
 
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, mininterval=2.0, file=sys.stdout)
-    t_last, clips_since, first_loss, last_loss = time.perf_counter(), 0, None, None
-    with metrics_file.open("a") as log:
-        while step < cfg.steps:
-            video = next(batches).to(device, non_blocking=True)
-            position += 1
-            with autocast_for(device, cfg.precision):
-                out_ = model(video)
-            if not torch.isfinite(out_.loss):
-                # Do not overwrite the last good checkpoint with a diverged state.
-                raise FloatingPointError(
-                    f"loss became {out_.loss.item()} at step {step}; the last good checkpoint is {latest} (--resume)"
-                )
-            out_.loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
-            for o in opts:
-                o.step()
-                o.zero_grad(set_to_none=True)
-            for s in scheds:
-                s.step()
-            step += 1
-            clips_since += video.shape[0]
-            loss = out_.loss.item()
-            first_loss = loss if first_loss is None else first_loss
-            last_loss = loss
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.perf_counter()
-                rate = clips_since / max(now - t_last, 1e-9)
-                t_last, clips_since = now, 0
-                row = {"step": step, "loss": loss, "pred_loss": out_.pred_loss.item(), "reg_loss": out_.reg_loss.item(),
-                       "grad_norm": float(grad_norm), "clips_per_s": rate,
-                       "lr": [g["lr"] for o in opts for g in o.param_groups][:2]}
-                row.update({k: float(v) for k, v in out_.metrics.items()})
-                if hasattr(dataset, "bad_files"):
-                    row["bad_files"] = len(dataset.bad_files)
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{rate:.1f}")
-            bar.update(1)
-            if step % cfg.ckpt_every == 0 and step < cfg.steps:
-                checkpoint(step)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and env.is_main), mininterval=2.0, file=sys.stdout)
+    speed = fdist.Throughput(model, device, env.world_size)
+    first_loss, last_loss, preempted, measured = None, None, False, False
+    log = metrics_file.open("a") if env.is_main else None
+    try:
+        with fdist.StopFlag() as stop:
+            while step < cfg.steps:
+                video = next(batches)
+                position += 1
+                try:
+                    sums, metrics, grad_norm = runner.train_step(video.to(device, non_blocking=True))
+                except FloatingPointError as e:
+                    # Do not overwrite the last good checkpoint with a diverged state.
+                    raise FloatingPointError(f"{e} at step {step}; the last good checkpoint is in {ckpt_dir} (--resume)") from None
+                step += 1
+                speed.add(cfg.batch_size)
+                stop_now = stop.requested
+                if env.distributed:
+                    # One collective per step: the global batch's mean losses for rank 0's log,
+                    # and whether any rank was asked to stop (so all stop at the same step).
+                    keys = sorted(metrics)
+                    red = fdist.all_reduce_sum(env, sums + [metrics[k] for k in keys] + [float(stop_now)])
+                    sums = [v / env.world_size for v in red[:3]]
+                    metrics = {k: v / env.world_size for k, v in zip(keys, red[3:-1])}
+                    stop_now = red[-1] > 0
+                loss = sums[0]
+                first_loss = loss if first_loss is None else first_loss
+                last_loss = loss
+                if log is not None and (step % cfg.log_every == 0 or step == cfg.steps or stop_now):
+                    rates = speed.window()
+                    row = {"step": step, "loss": loss, "pred_loss": sums[1], "reg_loss": sums[2],
+                           "grad_norm": grad_norm, **rates, "lr": runner.lrs}
+                    row.update(metrics)
+                    if hasattr(dataset, "bad_files"):
+                        row["bad_files"] = len(dataset.bad_files)
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{rates['clips_per_s']:.1f}")
+                bar.update(1)
+                if env.backend == "deepspeed" and not measured:
+                    _write_memory(out, env, runner)  # collective: every rank, once
+                    measured = True
+                if stop_now:
+                    preempted = True
+                    break
+                if step % cfg.ckpt_every == 0 and step < cfg.steps:
+                    checkpoint(step)
+    finally:
+        if log is not None:
+            log.close()
     bar.close()
     final_ckpt = checkpoint(step)
-    final_dir = model.save_pretrained(out / "final")
-    png = plot_losses(metrics_file, out / "loss_curve.png")
     summary = {"steps": step, "first_loss": first_loss, "last_loss": last_loss, "checkpoint": str(final_ckpt),
-               "model": str(final_dir), "loss_curve": str(png) if png else None, "device": str(device)}
-    if hasattr(dataset, "report"):
-        summary["data_report"] = dataset.report()
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+               "model": None, "loss_curve": None, "device": str(device), "backend": env.backend,
+               "world_size": env.world_size, "preempted": preempted}
+    if preempted:
+        if env.is_main:
+            print(f"\nstopped by signal at step {step}: checkpoint {final_ckpt} (continue with --resume)")
+    else:
+        final_dir = runner.export(ckpt_dir, Path(final_ckpt).name, out / "final")
+        summary["model"] = str(final_dir) if final_dir else None
+    if env.is_main:
+        png = plot_losses(metrics_file, out / "loss_curve.png")
+        summary["loss_curve"] = str(png) if png else None
+        if hasattr(dataset, "report"):
+            summary["data_report"] = dataset.report()
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _write_memory(out: Path, env: fdist.DistEnv, runner) -> None:
+    """Bytes each rank holds after its first optimizer step (``memory.json``)."""
+    per_rank = fdist.all_gather_objects(env, runner.memory_report())
+    if env.is_main:
+        (out / "memory.json").write_text(json.dumps({"zero_stage": runner.stage, "world_size": env.world_size,
+                                                     "per_rank": per_rank}, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,13 +443,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="YAML config (see configs/)")
     ap.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoints/latest.pt")
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. steps=50 model.regularizer.kind=sparse")
+    ap.add_argument("--deepspeed_config", default=None,
+                    help="ZeRO JSON config (same as distributed.deepspeed_config=...); selects the DeepSpeed backend")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by launchers
     args = ap.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.deepspeed_config:
+        overrides.append(f"distributed.deepspeed_config={args.deepspeed_config}")
     try:
-        cfg = load_config(TrainConfig, args.config, args.overrides)
+        cfg = load_config(TrainConfig, args.config, overrides)
+        summary = train(cfg, resume=args.resume)
     except ConfigError as e:
         ap.exit(2, f"config error: {e}\n")
-    summary = train(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return 0
+    if summary["preempted"]:
+        print(f"\nstopped at step {summary['steps']} by a signal; checkpoint: {summary['checkpoint']} (--resume continues)")
+        return 0
     print(f"\ntrained {summary['steps']} steps on {summary['device']}: loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}")
     if summary.get("data_report"):
         print(summary["data_report"])

@@ -22,6 +22,8 @@ from fastlam.ops import (
     sparse_energy,
     sparse_regularizer,
     vcm_terms,
+    vector_quantize,
+    vq_nearest,
 )
 
 CUDA = torch.cuda.is_available()
@@ -284,6 +286,97 @@ def test_gpu_gaussian_bf16_large():
 
     for name, (o, p, r) in zip(["out", "dmu", "dlogvar"], run_three(fn, [mu, logvar], torch.bfloat16)):
         assert_ratio(o, r, p, ratio=3.0, atol=1e-3, what=name)
+
+
+# ---------------------------------------------------------------- vector quantizer
+
+def _vq_fn(usage_out=None):
+    def fn(z, codebook, backend):
+        z_q, idx, cb_loss, commit_loss = vector_quantize(z, codebook, 0.25, backend=backend)
+        if usage_out is not None:
+            usage_out[backend] = idx
+        return torch.cat([z_q.flatten(), cb_loss.reshape(1), commit_loss.reshape(1)])
+    return fn
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("n,k,d", [(97, 1000, 128), (40, 1000, 130), (5, 16, 8)])
+def test_vq_matches_reference(dtype, n, k, d):
+    z = torch.randn(n, d).requires_grad_()
+    codebook = torch.randn(k, d).requires_grad_()
+    idx = {}
+    (o, p, r), (gzo, gzp, gzr), (gco, gcp, gcr) = run_three(_vq_fn(idx), [z, codebook], dtype)
+    ref_idx = vq_nearest(z.detach().to(dtype), codebook.detach().to(dtype), backend="torch")
+    assert torch.equal(idx["triton"], ref_idx)
+    assert_ratio(o, r, p, atol=ATOL[dtype], what="z_q, losses")
+    assert_ratio(gzo, gzr, gzp, ratio=3.0, atol=ATOL[dtype], what="dz")
+    assert_ratio(gco, gcr, gcp, ratio=3.0, atol=ATOL[dtype], what="dcodebook")
+
+
+def test_vq_straight_through_ties_and_usage():
+    codebook = torch.randn(50, 24)
+    codebook[31] = codebook[7]  # exact duplicate: the lower index must win, as torch.argmin
+    z = torch.cat([codebook[7:8] + 1e-3 * torch.randn(1, 24), torch.randn(60, 24)]).requires_grad_()
+    usage = torch.zeros(50, dtype=torch.long)
+    z_q, idx, _, _ = vector_quantize(z, codebook, usage=usage, backend="triton")
+    assert idx[0].item() == 7 and not (idx == 31).any()
+    assert torch.equal(z_q, codebook[idx])  # the forward value is exactly the code
+    assert torch.equal(usage, torch.bincount(idx, minlength=50))
+    g = torch.randn_like(z_q)
+    (dz,) = torch.autograd.grad((z_q * g).sum(), z)
+    assert torch.equal(dz, g)  # straight-through: the gradient passes unchanged
+
+
+def test_vq_mixed_precision_z_half_codebook_fp32():
+    z = torch.randn(33, 64, dtype=torch.float16)
+    codebook = torch.randn(300, 64)
+    ref = vq_nearest(z, codebook, backend="torch")
+    assert torch.equal(vq_nearest(z, codebook, backend="triton"), ref)
+
+
+def test_vq_nonfinite_latents_are_reported():
+    codebook = torch.randn(20, 8)
+    z = torch.randn(10, 8)
+    z[3, 2] = float("nan")
+    z[6, 0] = float("inf")
+    for backend in ("torch", "triton"):
+        with pytest.raises(ValueError, match="z: 2 of 10 latents contain NaN or Inf"):
+            vector_quantize(z, codebook, backend=backend)
+        usage = torch.zeros(20, dtype=torch.long)
+        vector_quantize(z, codebook, usage=usage, check_finite=False, backend=backend)
+        assert usage.sum().item() == 8  # the bad rows are not counted as code usage
+
+
+def test_vq_bad_input():
+    with pytest.raises(ValueError, match="codebook: expected code dim 8"):
+        vector_quantize(torch.randn(4, 8), torch.randn(16, 9), backend="triton")
+    with pytest.raises(ValueError, match="z: expected at least one latent"):
+        vector_quantize(torch.randn(0, 8), torch.randn(16, 8), backend="triton")
+    with pytest.raises(ValueError, match="usage: expected shape"):
+        vector_quantize(torch.randn(4, 8), torch.randn(16, 8), usage=torch.zeros(3), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k", [(8192, 32768), (112, 32768), (1000, 1024)])
+def test_gpu_vq_bf16_large(n, k):
+    z = torch.randn(n, 128, device=DEV, dtype=torch.bfloat16)
+    codebook = torch.randn(k, 128, device=DEV, dtype=torch.bfloat16)
+    ref = vq_nearest(z, codebook, backend="torch")
+    out = vq_nearest(z, codebook, backend="triton")
+    mism = (out != ref).nonzero().flatten()
+    # only near-ties may differ (fp32 summation order): their distances must agree to 1e-5
+    assert mism.numel() <= max(2, n // 1000)
+    zf, cf = z.float(), codebook.float()
+    d_out = ((zf[mism] - cf[out[mism]]) ** 2).sum(1)
+    d_ref = ((zf[mism] - cf[ref[mism]]) ** 2).sum(1)
+    torch.testing.assert_close(d_out, d_ref, rtol=1e-5, atol=1e-4)
+    if n * k > 10**6:
+        return  # gradients on the small case only: near-ties between bf16 and float64 indices grow with N * K
+    zr = torch.randn(n, 128).requires_grad_()
+    cr = torch.randn(k, 128).requires_grad_()
+    (o, p, r), (gzo, gzp, gzr), (gco, gcp, gcr) = run_three(_vq_fn(), [zr, cr], torch.bfloat16)
+    assert_ratio(gzo, gzr, gzp, ratio=3.0, atol=1e-3, what="dz")
+    assert_ratio(gco, gcr, gcp, ratio=3.0, atol=1e-3, what="dcodebook")
 
 
 # ---------------------------------------------------------------- dispatch and bad input

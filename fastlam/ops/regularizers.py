@@ -155,13 +155,28 @@ def gaussian_sample_kl(mu: torch.Tensor, logvar: torch.Tensor, *, seed: int | No
     return gaussian_sample(mu, logvar, generator=generator, backend="torch"), gaussian_kl(mu, logvar, backend="torch")
 
 
-def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """Index of the nearest code (L2) for every row of z, computed in row chunks so the full
-    N x K distance matrix never exists at once."""
+def _check_vq(z: torch.Tensor, codebook: torch.Tensor) -> None:
     check_tensor("z", z, ndim=2, shape_doc="(N, D)")
     check_tensor("codebook", codebook, ndim=2, shape_doc="(K, D)")
     if z.shape[1] != codebook.shape[1]:
         raise ValueError(f"codebook: expected code dim {z.shape[1]} (z's D), got {codebook.shape[1]}")
+    if codebook.shape[0] == 0:
+        raise ValueError("codebook: expected at least one code, got shape (0, D)")
+    if z.shape[0] == 0:
+        raise ValueError(f"z: expected at least one latent to quantize, got shape {tuple(z.shape)}")
+    if z.device != codebook.device:
+        raise ValueError(f"codebook: expected the device of z ({z.device}), got {codebook.device}")
+
+
+def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 4096, *, backend: str = "auto") -> torch.Tensor:
+    """Index of the nearest code (L2) for every row of z, computed in row chunks so the full
+    N x K distance matrix never exists at once (the Triton path tiles codes as well)."""
+    _check_vq(z, codebook)
+    if use_triton(backend, z, codebook, unsupported=kernel_limits(z, codebook, max_d=256)):
+        from .triton_regularizers import triton_vector_quantize
+
+        with torch.no_grad():
+            return triton_vector_quantize(z, codebook, 0.0)[1]
     cb = _acc(codebook)
     cb_sq = (cb * cb).sum(dim=1)
     out = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
@@ -173,16 +188,46 @@ def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 4096) -> to
     return out
 
 
-def vector_quantize(z: torch.Tensor, codebook: torch.Tensor, commitment: float = 0.25):
+def vector_quantize(
+    z: torch.Tensor,
+    codebook: torch.Tensor,
+    commitment: float = 0.25,
+    *,
+    usage: torch.Tensor | None = None,
+    check_finite: bool = True,
+    backend: str = "auto",
+):
     """VQ-VAE quantisation with a straight-through estimator.
 
     Returns (z_q, indices, codebook_loss, commitment_loss) where z_q equals the chosen code in
     the forward pass and passes gradients straight to z; the losses are
     ``||sg(z) - e||^2`` and ``commitment * ||z - sg(e)||^2`` (means over all entries).
+
+    ``usage`` (K,), if given, is incremented in place by how many finite rows chose each code
+    (for dead-code reset). ``check_finite`` raises on NaN / Inf latents instead of letting them
+    reach the codebook (it reads one number back from the device).
     """
-    idx = vq_nearest(z.detach(), codebook.detach())
+    _check_vq(z, codebook)
+    if usage is not None and tuple(usage.shape) != (codebook.shape[0],):
+        raise ValueError(f"usage: expected shape ({codebook.shape[0]},) (one count per code), got {tuple(usage.shape)}")
+    if use_triton(backend, z, codebook, unsupported=kernel_limits(z, codebook, max_d=256)):
+        from .triton_regularizers import triton_vector_quantize
+
+        z_q, idx, codebook_loss, commitment_loss, counts, bad = triton_vector_quantize(z, codebook, commitment)
+        if check_finite and int(bad) > 0:
+            raise ValueError(f"z: {int(bad)} of {z.shape[0]} latents contain NaN or Inf; refusing to quantize them")
+        if usage is not None:
+            usage += counts.to(usage.dtype)
+        return z_q, idx, codebook_loss, commitment_loss
+    finite = torch.isfinite(z.detach()).all(dim=1)
+    if check_finite and not bool(finite.all()):
+        n_bad = int((~finite).sum())
+        raise ValueError(f"z: {n_bad} of {z.shape[0]} latents contain NaN or Inf; refusing to quantize them")
+    idx = vq_nearest(z.detach(), codebook.detach(), backend="torch")
     e = codebook[idx].to(z.dtype)
     codebook_loss = ((_acc(z.detach()) - _acc(e)) ** 2).mean()
     commitment_loss = commitment * ((_acc(z) - _acc(e.detach())) ** 2).mean()
     z_q = z + (e - z).detach()
+    if usage is not None:
+        usage += torch.bincount(idx[finite], minlength=codebook.shape[0]).to(usage.dtype)
     return z_q, idx, codebook_loss, commitment_loss

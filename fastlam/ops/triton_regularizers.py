@@ -76,3 +76,32 @@ def triton_gaussian_sample_kl(mu, logvar, seed: int):
 
 def triton_gaussian_kl(mu, logvar):
     return _GaussianFn.apply(mu, logvar, 0, False)
+
+
+class _VectorQuantizeFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, codebook, commitment):
+        from fastlam.kernels.vq import vq_fwd
+
+        z2, cb2 = _rows(z), _rows(codebook)
+        idx, zq, sse, counts, bad = vq_fwd(z2, cb2)
+        mse = sse / z2.numel()
+        ctx.save_for_backward(z2, cb2, idx)
+        ctx.commitment = commitment
+        ctx.cb_dtype = codebook.dtype
+        ctx.mark_non_differentiable(idx, counts, bad)
+        return zq, idx, mse, commitment * mse, counts, bad
+
+    @staticmethod
+    def backward(ctx, dzq, _didx, g_cb, g_commit, _dcounts, _dbad):
+        from fastlam.kernels.vq import vq_bwd
+
+        z2, cb2, idx = ctx.saved_tensors
+        gloss = torch.stack([g_cb.float().reshape(()), g_commit.float().reshape(())])
+        dz, dcb = vq_bwd(z2, cb2, idx, _rows(dzq) if dzq is not None else None, gloss, ctx.commitment)
+        return dz, dcb.to(ctx.cb_dtype), None
+
+
+def triton_vector_quantize(z, codebook, commitment):
+    """(z_q, idx, codebook_loss, commitment_loss, counts int32 (K,), non-finite row count)."""
+    return _VectorQuantizeFn.apply(z, codebook, commitment)

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fastlam.models import EncoderConfig, VideoEncoder
 from fastlam.models.ac_predictor import ACPredictor, ACPredictorConfig

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import re
 import sys
 import warnings
@@ -94,20 +95,19 @@ class LoadReport:
 # ---- reading files -----------------------------------------------------------------------
 def _torch_load(path: Path) -> dict:
     try:
-        # mmap keeps a multi-GB ViT-g checkpoint (with optimizer state) out of RAM.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as exc:
-        if "mmap" not in str(exc) and "zipfile" not in str(exc):
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except Exception as exc:
-        if type(exc).__name__ == "UnpicklingError":
-            raise ValueError(
-                f"checkpoint: {path} holds objects other than tensors and plain containers; fastlam only "
-                f"loads checkpoints with torch.load(weights_only=True). Re-save its state dict "
-                f"(torch.save(ckpt['encoder'], ...)) or convert it with transformers' safetensors format."
-            ) from exc
-        raise
+        try:
+            # mmap keeps a multi-GB ViT-g checkpoint (with optimizer state) out of RAM.
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc) and "zipfile" not in str(exc):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"checkpoint: {path} holds objects other than tensors and plain containers; fastlam only "
+            f"loads checkpoints with torch.load(weights_only=True). Re-save its state dict "
+            f"(torch.save(ckpt['encoder'], ...)) or use transformers' safetensors format."
+        ) from exc
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -47,7 +47,8 @@ class EncoderConfig:
         if self.size not in ENCODER_SIZES:
             raise ValueError(f"model.encoder.size: expected one of {tuple(ENCODER_SIZES)}, got {self.size!r}")
         w, d, h, r = ENCODER_SIZES[self.size]
-        return (self.width or w, self.depth or d, self.heads or h, self.mlp_ratio or r)
+        pick = lambda override, preset: preset if override is None else override
+        return (pick(self.width, w), pick(self.depth, d), pick(self.heads, h), pick(self.mlp_ratio, r))
 
 
 class PatchEmbed3D(nn.Module):

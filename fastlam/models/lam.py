@@ -104,7 +104,8 @@ class LatentActionWorldModel(nn.Module):
         self.regularizer = cfg.regularizer.build(cfg.action_dim, steps - 1)
         head = self.regularizer.head_features(cfg.action_dim) if self.regularizer is not None else cfg.action_dim
         self.idm = (
-            InverseDynamicsModel(self.encoder.width, cfg.idm.width, cfg.idm.depth, cfg.idm.heads, head, grid_w, cfg.idm.mlp_ratio)
+            InverseDynamicsModel(self.encoder.width, cfg.idm.width, cfg.idm.depth, cfg.idm.heads, head, grid_w,
+                                 grid_w * (cfg.image_size // enc.patch_size), cfg.idm.mlp_ratio)
             if self.regularizer is not None
             else None
         )

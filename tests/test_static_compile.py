@@ -1,0 +1,222 @@
+"""The ahead-of-time compile check (``python -m benchmarks.static_check``) and its harness.
+
+The check runs in a subprocess: this test process has ``TRITON_INTERPRET=1`` on CPU machines,
+which swaps every ``@triton.jit`` function for an interpreter stand-in that cannot be compiled.
+The small kernels below exist only to test the checker; the subprocess loads them through
+``--module`` (``static_check_configs()``), so they never enter the package's registry.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import triton
+import triton.language as tl
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `benchmarks` is a top-level folder, not part of the package
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import static_check as sc  # noqa: E402
+from fastlam.kernels.registry import KernelConfig  # noqa: E402
+
+
+@triton.jit
+def _selftest_matmul(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_bk, stride_cm,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        a = tl.load(a_ptr + rm[:, None] * stride_am + (k + rk)[None, :],
+                    mask=(rm[:, None] < M) & ((k + rk)[None, :] < K), other=0.0)
+        b = tl.load(b_ptr + (k + rk)[:, None] * stride_bk + rn[None, :],
+                    mask=((k + rk)[:, None] < K) & (rn[None, :] < N), other=0.0)
+        acc += tl.dot(a, b)
+    tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], acc.to(c_ptr.dtype.element_ty),
+             mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@triton.jit
+def _selftest_rowscale(x_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # BLOCK must be a power of two
+    tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=offs < n) * 2.0, mask=offs < n)
+
+
+_MM_SIG = {"a_ptr": "*bf16", "b_ptr": "*bf16", "c_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
+           "stride_am": "i32", "stride_bk": "i32", "stride_cm": "i32"}
+
+
+def _mm(name, bm, bn, bk, warps, stages, default=True):
+    return KernelConfig(
+        name=f"selftest_matmul[{name}]", fn=_selftest_matmul, signature=dict(_MM_SIG),
+        constexprs={"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages,
+        default=default, expects_mma=True, ref_shape="M=N=K=4096",
+        flops=2.0 * 4096**3, min_bytes=3 * 2.0 * 4096**2)
+
+
+def static_check_configs():
+    """Loaded by the checker's ``--module`` option in the subprocess."""
+    return [
+        _mm("good", 64, 64, 32, 4, 2),
+        # 256x256 tiles with BLOCK_K 128, 4 stages: ~512 KB of shared memory, over every GPU.
+        _mm("huge_tile", 256, 256, 128, 8, 4),
+        # A 256x128 fp32 accumulator over 128 threads is 256 registers each before anything else: spills.
+        _mm("spills_default", 256, 128, 64, 4, 3, default=True),
+        _mm("spills_not_default", 256, 128, 64, 4, 3, default=False),
+        KernelConfig(name="selftest_rowscale[non_pow2]", fn=_selftest_rowscale,
+                     signature={"x_ptr": "*fp32", "n": "i32"}, constexprs={"BLOCK": 48}),
+        KernelConfig(name="selftest_rowscale[missing_arg]", fn=_selftest_rowscale,
+                     signature={"x_ptr": "*fp32"}, constexprs={"BLOCK": 64}),
+    ]
+
+
+def _run_check(*args, timeout=600):
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.static_check", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode == 2 and sc.UNAVAILABLE_MARK in proc.stderr:
+        pytest.skip(f"the triton CUDA backend cannot compile on this machine: {proc.stderr.strip()[-300:]}")
+    return proc
+
+
+def _read_rows(out_dir: Path) -> dict:
+    with open(out_dir / "static_report.csv", newline="") as f:
+        return {(r["config"], r["arch"]): r for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def selftest(tmp_path_factory):
+    """One run of the checker over this module's kernels (fresh compiles, own cache folder)."""
+    root = tmp_path_factory.mktemp("static")
+    proc = _run_check("--no-registry", "--module", __file__, "--out", str(root / "out"),
+                      "--cache-dir", str(root / "cache"))
+    return proc, root, _read_rows(root / "out")
+
+
+def test_good_config_passes_with_tensor_cores(selftest):
+    proc, _, rows = selftest
+    for arch, mma in (("sm_90", "HGMMA"), ("sm_80", "HMMA")):
+        row = rows[("selftest_matmul[good]", arch)]
+        assert row["verdict"] == "pass", (row, proc.stderr[-2000:])
+        assert 0 < int(row["shared_bytes"]) <= int(row["shared_limit"])
+        assert int(row["stack"]) == 0 and 0 < int(row["regs"]) <= 255
+        assert row["mma"].startswith(mma), row
+        assert row["notes"] == ""
+
+
+def test_tile_over_shared_memory_fails(selftest):
+    proc, _, rows = selftest
+    assert proc.returncode == 1
+    for arch in ("sm_90", "sm_80"):
+        row = rows[("selftest_matmul[huge_tile]", arch)]
+        assert row["verdict"] == "FAIL"
+        assert int(row["shared_bytes"]) > int(row["shared_limit"])
+        assert "shared" in row["failures"]
+    assert "FAIL selftest_matmul[huge_tile] (sm_90): shared" in proc.stdout
+
+
+def test_compile_error_fails_with_its_text(selftest):
+    proc, root, rows = selftest
+    row = rows[("selftest_rowscale[non_pow2]", "sm_90")]
+    assert row["verdict"] == "FAIL" and row["failures"].startswith("compile error")
+    assert "power of 2" in row["error"], row["error"]
+    report = (root / "out" / "static_report.md").read_text()
+    assert "### `selftest_rowscale[non_pow2]` (sm_90)" in report and "power of 2" in report
+
+
+def test_registry_entry_that_does_not_match_its_kernel_fails(selftest):
+    _, _, rows = selftest
+    row = rows[("selftest_rowscale[missing_arg]", "sm_80")]
+    assert row["verdict"] == "FAIL" and row["failures"].startswith("registry entry")
+    assert "'n'" in row["error"] and "signature" in row["error"]
+
+
+def test_spills_fail_only_in_default_configurations(selftest):
+    _, _, rows = selftest
+    bad = rows[("selftest_matmul[spills_default]", "sm_90")]
+    ok = rows[("selftest_matmul[spills_not_default]", "sm_90")]
+    assert int(bad["stack"]) > 0 and bad["stack"] == ok["stack"], (bad, ok)
+    assert bad["verdict"] == "FAIL" and "STACK" in bad["failures"]
+    assert ok["verdict"] == "pass" and "STACK" in ok["notes"]
+    assert "REG at the 255 cap" in ok["notes"]
+
+
+def test_report_is_regenerated_identically_from_cache(selftest, tmp_path):
+    proc, root, _ = selftest
+    again = _run_check("--no-registry", "--module", __file__, "--out", str(tmp_path),
+                       "--cache-dir", str(root / "cache"))
+    assert again.returncode == 1
+    # Two names share one build (spills_default / spills_not_default); a bad entry is not built.
+    assert "8 to compile" in proc.stderr, proc.stderr[:500]
+    # Compile errors are never cached (recompiled: the 2 non_pow2 builds); every build that
+    # produced a cubin, even one that fails a limit, comes from the cache.
+    assert "8 cached, 2 to compile" in again.stderr, again.stderr[:500]
+    for name in ("static_report.md", "static_report.csv"):
+        assert (tmp_path / name).read_bytes() == (root / "out" / name).read_bytes(), name
+
+
+def test_exit_status_zero_when_every_config_passes(selftest, tmp_path):
+    _, root, _ = selftest
+    proc = _run_check("--no-registry", "--module", __file__, "--filter", "[good]", "--out", str(tmp_path),
+                      "--cache-dir", str(root / "cache"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert set(_read_rows(tmp_path)) == {("selftest_matmul[good]", "sm_90"), ("selftest_matmul[good]", "sm_80")}
+
+
+def test_every_registered_kernel_config_compiles_for_sm90_and_sm80(tmp_path):
+    """The CI gate: the package's whole registry, both targets (cached by kernel source)."""
+    from fastlam.kernels.registry import all_configs
+
+    names = {c.name for c in all_configs()}
+    proc = _run_check("--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    rows = _read_rows(tmp_path)
+    assert set(rows) == {(n, a) for n in names for a in ("sm_90", "sm_80")}
+    assert all(r["verdict"] == "pass" for r in rows.values())
+
+
+# ---- pure helpers (no compiling) --------------------------------------------------------------
+_RES_USAGE = """
+Resource usage:
+ Common:
+  GLOBAL:0
+ Function _helper:
+  REG:40 STACK:16 SHARED:0 LOCAL:0 CONSTANT[0]:368 TEXTURE:0 SURFACE:0 SAMPLER:0
+ Function attn_fwd:
+  REG:168 STACK:0 SHARED:1024 LOCAL:0 CONSTANT[0]:592 TEXTURE:0 SURFACE:0 SAMPLER:0
+"""
+
+
+def test_res_usage_takes_the_worst_function_when_helpers_exist():
+    got = sc.parse_res_usage(_RES_USAGE, "attn_fwd")
+    assert got == {"regs": 168, "stack": 16, "static_shared": 1024, "local": 0}
+    one = _RES_USAGE.split(" Function attn_fwd")[0]
+    assert sc.parse_res_usage(one, "_helper")["regs"] == 40
+    with pytest.raises(ValueError, match="no resource usage"):
+        sc.parse_res_usage("garbage", "x")
+
+
+def test_mma_counting_and_shared_limits_per_arch():
+    sass = "  HGMMA.64x128x16.F32.BF16 gdesc[UR4], RZ\n  HMMA.16816.F32.BF16 R1, R2\n  HMMA.16816.F32 R3\n"
+    assert sc.count_mma(sass) == {"hgmma": 1, "hmma": 2}
+    # 200 KB fits an H100 block but not an A100 one.
+    rows = [sc.judge(sc.Row(config="c", kernel="k", arch=a, shared=200_000, regs=128, stack=0, hgmma=0, hmma=4,
+                            default=True, expects_mma=True)) for a in (90, 80)]
+    assert rows[0].passed and rows[0].notes == ["no HGMMA (HMMA only)"]
+    assert not rows[1].passed and "166912" in rows[1].failures[0]
+
+
+def test_roofline_floor_is_the_slower_limit():
+    # 1 TFLOP over 1 GB: 1.25 ms of compute vs 0.33 ms of memory.
+    r = sc.roofline(1e12, 1e9)
+    assert r["bound"] == "compute" and r["floor_us"] == pytest.approx(1250.0)
+    r = sc.roofline(1e9, 3e9)
+    assert r["bound"] == "memory" and r["floor_us"] == pytest.approx(1000.0)
+    assert sc.roofline(0, 0)["floor_us"] is None

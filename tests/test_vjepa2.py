@@ -21,7 +21,7 @@ TINY = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, patch_si
 
 
 def _hf_model(**overrides):
-    transformers = pytest.importorskip("transformers", reason="transformers (test-only peer) is not installed")
+    transformers = pytest.importorskip("transformers", reason="transformers (the test-only peer) is not installed")
     cfg = transformers.VJEPA2Config(**{**TINY, **overrides}, pred_hidden_size=32, pred_num_attention_heads=4,
                                     pred_num_hidden_layers=1, num_pooler_layers=1)
     model = transformers.VJEPA2Model(cfg).eval()
@@ -140,10 +140,16 @@ def test_official_checkpoint_layout_matches_peer(tmp_path):
         torch.testing.assert_close(conv(video), enc(video), rtol=0, atol=0)
 
 
+def _official_checkpoint(path, **encoder_kw):
+    """An official-layout checkpoint of random weights (no transformers needed)."""
+    released = _randomize(_encoder(**encoder_kw))
+    torch.save({"target_encoder": {"module.backbone." + k: v for k, v in released.state_dict().items()}}, path)
+    return path
+
+
 def test_frame_causal_encoder_with_released_weights(tmp_path):
     """Frame-causal mode (the paper's) keeps step 0 independent of later frames; full attention does not."""
-    hf = _hf_model()
-    torch.save({"target_encoder": _official_state(hf.state_dict())}, tmp_path / "w.pt")
+    _official_checkpoint(tmp_path / "w.pt")
     causal, full = _encoder(frame_causal=True), _encoder(frame_causal=False)
     load_vjepa2_encoder(causal, tmp_path / "w.pt")
     load_vjepa2_encoder(full, tmp_path / "w.pt")
@@ -156,8 +162,7 @@ def test_frame_causal_encoder_with_released_weights(tmp_path):
 
 
 def test_mismatch_errors_name_key_and_shapes(tmp_path):
-    hf = _hf_model()
-    torch.save({"target_encoder": _official_state(hf.state_dict())}, tmp_path / "w.pt")
+    _official_checkpoint(tmp_path / "w.pt")
     with pytest.raises(CheckpointMismatchError) as err:
         load_vjepa2_encoder(_encoder(width=96), tmp_path / "w.pt")
     msg = str(err.value)
@@ -334,9 +339,11 @@ def test_train_with_vjepa2_checkpoint(tmp_path):
     from fastlam.models import LatentActionWorldModel, ModelConfig, TransformerConfig
     from fastlam.train import DataConfig, TrainConfig, train
 
-    hf = _hf_model(patch_size=16, crop_size=32)
-    hf.save_pretrained(tmp_path / "hf")
-    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "tiny.safetensors")]) == 0
+    # An official-layout checkpoint (so this runs without transformers), converted by the CLI.
+    released = _randomize(VideoEncoder(EncoderConfig(size="tiny", patch_size=16)))
+    official = {"module.backbone." + k: v for k, v in released.state_dict().items()}
+    torch.save({"encoder": official, "target_encoder": official, "epoch": 1}, tmp_path / "vit_tiny.pt")
+    assert main(["convert", str(tmp_path / "vit_tiny.pt"), str(tmp_path / "tiny.safetensors")]) == 0
     model_cfg = ModelConfig(
         image_size=32, frames=4, action_dim=16,
         encoder=EncoderConfig(size="tiny", patch_size=16, checkpoint=str(tmp_path / "tiny.safetensors")),
@@ -347,8 +354,8 @@ def test_train_with_vjepa2_checkpoint(tmp_path):
     summary = train(cfg)
     assert summary["steps"] == 2 and math.isfinite(summary["last_loss"])
     trained = LatentActionWorldModel.from_checkpoint(summary["model"])
-    expected = hf.state_dict()["encoder.embeddings.patch_embeddings.proj.weight"]
-    torch.testing.assert_close(trained.encoder.patch_embed.proj.weight, expected, rtol=0, atol=0)
+    for name, value in released.state_dict().items():  # the frozen encoder is the released one
+        torch.testing.assert_close(trained.encoder.state_dict()[name], value, rtol=0, atol=0)
 
 
 def test_ac_layout_on_fastlam_triton_kernel():

@@ -377,3 +377,18 @@ def test_ac_layout_on_fastlam_triton_kernel():
             pytest.skip(f"triton backend unavailable here: {exc}")
     tol = 1e-5 if device == "cpu" else 5e-3 * ref.abs().max().item()  # CUDA fp32 dots may use TF32
     torch.testing.assert_close(out, ref, rtol=0, atol=tol)
+
+
+def test_encode_frames_one_state_per_frame():
+    """V-JEPA 2-AC's states: each frame repeated into its own tubelet and encoded alone."""
+    from fastlam.models.ac_predictor import encode_frames
+
+    enc = _randomize(_encoder(frame_causal=True))
+    video = torch.rand(2, 3, 3, 16, 16)
+    states = encode_frames(enc, video)
+    assert states.shape == (2, 3, 16, 64)
+    with torch.no_grad():
+        alone = enc(video[1:2, :, 2:3].repeat(1, 1, 2, 1, 1))  # frame 2 of clip 1, by itself
+    torch.testing.assert_close(states[1, 2], alone[0, 0], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"video: expected \(B, C, T, H, W\)"):
+        encode_frames(enc, video[0])

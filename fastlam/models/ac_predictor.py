@@ -36,7 +36,7 @@ from torch import nn
 from ..ops import Rope3D
 from .blocks import Block
 
-__all__ = ["ACPredictor", "ACPredictorConfig", "ACLoss"]
+__all__ = ["ACPredictor", "ACPredictorConfig", "ACLoss", "encode_frames", "infer_ac_config"]
 
 
 @dataclass
@@ -258,3 +258,28 @@ def infer_ac_config(state: dict[str, torch.Tensor]) -> dict:
     if int(width * ratio) != hidden:  # e.g. 48/11 can round just below the integer
         ratio = (hidden + 0.5) / width
     return dict(embed_dim=w.shape[1], width=width, depth=depth, mlp_ratio=ratio, action_dim=a.shape[1])
+
+
+@torch.no_grad()
+def encode_frames(encoder: nn.Module, video: torch.Tensor) -> torch.Tensor:
+    """Encode every frame on its own, as V-JEPA 2-AC builds its states.
+
+    Each raw frame is repeated ``tubelet`` times to fill one tubelet and encoded independently,
+    so there is one state per frame (not per tubelet) and no information crosses frames.
+
+    Args:
+        encoder: a :class:`~fastlam.models.VideoEncoder` (e.g. loaded with V-JEPA 2 weights).
+        video: (B, C, T, H, W) in [0, 1].
+
+    Returns:
+        (B, T, N, D) states.
+    """
+    if video.dim() != 5:
+        raise ValueError(f"video: expected (B, C, T, H, W), got shape {tuple(video.shape)}")
+    B, C, T, H, W = video.shape
+    tubelet = encoder.cfg.tubelet
+    # One tubelet per clip, so frame_causal or not makes no difference here.
+    frames = video.permute(0, 2, 1, 3, 4).reshape(B * T, C, 1, H, W).expand(-1, -1, tubelet, -1, -1)
+    states = encoder(frames.contiguous())  # (B * T, 1, N, D)
+    return states.view(B, T, -1, states.shape[-1])
+

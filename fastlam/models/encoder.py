@@ -82,8 +82,10 @@ class VideoEncoder(nn.Module):
             raise ValueError(f"video: expected {self.cfg.in_chans} channels at dim 1 of (B, C, frames, H, W), got {C}")
         if not video.is_floating_point():
             raise TypeError(f"video: expected a float tensor with values in [0, 1], got {video.dtype}")
-        if F % tub or F < 2 * tub:
-            raise ValueError(f"video: frames={F} must be a multiple of the tubelet ({tub}) and at least {2 * tub}")
+        # One tubelet is a valid clip (V-JEPA 2-AC encodes every frame alone); the LAM itself
+        # checks that it gets at least two time steps.
+        if F % tub or F < tub:
+            raise ValueError(f"video: frames={F} must be a positive multiple of the tubelet ({tub})")
         if H % p or W % p:
             raise ValueError(f"video: image size {H}x{W} must be divisible by the patch size {p}")
 

@@ -60,6 +60,7 @@ from .encoder import ENCODER_SIZES
 __all__ = [
     "CheckpointMismatchError",
     "LoadReport",
+    "convert",
     "convert_hf_encoder",
     "convert_official",
     "describe_encoder_state",

@@ -17,28 +17,32 @@ masked tiles above. Key tiles outside ``[lo, hi)`` are never loaded. With frame 
 like 258 that do not divide the tile size, only the tiles that straddle a frame boundary
 pay for the mask. The backward dK/dV pass does the same over query tiles for each key tile.
 
-Optional fused 3D RoPE (V-JEPA 2 layout): the token's (t, h, w) position is derived from
-its index, the frame length, the number of per-frame prefix tokens and the grid width; per
-channel the launcher passes the axis (0=t, 1=h, 2=w, 3=none) and cos/sin tables indexed by
-(integer position along that axis, channel). The tables are ``cos((i * scale_axis) * f_c)``
-built in fp32 by the same torch ops as the reference, so the angles are bit-identical to
-``fastlam.ops.rope``; a lookup replaces per-element ``sin``/``cos``, which would cost more
-than the matmuls when the key tile is re-rotated for every query tile. Rotation is
-``x*cos + pair_swap(x)*sin``; its transpose (backward) is ``g*cos - pair_swap(g*sin)``.
+3D RoPE (V-JEPA 2 layout) runs in the rotation kernel ``_rope_rotate``: the token's (t, h,
+w) position is derived from its index, the frame length, the number of per-frame prefix
+tokens and the grid width; per channel the launcher passes the axis (0=t, 1=h, 2=w,
+3=none) and cos/sin tables indexed by (integer position along that axis, channel). The
+tables are ``cos((i * scale_axis) * f_c)`` built in fp32 by the same torch ops as the
+reference, so the angles are bit-identical to ``fastlam.ops.rope`` and no per-element
+sin/cos is evaluated. Rotation is ``x*cos + pair_swap(x)*sin``; its transpose (backward)
+``g*cos - pair_swap(g*sin)``. q and k are rotated once before the attention kernels and
+dQ, dK are rotated back once after them (O(L*D) memory traffic per pass, versus O(L^2*D)
+FLOPs of attention: estimated at a few percent at L=2048, not yet measured on a GPU). Why not inside the attention kernels: the streamed operand would be re-rotated for
+every query tile, and even rotating only the resident tile in the prologue (or dK/dQ in
+the epilogue) made the sm_90 builds spill registers (STACK 8-232 B, measured with
+``cuobjdump -res-usage``), which costs more than the extra pass.
 
 Softmax runs in base 2 (``exp2`` with ``scale * log2(e)`` folded in); the stored
 log-sum-exp is natural-log, fp32, (B, H, L). The backward is the flash-attention split:
 a preprocess (Delta = rowsum(O * dO)), a dK/dV pass over query tiles per key tile, and
 either a separate dQ pass (deterministic, no atomics) or dQ accumulated with fp32 atomics
-in the dK/dV pass followed by a small finalize kernel (fewer matmuls, run-to-run
-non-deterministic summation order).
+in the dK/dV pass (fewer matmuls, run-to-run non-deterministic summation order; only
+where it compiles without spills, head dims <= 64).
 
 Host launchers here are plain functions (no autograd); fastlam.ops.triton_attention wraps
 them. Block sizes come from :func:`block_config` (a documented heuristic, no autotuning).
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -168,20 +172,6 @@ def _rope_transpose(g, tok, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, RO
 
 
 @triton.jit
-def _load_qk(PTR, tok, offs_d, stride_l, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W,
-             ROPE, DOT_FP32: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Load a q or k tile (padded rows / channels read as 0), rotate it, cast it for tl.dot."""
-    x = tl.load(PTR + tok[:, None] * stride_l + offs_d[None, :], mask=(tok < L)[:, None] & (offs_d < D)[None, :], other=0.0)
-    if ROPE:
-        xr = _rope(x, tok, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROWS, BLOCK_D)
-        # Round to the input dtype like the reference (which rotates then casts back).
-        x = xr.to(x.dtype)
-    if DOT_FP32:
-        x = x.to(tl.float32)
-    return x
-
-
-@triton.jit
 def _load_rows(PTR, tok, offs_d, stride_l, L, D, DOT_FP32: tl.constexpr):
     x = tl.load(PTR + tok[:, None] * stride_l + offs_d[None, :], mask=(tok < L)[:, None] & (offs_d < D)[None, :], other=0.0)
     if DOT_FP32:
@@ -194,19 +184,25 @@ def _rope_rotate(
     X, Y, COS, SIN, AXIS,
     stride_xb, stride_xh, stride_xl,
     H, L, D, F, NPREFIX, GRID_W,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    TRANSPOSE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Rotate a (B, H, L, D) q or k once into a contiguous buffer (the streamed operand)."""
+    """Y = R x (q or k before attention) or Y = R^T x (dq, dk after it), in fp32, stored in
+    Y's dtype into a contiguous (B, H, L, D) Y. Y may alias a contiguous X: each program
+    reads its tile before writing it."""
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
     off_b = (bh // H).to(tl.int64)
     off_h = (bh % H).to(tl.int64)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    x = _load_qk(X + off_b * stride_xb + off_h * stride_xh, offs_m, offs_d, stride_xl, COS, SIN, AXIS, L, D, F,
-                 NPREFIX, GRID_W, True, False, BLOCK_M, BLOCK_D)
-    tl.store(Y + bh.to(tl.int64) * L * D + offs_m[:, None] * D + offs_d[None, :], x,
-             mask=(offs_m < L)[:, None] & (offs_d < D)[None, :])
+    ok = (offs_m < L)[:, None] & (offs_d < D)[None, :]
+    x = tl.load(X + off_b * stride_xb + off_h * stride_xh + offs_m[:, None] * stride_xl + offs_d[None, :], mask=ok,
+                other=0.0).to(tl.float32)
+    if TRANSPOSE:
+        y = _rope_transpose(x, offs_m, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, BLOCK_M, BLOCK_D)
+    else:
+        y = _rope(x, offs_m, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, BLOCK_M, BLOCK_D)
+    tl.store(Y + bh.to(tl.int64) * L * D + offs_m[:, None] * D + offs_d[None, :], y.to(Y.dtype.element_ty), mask=ok)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -230,15 +226,15 @@ def _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride
     return acc, m_new, l_i
 
 
-@triton.jit(do_not_specialize=["ROPE"])
+@triton.jit
 def _attn_fwd(
-    Q, K, V, O, LSE, COS, SIN, AXIS,
+    Q, K, V, O, LSE,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     stride_ob, stride_oh, stride_ol,
-    H, L, D, MF, MW, F, NPREFIX, GRID_W, qk_scale,
-    ROPE, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    H, L, D, MF, MW, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
@@ -253,7 +249,7 @@ def _attn_fwd(
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_qk(Q, offs_m, offs_d, stride_ql, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROPE, DOT_FP32, BLOCK_M, BLOCK_D)
+    q = _load_rows(Q, offs_m, offs_d, stride_ql, L, D, DOT_FP32)
 
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + _NEG
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -329,9 +325,9 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d,
     return dk, dv
 
 
-@triton.jit(do_not_specialize=["ROPE"])
+@triton.jit
 def _attn_bwd_dkdv(
-    Q, K, V, DO, DK, DV, DQ, LSE, DELTA, COS, SIN, AXIS,
+    Q, K, V, DO, DK, DV, DQ, LSE, DELTA,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
@@ -339,8 +335,8 @@ def _attn_bwd_dkdv(
     stride_dkb, stride_dkh, stride_dkl,
     stride_dvb, stride_dvh, stride_dvl,
     stride_dqb, stride_dqh, stride_dql,
-    H, L, D, MF, MW, F, NPREFIX, GRID_W, qk_scale, sm_scale,
-    ROPE, ATOMIC_DQ: tl.constexpr,
+    H, L, D, MF, MW, qk_scale, sm_scale,
+    ATOMIC_DQ: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
 ):
@@ -378,8 +374,6 @@ def _attn_bwd_dkdv(
                             L, D, MF, MW, qk_scale, sm_scale, True, ATOMIC_DQ, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
 
     dk *= sm_scale
-    if ROPE:
-        dk = _rope_transpose(dk, offs_n, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, BLOCK_N, BLOCK_D)
     ok = (offs_n < L)[:, None] & (offs_d < D)[None, :]
     tl.store(DK + offs_n[:, None] * stride_dkl + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=ok)
     tl.store(DV + offs_n[:, None] * stride_dvl + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=ok)
@@ -401,16 +395,16 @@ def _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, s
     return dq
 
 
-@triton.jit(do_not_specialize=["ROPE"])
+@triton.jit
 def _attn_bwd_dq(
-    Q, K, V, DO, DQ, LSE, DELTA, COS, SIN, AXIS,
+    Q, K, V, DO, DQ, LSE, DELTA,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     stride_dob, stride_doh, stride_dol,
     stride_dqb, stride_dqh, stride_dql,
-    H, L, D, MF, MW, F, NPREFIX, GRID_W, qk_scale, sm_scale,
-    ROPE, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    H, L, D, MF, MW, qk_scale, sm_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
@@ -447,33 +441,8 @@ def _attn_bwd_dq(
                       L, D, MF, MW, qk_scale, True, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
 
     dq *= sm_scale
-    if ROPE:
-        dq = _rope_transpose(dq, offs_m, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, BLOCK_M, BLOCK_D)
     tl.store(DQ + offs_m[:, None] * stride_dql + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d < D)[None, :])
-
-
-@triton.jit(do_not_specialize=["ROPE"])
-def _attn_bwd_dq_finalize(
-    DQACC, DQ, COS, SIN, AXIS,
-    stride_dqb, stride_dqh, stride_dql,
-    H, L, D, F, NPREFIX, GRID_W,
-    ROPE, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """Atomic path: rotate the fp32 dQ accumulator back (RoPE transpose) and cast it."""
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    off_b = (bh // H).to(tl.int64)
-    off_h = (bh % H).to(tl.int64)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    ok = (offs_m < L)[:, None] & (offs_d < D)[None, :]
-    # The accumulator is contiguous (B*H, L, D).
-    g = tl.load(DQACC + bh.to(tl.int64) * L * D + offs_m[:, None] * D + offs_d[None, :], mask=ok, other=0.0)
-    if ROPE:
-        g = _rope_transpose(g, offs_m, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, BLOCK_M, BLOCK_D)
-    tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dql + offs_d[None, :],
-             g.to(DQ.dtype.element_ty), mask=ok)
 
 
 # ----------------------------------------------------------------------------- block sizes
@@ -482,31 +451,47 @@ def _attn_bwd_dq_finalize(
 def block_config(head_dim: int, dtype: torch.dtype, interpret: bool | None = None) -> dict:
     """Tile sizes and launch parameters per head dim / dtype (a fixed heuristic, no autotune).
 
-    Why these numbers: the head dim is padded to the next power of two (BLOCK_D). The
-    forward keeps a (BLOCK_M, BLOCK_D) fp32 accumulator and the q tile in registers, so the
-    query tile is 128 rows with 4 warps up to BLOCK_D=64 and 8 warps at 128 (the same
-    register budget per thread); the key tile is 64 so a (128, 64) score tile fits without
-    spilling. The backward passes hold two fp32 accumulators (dK, dV) next to the k and v
-    tiles, so both tiles are 64 (and 32 query rows at BLOCK_D=128). fp32 inputs use IEEE
-    dots with twice the bytes per element: tiles are halved. Under the interpreter every
-    tile is 16 (the tl.dot minimum) so tiny test shapes still cross many tile boundaries.
-    All entries are registered in kernels/registry.py and compiled ahead of time in CI.
+    Tuples are (query tile, key tile, warps, stages). The head dim is padded to the next
+    power of two (BLOCK_D). Chosen from sm_90 ahead-of-time compiles (``cuobjdump
+    -res-usage``: every default must have STACK 0, i.e. no register spills):
+
+    - forward: 128 query rows x 64 keys; 4 warps up to BLOCK_D 64, 8 warps at 128 (the fp32
+      accumulator doubles). 128x64 spilled at hd128 with 4 warps (3 KB of stack).
+    - dK/dV pass: it keeps k, v and two fp32 accumulators (dK, dV) for its key tile, plus
+      the score tile: 64 keys x 32 queries with 8 warps at BLOCK_D 128 (64 queries spilled
+      112-168 B), 64 x 64 with 8 warps at <= 64 (4 warps spilled 24 B).
+    - atomic dQ inside the dK/dV pass adds a (queries, BLOCK_D) fp32 tile: only at BLOCK_D
+      <= 64 (64 x 64, 8 warps, no spill); every BLOCK_D 128 tiling tried spilled, so wider
+      heads always use the separate dQ pass (see :func:`use_atomic_dq`).
+    - dQ pass: 64 x 64, 4 warps at <= 64, 8 warps at 128.
+    - fp32 (IEEE dots) has twice the bytes per element: tiles are halved.
+
+    Under the interpreter every tile is 16 (the tl.dot minimum), so tiny test shapes still
+    cross many tile boundaries. Every entry is registered below for the static compile check.
     """
     block_d = max(16, triton.next_power_of_2(head_dim))
     if interpret is None:
         interpret = interpreting()
     if interpret:
-        return dict(BLOCK_D=block_d, fwd=(16, 16, 4, 1), bwd_kv=(16, 16, 4, 1), bwd_q=(16, 16, 4, 1))
+        t = (16, 16, 4, 1)
+        return dict(BLOCK_D=block_d, fwd=t, bwd_kv=t, bwd_kv_atomic=t, bwd_q=t, pointwise=(16, 4))
     wide = block_d > 64
     if dtype == torch.float32:
         fwd = (64, 32, 8 if wide else 4, 2)
-        bwd_kv = (32, 32, 8 if wide else 4, 2)
+        bwd_kv = (16 if wide else 32, 32, 8 if wide else 4, 2)
         bwd_q = (32, 32, 8 if wide else 4, 2)
     else:
         fwd = (128, 64, 8 if wide else 4, 3)
-        bwd_kv = (32 if wide else 64, 64, 8 if wide else 4, 2)  # (queries, keys, warps, stages)
-        bwd_q = (64, 32 if wide else 64, 8 if wide else 4, 2)
-    return dict(BLOCK_D=block_d, fwd=fwd, bwd_kv=bwd_kv, bwd_q=bwd_q)
+        bwd_kv = (32 if wide else 64, 64, 8, 2)
+        bwd_q = (64, 64, 8 if wide else 4, 2)
+    atomic = None if wide else (bwd_kv[0], bwd_kv[1], 8, 2)
+    return dict(BLOCK_D=block_d, fwd=fwd, bwd_kv=bwd_kv, bwd_kv_atomic=atomic, bwd_q=bwd_q, pointwise=(64, 4))
+
+
+def use_atomic_dq(head_dim: int, dtype: torch.dtype, deterministic: bool) -> bool:
+    """Accumulate dQ with atomics in the dK/dV pass (fewer matmuls) unless asked to be
+    deterministic or the head dim is too wide for it to compile without spills."""
+    return not deterministic and block_config(head_dim, dtype)["bwd_kv_atomic"] is not None
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -519,28 +504,34 @@ def _check(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name}: expected (B, heads, L, head_dim), got shape {tuple(x.shape)}")
     if x.stride(-1) != 1:
         raise ValueError(f"{name}: the head dim must have unit stride (call .contiguous()), got strides {x.stride()}")
+    if x.device.type == "cpu" and not interpreting():
+        raise ValueError(f"{name}: CPU tensor; the Triton kernels need CUDA (or TRITON_INTERPRET=1 before import)")
 
 
-def rope_rotate(x: torch.Tensor, frame_len: int, rope_tables) -> torch.Tensor:
-    """x rotated by its 3D positions, contiguous, in x's dtype (rotation in fp32)."""
-    _check("x", x)
+def rope_rotate(x: torch.Tensor, frame_len: int, rope_tables, *, transpose: bool = False,
+                out: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """R x (or R^T x with ``transpose``) by the tokens' 3D positions, into a contiguous
+    tensor of ``out_dtype`` (default x's dtype); ``out`` may be x itself when x is contiguous.
+
+    ``rope_tables`` = (cos, sin, axis, n_prefix, grid_w): cos/sin fp32 (n_positions, D)
+    contiguous, axis int32 (D,) in {0=t, 1=h, 2=w, 3=none}.
+    """
+    if x.dtype not in DTYPES or x.dim() != 4 or x.stride(-1) != 1:
+        raise ValueError(f"x: expected a (B, H, L, D) float tensor with unit head-dim stride, got {x.dtype} "
+                         f"{tuple(x.shape)} strides {x.stride()}")
     B, H, L, D = x.shape
-    cos, sin, axis, n_prefix, grid_w = _rope_args(rope_tables, x)
-    y = torch.empty((B, H, L, D), device=x.device, dtype=x.dtype)
-    BM = 16 if interpreting() else 64
-    _rope_rotate[(triton.cdiv(L, BM), B * H)](
-        x, y, cos, sin, axis, x.stride(0), x.stride(1), x.stride(2),
-        H, L, D, frame_len, n_prefix, grid_w, BLOCK_M=BM, BLOCK_D=max(16, triton.next_power_of_2(D)),
-    )
-    return y
-
-
-def _rope_args(rope_tables, like: torch.Tensor):
-    """(cos, sin, axis, n_prefix, grid_w) or dummies when RoPE is off."""
-    if rope_tables is None:
-        return like, like, like, 0, 1
     cos, sin, axis, n_prefix, grid_w = rope_tables
-    return cos, sin, axis, int(n_prefix), int(grid_w)
+    if out is None:
+        out = torch.empty((B, H, L, D), device=x.device, dtype=out_dtype or x.dtype)
+    elif not out.is_contiguous() or out.shape != x.shape:
+        raise ValueError(f"out: expected a contiguous tensor of shape {tuple(x.shape)}")
+    BM, warps = block_config(D, x.dtype)["pointwise"]
+    _rope_rotate[(triton.cdiv(L, BM), B * H)](
+        x, out, cos, sin, axis, x.stride(0), x.stride(1), x.stride(2),
+        H, L, D, frame_len, int(n_prefix), int(grid_w),
+        TRANSPOSE=transpose, BLOCK_M=BM, BLOCK_D=max(16, triton.next_power_of_2(D)), num_warps=warps,
+    )
+    return out
 
 
 def mask_frames(seq_len: int, frame_len: int, mask: str, window_frames: int | None = None) -> tuple[int, int]:
@@ -563,46 +554,42 @@ def mask_frames(seq_len: int, frame_len: int, mask: str, window_frames: int | No
     return frame_len, (n_frames + 1 if window_frames is None else int(window_frames))
 
 
+def _dot_fp32(dtype: torch.dtype) -> bool:
+    # The interpreter multiplies raw bf16 bit patterns in tl.dot: upcast there only.
+    return interpreting() and dtype == torch.bfloat16
+
+
 def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, window_frames=None, rope_tables=None,
                       out: torch.Tensor | None = None, lse: torch.Tensor | None = None):
     """Launch the forward. Returns (out (B,H,L,D) in q's dtype, lse (B,H,L) fp32, natural log).
 
-    ``rope_tables``: None, or (cos, sin, axis, n_prefix, grid_w) with cos/sin fp32
-    (n_positions, D) contiguous and axis int32 (D,) in {0, 1, 2, 3=none}.
+    ``rope_tables``: None, or the tables of :func:`rope_rotate`; q and k are then rotated
+    once by the rotation kernel before the attention kernel (see the module docstring).
     """
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check(name, x)
     B, H, L, D = q.shape
     cfg = block_config(D, q.dtype)
     BM, BN, warps, stages = cfg["fwd"]
-    mask_frame, window = mask_frames(q.shape[2], frame_len, mask, window_frames)
+    mask_frame, window = mask_frames(L, frame_len, mask, window_frames)
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if lse is None:
         lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
-    cos, sin, axis, n_prefix, grid_w = _rope_args(rope_tables, q)
     if rope_tables is not None:
-        # q is resident (rotated in-kernel, once per program); k is streamed past every
-        # query tile, so it is rotated once up front instead of L / BLOCK_M times.
+        q = rope_rotate(q, frame_len, rope_tables)
         k = rope_rotate(k, frame_len, rope_tables)
-    grid = (triton.cdiv(L, BM), B * H)
-    _attn_fwd[grid](
-        q, k, v, out, lse, cos, sin, axis,
+    _attn_fwd[(triton.cdiv(L, BM), B * H)](
+        q, k, v, out, lse,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        H, L, D, mask_frame, window, frame_len, n_prefix, grid_w, scale * _LOG2E_F,
-        ROPE=int(rope_tables is not None), BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=cfg["BLOCK_D"],
-        DOT_FP32=_dot_fp32(q.dtype), IEEE=q.dtype == torch.float32,
+        H, L, D, mask_frame, window, scale * _LOG2E_F,
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=cfg["BLOCK_D"], DOT_FP32=_dot_fp32(q.dtype), IEEE=q.dtype == torch.float32,
         num_warps=warps, num_stages=stages,
     )
     return out, lse
-
-
-def _dot_fp32(dtype: torch.dtype) -> bool:
-    # The interpreter multiplies raw bf16 bit patterns in tl.dot: upcast there only.
-    return interpreting() and dtype == torch.bfloat16
 
 
 def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scale: float, window_frames=None,
@@ -611,50 +598,48 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
     """Launch the backward. Returns (dq, dk, dv) in q's dtype, contiguous (B, H, L, D).
 
     ``deterministic=True`` computes dQ in its own pass (no atomics: bit-identical across
-    runs); otherwise dQ is accumulated with fp32 atomics inside the dK/dV pass. ``dlse``
-    (B, H, L), the gradient of the lse output, if any: since d lse_i / d s_ij = p_ij it
-    enters as dS = P * (dP - (Delta - dlse)). ``grads``: optional preallocated (dq, dk, dv)
-    with unit head-dim stride (tests poison them to prove every element is written).
+    runs); otherwise dQ may be accumulated with fp32 atomics inside the dK/dV pass
+    (:func:`use_atomic_dq`). ``dlse`` (B, H, L), the gradient of the lse output, if any:
+    since d lse_i / d s_ij = p_ij it enters as dS = P * (dP - (Delta - dlse)). ``grads``:
+    optional preallocated contiguous (dq, dk, dv) (tests poison them to prove every element
+    is written). With RoPE, q and k are rotated again (cheaper than keeping copies) and the
+    transposed rotation is applied to dQ and dK in place.
     """
     for name, x in (("do", do), ("q", q), ("k", k), ("v", v), ("out", out)):
         _check(name, x)
     B, H, L, D = q.shape
     cfg = block_config(D, q.dtype)
     BD = cfg["BLOCK_D"]
-    mask_frame, window = mask_frames(q.shape[2], frame_len, mask, window_frames)
-    cos, sin, axis, n_prefix, grid_w = _rope_args(rope_tables, q)
-    rope_on = rope_tables is not None
-    if rope_on:
-        # Both passes stream one of q, k: rotate both once; the kernels then only apply the
-        # transposed rotation to dQ and dK in their epilogues.
-        q = rope_rotate(q, frame_len, rope_tables)
-        k = rope_rotate(k, frame_len, rope_tables)
+    mask_frame, window = mask_frames(L, frame_len, mask, window_frames)
     dot_fp32 = _dot_fp32(q.dtype)
     ieee = q.dtype == torch.float32
     lse = lse.contiguous()
+    if grads is None:
+        grads = tuple(torch.empty((B, H, L, D), device=q.device, dtype=q.dtype) for _ in range(3))
+    dq, dk, dv = grads
+    for name, g in (("dq", dq), ("dk", dk), ("dv", dv)):
+        if g.shape != q.shape or g.dtype != q.dtype or not g.is_contiguous():
+            raise ValueError(f"grads: {name} must be a contiguous {tuple(q.shape)} {q.dtype} tensor")
+    if rope_tables is not None:
+        q = rope_rotate(q, frame_len, rope_tables)
+        k = rope_rotate(k, frame_len, rope_tables)
 
     delta = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
-    PM = 16 if interpreting() else 64
+    PM, pw = cfg["pointwise"]
     _attn_bwd_preprocess[(triton.cdiv(L, PM), B * H)](
         out, do, delta,
         out.stride(0), out.stride(1), out.stride(2),
         do.stride(0), do.stride(1), do.stride(2),
-        H, L, D, BLOCK_M=PM, BLOCK_D=BD,
+        H, L, D, BLOCK_M=PM, BLOCK_D=BD, num_warps=pw,
     )
     if dlse is not None:
         delta = delta - dlse.to(torch.float32)
-    if grads is None:
-        grads = tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
-    dq, dk, dv = grads
-    for name, g in (("dq", dq), ("dk", dk), ("dv", dv)):
-        if g.shape != q.shape or g.dtype != q.dtype or g.stride(-1) != 1:
-            raise ValueError(f"grads: {name} must be {tuple(q.shape)} {q.dtype} with a unit head-dim stride")
-    atomic = not deterministic
+    atomic = use_atomic_dq(D, q.dtype, deterministic)
     dq_acc = torch.zeros((B, H, L, D), device=q.device, dtype=torch.float32) if atomic else dq
 
-    BM, BN, warps, stages = cfg["bwd_kv"]
+    BM, BN, warps, stages = cfg["bwd_kv_atomic" if atomic else "bwd_kv"]
     _attn_bwd_dkdv[(triton.cdiv(L, BN), B * H)](
-        q, k, v, do, dk, dv, dq_acc, lse, delta, cos, sin, axis,
+        q, k, v, do, dk, dv, dq_acc, lse, delta,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -662,31 +647,29 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
         dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
         dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2),
-        H, L, D, mask_frame, window, frame_len, n_prefix, grid_w, scale * _LOG2E_F, scale,
-        ROPE=int(rope_on), ATOMIC_DQ=atomic, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
+        H, L, D, mask_frame, window, scale * _LOG2E_F, scale,
+        ATOMIC_DQ=atomic, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
         DOT_FP32=dot_fp32, IEEE=ieee, num_warps=warps, num_stages=stages,
     )
-    if atomic:
-        FM = 16 if interpreting() else 64
-        _attn_bwd_dq_finalize[(triton.cdiv(L, FM), B * H)](
-            dq_acc, dq, cos, sin, axis,
-            dq.stride(0), dq.stride(1), dq.stride(2),
-            H, L, D, frame_len, n_prefix, grid_w,
-            ROPE=int(rope_on), BLOCK_M=FM, BLOCK_D=BD,
-        )
-    else:
+    if not atomic:
         BM, BN, warps, stages = cfg["bwd_q"]
         _attn_bwd_dq[(triton.cdiv(L, BM), B * H)](
-            q, k, v, do, dq, lse, delta, cos, sin, axis,
+            q, k, v, do, dq, lse, delta,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
             do.stride(0), do.stride(1), do.stride(2),
             dq.stride(0), dq.stride(1), dq.stride(2),
-            H, L, D, mask_frame, window, frame_len, n_prefix, grid_w, scale * _LOG2E_F, scale,
-            ROPE=int(rope_on), BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
+            H, L, D, mask_frame, window, scale * _LOG2E_F, scale,
+            BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
             DOT_FP32=dot_fp32, IEEE=ieee, num_warps=warps, num_stages=stages,
         )
+    if rope_tables is not None:
+        # The atomic accumulator is fp32: the transposed rotation also casts it into dq.
+        rope_rotate(dq_acc, frame_len, rope_tables, transpose=True, out=dq)
+        rope_rotate(dk, frame_len, rope_tables, transpose=True, out=dk)
+    elif atomic:
+        dq.copy_(dq_acc)
     return dq, dk, dv
 
 
@@ -713,59 +696,64 @@ def _register_configs() -> None:
     counting only the unmasked fraction (36/64 of the L^2 pairs), backward = 2.5 x forward.
     """
     frac = (_REF_L // _REF_F + 1) / (2 * (_REF_L // _REF_F))
+    tables = {"COS": "*fp32", "SIN": "*fp32", "AXIS": "*i32"}
     for dtype, tname in _TRITON_DTYPE.items():
         el = torch.finfo(dtype).bits // 8
         for head_dim in (32, 64, 128):
             cfg = block_config(head_dim, dtype, interpret=False)
             BD = cfg["BLOCK_D"]
+            tag = f"hd{BD},{tname}"
             ref = f"B={_REF_B},H={_REF_H},L={_REF_L},D={head_dim},frame_len={_REF_F},frame_causal"
             fwd_flops = 4.0 * _REF_B * _REF_H * _REF_L * _REF_L * head_dim * frac
-            tensor_bytes = float(_REF_B * _REF_H * _REF_L * head_dim * el)
-            rows_bytes = float(_REF_B * _REF_H * _REF_L * 4)
+            tb = float(_REF_B * _REF_H * _REF_L * head_dim * el)  # one (B, H, L, D) tensor
+            rb = float(_REF_B * _REF_H * _REF_L * 4)  # one fp32 (B, H, L) row vector
             common = dict(DOT_FP32=False, IEEE=dtype == torch.float32, BLOCK_D=BD)
-            ptr = lambda names, t=tname: {n: f"*{t}" for n in names}  # noqa: E731
-            tables = {"COS": "*fp32", "SIN": "*fp32", "AXIS": "*i32"}
-            for _ in (None,):  # RoPE is a runtime flag: one compile serves both
-                tag = f"hd{BD},{tname}"
-                BM, BN, w, st = cfg["fwd"]
-                ce = dict(common, BLOCK_M=BM, BLOCK_N=BN)
-                register(KernelConfig(
-                    f"attn_fwd[{tag},M{BM},N{BN}]", _attn_fwd,
-                    _signature(_attn_fwd, {**ptr("QKVO"), "LSE": "*fp32", **tables}, ce), ce, w, st,
-                    expects_mma=True, ref_shape=ref, flops=fwd_flops, min_bytes=4 * tensor_bytes + rows_bytes))
-                BM, BN, w, st = cfg["bwd_kv"]
-                for atomic in (True, False):
-                    ce = dict(common, ATOMIC_DQ=atomic, BLOCK_M=BM, BLOCK_N=BN)
-                    dq_t = "*fp32" if atomic else f"*{tname}"
-                    register(KernelConfig(
-                        f"attn_bwd_dkdv[{tag}{',atomic_dq' if atomic else ''},M{BM},N{BN}]", _attn_bwd_dkdv,
-                        _signature(_attn_bwd_dkdv, {**ptr(["Q", "K", "V", "DO", "DK", "DV"]), "DQ": dq_t,
-                                                    "LSE": "*fp32", "DELTA": "*fp32", **tables}, ce), ce, w, st,
-                        expects_mma=True, ref_shape=ref,
-                        flops=fwd_flops * (2.5 if atomic else 2.0),  # 4 (+1) of the 5 backward matmuls
-                        min_bytes=(6 + (2 if atomic else 0)) * tensor_bytes + 2 * rows_bytes))
-                BM, BN, w, st = cfg["bwd_q"]
-                ce = dict(common, BLOCK_M=BM, BLOCK_N=BN)
-                register(KernelConfig(
-                    f"attn_bwd_dq[{tag},M{BM},N{BN}]", _attn_bwd_dq,
-                    _signature(_attn_bwd_dq, {**ptr(["Q", "K", "V", "DO", "DQ"]), "LSE": "*fp32", "DELTA": "*fp32",
-                                              **tables}, ce), ce, w, st,
-                    expects_mma=True, ref_shape=ref, flops=fwd_flops * 1.5,
-                    min_bytes=5 * tensor_bytes + 2 * rows_bytes))
-                ce = dict(BLOCK_M=64, BLOCK_D=BD)
-                register(KernelConfig(
-                    f"attn_bwd_dq_finalize[{tag}]", _attn_bwd_dq_finalize,
-                    _signature(_attn_bwd_dq_finalize, {"DQACC": "*fp32", "DQ": f"*{tname}", **tables}, ce), ce, 4, 1,
-                    ref_shape=ref, min_bytes=tensor_bytes * (1 + 4 / el)))
-            ce = dict(BLOCK_M=64, BLOCK_D=BD)
+
+            def ptr(names, t=tname):
+                return {n: f"*{t}" for n in names}
+
+            BM, BN, w, st = cfg["fwd"]
+            ce = dict(common, BLOCK_M=BM, BLOCK_N=BN)
             register(KernelConfig(
-                f"attn_bwd_preprocess[hd{BD},{tname}]", _attn_bwd_preprocess,
-                _signature(_attn_bwd_preprocess, {**ptr(["O", "DO"]), "DELTA": "*fp32"}, ce), ce, 4, 1,
-                ref_shape=ref, min_bytes=2 * tensor_bytes + rows_bytes))
+                f"attn_fwd[{tag},M{BM},N{BN}]", _attn_fwd,
+                _signature(_attn_fwd, {**ptr("QKVO"), "LSE": "*fp32"}, ce), ce, w, st,
+                expects_mma=True, ref_shape=ref, flops=fwd_flops, min_bytes=4 * tb + rb))
+            for atomic in (False, True):
+                spec = cfg["bwd_kv_atomic" if atomic else "bwd_kv"]
+                if spec is None:
+                    continue
+                BM, BN, w, st = spec
+                ce = dict(common, ATOMIC_DQ=atomic, BLOCK_M=BM, BLOCK_N=BN)
+                register(KernelConfig(
+                    f"attn_bwd_dkdv[{tag}{',atomic_dq' if atomic else ''},M{BM},N{BN}]", _attn_bwd_dkdv,
+                    _signature(_attn_bwd_dkdv, {**ptr(["Q", "K", "V", "DO", "DK", "DV"]),
+                                                "DQ": "*fp32" if atomic else f"*{tname}",
+                                                "LSE": "*fp32", "DELTA": "*fp32"}, ce), ce, w, st,
+                    expects_mma=True, ref_shape=ref,
+                    # 4 of the 5 backward matmuls (the dQ one too when atomic): 2.0 / 2.5 x forward.
+                    flops=fwd_flops * (2.5 if atomic else 2.0),
+                    min_bytes=(6 * tb + (tb * 4 / el if atomic else 0)) + 2 * rb))
+            BM, BN, w, st = cfg["bwd_q"]
+            ce = dict(common, BLOCK_M=BM, BLOCK_N=BN)
             register(KernelConfig(
-                f"attn_rope_rotate[hd{BD},{tname}]", _rope_rotate,
-                _signature(_rope_rotate, {**ptr("XY"), **tables}, ce), ce, 4, 1,
-                ref_shape=ref, min_bytes=2 * tensor_bytes))
+                f"attn_bwd_dq[{tag},M{BM},N{BN}]", _attn_bwd_dq,
+                _signature(_attn_bwd_dq, {**ptr(["Q", "K", "V", "DO", "DQ"]), "LSE": "*fp32", "DELTA": "*fp32"}, ce),
+                ce, w, st, expects_mma=True, ref_shape=ref, flops=fwd_flops * 1.5, min_bytes=5 * tb + 2 * rb))
+            PM, pw = cfg["pointwise"]
+            ce = dict(BLOCK_M=PM, BLOCK_D=BD)
+            register(KernelConfig(
+                f"attn_bwd_preprocess[{tag}]", _attn_bwd_preprocess,
+                _signature(_attn_bwd_preprocess, {**ptr(["O", "DO"]), "DELTA": "*fp32"}, ce), ce, pw, 1,
+                ref_shape=ref, min_bytes=2 * tb + rb))
+            rope_variants = [("rotate", False, tname), ("transpose", True, tname)]
+            if cfg["bwd_kv_atomic"] is not None:
+                rope_variants.append(("transpose_from_fp32", True, "fp32"))
+            for label, transpose, src in rope_variants:
+                ce = dict(TRANSPOSE=transpose, BLOCK_M=PM, BLOCK_D=BD)
+                register(KernelConfig(
+                    f"attn_rope_{label}[{tag}]", _rope_rotate,
+                    _signature(_rope_rotate, {"X": f"*{src}", "Y": f"*{tname}", **tables}, ce), ce, pw, 1,
+                    ref_shape=ref, min_bytes=tb * (1 + (4 / el if src == "fp32" else 1))))
 
 
 _register_configs()

@@ -8,6 +8,8 @@ with fake (meta) implementations and ``register_autograd``, so the op is differe
 unit stride on the head dim (views of a packed qkv projection are read in place); a tensor
 whose head dim is strided is copied with ``.contiguous()`` first. Outputs and gradients are
 contiguous. The log-sum-exp output is differentiable too (its gradient folds into Delta).
+RoPE runs in fastlam's Triton rotation kernel around the attention kernels (q, k rotated
+once before; dQ, dK rotated back after), from position tables bit-identical to the reference.
 
 ``flex``: FlexAttention with a block mask built from :func:`mask_allows` and cached per
 (L, frame_len, mask, window, device); compiled on CUDA. Its forward runs on CPU, its
@@ -161,7 +163,7 @@ def _op_args(req: AttentionRequest) -> tuple:
 
 
 def triton_st_attention(q, k, v, req: AttentionRequest):
-    """Backend ``triton``: differentiable, compile-friendly fused attention (RoPE fused)."""
+    """Backend ``triton``: differentiable, compile-friendly fused attention (RoPE in Triton too)."""
     out, lse = torch.ops.fastlam.st_attention_fwd(q, k, v, *_op_args(req))
     return (out, lse) if req.return_lse else out
 

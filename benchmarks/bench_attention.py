@@ -1,0 +1,243 @@
+"""GPU benchmark of spatio-temporal attention: fastlam's Triton kernels against PyTorch SDPA
+(dense boolean mask, V-JEPA 2-AC's path), FlexAttention (compiled, block mask), flash-attn
+when installed, and SDPA's own flash kernel on the causal mask (the FA2-class upper bound at
+the same FLOP count when flash-attn cannot be installed).
+
+FLOPs follow kernels-and-env.md: forward ``4 * B * H * D * (allowed query-key pairs)`` (the
+unmasked fraction only), backward 2.5 x forward. Times are ``triton.testing.do_bench``
+medians. Writes ``attention.csv`` / ``attention.json`` (device, date, commit, torch and
+triton versions) and ``attention.png`` to ``--out`` (default ``$OUT`` or
+benchmarks/results/gpu).
+
+    python benchmarks/bench_attention.py --out DIR [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    if os.environ.get("FASTLAM_COMMIT"):
+        return os.environ["FASTLAM_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def allowed_pairs(L: int, F: int, mask: str, window: int | None = None) -> int:
+    """Number of (query, key) pairs the mask allows (closed form, no L x L tensor)."""
+    T = L // F
+    if mask == "full":
+        return L * L
+    if mask == "causal":
+        return L * (L + 1) // 2
+    if mask == "frame_local":
+        return T * F * F
+    w = T if window is None else min(window, T)
+    return F * F * sum(min(t + 1, w) for t in range(T))
+
+
+# (B, H, frames, frame_len, head_dim): V-JEPA-like shapes from issue 9.
+SHAPES = [
+    (4, 16, 8, 256, 64),
+    (4, 16, 8, 258, 64),
+    (4, 16, 8, 256, 128),
+    (4, 16, 8, 258, 128),
+    (16, 16, 8, 256, 64),
+    (1, 16, 32, 576, 64),
+]
+QUICK_SHAPES = [(4, 16, 8, 256, 64), (4, 16, 8, 258, 128)]
+
+
+def make_runners(mask: str, F: int, notes: list):
+    """name -> fn(q, k, v) for every backend that can run this mask here."""
+    from fastlam.ops import st_attention
+    from fastlam.ops.attention import AttentionRequest, _BACKENDS
+
+    runners = {
+        "fastlam_triton": lambda q, k, v: st_attention(q, k, v, frame_len=F, mask=mask, backend="triton"),
+        "fastlam_triton_det": lambda q, k, v: st_attention(q, k, v, frame_len=F, mask=mask, backend="triton",
+                                                           deterministic=True),
+        "sdpa_dense_mask" if mask != "full" else "sdpa": (
+            lambda q, k, v: st_attention(q, k, v, frame_len=F, mask=mask, backend="torch")),
+        "flex": lambda q, k, v: st_attention(q, k, v, frame_len=F, mask=mask, backend="flex"),
+    }
+    probe = torch.empty(1, 1, F, 64, device="cuda", dtype=torch.bfloat16)
+    req = AttentionRequest(F, "causal" if mask == "frame_causal" else mask, None, 0.125, None, False, False)
+    reason = _BACKENDS["flash_attn"].supports(probe, req)
+    label = "flash_attn_causal" if mask == "frame_causal" else "flash_attn"
+    if reason is None:
+        # frame_causal has no flash-attn mask: its causal kernel is the upper bound at a similar FLOP count.
+        m = req.mask
+        runners[label] = lambda q, k, v: st_attention(q, k, v, frame_len=F, mask=m, backend="flash_attn")
+    else:
+        notes.append(f"{label} skipped: {reason}")
+    if mask == "frame_causal":
+        runners["sdpa_flash_causal"] = lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True)
+    return runners
+
+
+def bench_one(fn, q, k, v, do, quick: bool):
+    import triton
+
+    rep, warm = (30, 10) if quick else (100, 25)
+    fwd = triton.testing.do_bench(lambda: fn(q, k, v), warmup=warm, rep=rep, return_mode="median")
+
+    def fwd_bwd():
+        out = fn(q, k, v)
+        out.backward(do)
+
+    for x in (q, k, v):
+        x.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fwd_bwd()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    both = triton.testing.do_bench(fwd_bwd, warmup=warm, rep=rep, grad_to_none=[q, k, v], return_mode="median")
+    return fwd, both, peak
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "benchmarks/results/gpu")))
+    parser.add_argument("--quick", action="store_true", help="two shapes, shorter timing")
+    parser.add_argument("--masks", nargs="+", default=["frame_causal", "full"])
+    parser.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_BUDGET_S", 420)),
+                        help="stop starting new shapes after this many seconds")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_attention: no CUDA device, nothing to measure (the CPU reference paths are timed by "
+              "benchmarks/test_bench_attention_cpu.py)")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    import triton
+
+    # Every (shape, mask) is a new FlexAttention compile; keep them all compiled.
+    for attr in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, attr):
+            setattr(torch._dynamo.config, attr, 256)
+    t_start = time.time()
+    notes: list[str] = []
+    rows = []
+    dtype = torch.bfloat16
+    for B, H, T, F, D in (QUICK_SHAPES if args.quick else SHAPES):
+        if time.time() - t_start > args.budget_s:
+            notes.append(f"time budget reached: skipped shape B={B} H={H} T={T} F={F} D={D} and later")
+            break
+        L = T * F
+        for mask in args.masks:
+            pairs = allowed_pairs(L, F, mask)
+            fwd_flops = 4.0 * B * H * D * pairs
+            for name, fn in make_runners(mask, F, notes).items():
+                if name.startswith("sdpa_dense") and L > 8192:
+                    notes.append(f"{name} skipped at L={L}: the dense mask path is too slow for the suite's budget")
+                    continue
+                counted = fwd_flops
+                if name in ("sdpa_flash_causal", "flash_attn_causal"):
+                    counted = 4.0 * B * H * D * allowed_pairs(L, F, "causal")
+                torch.manual_seed(0)
+                q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+                do = torch.randn(B, H, L, D, device="cuda", dtype=dtype)
+                try:
+                    t_fwd, t_both, peak = bench_one(fn, q, k, v, do, args.quick)
+                except Exception as exc:  # report and go on: one backend failing must not hide the rest
+                    notes.append(f"{name} failed on B={B} L={L} D={D} {mask}: {type(exc).__name__}: {str(exc)[:200]}")
+                    continue
+                finally:
+                    torch.cuda.empty_cache()
+                t_bwd = max(t_both - t_fwd, 1e-9)
+                row = dict(backend=name, mask=mask, B=B, H=H, frames=T, frame_len=F, L=L, head_dim=D,
+                           dtype="bf16", fwd_ms=round(t_fwd, 4), bwd_ms=round(t_bwd, 4),
+                           fwd_bwd_ms=round(t_both, 4), fwd_tflops=round(counted / t_fwd / 1e9, 1),
+                           bwd_tflops=round(2.5 * counted / t_bwd / 1e9, 1),
+                           fwd_bwd_tflops=round(3.5 * counted / t_both / 1e9, 1),
+                           peak_mem_mb=round(peak / 2**20, 1), unmasked_fraction=round(pairs / L / L, 4))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                del q, k, v, do
+    meta = dict(device=torch.cuda.get_device_name(), date=dt.datetime.now(dt.timezone.utc).isoformat(),
+                commit=git_commit(), torch=torch.__version__, triton=triton.__version__,
+                flops_rule="fwd 4*B*H*D*allowed_pairs, bwd 2.5x fwd", timing="triton.testing.do_bench median",
+                notes=notes)
+    (args.out / "attention.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    if rows:
+        with open(args.out / "attention.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["device", "date", "commit"])
+            w.writeheader()
+            for r in rows:
+                w.writerow(dict(r, device=meta["device"], date=meta["date"], commit=meta["commit"]))
+        plot(rows, meta, args.out / "attention.png")
+        print(speedup_summary(rows))
+    for n in notes:
+        print("note:", n)
+    return 0
+
+
+def speedup_summary(rows) -> str:
+    """fastlam vs the others per shape and mask (forward and forward+backward time ratios)."""
+    lines = []
+    key = lambda r: (r["B"], r["L"], r["head_dim"], r["mask"])  # noqa: E731
+    by = {}
+    for r in rows:
+        by.setdefault(key(r), {})[r["backend"]] = r
+    for k, group in by.items():
+        ours = group.get("fastlam_triton")
+        if not ours:
+            continue
+        parts = []
+        for name, r in group.items():
+            if name.startswith("fastlam"):
+                continue
+            parts.append(f"vs {name}: fwd {r['fwd_ms'] / ours['fwd_ms']:.2f}x fwd+bwd {r['fwd_bwd_ms'] / ours['fwd_bwd_ms']:.2f}x")
+        lines.append(f"B={k[0]} L={k[1]} D={k[2]} {k[3]}: fastlam fwd {ours['fwd_tflops']} TFLOP/s, "
+                     f"fwd+bwd {ours['fwd_bwd_tflops']} TFLOP/s; " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def plot(rows, meta, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as exc:  # pragma: no cover
+        print(f"no plot: {exc}")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5), sharey=True)
+    for ax, metric in zip(axes, ("fwd_tflops", "fwd_bwd_tflops")):
+        cases = sorted({(r["mask"], r["B"], r["L"], r["head_dim"]) for r in rows})
+        backends = sorted({r["backend"] for r in rows})
+        width = 0.8 / max(len(backends), 1)
+        for i, b in enumerate(backends):
+            vals = [next((r[metric] for r in rows if r["backend"] == b and (r["mask"], r["B"], r["L"], r["head_dim"]) == c), 0)
+                    for c in cases]
+            ax.bar([j + i * width for j in range(len(cases))], vals, width, label=b)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cases))])
+        ax.set_xticklabels([f"{m}\nB{b} L{l}\nD{d}" for m, b, l, d in cases], fontsize=7)
+        ax.set_title(f"{metric.replace('_', ' ')} (unmasked FLOPs)")
+        ax.set_ylabel("TFLOP/s")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"st_attention bf16 on {meta['device']} ({meta['commit'][:10]}, {meta['date'][:10]})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The one GPU command: GPU correctness tests, then every benchmarks/bench_*.py, results under
+# ${OUT:-benchmarks/results/gpu} with a summary. Fits a ~10 minute machine call: each step
+# runs under its own timeout (SUITE_TEST_TIMEOUT_S, SUITE_BENCH_TIMEOUT_S) and a failing or
+# slow step is recorded, not fatal. Works from a plain checkout (pip install --no-deps -e .
+# or, without pip access, a PYTHONPATH shim) on a machine without deepspeed/dali/av/flash-attn.
+#
+#   bash benchmarks/gpu_suite.sh            # or: OUT=/some/dir bash benchmarks/gpu_suite.sh
+set -u
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+OUT="${OUT:-$REPO/benchmarks/results/gpu}"
+mkdir -p "$OUT"
+TEST_TIMEOUT="${SUITE_TEST_TIMEOUT_S:-240}"
+BENCH_TIMEOUT="${SUITE_BENCH_TIMEOUT_S:-300}"
+SUMMARY="$OUT/summary.txt"
+export FASTLAM_COMMIT="${FASTLAM_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+
+# fastlam.kernels lives in kernels/ (setup.py package_dir): make `import fastlam.kernels` work.
+if ! python -c "import fastlam.kernels.registry" 2>/dev/null; then
+  if ! pip install --no-deps --no-build-isolation -q -e . >"$OUT/pip_install.log" 2>&1; then
+    SHIM="$(mktemp -d)"
+    cp -r "$REPO/fastlam" "$SHIM/fastlam"
+    rm -rf "$SHIM/fastlam/kernels"
+    ln -s "$REPO/kernels" "$SHIM/fastlam/kernels"
+    export PYTHONPATH="$SHIM:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+    echo "fastlam imported through a PYTHONPATH shim at $SHIM" >>"$OUT/pip_install.log"
+  fi
+fi
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+
+{
+  echo "fastlam GPU suite"
+  echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit: $FASTLAM_COMMIT"
+  python - <<'PY'
+import torch
+print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA")
+print("torch:", torch.__version__)
+try:
+    import triton
+    print("triton:", triton.__version__)
+except Exception as exc:
+    print("triton: missing", exc)
+PY
+} | tee "$SUMMARY"
+
+start=$(date +%s)
+timeout "$TEST_TIMEOUT" python -m pytest tests -m gpu -q -p no:cacheprovider -o addopts="" \
+  --junitxml="$OUT/gpu_tests.xml" >"$OUT/gpu_tests.txt" 2>&1
+rc=$?
+echo "gpu tests: exit $rc ($(( $(date +%s) - start )) s): $(tail -n 1 "$OUT/gpu_tests.txt")" | tee -a "$SUMMARY"
+
+for bench in benchmarks/bench_*.py; do
+  name="$(basename "$bench" .py)"
+  start=$(date +%s)
+  timeout "$BENCH_TIMEOUT" python "$bench" --out "$OUT" >"$OUT/$name.log" 2>&1
+  rc=$?
+  echo "$name: exit $rc ($(( $(date +%s) - start )) s)" | tee -a "$SUMMARY"
+done
+
+echo "files:" | tee -a "$SUMMARY"
+ls -1 "$OUT" | sed 's/^/  /' | tee -a "$SUMMARY"

@@ -22,7 +22,7 @@ as ``(Z - mu) @ C_offdiag`` via ``tl.dot``; the five upstream gradients are read
 memory (no host sync). The gradient through mu vanishes because the centred columns sum to 0.
 
 Launch heuristics: BLOCK_D = next_pow2(D) (<= 128: the D x D fp32 Gram accumulator must stay
-in registers), 32-row stats tiles and 64-row backward tiles, 16 warps; P = min(row blocks,
+in registers), 32-row tiles, 16 warps; P = min(row blocks,
 SMs). Dot operands are fp16/bf16 for half inputs (exact products, fp32 accumulation), fp32
 otherwise (see STATS_PRECISION / BWD_PRECISION); in the interpreter, where bf16 ``tl.dot`` is
 wrong, half inputs are upcast to fp32.
@@ -43,7 +43,7 @@ MEAN_KINDS = {"signed": 0, "abs": 1, "squared": 2}
 # Chosen from sm_90 builds (cuobjdump -res-usage): the 128 x 128 fp32 Gram accumulator needs
 # 16 warps to stay in registers; 8 warps or 64-row stats tiles spill.
 STATS_BLOCK_N = 32
-BWD_BLOCK_N = 64
+BWD_BLOCK_N = 32  # 64 spills on sm_80
 NUM_WARPS = 16
 # fp32 inputs: the forward Gram in full fp32 ("tf32x3" spills, plain tf32 would cost ~1e-3 of
 # relative accuracy on the covariance); the backward's covariance term, weighted by l_c = 1e-3,

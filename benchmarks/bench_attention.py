@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "benchmarks/results/gpu")))
     parser.add_argument("--quick", action="store_true", help="two shapes, shorter timing")
     parser.add_argument("--masks", nargs="+", default=["frame_causal", "full"])
-    parser.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_BUDGET_S", 420)),
+    parser.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_BUDGET_S", 240)),
                         help="stop starting new shapes after this many seconds")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -172,22 +172,32 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 del q, k, v, do
-    meta = dict(device=torch.cuda.get_device_name(), date=dt.datetime.now(dt.timezone.utc).isoformat(),
-                commit=git_commit(), torch=torch.__version__, triton=triton.__version__,
-                flops_rule="fwd 4*B*H*D*allowed_pairs, bwd 2.5x fwd", timing="triton.testing.do_bench median",
-                notes=notes)
-    (args.out / "attention.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    if rows:
-        with open(args.out / "attention.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["device", "date", "commit"])
-            w.writeheader()
-            for r in rows:
-                w.writerow(dict(r, device=meta["device"], date=meta["date"], commit=meta["commit"]))
-        plot(rows, meta, args.out / "attention.png")
-        print(speedup_summary(rows))
+        write_results(args.out, rows, notes)
+    write_results(args.out, rows, notes, final=True)
     for n in notes:
         print("note:", n)
     return 0
+
+
+def write_results(out: Path, rows, notes, final: bool = False) -> None:
+    """(Re)write JSON / CSV (after every shape, so a timeout keeps what was measured) and the plot."""
+    import triton
+
+    meta = dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", date=dt.datetime.now(dt.timezone.utc).isoformat(),
+                commit=git_commit(), torch=torch.__version__, triton=triton.__version__,
+                flops_rule="fwd 4*B*H*D*allowed_pairs, bwd 2.5x fwd", timing="triton.testing.do_bench median",
+                complete=final, notes=notes)
+    (out / "attention.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    if not rows:
+        return
+    with open(out / "attention.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["device", "date", "commit"])
+        w.writeheader()
+        for r in rows:
+            w.writerow(dict(r, device=meta["device"], date=meta["date"], commit=meta["commit"]))
+    if final:
+        plot(rows, meta, out / "attention.png")
+        print(speedup_summary(rows))
 
 
 def speedup_summary(rows) -> str:

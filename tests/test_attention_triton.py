@@ -182,9 +182,13 @@ def test_tile_ranges_skip_masked_tiles_and_never_mask_full_ones():
     import triton.language as tl
 
     @triton.jit
-    def probe(OUT, L, MF, MW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        m0 = tl.program_id(0) * BLOCK_M
-        lo, hi, a, b = kernels._key_range(m0, L, MF, MW, BLOCK_M)
+    def probe(OUT, L, MF, MW, KEYS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        # KEYS: the forward / dQ view (key tiles per query tile); else the dK/dV view.
+        start = tl.program_id(0) * BLOCK_M
+        if KEYS:
+            lo, hi, a, b = kernels._key_range(start, L, MF, MW, BLOCK_M)
+        else:
+            lo, hi, a, b = kernels._query_range(start, L, MF, MW, BLOCK_M)
         lo, s, e, hi = kernels._align_ranges(lo, hi, a, b, BLOCK_N)
         tl.store(OUT + tl.program_id(0) * 4 + tl.arange(0, 4),
                  tl.where(tl.arange(0, 4) == 0, lo, tl.where(tl.arange(0, 4) == 1, s,
@@ -194,24 +198,28 @@ def test_tile_ranges_skip_masked_tiles_and_never_mask_full_ones():
     for L, F, mask, window in [(77, 7, "frame_causal", None), (77, 7, "frame_causal", 3), (80, 20, "frame_local", None),
                                (50, 1, "causal", None), (45, 9, "full", None), (96, 32, "frame_causal", 2)]:
         mf, mw = kernels.mask_frames(L, F, mask, window)
-        n_q = triton.cdiv(L, BM)
-        out = torch.zeros(n_q, 4, dtype=torch.int32)
-        probe[(n_q,)](out, L, mf, mw, BLOCK_M=BM, BLOCK_N=BN)
         idx = torch.arange(L)
         allowed = mask_allows(idx[:, None], idx[None, :], F, mask, window)
-        for t in range(n_q):
-            lo, s, e, hi = out[t].tolist()
-            rows = allowed[t * BM:(t + 1) * BM]
-            visited = set(range(lo, hi, BN))
-            for n0 in range(0, L, BN):
-                block = rows[:, n0:n0 + BN]
-                if block.any():
-                    assert n0 in visited, (mask, L, F, t, n0)
-                else:
-                    assert n0 not in visited, f"{mask} L={L} F={F}: tile q{t} k{n0} fully masked but visited"
-            for n0 in range(s, e, BN):
-                full = rows[:, n0:n0 + BN]
-                assert full.shape[1] == BN and full.all(), (mask, L, F, t, n0)
+        for keys, grid in ((True, allowed), (False, allowed.T)):  # rows: the tile owner's tokens
+            n_t = triton.cdiv(L, BM)
+            out = torch.zeros(n_t, 4, dtype=torch.int32)
+            probe[(n_t,)](out, L, mf, mw, KEYS=keys, BLOCK_M=BM, BLOCK_N=BN)
+            for t in range(n_t):
+                lo, s, e, hi = out[t].tolist()
+                rows = grid[t * BM:(t + 1) * BM]
+                visited = set(range(lo, hi, BN))
+                where = f"{mask} L={L} F={F} keys={keys} tile {t}"
+                for n0 in range(0, L, BN):
+                    if rows[:, n0:n0 + BN].any():
+                        assert n0 in visited, f"{where}: tile {n0} holds allowed pairs but is skipped"
+                    else:
+                        assert n0 not in visited, f"{where}: tile {n0} fully masked but visited"
+                for n0 in range(s, e, BN):
+                    full = rows[:, n0:n0 + BN]
+                    assert full.shape[1] == BN and full.all(), f"{where}: {n0} not full"
+                    # Padded query rows are harmless in the forward (never stored) but not as
+                    # the dK/dV pass's key tile: a partial key tile must mask every query tile.
+                    assert keys or rows.shape[0] == BM, f"{where}: partial key tile run unmasked"
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")

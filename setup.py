@@ -35,10 +35,11 @@ setup(
         "kernels": ["triton>=3.4"],
         "data": ["av>=12"],
         "dali": ["nvidia-dali-cuda130"],
-        "dist": ["deepspeed"],
+        # Pure Python with DS_BUILD_OPS=0 (its one CPU op is JIT-built on first use); tested version.
+        "dist": ["deepspeed==0.19.8"],
         "gpu": ["flash-attn", "xformers"],
         # transformers: the peer implementation the V-JEPA 2 equivalence tests compare against.
-        "dev": ["pytest", "pytest-benchmark", "triton>=3.4", "av>=12", "transformers>=4.53"],
+        "dev": ["pytest", "pytest-benchmark", "triton>=3.4", "av>=12", "transformers>=4.53", "deepspeed==0.19.8"],
     },
     entry_points={"console_scripts": ["fastlam-train=fastlam.train:main"]},
 )

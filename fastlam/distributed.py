@@ -58,6 +58,7 @@ BACKENDS = ("auto", "none", "ddp", "deepspeed")
 ENCODER_PLACEMENTS = ("replicated", "sharded")
 STATE_FILE = "fastlam_state.pt"  # written last into a DeepSpeed tag directory: marks it complete
 LATEST = "latest"
+ENCODER_FILE = "encoder.pt"  # the replicated encoder's weights, beside the ZeRO shards
 
 
 @dataclass
@@ -281,6 +282,36 @@ def build_deepspeed_config(path: str | Path, *, batch_size: int, world_size: int
     return ds
 
 
+def preflight(train_cfg, backend: str, world_size: int, device_type: str) -> dict | None:
+    """Every check that can fail on the configuration alone, before a process group, a model
+    or data exist. Returns the resolved DeepSpeed config for the deepspeed backend."""
+    check_batch_split(train_cfg.batch_size, world_size, train_cfg.grad_accum_steps)
+    if backend != "deepspeed":
+        if train_cfg.distributed.encoder == "sharded":
+            raise ConfigError("distributed.encoder=sharded needs the deepspeed backend with ZeRO stage 3")
+        return None
+    want_bf16 = train_cfg.precision == "bf16" or (train_cfg.precision == "auto" and device_type == "cuda")
+    clip = train_cfg.optim.grad_clip if train_cfg.optim.grad_clip > 0 else 0.0
+    if clip and train_cfg.optim.use_muon:
+        # DeepSpeed orthogonalises the Muon gradients *before* it takes the global norm, so its
+        # clipping would scale the Muon updates themselves (norm ~ sqrt(rank) per matrix, far
+        # above any usual threshold): a silent cut of Muon's learning rate. Muon's update has a
+        # fixed scale whatever the gradient's size, so the raw-gradient clip of the
+        # single-process recipe only matters in a spike; here it is off.
+        if int(os.environ.get("RANK", "0") or 0) == 0:
+            print(f"note: optim.grad_clip={clip} is not applied under DeepSpeed with Muon "
+                  "(DeepSpeed would clip the orthogonalised updates); see fastlam/distributed.py")
+        clip = 0.0
+    ds = build_deepspeed_config(train_cfg.distributed.deepspeed_config, batch_size=train_cfg.batch_size,
+                                world_size=world_size, grad_accum_steps=train_cfg.grad_accum_steps, bf16=want_bf16,
+                                precision=train_cfg.precision, grad_clip=clip)
+    stage = ds["zero_optimization"].get("stage", 0)
+    if train_cfg.distributed.encoder == "sharded" and stage != 3:
+        raise ConfigError(f"distributed.encoder=sharded needs ZeRO stage 3 ({train_cfg.distributed.deepspeed_config} "
+                          f"sets stage {stage}); use encoder: replicated")
+    return ds
+
+
 # ---- optimizer -----------------------------------------------------------------------------
 def build_deepspeed_muon(model: nn.Module, cfg: OptimConfig, ns_method: str, momentum: float):
     """DeepSpeed's MuonWithAuxAdam over fastlam's split: tags ``param.use_muon`` and returns the
@@ -323,34 +354,17 @@ class DeepSpeedRunner:
     """One optimizer step of DeepSpeed ZeRO on this rank's share of a global batch, plus its
     checkpoints and the consolidated export."""
 
-    def __init__(self, model: nn.Module, train_cfg, env: DistEnv, device: torch.device):
+    def __init__(self, model: nn.Module, train_cfg, env: DistEnv, device: torch.device, ds_config: dict):
         _import_deepspeed()
         import deepspeed
 
         dcfg: DistributedConfig = train_cfg.distributed
         self.env, self.device, self.model = env, device, model
         self.grad_accum = train_cfg.grad_accum_steps
-        want_bf16 = train_cfg.precision == "bf16" or (train_cfg.precision == "auto" and device.type == "cuda")
-        clip = train_cfg.optim.grad_clip if train_cfg.optim.grad_clip > 0 else 0.0
-        if clip and train_cfg.optim.use_muon:
-            # DeepSpeed orthogonalises the Muon gradients *before* it takes the global norm, so its
-            # clipping would scale the Muon updates themselves (norm ~ sqrt(rank) per matrix, far
-            # above any usual threshold): a silent cut of Muon's learning rate. Muon's update has a
-            # fixed scale whatever the gradient's size, so the raw-gradient clip of the
-            # single-process recipe only matters in a spike; here it is off.
-            if env.is_main:
-                print(f"note: optim.grad_clip={clip} is not applied under DeepSpeed with Muon "
-                      "(DeepSpeed would clip the orthogonalised updates); see fastlam/distributed.py")
-            clip = 0.0
-        self.ds_config = build_deepspeed_config(
-            dcfg.deepspeed_config, batch_size=train_cfg.batch_size, world_size=env.world_size,
-            grad_accum_steps=self.grad_accum, bf16=want_bf16, precision=train_cfg.precision, grad_clip=clip)
+        self.ds_config = ds_config
         self.stage = int(self.ds_config["zero_optimization"].get("stage", 0))
         self.bf16 = bool(self.ds_config["bf16"]["enabled"])
         self.encoder_sharded = dcfg.encoder == "sharded"
-        if self.encoder_sharded and self.stage != 3:
-            raise ConfigError(f"distributed.encoder=sharded needs ZeRO stage 3 (the config sets stage {self.stage}); "
-                              "use encoder: replicated")
         self.module = model if self.encoder_sharded else TrainablePart(model)
         optimizer = build_deepspeed_muon(self.module, train_cfg.optim, dcfg.muon_ns_method, dcfg.muon_momentum)
         factor = warmup_cosine(train_cfg.steps, train_cfg.optim.warmup_frac, train_cfg.optim.min_lr_frac)
@@ -358,6 +372,7 @@ class DeepSpeedRunner:
             model=self.module, optimizer=optimizer, config=self.ds_config,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
         self.dtype = torch.bfloat16 if self.bf16 else torch.float32
+        self._grads_measured: int | None = None
         if not self.encoder_sharded:
             model.encoder.to(device)
 
@@ -379,6 +394,8 @@ class DeepSpeedRunner:
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"loss became {out.loss.item()}")
             self.engine.backward(out.loss)
+            if self._grads_measured is None and self.engine.is_gradient_accumulation_boundary():
+                self._grads_measured = rank_memory(self.engine)["grads_bytes"]  # the peak: before step frees them
             self.engine.step()
             for i, v in enumerate((out.loss, out.pred_loss, out.reg_loss)):
                 sums[i] += v.item() / self.grad_accum
@@ -397,6 +414,10 @@ class DeepSpeedRunner:
         barrier(self.env)
         self.engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)
         save_checkpoint(tag_dir / f"fastlam_rank{self.env.rank:05d}.pt", {"rng": extra["rng"]})
+        if self.env.is_main and not self.encoder_sharded:
+            # The engine never held the replicated encoder: keep it with the shards, so an export
+            # from this directory alone is complete.
+            save_checkpoint(tag_dir / ENCODER_FILE, self.model.encoder.state_dict())
         barrier(self.env)
         self._publish(ckpt_dir, tag, {"step": step, "data_position": position, "world_size": self.env.world_size,
                                       "zero_stage": self.stage, "model_config": extra["model_config"]}, keep)
@@ -432,6 +453,11 @@ class DeepSpeedRunner:
         if path is None:
             raise ValueError(f"--resume: DeepSpeed found no loadable checkpoint in {ckpt_dir / tag}")
         rank_state = load_checkpoint(ckpt_dir / tag / f"fastlam_rank{self.env.rank:05d}.pt")
+        if not self.encoder_sharded:
+            enc = ckpt_dir / tag / ENCODER_FILE
+            if not enc.is_file():
+                raise FileNotFoundError(f"--resume: {enc} is missing (was this checkpoint written with encoder: sharded?)")
+            self.model.encoder.load_state_dict(load_checkpoint(enc, map_location=self.device))
         state["rng"] = rank_state["rng"]
         state["tag"] = tag
         return state
@@ -443,13 +469,16 @@ class DeepSpeedRunner:
         barrier(self.env)
         result = None
         if self.env.is_main:
-            result = export_consolidated(ckpt_dir / tag, out_dir,
-                                         encoder_state=None if self.encoder_sharded else self.model.encoder.state_dict())
+            result = export_consolidated(ckpt_dir / tag, out_dir)
         barrier(self.env)
         return result
 
     def memory_report(self) -> dict:
-        return rank_memory(self.engine)
+        """This rank's bytes after its first optimizer step, gradients as they were just before it."""
+        report = rank_memory(self.engine)
+        if self._grads_measured is not None:
+            report["grads_bytes"] = max(report["grads_bytes"], self._grads_measured)
+        return report
 
 
 def read_latest(ckpt_dir: Path) -> tuple[str, dict]:
@@ -467,22 +496,23 @@ def read_latest(ckpt_dir: Path) -> tuple[str, dict]:
     return tag, state
 
 
-def export_consolidated(tag_dir: str | Path, out_dir: str | Path, encoder_state: dict | None = None) -> Path:
+def export_consolidated(tag_dir: str | Path, out_dir: str | Path) -> Path:
     """Merge a ZeRO checkpoint's shards into fp32 weights and write ``config.json`` +
-    ``model.safetensors`` (``LatentActionWorldModel.from_checkpoint(out_dir)``). With a
-    replicated encoder the engine never held it: pass its ``encoder_state`` (or it is taken
-    from ``model_config``'s encoder checkpoint / the seeded init recorded in the run)."""
+    ``model.safetensors`` (``LatentActionWorldModel.from_checkpoint(out_dir)``). Runs in one
+    process on CPU, without a process group: ``python -m fastlam.distributed export TAG_DIR OUT``."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from .config import from_dict
     from .models import LatentActionWorldModel, ModelConfig
 
     tag_dir = Path(tag_dir)
+    if not (tag_dir / STATE_FILE).is_file():
+        raise FileNotFoundError(f"export: {tag_dir} is not a complete fastlam DeepSpeed checkpoint (no {STATE_FILE})")
     state = load_checkpoint(tag_dir / STATE_FILE)
     weights = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
     weights = {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
-    if encoder_state is not None:
-        weights.update({f"encoder.{k}": v.detach().cpu().float() for k, v in encoder_state.items()})
+    if (tag_dir / ENCODER_FILE).is_file():
+        weights.update({f"encoder.{k}": v.float() for k, v in load_checkpoint(tag_dir / ENCODER_FILE).items()})
     cfg = from_dict(ModelConfig, json.loads(state["model_config"]))
     cfg.encoder.checkpoint = None
     model = LatentActionWorldModel(cfg)
@@ -601,3 +631,26 @@ class Throughput:
         if self.peak is not None:
             row["mfu"] = rate * self.flops_per_clip / (self.peak * self.world_size)
         return row
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m fastlam.distributed",
+                                 description="Tools for DeepSpeed checkpoints written by fastlam.train")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ex = sub.add_parser("export", help="consolidated fp32 weights of a checkpoint, for from_checkpoint")
+    ex.add_argument("checkpoint", help="a tag directory (runs/x/checkpoints/step_0000100) or the checkpoints "
+                                       "directory (its latest tag is used)")
+    ex.add_argument("out", help="output directory (config.json + model.safetensors)")
+    args = ap.parse_args(argv)
+    path = Path(args.checkpoint)
+    if (path / LATEST).is_file():
+        path = path / read_latest(path)[0]
+    _import_deepspeed()
+    print(export_consolidated(path, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -47,6 +47,8 @@ class DataConfig:
     short_policy: str = "pad"
     clips_per_video: int = 1
     num_workers: int = 0
+    cache_mb: float = 0.0  # keep whole decoded videos in memory (per process) up to this size
+    decode_timeout_s: float = 60.0
     synthetic_clips: int = 512  # for source: synthetic (sprites moved by known actions)
 
 
@@ -137,6 +139,8 @@ class _SyntheticClips(torch.utils.data.Dataset):
 
 
 def build_dataset(cfg: TrainConfig):
+    """The clip dataset; bad files found by any DataLoader worker are appended to
+    ``out_dir/bad_files.jsonl`` so the main process can report them all."""
     if cfg.data.source == "synthetic":
         return _SyntheticClips(cfg)
     from fastlam.data import VideoClipDataset
@@ -145,7 +149,8 @@ def build_dataset(cfg: TrainConfig):
     return VideoClipDataset(
         cfg.data.source, num_frames=m.frames, fps=cfg.data.fps, size=(m.image_size, m.image_size),
         crop=cfg.data.crop, short_policy=cfg.data.short_policy, seed=cfg.seed,
-        clips_per_video=cfg.data.clips_per_video,
+        clips_per_video=cfg.data.clips_per_video, cache_mb=cfg.data.cache_mb,
+        decode_timeout_s=cfg.data.decode_timeout_s, bad_file_log=Path(cfg.out_dir) / "bad_files.jsonl",
     )
 
 
@@ -297,16 +302,17 @@ class _LocalRunner:
 # ---- the loop ----------------------------------------------------------------------------
 def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     backend = fdist.resolve_backend(cfg.distributed)
-    # Settle every batch/world-size mismatch before a process group, a model or data exist.
-    fdist.check_batch_split(cfg.batch_size, int(os.environ.get("WORLD_SIZE", "1") or 1), cfg.grad_accum_steps)
+    # Settle every configuration mismatch before a process group, a model or data exist.
+    ds_config = fdist.preflight(cfg, backend, int(os.environ.get("WORLD_SIZE", "1") or 1),
+                                resolve_device(cfg.device).type)
     env = fdist.init_process_group(cfg.distributed, backend)
     try:
-        return _train(cfg, env, resume)
+        return _train(cfg, env, resume, ds_config)
     finally:
         fdist.shutdown(env)
 
 
-def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool) -> dict:
+def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict | None) -> dict:
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
     if env.is_main:
@@ -329,7 +335,7 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool) -> dict:
         # Same weights on every rank (seeded above), but each rank's own noise stream.
         torch.manual_seed(cfg.seed + 1_000_003 * env.rank)
     if env.backend == "deepspeed":
-        runner = fdist.DeepSpeedRunner(model, cfg, env, device)
+        runner = fdist.DeepSpeedRunner(model, cfg, env, device, ds_config)
     else:
         runner = _LocalRunner(model, cfg, env, device)
 
@@ -446,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deepspeed_config", default=None,
                     help="ZeRO JSON config (same as distributed.deepspeed_config=...); selects the DeepSpeed backend")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by launchers
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may come before or after options
     overrides = list(args.overrides)
     if args.deepspeed_config:
         overrides.append(f"distributed.deepspeed_config={args.deepspeed_config}")

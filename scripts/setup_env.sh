@@ -13,4 +13,7 @@ if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   # 2.13.0 is the release fastlam is tested with (a CPU build where one is provided locally).
   "$VPY" -m pip install -q "torch==2.13.0"
 fi
+# DeepSpeed (a dev dependency, for the distributed tests) installs as pure Python without
+# building its CUDA/C++ ops; the one CPU op it needs is JIT-built on first use.
+export DS_BUILD_OPS=0
 "$VPY" -m pip install -q -e ".[dev]"

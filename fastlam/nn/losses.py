@@ -10,16 +10,24 @@ from ..ops import prediction_loss
 class PredictionLoss(nn.Module):
     """Mean L1 (default) or L2 error in fp32; the target gets no gradient.
 
+    On CUDA (``backend="auto"``) a fused Triton kernel computes the loss and writes the
+    gradient in the same pass (``grad_mode="fused"``), or recomputes it in the backward and
+    keeps nothing in between (``"recompute"``); elsewhere the PyTorch reference runs.
+
     Example:
         >>> loss = PredictionLoss("l1")
         >>> float(loss(torch.ones(2, 4, 8), torch.zeros(2, 4, 8)))
         1.0
     """
 
-    def __init__(self, kind: str = "l1", normalize_target: bool = False):
+    def __init__(self, kind: str = "l1", normalize_target: bool = False, backend: str = "auto",
+                 grad_mode: str = "fused"):
         super().__init__()
         self.kind = kind
         self.normalize_target = normalize_target
+        self.backend = backend
+        self.grad_mode = grad_mode
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return prediction_loss(pred, target, kind=self.kind, normalize_target=self.normalize_target)
+        return prediction_loss(pred, target, kind=self.kind, normalize_target=self.normalize_target,
+                               backend=self.backend, grad_mode=self.grad_mode)

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..ops import gaussian_kl, gaussian_sample, sparse_regularizer, vector_quantize
+from ..ops import gaussian_kl, gaussian_sample, gaussian_sample_kl, sparse_regularizer, vector_quantize
 
 
 class RegularizerOutput(NamedTuple):
@@ -52,6 +52,8 @@ class UnconstrainedLatent(nn.Module):
 class SparseLatentRegularizer(nn.Module):
     """Sparse (energy-based) latents: ``VCM(Z) + mean_i E(Z_i)`` of lam-spec.md section 3.
 
+    On CUDA (``backend="auto"``) every term comes from one fused pass over Z (D <= 128).
+
     Example:
         >>> reg = SparseLatentRegularizer(action_dim=128, l_l1=0.01)
         >>> out = reg(torch.randn(4, 7, 128))
@@ -60,17 +62,19 @@ class SparseLatentRegularizer(nn.Module):
     """
 
     def __init__(self, action_dim: int = 128, l_l1: float = 0.01, l_l2: float = 1.0, l_v: float = 0.1,
-                 l_c: float = 0.001, l_m: float = 0.1, eps: float = 1e-4, mean_term: str = "signed"):
+                 l_c: float = 0.001, l_m: float = 0.1, eps: float = 1e-4, mean_term: str = "signed",
+                 backend: str = "auto"):
         super().__init__()
         self.action_dim = action_dim
         self.coeffs = dict(l_l1=l_l1, l_l2=l_l2, l_v=l_v, l_c=l_c, l_m=l_m, eps=eps, mean_term=mean_term)
+        self.backend = backend
 
     @staticmethod
     def head_features(action_dim: int) -> int:
         return action_dim
 
     def forward(self, h: torch.Tensor) -> RegularizerOutput:
-        terms = sparse_regularizer(_flat(h, self.action_dim), **self.coeffs)
+        terms = sparse_regularizer(_flat(h, self.action_dim), **self.coeffs, backend=self.backend)
         metrics = {f"reg/{k}": v.detach() for k, v in terms.items() if k != "loss"}
         return RegularizerOutput(h, terms["loss"], metrics)
 
@@ -79,16 +83,20 @@ class GaussianLatentRegularizer(nn.Module):
     """Noisy (VAE-like) latents: sample ``mu + sigma * eps`` in training, ``mu`` in eval;
     loss ``beta * KL(q || N(0, I))``. log-variance is clamped to [-20, 10] for stability.
 
+    On CUDA (``backend="auto"``) sampling and KL are one fused kernel with in-kernel Philox
+    noise (reproducible under ``torch.manual_seed``); an explicit ``noise`` uses the reference.
+
     Example:
         >>> reg = GaussianLatentRegularizer(action_dim=128, beta=5e-5)
         >>> reg(torch.randn(4, 7, 256)).z.shape
         torch.Size([4, 7, 128])
     """
 
-    def __init__(self, action_dim: int = 128, beta: float = 5e-5):
+    def __init__(self, action_dim: int = 128, beta: float = 5e-5, backend: str = "auto"):
         super().__init__()
         self.action_dim = action_dim
         self.beta = beta
+        self.backend = backend
 
     @staticmethod
     def head_features(action_dim: int) -> int:
@@ -98,8 +106,11 @@ class GaussianLatentRegularizer(nn.Module):
         flat = _flat(h, 2 * self.action_dim)
         mu, logvar = flat.chunk(2, dim=-1)
         logvar = logvar.clamp(-20.0, 10.0)
-        kl = gaussian_kl(mu, logvar)
-        z = gaussian_sample(mu, logvar, noise=noise) if self.training else mu
+        if self.training and noise is None:
+            z, kl = gaussian_sample_kl(mu, logvar, backend=self.backend)
+        else:
+            kl = gaussian_kl(mu, logvar, backend=self.backend)
+            z = gaussian_sample(mu, logvar, noise=noise, backend="torch") if self.training else mu
         z = z.reshape(*h.shape[:-1], self.action_dim)
         return RegularizerOutput(z, self.beta * kl, {"reg/kl": kl.detach()})
 
@@ -112,6 +123,10 @@ class VectorQuantizer(nn.Module):
     latents seen in training, dead codes are re-initialised from random rows of the current
     batch (the paper resets every 300k videos; the model converts videos to latents).
 
+    On CUDA (``backend="auto"``) the nearest-code search, losses and usage counts are fused
+    Triton kernels that never build the N x K distance matrix. NaN / Inf latents raise
+    (``check_finite``) instead of reaching the codebook statistics.
+
     Example:
         >>> vq = VectorQuantizer(num_codes=16, action_dim=8)
         >>> out = vq(torch.randn(5, 8))
@@ -120,11 +135,13 @@ class VectorQuantizer(nn.Module):
     """
 
     def __init__(self, num_codes: int = 1024, action_dim: int = 128, commitment: float = 0.25,
-                 reset_every: int | None = 300_000):
+                 reset_every: int | None = 300_000, backend: str = "auto", check_finite: bool = True):
         super().__init__()
         self.action_dim = action_dim
         self.commitment = commitment
         self.reset_every = reset_every
+        self.backend = backend
+        self.check_finite = check_finite
         self.codebook = nn.Parameter(torch.randn(num_codes, action_dim))
         self.register_buffer("usage", torch.zeros(num_codes, dtype=torch.long))
         self.register_buffer("seen_since_reset", torch.zeros((), dtype=torch.long))
@@ -135,7 +152,9 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def reset_dead_codes(self, z: torch.Tensor) -> int:
-        """Re-initialise unused codes from random rows of ``z`` (N, D); returns how many."""
+        """Re-initialise unused codes from random finite rows of ``z`` (N, D); returns how many."""
+        z = z.reshape(-1, self.action_dim)
+        z = z[torch.isfinite(z).all(dim=1)]
         dead = (self.usage == 0).nonzero().flatten()
         if dead.numel() and z.shape[0]:
             pick = torch.randint(0, z.shape[0], (dead.numel(),), device=z.device)
@@ -146,10 +165,11 @@ class VectorQuantizer(nn.Module):
 
     def forward(self, h: torch.Tensor) -> RegularizerOutput:
         flat = _flat(h, self.action_dim)
-        z_q, idx, cb_loss, commit_loss = vector_quantize(flat, self.codebook, self.commitment)
+        z_q, idx, cb_loss, commit_loss = vector_quantize(
+            flat, self.codebook, self.commitment, usage=self.usage if self.training else None,
+            check_finite=self.check_finite, backend=self.backend)
         metrics = {"reg/codebook": cb_loss.detach(), "reg/commitment": commit_loss.detach()}
         if self.training:
-            self.usage += torch.bincount(idx, minlength=self.usage.numel())
             self.seen_since_reset += flat.shape[0]
             metrics["reg/codes_used"] = (self.usage > 0).sum().float()
             if self.reset_every and int(self.seen_since_reset) >= self.reset_every:

@@ -227,7 +227,9 @@ def vector_quantize(
     e = codebook[idx].to(z.dtype)
     codebook_loss = ((_acc(z.detach()) - _acc(e)) ** 2).mean()
     commitment_loss = commitment * ((_acc(z) - _acc(e.detach())) ** 2).mean()
-    z_q = z + (e - z).detach()
+    # sg(e) + (z - sg(z)): exactly the code in the forward pass (z + sg(e - z) is off by
+    # rounding), the identity gradient to z and none to the codebook in the backward
+    z_q = e.detach() + (z - z.detach())
     if usage is not None:
         usage += torch.bincount(idx[finite], minlength=codebook.shape[0]).to(usage.dtype)
     return z_q, idx, codebook_loss, commitment_loss

@@ -1,0 +1,484 @@
+"""A batched video loader with NVIDIA DALI decoding (NVDEC on GPUs) and PyAV where DALI cannot.
+
+:class:`DaliVideoLoader` turns a folder / file list / list of paths into batches of clips
+``(B, C, frames, H, W)`` (default 16 frames at 4 fps) on the target device, in the model's
+dtype, with a background thread preparing the next batches while the current one trains:
+
+    paths -> [rank shard, per-epoch shuffle]  ShardedClipSampler
+          -> [clip plan: start, frame indices by timestamp, crop]  (PyAV demux, no decode)
+          -> decode the planned frames: DALI (mixed = NVDEC on a GPU; CPU for VP8/VP9/MJPEG)
+                                        or PyAV (every other codec, and the fallback)
+          -> resize (shorter side to max(size)) -> crop -> uint8 (B, F, H, W, C)
+          -> preprocess_frames (csrc/ C++ / CUDA op): normalise + layout + dtype
+
+Routing is per file, by codec, and logged once per codec. On a GPU (``device="cuda"``)
+DALI's ``mixed`` decoder handles H.264, HEVC, AV1, VP8, VP9, MJPEG and MPEG-4 Part 2; on the
+CPU DALI handles VP8, VP9 and MJPEG. Everything else (MPEG-1/2, ...) goes through PyAV, whose
+frames are uploaded. ``backend="pyav"`` forces PyAV for all files, ``"dali"`` refuses files
+DALI cannot decode (marks them bad) instead of falling back.
+
+Clip sampling is the one of :class:`~fastlam.data.VideoClipDataset` (which this loader uses
+for listing, bad-file bookkeeping and the PyAV path): clip starts and crops are pure
+functions of ``(seed, epoch, index)``; output frame ``i`` is the frame on screen at
+``start + i / fps`` (timestamps, so 25, 29.97, 30 fps and variable rate alike); short
+videos follow ``short_policy`` ("pad" repeats the last frame, "skip" marks them bad).
+The two decoders give the same frames; pixel values differ by colour conversion and resize
+filter (DALI: linear with antialiasing; PyAV: swscale area), measured in the tests.
+
+Robustness: files are indexed (demuxed) once before DALI sees them, so missing, empty,
+audio-only, corrupt-header and unreadable files never reach DALI; a DALI error on a batch
+rebuilds the pipeline and re-decodes that batch with PyAV, marking the files PyAV cannot
+read either. Bad files are reported like the dataset's (``bad_files``, ``report()``).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .dataset import VIDEO_EXTENSIONS, VideoClipDataset
+from .preprocess import preprocess_frames
+from .sampler import ShardedClipSampler
+from .video import (
+    VideoDecodeError,
+    _crop_offsets,
+    _decode_errors,
+    _info,
+    _open,
+    _resized_shape,
+    _stream_origin,
+    _stream_rate,
+    _stream_sar,
+    _thresholds,
+    _to_units,
+)
+
+__all__ = ["DaliVideoLoader", "dali_available", "choose_backend", "index_video", "VideoIndex",
+           "DALI_CPU_CODECS", "DALI_GPU_CODECS"]
+
+log = logging.getLogger("fastlam.data")
+
+# FFmpeg codec names (PyAV's codec_context.name) each DALI backend decodes.
+DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
+DALI_GPU_CODECS = frozenset({"h264", "hevc", "av1", "vp8", "vp9", "mjpeg", "mpeg4"})
+
+_logged_routes: set = set()
+_routes_lock = threading.Lock()
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_backend(codec: str, device: str, dali: bool = True) -> str:
+    """``"dali"`` or ``"pyav"`` for a file of ``codec`` decoded for ``device`` ("cpu"/"cuda")."""
+    if dali and dali_available():
+        ok = DALI_GPU_CODECS if device == "cuda" else DALI_CPU_CODECS
+        if codec in ok:
+            return "dali"
+    return "pyav"
+
+
+def _log_route(codec: str, device: str, backend: str) -> None:
+    key = (codec, device, backend)
+    with _routes_lock:
+        if key in _logged_routes:
+            return
+        _logged_routes.add(key)
+    where = {"dali": "DALI (NVDEC)" if device == "cuda" else "DALI (CPU)", "pyav": "PyAV"}[backend]
+    log.info("%s video decoded with %s on %s", codec, where, device)
+
+
+@dataclass(frozen=True)
+class VideoIndex:
+    """What planning a clip needs, from one demux pass (no decoding)."""
+
+    path: str
+    codec: str
+    duration_s: float  # header duration, as VideoClipDataset uses for clip starts
+    pts: np.ndarray  # int64, presentation order (sorted packet timestamps)
+    origin: int
+    time_base: Fraction
+    end_pts: int
+    width: int
+    height: int
+    sar: Fraction
+
+
+def index_video(path: str) -> VideoIndex:
+    """Demux ``path`` once; raises :class:`VideoDecodeError` for unusable files."""
+    container, stream = _open(path)
+    try:
+        info = _info(path, container, stream, exact=False)
+        tb = stream.time_base
+        if tb is None or tb <= 0:
+            raise VideoDecodeError(path, "video stream has no time base")
+        tb = Fraction(tb.numerator, tb.denominator)
+        pts, durs = [], []
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.pts is None:
+                continue
+            pts.append(int(packet.pts))
+            durs.append(int(packet.duration or 0))
+        if not pts:
+            raise VideoDecodeError(path, "no video packets with timestamps")
+        order = np.argsort(pts, kind="stable")
+        pts_arr = np.asarray(pts, dtype=np.int64)[order]
+        pts_arr, keep = np.unique(pts_arr, return_index=True)
+        last_dur = int(np.asarray(durs)[order][keep][-1])
+        if last_dur <= 0:
+            rate = _stream_rate(stream)
+            last_dur = (int(np.median(np.diff(pts_arr))) if len(pts_arr) > 1
+                        else (_to_units(1 / rate, tb) if rate else 1))
+        return VideoIndex(path=str(path), codec=info.codec, duration_s=info.duration_s,
+                          pts=pts_arr, origin=_stream_origin(stream), time_base=tb,
+                          end_pts=int(pts_arr[-1]) + last_dur, width=int(stream.width),
+                          height=int(stream.height), sar=_stream_sar(stream))
+    except VideoDecodeError:
+        raise
+    except _decode_errors() as e:
+        raise VideoDecodeError(path, f"cannot demux: {type(e).__name__}: {e}") from e
+    finally:
+        container.close()
+
+
+@dataclass
+class _Plan:
+    slot: int  # position in the batch
+    index: VideoIndex
+    frames: np.ndarray  # int32 frame indices into the presentation order
+    resized: Tuple[int, int]
+    crop: Tuple[int, int]  # top, left
+
+
+class _DaliDecoder:
+    """One DALI pipeline: encoded bytes + frame indices + geometry -> uint8 (F, h, w, C)."""
+
+    def __init__(self, max_batch: int, size: Tuple[int, int], device: str, device_id: Optional[int],
+                 num_threads: int):
+        from nvidia.dali import fn, pipeline_def, types
+
+        self.device, self.device_id, self.size = device, device_id, size
+
+        @pipeline_def(batch_size=max_batch, num_threads=num_threads, device_id=device_id,
+                      prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+        def pipe():
+            enc = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+            frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+            resized = fn.external_source(name="resized", dtype=types.FLOAT, ndim=1)
+            anchor = fn.external_source(name="anchor", dtype=types.INT32, ndim=1)
+            video = fn.decoders.video(enc, device="mixed" if device == "cuda" else "cpu",
+                                      frames=frames)
+            # Antialiased linear: close to PyAV/swscale's area filter when shrinking.
+            video = fn.resize(video, size=resized, antialias=True, interp_type=types.INTERP_LINEAR)
+            return fn.slice(video, anchor, np.asarray(size, dtype=np.int32), axis_names="HW",
+                            out_of_bounds_policy="error")
+
+        self.pipe = pipe()
+        self.pipe.build()
+
+    def decode(self, plans: List[_Plan], encoded: List[np.ndarray]) -> torch.Tensor:
+        """uint8 (len(plans), F, H, W, C) on the decoder's device."""
+        p = self.pipe
+        p.feed_input("encoded", encoded)
+        p.feed_input("frames", [pl.frames for pl in plans])
+        p.feed_input("resized", [np.asarray(pl.resized, dtype=np.float32) for pl in plans])
+        p.feed_input("anchor", [np.asarray(pl.crop, dtype=np.int32) for pl in plans])
+        (out,) = p.run()
+        dense = out.as_tensor()
+        if self.device == "cuda":
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+
+            t = torch.empty(dense.shape(), dtype=torch.uint8, device=torch.device("cuda", self.device_id))
+            feed_ndarray(dense, t, cuda_stream=torch.cuda.current_stream(t.device))
+            return t
+        return torch.from_numpy(np.array(dense))
+
+
+class DaliVideoLoader:
+    """Batches ``(B, C, num_frames, H, W)`` of clips from ``source`` for one rank.
+
+    Iterating yields one epoch of this rank's shard (``len(self)`` batches; with
+    ``drop_last`` every rank gets the same number) and advances the epoch. ``state_dict`` /
+    ``load_state_dict`` save and restore the position (epoch and clips consumed), so a
+    resumed run continues with the next unseen batch. ``device="cuda"`` decodes with NVDEC
+    and returns tensors on the GPU; ``device="cpu"`` uses DALI's CPU decoder where the codec
+    allows it. ``dtype`` defaults to bfloat16 on CUDA and float32 on the CPU; ``layout``,
+    ``mean``, ``std``, ``tubelet``, ``patch`` are passed to :func:`preprocess_frames`
+    (the defaults give the ``[0, 1]`` video the models take).
+    """
+
+    def __init__(self, source, *, batch_size: int, num_frames: int = 16, fps: float = 4.0,
+                 size: Sequence[int] = (256, 256), crop: str = "random", short_policy: str = "pad",
+                 seed: int = 0, clips_per_video: int = 1, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = True, device: str = "cuda", device_id: Optional[int] = None,
+                 dtype: Optional[torch.dtype] = None, layout: str = "cfhw",
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 tubelet: int = 2, patch: int = 16, backend: str = "auto", num_threads: int = 2,
+                 prefetch: int = 2, extensions: Sequence[str] = VIDEO_EXTENSIONS,
+                 bad_file_log=None, decode_timeout_s: Optional[float] = 60.0):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if device not in ("cuda", "cpu"):
+            raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but CUDA is not available (use device='cpu')")
+        if backend not in ("auto", "dali", "pyav"):
+            raise ValueError(f"backend must be 'auto', 'dali' or 'pyav', got {backend!r}")
+        if backend == "dali" and not dali_available():
+            raise ImportError("backend='dali' needs NVIDIA DALI: pip install nvidia-dali-cuda130 "
+                              "(the `dali` extra)")
+        if not isinstance(prefetch, int) or prefetch < 1:
+            raise ValueError(f"prefetch must be a positive int (batches prepared ahead), got {prefetch!r}")
+        # The dataset validates the clip arguments, lists the files and owns the bad-file
+        # bookkeeping and the PyAV path, so both paths sample identical clips.
+        self.dataset = VideoClipDataset(
+            source, num_frames=num_frames, fps=fps, size=tuple(size), extensions=extensions,
+            short_policy=short_policy, crop=crop, seed=seed, clips_per_video=clips_per_video,
+            bad_file_log=bad_file_log, decode_timeout_s=decode_timeout_s)
+        self.sampler = ShardedClipSampler(len(self.dataset), rank=rank, world_size=world_size,
+                                          seed=seed, drop_last=drop_last)
+        if drop_last and len(self.sampler) < batch_size:
+            raise ValueError(f"batch_size={batch_size} is larger than this rank's shard "
+                             f"({len(self.sampler)} clips of {len(self.dataset)})")
+        self.batch_size, self.device, self.backend = batch_size, device, backend
+        self.device_id = (torch.cuda.current_device() if device_id is None else device_id) if device == "cuda" else None
+        self.dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+        self.pre = dict(dtype=self.dtype, layout=layout, mean=mean, std=std, tubelet=tubelet, patch=patch)
+        self.num_threads, self.prefetch, self.drop_last = num_threads, prefetch, drop_last
+        self._index: Dict[str, VideoIndex] = {}
+        self._dali: Optional[_DaliDecoder] = None
+        self._live: Optional[Tuple[int, int]] = None  # (epoch, consumed) while iterating
+        self.counts = {"dali": 0, "pyav": 0, "dali_errors": 0}
+
+    # ---- bookkeeping --------------------------------------------------------------------
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def bad_files(self) -> Dict[str, str]:
+        return self.dataset.bad_files
+
+    def report(self) -> str:
+        routed = f"clips decoded: {self.counts['dali']} with DALI, {self.counts['pyav']} with PyAV"
+        return self.dataset.report() + "\n" + routed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        state = self.sampler.state_dict()
+        if self._live is not None:
+            # Mid-epoch: the producer thread has drawn ahead; count only handed-out batches.
+            state["epoch"], state["consumed"] = self._live
+        return {"sampler": state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+
+    # ---- planning -----------------------------------------------------------------------
+    def _video_index(self, path: str) -> Optional[VideoIndex]:
+        idx = self._index.get(path)
+        if idx is None:
+            try:
+                idx = index_video(path)
+            except VideoDecodeError as e:
+                self.dataset._mark_bad(path, e.reason)
+                return None
+            self._index[path] = idx
+        return idx
+
+    def _route(self, idx: VideoIndex) -> str:
+        if self.backend == "pyav":
+            backend = "pyav"
+        else:
+            backend = choose_backend(idx.codec, self.device)
+            if backend == "pyav" and self.backend == "dali":
+                return "refuse"
+        _log_route(idx.codec, self.device, backend)
+        return backend
+
+    def _plan(self, slot: int, item: int, path: str, idx: VideoIndex) -> Optional[_Plan]:
+        """Same start and crop draws as VideoClipDataset._try_read for this item."""
+        ds = self.dataset
+        clip_index = item % ds.clips_per_video
+        gen = ds._generator(item)
+        u = float(torch.rand((), generator=gen, dtype=torch.float64))
+        span = (ds.num_frames - 1) / ds.fps
+        room = max(0.0, idx.duration_s - span - 1e-3)
+        start = room * (clip_index + u) / ds.clips_per_video
+        frames = self._frames_at(idx, start)
+        if frames is None:
+            return None
+        rh, rw = _resized_shape(idx.width, idx.height, idx.sar, max(ds.size))
+        top, left = _crop_offsets(rh, rw, ds.size, ds.crop, gen)
+        return _Plan(slot, idx, frames, (rh, rw), (top, left))
+
+    def _frames_at(self, idx: VideoIndex, start: float) -> Optional[np.ndarray]:
+        ds = self.dataset
+        for s in (start, 0.0):  # the dataset's retry order: the planned start, then 0
+            thr = np.asarray(_thresholds(idx.origin, idx.time_base, s, ds.fps, ds.num_frames), dtype=np.int64)
+            have = int(np.searchsorted(thr, idx.end_pts, side="left"))
+            frames = np.maximum(np.searchsorted(idx.pts, thr, side="right") - 1, 0)
+            if have == ds.num_frames:
+                return frames.astype(np.int32)
+            if s == 0.0 or start == 0.0:
+                break
+        if ds.short_policy == "pad" and have > 0:
+            ds._padded[idx.path] = have
+            frames[have:] = frames[have - 1]  # repeat the last frame on screen
+            return frames.astype(np.int32)
+        ds._mark_bad(idx.path, f"too short: video ends at "
+                     f"{float((idx.end_pts - idx.origin) * idx.time_base):.3f} s, the clip needs "
+                     f"{ds.num_frames} frames at {ds.fps:g} fps")
+        return None
+
+    # ---- decoding -----------------------------------------------------------------------
+    def _pyav_clip(self, item: int, first_path: str) -> torch.Tensor:
+        """The dataset's own read (with its substitution of bad files), uint8 (F, H, W, C)."""
+        ds = self.dataset
+        n = len(ds.paths)
+        video = item // ds.clips_per_video
+        for offset in range(n):
+            path = ds.paths[(video + offset) % n]
+            if path in ds.bad_files:
+                continue
+            clip = ds._try_read(path, item % ds.clips_per_video, ds._generator(item))
+            if clip is not None:
+                self.counts["pyav"] += 1
+                return clip
+        raise RuntimeError("no readable video left in the dataset: " + ds.report())
+
+    def _dali_batch(self, plans: List[_Plan]) -> Optional[torch.Tensor]:
+        if self._dali is None:
+            self._dali = _DaliDecoder(self.batch_size, self.dataset.size, self.device,
+                                      self.device_id, self.num_threads)
+        try:
+            encoded = [np.fromfile(pl.index.path, dtype=np.uint8) for pl in plans]
+            out = self._dali.decode(plans, encoded)
+        except (RuntimeError, IndexError, ValueError, OSError) as e:
+            # A DALI error leaves its pipeline unusable: start a new one next time, and let
+            # PyAV decide which of these files are really bad.
+            log.warning("DALI failed on a batch (%s); decoding it with PyAV", str(e)[:300])
+            self.counts["dali_errors"] += 1
+            self._dali = None
+            return None
+        self.counts["dali"] += len(plans)
+        return out
+
+    def _make_batch(self, items: List[int]) -> torch.Tensor:
+        ds = self.dataset
+        out_dev = torch.device("cuda", self.device_id) if self.device == "cuda" else torch.device("cpu")
+        clips: List[Optional[torch.Tensor]] = [None] * len(items)
+        dali_plans: List[_Plan] = []
+        for slot, item in enumerate(items):
+            video = item // ds.clips_per_video
+            n = len(ds.paths)
+            for offset in range(n):
+                path = ds.paths[(video + offset) % n]
+                if path in ds.bad_files:
+                    continue
+                idx = self._video_index(path)
+                if idx is None:
+                    continue
+                route = self._route(idx)
+                if route == "refuse":
+                    ds._mark_bad(path, f"codec {idx.codec} is not decodable by DALI on {self.device} "
+                                       f"(backend='dali')")
+                    continue
+                if route == "dali":
+                    plan = self._plan(slot, item, path, idx)
+                    if plan is None:
+                        continue
+                    dali_plans.append(plan)
+                else:
+                    clip = ds._try_read(path, item % ds.clips_per_video, ds._generator(item))
+                    if clip is None:
+                        continue
+                    self.counts["pyav"] += 1
+                    clips[slot] = clip.to(out_dev, non_blocking=True)
+                break
+            else:
+                raise RuntimeError("no readable video left in the dataset: " + ds.report())
+        if dali_plans:
+            decoded = self._dali_batch(dali_plans)
+            for k, pl in enumerate(dali_plans):
+                if decoded is not None:
+                    clips[pl.slot] = decoded[k]
+                else:
+                    clips[pl.slot] = self._pyav_clip(items[pl.slot], pl.index.path).to(out_dev)
+        return preprocess_frames(torch.stack(clips), **self.pre)
+
+    # ---- iteration ----------------------------------------------------------------------
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        """One epoch of batches, prepared ``prefetch`` batches ahead in a background thread."""
+        if self.sampler.consumed >= len(self.sampler):
+            self.sampler.set_epoch(self.sampler.epoch + 1)
+        self.dataset.set_epoch(self.sampler.epoch)
+        indices = iter(self.sampler)
+        q: "queue.Queue" = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        stream = torch.cuda.Stream(self.device_id) if self.device == "cuda" else None
+
+        def produce():
+            try:
+                while not stop.is_set():
+                    items = []
+                    for i in indices:
+                        items.append(i)
+                        if len(items) == self.batch_size:
+                            break
+                    if not items or (self.drop_last and len(items) < self.batch_size):
+                        break
+                    if stream is not None:
+                        with torch.cuda.stream(stream):
+                            batch = self._make_batch(items)
+                            event = torch.cuda.Event()
+                            event.record(stream)
+                    else:
+                        batch, event = self._make_batch(items), None
+                    q.put((batch, event, self.sampler.consumed))
+                if not stop.is_set():
+                    q.put(None)  # the epoch is complete (a partial last batch is dropped)
+            except BaseException as e:  # surfaced in the consumer
+                q.put(e)
+
+        worker = threading.Thread(target=produce, name="fastlam-video-loader", daemon=True)
+        epoch = self.sampler.epoch
+        self._live = (epoch, self.sampler.consumed)
+        worker.start()
+        try:
+            while True:
+                got = q.get()
+                if got is None:
+                    self._live = (epoch, len(self.sampler))
+                    break
+                if isinstance(got, BaseException):
+                    raise got
+                batch, event, consumed = got
+                if event is not None:
+                    torch.cuda.current_stream(batch.device).wait_event(event)
+                    batch.record_stream(torch.cuda.current_stream(batch.device))
+                self._live = (epoch, consumed)
+                yield batch
+        finally:
+            stop.set()
+            while worker.is_alive():
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    worker.join(timeout=0.05)
+            # Batches prepared but not handed out are drawn again by the next iteration.
+            self.sampler.epoch, self.sampler.consumed = self._live
+            self._live = None

@@ -5,7 +5,37 @@
 kernels <- fastlam.ops <- fastlam.nn <- fastlam.models visible at the top level
 while users import everything from one package.
 """
+import os
+
 from setuptools import setup
+
+
+def _extensions():
+    """The csrc/ preprocessing op, built only on request (FASTLAM_BUILD_EXT=1).
+
+    Opt-in because it needs torch at build time (``pip install --no-build-isolation``) and a
+    C++ compiler (plus nvcc when torch has CUDA), and costs ~30 s per install; without it
+    fastlam.data.preprocess JIT-compiles the same sources on first use, or falls back to
+    PyTorch.
+    """
+    if os.environ.get("FASTLAM_BUILD_EXT") != "1":
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    cflags = ["-O3", "-ffp-contract=off", "-fopenmp"]
+    if torch.version.cuda is not None and CUDA_HOME is not None:
+        ext = CUDAExtension(
+            "fastlam._preprocess_ext", ["csrc/preprocess.cpp", "csrc/preprocess_cuda.cu"],
+            define_macros=[("WITH_CUDA", None)],
+            extra_compile_args={"cxx": cflags, "nvcc": ["-O3"]}, extra_link_args=["-fopenmp"])
+    else:
+        ext = CppExtension("fastlam._preprocess_ext", ["csrc/preprocess.cpp"],
+                           extra_compile_args={"cxx": cflags}, extra_link_args=["-fopenmp"])
+    return [ext], {"build_ext": BuildExtension}
+
+
+_EXT_MODULES, _CMDCLASS = _extensions()
 
 setup(
     name="fastlam",
@@ -34,6 +64,8 @@ setup(
         # triton ships with CUDA torch; on CPU machines it is installed for the interpreter.
         "kernels": ["triton>=3.4"],
         "data": ["av>=12"],
+        # ~200 MB wheel (+ its small pure-Python deps): GPU decoding and the CPU VP8/VP9/MJPEG
+        # decoder of fastlam.data.dali. Not in `dev`: the tests skip cleanly without it.
         "dali": ["nvidia-dali-cuda130"],
         # Pure Python with DS_BUILD_OPS=0 (its one CPU op is JIT-built on first use); tested version.
         "dist": ["deepspeed==0.19.8"],
@@ -41,5 +73,7 @@ setup(
         # transformers: the peer implementation the V-JEPA 2 equivalence tests compare against.
         "dev": ["pytest", "pytest-benchmark", "triton>=3.4", "av>=12", "transformers>=4.53", "deepspeed==0.19.8"],
     },
+    ext_modules=_EXT_MODULES,
+    cmdclass=_CMDCLASS,
     entry_points={"console_scripts": ["fastlam-train=fastlam.train:main"]},
 )

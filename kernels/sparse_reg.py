@@ -260,7 +260,7 @@ def _register():
                        "gram_part_ptr": "*fp32", "N": "i32", "D": "i32", "stride_z": "i32", "sqrt_d": "fp32",
                        "l_l1": "fp32", "l_l2": "fp32", "P": "i32"},
             constexprs={"DOT_F32": f32, "PRECISION": STATS_PRECISION, "BLOCK_N": STATS_BLOCK_N, "BLOCK_D": d},
-            num_warps=NUM_WARPS, num_stages=1, expects_mma=True, ref_shape=f"N={n},D={d}",
+            num_warps=NUM_WARPS, num_stages=1, expects_mma=not f32, ref_shape=f"N={n},D={d}",
             flops=2.0 * n * d * d + 6.0 * n * d, min_bytes=n * d * es))
         register(KernelConfig(
             name=f"sparse_bwd[{tag}]", fn=_sparse_bwd_kernel,

@@ -525,3 +525,12 @@ def test_gpu_frame_adaln_bf16_large(frame_len, d):
                     [x, br, gate], torch.bfloat16)
     for name, (o, p, r) in zip(["out", "dx", "dbranch", "dgate"], res):
         assert_ratio(o, r, p, ratio=3.0, atol=1e-3, what=name)
+
+
+def test_mixed_dtypes_fall_back_or_raise():
+    x = torch.randn(1, 4, 8, dtype=torch.float16)
+    m = torch.randn(1, 2, 8)
+    with pytest.raises(ValueError, match="one dtype"):
+        frame_adaln_modulate(x, m, m, 2, backend="triton")
+    out = frame_adaln_modulate(x, m, m, 2, backend="auto")  # auto takes the reference, which promotes
+    assert out.dtype == torch.float32

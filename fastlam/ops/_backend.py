@@ -5,9 +5,15 @@ and the plain-PyTorch reference otherwise. ``"torch"`` always runs the reference
 ``"triton"`` forces the kernels: on CUDA tensors, or on CPU tensors only under the Triton
 interpreter (``TRITON_INTERPRET=1`` set before triton is imported), which is how the CPU
 test suite exercises them.
+
+:func:`use_backend` changes what ``"auto"`` means, process-wide, for both dispatchers (this
+module's for the fused ops, :func:`fastlam.ops.attention.select_backend` for attention), so a
+whole model built with the default ``backend="auto"`` everywhere can be switched for an A/B
+without touching its modules. An explicit per-call or per-module backend always wins.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -17,6 +23,61 @@ from ._checks import check_choice
 BACKENDS = ("auto", "torch", "triton")
 _triton_error: str | None = None
 _checked = False
+# What "auto" resolves to (set by use_backend). A plain global, not a ContextVar: autograd runs
+# backward (and activation-checkpoint recomputation) on its own threads, which must see the
+# same choice as the forward.
+_auto_default = {"attention": "auto", "ops": "auto"}
+
+
+def auto_default(kind: str) -> str:
+    """The backend that ``"auto"`` currently stands for: ``kind`` is ``attention`` or ``ops``."""
+    return _auto_default[kind]
+
+
+@contextlib.contextmanager
+def use_backend(name: str | None = None, *, attention: str | None = None, ops: str | None = None):
+    """Run every ``backend="auto"`` attention and fused op in this block on the given backend.
+
+    ``name`` sets both at once: ``"triton"`` (fastlam's kernels everywhere), ``"torch"`` (SDPA
+    with the dense mask it needs and the unfused plain-PyTorch losses / regularizers / AdaLN),
+    ``"math"`` (explicit-softmax attention, torch ops) or ``"auto"``; an attention-only backend
+    (``"flex"``, ``"flash_attn"``, ``"xformers"``) sets attention and leaves the ops as they are.
+    ``attention=`` / ``ops=`` set one side (and override ``name`` for it). A forced backend that
+    cannot run a call raises there instead of falling back, so an A/B never measures a silent
+    fallback. Process-wide and not thread-local; nests and restores on exit.
+
+    Example:
+        >>> with use_backend("torch"):
+        ...     loss = model(states=states).loss  # doctest: +SKIP
+    """
+    from .attention import available_backends
+
+    att = ops_choice = None
+    if name is not None:
+        if name in ("auto", "torch", "triton"):
+            att, ops_choice = name, name
+        elif name == "math":
+            att, ops_choice = "math", "torch"
+        else:
+            att = name
+    att = attention if attention is not None else att
+    ops_choice = ops if ops is not None else ops_choice
+    if att is None and ops_choice is None:
+        raise ValueError("use_backend: pass a backend name, attention= or ops=")
+    if att is not None:
+        check_choice("attention", att, ["auto"] + available_backends())
+    if ops_choice is not None:
+        check_choice("ops", ops_choice, BACKENDS)
+    saved = dict(_auto_default)
+    if att is not None:
+        _auto_default["attention"] = att
+    if ops_choice is not None:
+        _auto_default["ops"] = ops_choice
+    try:
+        yield
+    finally:
+        _auto_default.clear()
+        _auto_default.update(saved)
 
 
 def triton_import_error() -> str | None:
@@ -38,6 +99,8 @@ def use_triton(backend: str, *tensors: torch.Tensor, unsupported: str | None = N
     tile limit): ``auto`` then falls back to torch, an explicit ``triton`` raises it.
     """
     check_choice("backend", backend, BACKENDS)
+    if backend == "auto":
+        backend = _auto_default["ops"]
     if backend == "torch":
         return False
     on_cuda = all(t.is_cuda for t in tensors)
@@ -59,11 +122,15 @@ def use_triton(backend: str, *tensors: torch.Tensor, unsupported: str | None = N
     return True
 
 
-def kernel_limits(*tensors: torch.Tensor, max_d: int | None = None) -> str | None:
-    """Why the fused kernels cannot take these tensors (float64, too wide a last dim), or None."""
+def kernel_limits(*tensors: torch.Tensor, max_d: int | None = None, same_dtype: bool = False) -> str | None:
+    """Why the fused kernels cannot take these tensors (float64, too wide a last dim, mixed
+    dtypes where the reference would promote), or None."""
     for t in tensors:
         if t.dtype == torch.float64:
             return "float64 inputs are not supported by the kernels (they accumulate in fp32); use backend='torch'"
+    if same_dtype and len({t.dtype for t in tensors}) > 1:
+        names = ", ".join(str(t.dtype).replace("torch.", "") for t in tensors)
+        return f"the kernels need one dtype for all tensors (got {names}); cast them or use backend='torch'"
     if max_d is not None and tensors[0].shape[-1] > max_d:
         return f"last dim {tensors[0].shape[-1]} exceeds the kernel limit of {max_d}"
     return None

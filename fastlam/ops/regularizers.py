@@ -115,7 +115,7 @@ def _check_gaussian(mu: torch.Tensor, logvar: torch.Tensor) -> None:
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)), summed over latent dims, averaged over rows."""
     _check_gaussian(mu, logvar)
-    if use_triton(backend, mu, logvar, unsupported=kernel_limits(mu, logvar, max_d=16384)):
+    if use_triton(backend, mu, logvar, unsupported=kernel_limits(mu, logvar, max_d=16384, same_dtype=True)):
         from .triton_regularizers import triton_gaussian_kl
 
         return triton_gaussian_kl(mu, logvar)
@@ -146,7 +146,7 @@ def gaussian_sample_kl(mu: torch.Tensor, logvar: torch.Tensor, *, seed: int | No
     The kernel regenerates eps from the seed in the backward instead of storing it.
     """
     _check_gaussian(mu, logvar)
-    if use_triton(backend, mu, logvar, unsupported=kernel_limits(mu, logvar, max_d=16384)):
+    if use_triton(backend, mu, logvar, unsupported=kernel_limits(mu, logvar, max_d=16384, same_dtype=True)):
         from .triton_regularizers import draw_seed, triton_gaussian_sample_kl
 
         return triton_gaussian_sample_kl(mu, logvar, draw_seed(generator) if seed is None else int(seed))

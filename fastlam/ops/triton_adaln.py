@@ -18,7 +18,7 @@ class _FrameAdaLNFn(torch.autograd.Function):
         y, mean, rstd = adaln_fwd(x2, sh2, sc2, weight, bias, frame_len, eps)
         # mean / rstd are fp32 per token: 8 bytes a row instead of the normalised activations
         ctx.save_for_backward(x2, sc2, weight, bias, mean, rstd)
-        ctx.meta = (x.shape, shift.shape, frame_len)
+        ctx.meta = (x.shape, shift.shape, shift.dtype, frame_len)
         return y.view(x.shape)
 
     @staticmethod
@@ -26,10 +26,9 @@ class _FrameAdaLNFn(torch.autograd.Function):
         from fastlam.kernels.frame_adaln import adaln_bwd
 
         x2, sc2, weight, bias, mean, rstd = ctx.saved_tensors
-        xshape, mshape, frame_len = ctx.meta
+        xshape, mshape, shift_dtype, frame_len = ctx.meta
         dx, dshift, dscale, dw, db = adaln_bwd(x2, sc2, weight, bias, mean, rstd, _rows(dy), frame_len)
-        dt = sc2.dtype
-        return (dx.view(xshape), dshift.to(dt).view(mshape), dscale.to(dt).view(mshape),
+        return (dx.view(xshape), dshift.to(shift_dtype).view(mshape), dscale.to(sc2.dtype).view(mshape),
                 None if dw is None else dw.to(weight.dtype), None if db is None else db.to(bias.dtype), None, None)
 
 

@@ -3,6 +3,7 @@
 Each op has a readable plain-PyTorch reference here (the CPU path and the test oracle); the
 Triton kernels in ``fastlam.kernels`` are dispatched behind the same functions on CUDA.
 """
+from ._backend import use_backend
 from .adaln import frame_adaln_modulate, frame_gated_residual
 from .attention import (
     MASKS,
@@ -57,6 +58,7 @@ __all__ = [
     "sparse_regularizer",
     "st_attention",
     "token_positions",
+    "use_backend",
     "vcm_terms",
     "vector_quantize",
     "vq_nearest",

@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ._backend import auto_default
 from ._checks import check_choice, check_same, check_tensor
 from .rope import Rope3D, apply_rope_3d
 
@@ -143,7 +144,12 @@ def _warn_once(key: str, message: str) -> None:
 
 
 def select_backend(q: torch.Tensor, req: AttentionRequest, backend: str = "auto") -> str:
-    """The one place that picks an attention backend (and says why when it falls back)."""
+    """The one place that picks an attention backend (and says why when it falls back).
+
+    ``"auto"`` first resolves through :func:`fastlam.ops.use_backend` (a forced choice there
+    behaves like an explicit ``backend=``)."""
+    if backend == "auto":
+        backend = auto_default("attention")
     if backend != "auto":
         if backend not in _BACKENDS:
             raise ValueError(f"backend: expected one of {['auto'] + available_backends()}, got {backend!r}")

@@ -64,7 +64,10 @@ def token_positions(seq_len: int, frame_len: int, rope: Rope3D, device=None, dty
     idx = torch.arange(seq_len, device=device)
     t = idx // frame_len
     j = idx % frame_len
-    p = (j - rope.num_prefix).clamp(min=0)
+    # Negative for prefix tokens, which the where() below discards. (Not clamped: inductor's
+    # index simplification fails on clamp-then-floordiv, which broke torch.compile of blocks
+    # with prefix tokens.)
+    p = j - rope.num_prefix
     is_patch = j >= rope.num_prefix
     h = torch.where(is_patch, p // rope.grid_w, torch.zeros_like(p)).to(dtype) * rope.spatial_scale
     w = torch.where(is_patch, p % rope.grid_w, torch.zeros_like(p)).to(dtype) * rope.spatial_scale

@@ -184,9 +184,11 @@ def all_gather_objects(env: DistEnv, obj) -> list:
     return out
 
 
-def shutdown(env: DistEnv) -> None:
+def shutdown(env: DistEnv, clean: bool = True) -> None:
+    """Leave the process group; after an error no barrier (the other ranks may never arrive)."""
     if env.distributed and dist.is_initialized():
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -275,8 +277,11 @@ def build_deepspeed_config(path: str | Path, *, batch_size: int, world_size: int
                               "from the training config's optim section")
     zero = ds.setdefault("zero_optimization", {})
     stage = zero.get("stage", 0)
-    if stage not in (0, 1, 2, 3):
-        raise ConfigError(f"{path}: zero_optimization.stage must be 0, 1, 2 or 3, got {stage!r}")
+    if stage not in (1, 2, 3):
+        # Stage 0 is plain data parallelism, which the ddp backend does with fastlam's own
+        # optimizers and checkpoints; the ZeRO checkpoint/export path assumes partitions.
+        raise ConfigError(f"{path}: zero_optimization.stage must be 1, 2 or 3, got {stage!r} "
+                          "(for plain data parallelism use distributed.backend=ddp)")
     ds.setdefault("steps_per_print", 2**31 - 1)  # fastlam logs its own metrics from rank 0
     ds.setdefault("wall_clock_breakdown", False)
     return ds
@@ -395,7 +400,7 @@ class DeepSpeedRunner:
                 raise FloatingPointError(f"loss became {out.loss.item()}")
             self.engine.backward(out.loss)
             if self._grads_measured is None and self.engine.is_gradient_accumulation_boundary():
-                self._grads_measured = rank_memory(self.engine)["grads_bytes"]  # the peak: before step frees them
+                self._grads_measured = rank_memory(self.engine)  # gradients peak here: step frees them
             self.engine.step()
             for i, v in enumerate((out.loss, out.pred_loss, out.reg_loss)):
                 sums[i] += v.item() / self.grad_accum
@@ -409,6 +414,9 @@ class DeepSpeedRunner:
         """Write ``ckpt_dir/step_XXXXXXX`` on every rank, then publish it as ``latest``."""
         tag = f"step_{step:07d}"
         tag_dir = ckpt_dir / tag
+        latest = ckpt_dir / LATEST
+        if latest.is_file() and latest.read_text().strip() == tag and (tag_dir / STATE_FILE).is_file():
+            return tag_dir  # resumed at this very step: the published checkpoint is this state
         if self.env.is_main and tag_dir.exists():
             shutil.rmtree(tag_dir)  # a leftover of a crash mid-save at this step: never published
         barrier(self.env)
@@ -475,9 +483,10 @@ class DeepSpeedRunner:
 
     def memory_report(self) -> dict:
         """This rank's bytes after its first optimizer step, gradients as they were just before it."""
-        report = rank_memory(self.engine)
+        report = rank_memory(self.engine, () if self.encoder_sharded else (self.model.encoder,))
         if self._grads_measured is not None:
-            report["grads_bytes"] = max(report["grads_bytes"], self._grads_measured)
+            report["grads_bytes"] = max(report["grads_bytes"], self._grads_measured["grads_bytes"])
+            report["largest_before_step"] = self._grads_measured["largest"]
         return report
 
 
@@ -542,30 +551,39 @@ def _tensor_bytes(obj, seen: set, depth: int = 0) -> int:
     return 0
 
 
-def rank_memory(engine) -> dict:
+def rank_memory(engine, extra_modules: tuple[nn.Module, ...] = ()) -> dict:
     """Bytes this rank holds, measured by walking its tensors (storages counted once): model
-    weights as they rest between steps (ZeRO-3: the local partition), gradients, and optimizer
-    state (fp32 master copies, Adam moments, Muon momentum), plus the process's peak RSS."""
+    weights as they rest between steps (ZeRO-3: the local partition; ``extra_modules``: weights
+    kept outside the engine, i.e. the replicated encoder), gradients (including ZeRO's gradient
+    partitions and reduction buckets) and optimizer state (fp32 master copies, Adam moments,
+    Muon momentum), the largest holders by name, and the process's peak RSS."""
     import resource
 
     seen: set = set()
     params = 0
-    for p in engine.module.parameters():
-        params += _tensor_bytes(p.ds_tensor if hasattr(p, "ds_tensor") else p.data, seen)
+    for module in (engine.module, *extra_modules):
+        for p in module.parameters():
+            params += _tensor_bytes(p.ds_tensor if hasattr(p, "ds_tensor") else p.data, seen)
     grads = sum(_tensor_bytes(p.grad, seen) for p in engine.module.parameters() if p.grad is not None)
     opt = engine.optimizer
+    detail = {"param.grad": grads}
     optim = _tensor_bytes(getattr(opt, "state", {}), seen)
     inner = getattr(opt, "optimizer", None)
     if inner is not None:
         optim += _tensor_bytes(dict(inner.state), seen)
-    # ZeRO keeps its fp32 partitions, flat buffers and partitioned gradients as attributes.
+    detail["optimizer.state"] = optim
+    # ZeRO keeps its fp32 partitions, flat buffers, gradient partitions and buckets as attributes.
     for name, value in vars(opt).items():
         b = _tensor_bytes(value, seen)
-        if "grad" in name:
+        if not b:
+            continue
+        detail[name] = b
+        if "grad" in name or "ipg" in name or "bucket" in name:
             grads += b
         else:
             optim += b
-    return {"params_bytes": params, "grads_bytes": grads, "optim_bytes": optim,
+    top = dict(sorted(detail.items(), key=lambda kv: -kv[1])[:8])
+    return {"params_bytes": params, "grads_bytes": grads, "optim_bytes": optim, "largest": top,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 

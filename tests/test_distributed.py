@@ -232,7 +232,8 @@ def test_zero2_matches_one_process_and_resumes_exactly_after_kill9_mid_save(work
 def test_zero3_sharded_encoder_sigterm_checkpoint_and_export(workdir, tmp_path):
     out = tmp_path / "z3"
     run = _launch(workdir, out, f"distributed.deepspeed_config={workdir / 'zero3_tiny.json'}",
-                  "distributed.encoder=sharded", "steps=1000", "ckpt_every=1000", "activation_checkpointing=true")
+                  "distributed.encoder=sharded", "steps=1000", "ckpt_every=1000", "activation_checkpointing=true",
+                  "grad_accum_steps=2")
     _wait_for(lambda: (out / "metrics.jsonl").is_file() and len(_losses(out)) >= 3, run, out, "3 steps")
     workers = psutil.Process(run.pid).children(recursive=True)
     assert len([p for p in workers if "worker.py" in " ".join(p.cmdline())]) == 2
@@ -287,6 +288,9 @@ def test_zero_config_that_contradicts_the_training_config(workdir, tmp_path):
         fdist.preflight(cfg, "deepspeed", 2, "cpu")
     cfg = _cfg(workdir, f"distributed.deepspeed_config={_ds_json(tmp_path, optimizer={'type': 'Adam'})}")
     with pytest.raises(ConfigError, match="optimizer"):
+        fdist.preflight(cfg, "deepspeed", 2, "cpu")
+    cfg = _cfg(workdir, f"distributed.deepspeed_config={_ds_json(tmp_path, zero_optimization={'stage': 0})}")
+    with pytest.raises(ConfigError, match="stage must be 1, 2 or 3"):
         fdist.preflight(cfg, "deepspeed", 2, "cpu")
     cfg = _cfg(workdir, "distributed.deepspeed_config=configs/deepspeed/zero2.json", "distributed.encoder=sharded")
     with pytest.raises(ConfigError, match="stage 3"):

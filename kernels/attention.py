@@ -448,26 +448,53 @@ def _attn_bwd_dq(
 # ----------------------------------------------------------------------------- block sizes
 
 
+# (query tile, key tile, warps, stages) per (low-precision?, BLOCK_D). Every entry compiles
+# for sm_90 and sm_80 without register spills (STACK 0 in ``cuobjdump -res-usage``); the
+# rejected neighbours and their spills are noted. Low precision = fp16 / bf16 (tensor-core
+# dots); fp32 uses IEEE dots, which hold operands in registers, hence the small tiles.
+_TILES = {
+    # forward: 128 query rows while it fits. hd128 at 128x64 spilled on sm_80 (24 B with
+    # 3 stages, 224 B with 2) and 64x64 with 4 warps spilled ~300 B on both.
+    ("fwd", True, 32): (128, 64, 4, 3),
+    ("fwd", True, 64): (128, 64, 4, 3),
+    ("fwd", True, 128): (128, 32, 8, 3),
+    ("fwd", False, 32): (64, 32, 4, 2),
+    ("fwd", False, 64): (32, 32, 4, 1),  # 64x32 spilled 312 B (sm_90)
+    ("fwd", False, 128): (16, 32, 8, 1),  # 32x32 spilled 80-664 B
+    # dK/dV pass (queries, keys): holds k, v and two fp32 accumulators. hd64 at 64x64 with
+    # 8 warps spilled 8 B on sm_80; hd128 with 64 queries spilled 112-168 B.
+    ("bwd_kv", True, 32): (64, 64, 8, 2),
+    ("bwd_kv", True, 64): (32, 64, 4, 2),
+    ("bwd_kv", True, 128): (32, 64, 8, 2),
+    ("bwd_kv", False, 32): (32, 32, 4, 2),
+    ("bwd_kv", False, 64): (16, 32, 4, 2),  # 32x32 spilled 408-440 B
+    ("bwd_kv", False, 128): (16, 32, 8, 2),
+    # dK/dV pass with atomic dQ: one more fp32 tile. Every hd128 tiling tried spilled
+    # (32x64: 72-96 B, 16x64: 32 B, 64x64: 328 B), so hd128 uses the dQ pass instead.
+    ("bwd_kv_atomic", True, 32): (64, 64, 8, 2),
+    ("bwd_kv_atomic", True, 64): (64, 64, 8, 2),
+    ("bwd_kv_atomic", False, 32): (32, 32, 8, 2),
+    ("bwd_kv_atomic", False, 64): (32, 32, 8, 2),
+    # dQ pass (queries, keys).
+    ("bwd_q", True, 32): (64, 64, 4, 2),
+    ("bwd_q", True, 64): (64, 64, 4, 2),
+    ("bwd_q", True, 128): (64, 64, 8, 2),
+    ("bwd_q", False, 32): (32, 32, 4, 2),
+    ("bwd_q", False, 64): (32, 32, 4, 2),
+    ("bwd_q", False, 128): (16, 32, 8, 1),  # 32x32 spilled 80 B
+}
+
+
 def block_config(head_dim: int, dtype: torch.dtype, interpret: bool | None = None) -> dict:
-    """Tile sizes and launch parameters per head dim / dtype (a fixed heuristic, no autotune).
+    """Tile sizes and launch parameters for a head dim / dtype (a fixed table, no autotune).
 
-    Tuples are (query tile, key tile, warps, stages). The head dim is padded to the next
-    power of two (BLOCK_D). Chosen from sm_90 ahead-of-time compiles (``cuobjdump
-    -res-usage``: every default must have STACK 0, i.e. no register spills):
-
-    - forward: 128 query rows x 64 keys; 4 warps up to BLOCK_D 64, 8 warps at 128 (the fp32
-      accumulator doubles). 128x64 spilled at hd128 with 4 warps (3 KB of stack).
-    - dK/dV pass: it keeps k, v and two fp32 accumulators (dK, dV) for its key tile, plus
-      the score tile: 64 keys x 32 queries with 8 warps at BLOCK_D 128 (64 queries spilled
-      112-168 B), 64 x 64 with 8 warps at <= 64 (4 warps spilled 24 B).
-    - atomic dQ inside the dK/dV pass adds a (queries, BLOCK_D) fp32 tile: only at BLOCK_D
-      <= 64 (64 x 64, 8 warps, no spill); every BLOCK_D 128 tiling tried spilled, so wider
-      heads always use the separate dQ pass (see :func:`use_atomic_dq`).
-    - dQ pass: 64 x 64, 4 warps at <= 64, 8 warps at 128.
-    - fp32 (IEEE dots) has twice the bytes per element: tiles are halved.
-
-    Under the interpreter every tile is 16 (the tl.dot minimum), so tiny test shapes still
-    cross many tile boundaries. Every entry is registered below for the static compile check.
+    The head dim is padded to the next power of two (BLOCK_D, masked loads), so hd 80 and
+    96 use the hd128 entries. Entries were picked from ahead-of-time compiles for sm_90 and
+    sm_80 (see ``_TILES``): the largest query tile that compiles without spills, since a
+    spill costs more than a smaller tile. Every entry is registered below, so CI's static
+    check recompiles all of them. Point-wise kernels (Delta, RoPE) use 64 rows (32 at
+    BLOCK_D 128: fp32 rotation at 64 rows spilled). Under the interpreter every tile is 16
+    (the tl.dot minimum), so tiny test shapes still cross many tile boundaries.
     """
     block_d = max(16, triton.next_power_of_2(head_dim))
     if interpret is None:
@@ -475,17 +502,11 @@ def block_config(head_dim: int, dtype: torch.dtype, interpret: bool | None = Non
     if interpret:
         t = (16, 16, 4, 1)
         return dict(BLOCK_D=block_d, fwd=t, bwd_kv=t, bwd_kv_atomic=t, bwd_q=t, pointwise=(16, 4))
-    wide = block_d > 64
-    if dtype == torch.float32:
-        fwd = (64, 32, 8 if wide else 4, 2)
-        bwd_kv = (16 if wide else 32, 32, 8 if wide else 4, 2)
-        bwd_q = (32, 32, 8 if wide else 4, 2)
-    else:
-        fwd = (128, 64, 8 if wide else 4, 3)
-        bwd_kv = (32 if wide else 64, 64, 8, 2)
-        bwd_q = (64, 64, 8 if wide else 4, 2)
-    atomic = None if wide else (bwd_kv[0], bwd_kv[1], 8, 2)
-    return dict(BLOCK_D=block_d, fwd=fwd, bwd_kv=bwd_kv, bwd_kv_atomic=atomic, bwd_q=bwd_q, pointwise=(64, 4))
+    if block_d > 128:
+        raise ValueError(f"head_dim: the Triton attention kernel takes head dims up to 128, got {head_dim}")
+    low = dtype != torch.float32
+    cfg = {kind: _TILES.get((kind, low, block_d)) for kind in ("fwd", "bwd_kv", "bwd_kv_atomic", "bwd_q")}
+    return dict(BLOCK_D=block_d, pointwise=(64 if block_d <= 64 else 32, 4), **cfg)
 
 
 def use_atomic_dq(head_dim: int, dtype: torch.dtype, deterministic: bool) -> bool:

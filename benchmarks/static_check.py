@@ -333,6 +333,7 @@ class Row:
     local: int | None = None
     hgmma: int | None = None
     hmma: int | None = None
+    dtype: str = ""  # element type of the kernel's first pointer argument: the data it streams
     error: str | None = None
     failures: list = field(default_factory=list)
     notes: list = field(default_factory=list)
@@ -419,7 +420,7 @@ def roofline_note(row: Row) -> str:
 
 
 CSV_FIELDS = [
-    "kernel", "config", "arch", "num_warps", "num_stages", "shared_bytes", "shared_limit",
+    "kernel", "config", "arch", "dtype", "num_warps", "num_stages", "shared_bytes", "shared_limit",
     "regs", "stack", "mma", "default", "expects_mma", "verdict", "failures", "notes", "ref_shape",
     "flops", "min_bytes", "h100_floor_us", "bound", "roofline", "error",
 ]
@@ -429,6 +430,7 @@ def _csv_row(row: Row) -> dict:
     r = roofline(row.flops, row.min_bytes)
     return {
         "kernel": row.kernel, "config": row.config, "arch": "" if row.arch is None else f"sm_{row.arch}",
+        "dtype": row.dtype,
         "num_warps": row.num_warps, "num_stages": row.num_stages, "shared_bytes": row.shared,
         "shared_limit": SHARED_LIMIT.get(row.arch, ""), "regs": row.regs, "stack": row.stack,
         "mma": row.mma, "default": int(row.default), "expects_mma": int(row.expects_mma),
@@ -448,6 +450,21 @@ def write_csv(rows: list, path: Path) -> None:
     for row in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in _csv_row(row).items()})
     path.write_text(buf.getvalue())
+
+
+def _natural(key) -> list:
+    """Sort key that orders D=32 before D=128."""
+    out = []
+    for part in key:
+        text = str(part)
+        out.append([(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text)])
+    return out
+
+
+def _name_list(names) -> str:
+    names = sorted(names, key=lambda n: _natural([n]))
+    shown = ", ".join(f"`{_md_cell(n)}`" for n in names[:2])
+    return shown + (f" +{len(names) - 2} more" if len(names) > 2 else "")
 
 
 def _md_cell(text) -> str:
@@ -478,24 +495,24 @@ def render_markdown(rows: list, archs: list, n_configs: int, triton_version: str
         out += ["No kernel configurations are registered.", ""]
         return "\n".join(out)
 
-    # One roofline line per kernel and reference shape; its configs share FLOPs and bytes.
+    # One roofline line per kernel, reference shape and dtype; its tile choices share FLOPs and bytes.
     groups: dict = {}
     for r in compiled:
-        key = (r.kernel, r.ref_shape, r.flops, r.min_bytes)
+        key = (r.kernel, r.ref_shape, r.dtype, r.flops, r.min_bytes)
         groups.setdefault(key, set()).add(r.config)
     out += [
         f"## Roofline per kernel (H100 floor = max(FLOPs / {H100_FLOPS / 1e12:.0f} TFLOP/s, "
         f"bytes / {H100_BYTES_PER_S / 1e12:.1f} TB/s))",
         "",
-        "| kernel | reference shape | GFLOP | min MB | FLOP/byte | H100 floor (us) | bound | configs |",
-        "|---|---|---:|---:|---:|---:|---|---:|",
+        "| kernel | reference shape | dtype | GFLOP | min MB | FLOP/byte | H100 floor (us) | bound | configs |",
+        "|---|---|---|---:|---:|---:|---:|---|---|",
     ]
-    for (kernel, shape, flops, nbytes), names in sorted(groups.items(), key=lambda kv: kv[0][:2]):
+    for (kernel, shape, dtype, flops, nbytes), names in sorted(groups.items(), key=lambda kv: _natural(kv[0])):
         r = roofline(flops, nbytes)
         inten = "" if r["intensity"] is None else f"{r['intensity']:.3g}"
         out.append(
-            f"| `{kernel}` | {_md_cell(shape) or '(none registered)'} | {flops / 1e9:.4g} | "
-            f"{nbytes / 1e6:.4g} | {inten} | {_fmt_floor(r['floor_us'])} | {r['bound']} | {len(names)} |")
+            f"| `{kernel}` | {_md_cell(shape) or '(none registered)'} | {dtype} | {flops / 1e9:.4g} | "
+            f"{nbytes / 1e6:.4g} | {inten} | {_fmt_floor(r['floor_us'])} | {r['bound']} | {_name_list(names)} |")
     out += [
         "",
         "## Configurations",
@@ -579,7 +596,8 @@ def run_check(archs, filters=(), use_registry=True, module_files=(), jobs=None, 
         for arch in archs:
             row = Row(config=cfg.name, kernel=fn_name, arch=arch, num_warps=cfg.num_warps,
                       num_stages=cfg.num_stages, default=cfg.default, expects_mma=cfg.expects_mma,
-                      ref_shape=cfg.ref_shape, flops=float(cfg.flops), min_bytes=float(cfg.min_bytes))
+                      ref_shape=cfg.ref_shape, flops=float(cfg.flops), min_bytes=float(cfg.min_bytes),
+                      dtype=_main_dtype(cfg))
             rows[(cfg.name, arch)] = row
             try:
                 key = cache_key(cfg, arch)
@@ -632,6 +650,13 @@ def run_check(archs, filters=(), use_registry=True, module_files=(), jobs=None, 
     for module, err in load_errors:
         ordered.append(Row(config=module, kernel="", arch=None, error=err))
     return [judge(r) for r in ordered], len(configs)
+
+
+def _main_dtype(cfg) -> str:
+    for ty in cfg.signature.values():
+        if isinstance(ty, str) and ty.startswith("*"):
+            return ty.lstrip("*k")
+    return ""
 
 
 def _apply(row: Row, result: dict) -> None:

@@ -170,6 +170,18 @@ def test_exit_status_zero_when_every_config_passes(selftest, tmp_path):
     assert set(_read_rows(tmp_path)) == {("selftest_matmul[good]", "sm_90"), ("selftest_matmul[good]", "sm_80")}
 
 
+def test_kernel_module_that_does_not_import_fails_the_check(selftest, tmp_path):
+    _, root, _ = selftest
+    broken = tmp_path / "broken_kernels.py"
+    broken.write_text("raise RuntimeError('half-edited kernel module')\n")
+    proc = _run_check("--no-registry", "--module", __file__, "--module", str(broken), "--filter", "[good]",
+                      "--out", str(tmp_path / "out"), "--cache-dir", str(root / "cache"))
+    assert proc.returncode == 1
+    row = _read_rows(tmp_path / "out")[(str(broken), "")]
+    assert row["verdict"] == "FAIL" and "half-edited kernel module" in row["failures"]
+    assert _read_rows(tmp_path / "out")[("selftest_matmul[good]", "sm_90")]["verdict"] == "pass"
+
+
 def test_every_registered_kernel_config_compiles_for_sm90_and_sm80(tmp_path):
     """The CI gate: the package's whole registry, both targets (cached by kernel source)."""
     from fastlam.kernels.registry import all_configs

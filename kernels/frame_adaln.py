@@ -10,7 +10,9 @@ chunk (summed by the caller: a deterministic, atomic-free reduction).
 Launch heuristic: ``BLOCK_D = next_pow2(D)`` (one row per tile), ``BLOCK_M`` rows per inner
 step so a tile holds ~4096 elements (8 warps from 4096 elements: at 4 warps the
 sm_90 build of the gated residual spills), and ``CHUNK`` (a multiple of BLOCK_M) chosen by the caller
-so frames * chunks covers the GPU at least ~4 programs per SM.
+so frames * chunks covers the GPU at least ~4 programs per SM. The AdaLN backward takes half
+the rows with 4 warps (``_bwd_tile``). Registered (static check): width 1024 in every dtype, and
+bf16 at widths 384 and 1408 (BLOCK_D 512 and 2048).
 """
 from __future__ import annotations
 
@@ -179,6 +181,13 @@ def _launch_params(frames: int, frame_len: int, d: int, device: torch.device):
     return block_m, block_d, chunk, triton.cdiv(frame_len, chunk), num_warps
 
 
+def _bwd_tile(block_m: int, block_d: int):
+    """Rows and warps of the AdaLN backward: half the forward's rows (it holds x, dy, xhat and
+    the LayerNorm-output gradient per element) with 4 warps; found spill-free on sm_80 and
+    sm_90 for D = 512..2048 where 8 warps left a small STACK on one of them."""
+    return max(1, block_m // 2), (4 if block_d <= 2048 else 8)
+
+
 def adaln_fwd(x2d, shift2d, scale2d, weight, bias, frame_len: int, eps: float):
     """x2d (R, D), shift2d/scale2d (R // frame_len, D), all with unit stride along D."""
     r, d = x2d.shape
@@ -209,7 +218,8 @@ def adaln_bwd(x2d, scale2d, weight, bias, mean, rstd, dy2d, frame_len: int):
         x2d, scale2d, weight if weight is not None else x2d, bias if bias is not None else x2d, mean, rstd,
         dy2d, dx, part[0], part[1], dw_part, db_part,
         frame_len, d, chunk, nchunk, x2d.stride(0), scale2d.stride(0), dy2d.stride(0), dx.stride(0),
-        HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
+        HAS_W=weight is not None, HAS_B=bias is not None, BLOCK_M=_bwd_tile(block_m, block_d)[0],
+        BLOCK_D=block_d, num_warps=_bwd_tile(block_m, block_d)[1],
     )
     dshift, dscale = part[0].sum(1), part[1].sum(1)
     dw = part[2].sum((0, 1)) if weight is not None else None
@@ -245,16 +255,20 @@ def gated_residual_bwd(br2d, gate2d, dout2d, frame_len: int):
 
 
 def _register():
-    # The paper's predictor block: B=8, T=8 frames of F=256 tokens, width 1024; chunks for 132 SMs.
-    b, t, f, d = 8, 8, 256, 1024
+    # The paper's predictor block: B=8, T=8 frames of F=256 tokens, width 1024, every dtype; bf16
+    # also at widths 384 (small predictors, BLOCK_D 512) and 1408 (ViT-g, BLOCK_D 2048).
+    b, t, f = 8, 8, 256
     r = b * t * f
-    for dt in (torch.bfloat16, torch.float16, torch.float32):
+    plan = [(1024, torch.bfloat16), (1024, torch.float16), (1024, torch.float32),
+            (384, torch.bfloat16), (1408, torch.bfloat16)]
+    for d, dt in plan:
         p = TRITON_PTR[dt]
         es = torch.finfo(dt).bits // 8
         block_d = next_pow2(d)
         block_m = rows_per_block(block_d, 4096)
         warps = 8 if block_m * block_d >= 4096 else 4
         tag = f"{p[1:]},D{block_d},M{block_m}"
+        bm_bwd, warps_bwd = _bwd_tile(block_m, block_d)
         for has_w in (False, True):
             sig = {"x_ptr": p, "shift_ptr": p, "scale_ptr": p, "w_ptr": p, "b_ptr": p, "y_ptr": p,
                    "mean_ptr": "*fp32", "rstd_ptr": "*fp32", "F": "i32", "D": "i32", "CHUNK": "i32",
@@ -269,9 +283,10 @@ def _register():
                    "dw_part_ptr": "*fp32", "db_part_ptr": "*fp32", "F": "i32", "D": "i32", "CHUNK": "i32",
                    "NCHUNK": "i32", "stride_x": "i32", "stride_m": "i32", "stride_dy": "i32", "stride_dx": "i32"}
             register(KernelConfig(
-                name=f"adaln_bwd[{'affine' if has_w else 'plain'},{tag}]", fn=_adaln_bwd_kernel, signature=sig,
-                constexprs={"HAS_W": has_w, "HAS_B": has_w, "BLOCK_M": block_m, "BLOCK_D": block_d},
-                num_warps=warps, num_stages=1, ref_shape=f"B={b},T={t},F={f},D={d}",
+                name=f"adaln_bwd[{'affine' if has_w else 'plain'},{p[1:]},D{block_d},M{bm_bwd}]",
+                fn=_adaln_bwd_kernel, signature=sig,
+                constexprs={"HAS_W": has_w, "HAS_B": has_w, "BLOCK_M": bm_bwd, "BLOCK_D": block_d},
+                num_warps=warps_bwd, num_stages=1, ref_shape=f"B={b},T={t},F={f},D={d}",
                 flops=20.0 * r * d, min_bytes=3.0 * r * d * es + 8.0 * r))
         sig = {"x_ptr": p, "br_ptr": p, "gate_ptr": p, "out_ptr": p, "F": "i32", "D": "i32", "CHUNK": "i32",
                "stride_x": "i32", "stride_br": "i32", "stride_m": "i32", "stride_o": "i32"}

@@ -114,29 +114,32 @@ def prediction_loss_bwd(pred2d: torch.Tensor, tgt2d: torch.Tensor, grad_out: tor
 
 
 def _register():
-    # The paper's predictor: B=8 clips, T*N = 2048 tokens, width 1024 (ViT-L), bf16.
-    m, d = 8 * 2048, 1024
-    for dt in (torch.bfloat16, torch.float16, torch.float32):
+    # The paper's predictor: B=8 clips, T*N = 2048 tokens, width 1024 (ViT-L): every variant in
+    # every dtype. Other widths change the tile (BLOCK_D, BLOCK_M, warps): bf16 L1 variants for
+    # small predictors (width 384 -> 512) and ViT-H / ViT-g (1280 / 1408 -> 2048).
+    m = 8 * 2048
+    variants = [(k, n, md) for k in ("l1", "l2") for n in (False, True) for md in ("fused", "recompute")]
+    plan = [(1024, dt, variants) for dt in (torch.bfloat16, torch.float16, torch.float32)]
+    plan += [(d, torch.bfloat16, [("l1", n, md) for n in (False, True) for md in ("fused", "recompute")])
+             for d in (384, 1408)]
+    for d, dt, vs in plan:
         block_m, block_d, warps = _launch_params(d)
-        for kind in ("l1", "l2"):
-            for norm in (False, True):
-                for mode in ("fused", "recompute"):
-                    ptr = TRITON_PTR[dt]
-                    esize = torch.finfo(dt).bits // 8
-                    register(KernelConfig(
-                        name=f"prediction_loss[{kind},{'ln' if norm else 'raw'},{mode},{ptr[1:]},D{block_d}]",
-                        fn=_prediction_loss_kernel,
-                        signature={"pred_ptr": ptr, "tgt_ptr": ptr, "grad_ptr": ptr, "part_ptr": "*fp32",
-                                   "gscale_ptr": "*fp32", "M": "i32", "D": "i32", "stride_p": "i32",
-                                   "stride_t": "i32", "stride_g": "i32", "inv_numel": "fp32", "eps": "fp32"},
-                        constexprs={"KIND_L2": kind == "l2", "NORM_TARGET": norm,
-                                    "COMPUTE_LOSS": mode == "fused", "WRITE_GRAD": True,
-                                    "HAS_GSCALE": mode == "recompute", "BLOCK_M": block_m, "BLOCK_D": block_d},
-                        num_warps=warps, num_stages=1,
-                        ref_shape=f"M={m},D={d}",
-                        flops=(8.0 if norm else 3.0) * m * d,
-                        min_bytes=3.0 * m * d * esize,
-                    ))
-
+        ptr = TRITON_PTR[dt]
+        esize = torch.finfo(dt).bits // 8
+        for kind, norm, mode in vs:
+            register(KernelConfig(
+                name=f"prediction_loss[{kind},{'ln' if norm else 'raw'},{mode},{ptr[1:]},D{block_d}]",
+                fn=_prediction_loss_kernel,
+                signature={"pred_ptr": ptr, "tgt_ptr": ptr, "grad_ptr": ptr, "part_ptr": "*fp32",
+                           "gscale_ptr": "*fp32", "M": "i32", "D": "i32", "stride_p": "i32",
+                           "stride_t": "i32", "stride_g": "i32", "inv_numel": "fp32", "eps": "fp32"},
+                constexprs={"KIND_L2": kind == "l2", "NORM_TARGET": norm,
+                            "COMPUTE_LOSS": mode == "fused", "WRITE_GRAD": True,
+                            "HAS_GSCALE": mode == "recompute", "BLOCK_M": block_m, "BLOCK_D": block_d},
+                num_warps=warps, num_stages=1,
+                ref_shape=f"M={m},D={d}",
+                flops=(8.0 if norm else 3.0) * m * d,
+                min_bytes=3.0 * m * d * esize,
+            ))
 
 _register()

@@ -617,6 +617,9 @@ def run_check(archs, filters=(), use_registry=True, module_files=(), jobs=None, 
         f"{hits} cached, {len(todo)} to compile")
     t0 = time.perf_counter()
     jobs = max(1, min(jobs or _cpu_count(), len(todo) or 1))
+    # Matrix kernels take several times longer to build: start them first so the last seconds
+    # are not one process compiling an attention kernel while the others sit idle.
+    todo.sort(key=lambda item: not item[0].expects_mma)
 
     def done(i, cfg, arch, key, result):
         for row in waiting[key]:

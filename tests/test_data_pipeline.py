@@ -281,6 +281,26 @@ def test_cut_stream_keeps_the_clip_frames(tmp_path, codec, suffix):
     np.testing.assert_array_equal(_all_frames(data)[local], full[frames])
 
 
+def test_loader_pyav_path_equals_dataset_in_sampler_order(clips):
+    """Without DALI the loader is the dataset, batched in the rank's shard order."""
+    from fastlam.data.dali import DaliVideoLoader
+
+    paths = [clips["h264_25"], clips["vp9_25"], clips["mjpeg_30"], clips["vp8_2997"]]
+    kw = dict(num_frames=2, fps=4.0, size=(16, 16), seed=2)
+    loader = DaliVideoLoader(paths, batch_size=1, device="cpu", backend="pyav", rank=1, world_size=2, **kw)
+    batches = list(loader)
+    assert loader.counts["pyav"] == 2 and loader.counts["dali"] == 0
+    ds = VideoClipDataset(paths, **kw)
+    ds.set_epoch(0)
+    order = ShardedClipSampler(4, rank=1, world_size=2, seed=2, drop_last=True).shard(0).tolist()
+    assert all(torch.equal(b[0], ds[i]) for b, i in zip(batches, order))
+    with pytest.raises(ValueError, match="batch_size=3 is larger than this rank's shard"):
+        DaliVideoLoader(paths, batch_size=3, device="cpu", world_size=2, **kw)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            DaliVideoLoader(paths, batch_size=1, device="cuda", **kw)
+
+
 @needs_dali
 @pytest.mark.parametrize("name,fps", [("vp9_25", 25), ("vp8_2997", 30000 / 1001), ("mjpeg_30", 30)])
 def test_dali_cpu_frames_match_pyav(clips, name, fps):

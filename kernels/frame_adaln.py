@@ -188,12 +188,13 @@ def _bwd_tile(block_m: int, block_d: int):
     return max(1, block_m // 2), (4 if block_d <= 2048 else 8)
 
 
-def adaln_fwd(x2d, shift2d, scale2d, weight, bias, frame_len: int, eps: float):
-    """x2d (R, D), shift2d/scale2d (R // frame_len, D), all with unit stride along D."""
+def adaln_fwd(x2d, shift2d, scale2d, weight, bias, frame_len: int, eps: float, out_dtype=None):
+    """x2d (R, D), shift2d/scale2d (R // frame_len, D), all with unit stride along D; each
+    tensor may have its own dtype (loads upcast to fp32), y is written in ``out_dtype``."""
     r, d = x2d.shape
     frames = r // frame_len
     block_m, block_d, chunk, nchunk, warps = _launch_params(frames, frame_len, d, x2d.device)
-    y = torch.empty_like(x2d)
+    y = torch.empty(x2d.shape, device=x2d.device, dtype=out_dtype or x2d.dtype)
     mean = torch.empty(r, device=x2d.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     _adaln_fwd_kernel[(frames, nchunk)](
@@ -227,11 +228,11 @@ def adaln_bwd(x2d, scale2d, weight, bias, mean, rstd, dy2d, frame_len: int):
     return dx, dshift, dscale, dw, db
 
 
-def gated_residual_fwd(x2d, br2d, gate2d, frame_len: int):
+def gated_residual_fwd(x2d, br2d, gate2d, frame_len: int, out_dtype=None):
     r, d = x2d.shape
     frames = r // frame_len
     block_m, block_d, chunk, nchunk, warps = _launch_params(frames, frame_len, d, x2d.device)
-    out = torch.empty_like(x2d)
+    out = torch.empty(x2d.shape, device=x2d.device, dtype=out_dtype or x2d.dtype)
     _gated_residual_fwd_kernel[(frames, nchunk)](
         x2d, br2d, gate2d, out, frame_len, d, chunk, x2d.stride(0), br2d.stride(0), gate2d.stride(0),
         out.stride(0), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
@@ -256,51 +257,56 @@ def gated_residual_bwd(br2d, gate2d, dout2d, frame_len: int):
 
 def _register():
     # The paper's predictor block: B=8, T=8 frames of F=256 tokens, width 1024, every dtype; bf16
-    # also at widths 384 (small predictors, BLOCK_D 512) and 1408 (ViT-g, BLOCK_D 2048).
+    # also at widths 384 (small predictors, BLOCK_D 512) and 1408 (ViT-g, BLOCK_D 2048); and the
+    # autocast mix (fp32 residual stream, bf16 modulation and branch, fp32 output).
     b, t, f = 8, 8, 256
     r = b * t * f
-    plan = [(1024, torch.bfloat16), (1024, torch.float16), (1024, torch.float32),
-            (384, torch.bfloat16), (1408, torch.bfloat16)]
-    for d, dt in plan:
-        p = TRITON_PTR[dt]
-        es = torch.finfo(dt).bits // 8
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    plan = [(1024, bf16, bf16), (1024, fp16, fp16), (1024, fp32, fp32), (384, bf16, bf16), (1408, bf16, bf16),
+            (1024, fp32, bf16)]
+    for d, xt, mt in plan:
+        yt = torch.promote_types(xt, mt)
+        px, pm, py = TRITON_PTR[xt], TRITON_PTR[mt], TRITON_PTR[yt]
+        es = yt.itemsize
         block_d = next_pow2(d)
         block_m = rows_per_block(block_d, 4096)
         warps = 8 if block_m * block_d >= 4096 else 4
-        tag = f"{p[1:]},D{block_d},M{block_m}"
+        dts = px[1:] if xt == mt else f"x{px[1:]},mod{pm[1:]}"
+        tag = f"{dts},D{block_d},M{block_m}"
         bm_bwd, warps_bwd = _bwd_tile(block_m, block_d)
+        shape = f"B={b},T={t},F={f},D={d}"
         for has_w in (False, True):
-            sig = {"x_ptr": p, "shift_ptr": p, "scale_ptr": p, "w_ptr": p, "b_ptr": p, "y_ptr": p,
+            pw = px  # LayerNorm weight / bias in the residual stream's dtype (or x itself as a dummy)
+            sig = {"x_ptr": px, "shift_ptr": pm, "scale_ptr": pm, "w_ptr": pw, "b_ptr": pw, "y_ptr": py,
                    "mean_ptr": "*fp32", "rstd_ptr": "*fp32", "F": "i32", "D": "i32", "CHUNK": "i32",
                    "stride_x": "i32", "stride_m": "i32", "stride_y": "i32", "eps": "fp32"}
             register(KernelConfig(
                 name=f"adaln_fwd[{'affine' if has_w else 'plain'},{tag}]", fn=_adaln_fwd_kernel, signature=sig,
                 constexprs={"HAS_W": has_w, "HAS_B": has_w, "BLOCK_M": block_m, "BLOCK_D": block_d},
-                num_warps=warps, num_stages=1, ref_shape=f"B={b},T={t},F={f},D={d}",
-                flops=10.0 * r * d, min_bytes=2.0 * r * d * es + 8.0 * r))
-            sig = {"x_ptr": p, "scale_ptr": p, "w_ptr": p, "b_ptr": p, "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
-                   "dy_ptr": p, "dx_ptr": p, "dshift_part_ptr": "*fp32", "dscale_part_ptr": "*fp32",
+                num_warps=warps, num_stages=1, ref_shape=shape,
+                flops=10.0 * r * d, min_bytes=r * d * (xt.itemsize + es) + 8.0 * r))
+            sig = {"x_ptr": px, "scale_ptr": pm, "w_ptr": pw, "b_ptr": pw, "mean_ptr": "*fp32", "rstd_ptr": "*fp32",
+                   "dy_ptr": py, "dx_ptr": px, "dshift_part_ptr": "*fp32", "dscale_part_ptr": "*fp32",
                    "dw_part_ptr": "*fp32", "db_part_ptr": "*fp32", "F": "i32", "D": "i32", "CHUNK": "i32",
                    "NCHUNK": "i32", "stride_x": "i32", "stride_m": "i32", "stride_dy": "i32", "stride_dx": "i32"}
             register(KernelConfig(
-                name=f"adaln_bwd[{'affine' if has_w else 'plain'},{p[1:]},D{block_d},M{bm_bwd}]",
+                name=f"adaln_bwd[{'affine' if has_w else 'plain'},{dts},D{block_d},M{bm_bwd}]",
                 fn=_adaln_bwd_kernel, signature=sig,
                 constexprs={"HAS_W": has_w, "HAS_B": has_w, "BLOCK_M": bm_bwd, "BLOCK_D": block_d},
-                num_warps=warps_bwd, num_stages=1, ref_shape=f"B={b},T={t},F={f},D={d}",
-                flops=20.0 * r * d, min_bytes=3.0 * r * d * es + 8.0 * r))
-        sig = {"x_ptr": p, "br_ptr": p, "gate_ptr": p, "out_ptr": p, "F": "i32", "D": "i32", "CHUNK": "i32",
+                num_warps=warps_bwd, num_stages=1, ref_shape=shape,
+                flops=20.0 * r * d, min_bytes=r * d * (2 * xt.itemsize + es) + 8.0 * r))
+        sig = {"x_ptr": px, "br_ptr": pm, "gate_ptr": pm, "out_ptr": py, "F": "i32", "D": "i32", "CHUNK": "i32",
                "stride_x": "i32", "stride_br": "i32", "stride_m": "i32", "stride_o": "i32"}
         register(KernelConfig(
             name=f"gated_residual_fwd[{tag}]", fn=_gated_residual_fwd_kernel, signature=sig,
             constexprs={"BLOCK_M": block_m, "BLOCK_D": block_d}, num_warps=warps, num_stages=1,
-            ref_shape=f"B={b},T={t},F={f},D={d}", flops=2.0 * r * d, min_bytes=3.0 * r * d * es))
-        sig = {"br_ptr": p, "gate_ptr": p, "dout_ptr": p, "dbr_ptr": p, "dgate_part_ptr": "*fp32", "F": "i32",
+            ref_shape=shape, flops=2.0 * r * d, min_bytes=r * d * (xt.itemsize + mt.itemsize + es)))
+        sig = {"br_ptr": pm, "gate_ptr": pm, "dout_ptr": py, "dbr_ptr": pm, "dgate_part_ptr": "*fp32", "F": "i32",
                "D": "i32", "CHUNK": "i32", "NCHUNK": "i32", "stride_br": "i32", "stride_m": "i32",
                "stride_do": "i32", "stride_dbr": "i32"}
         register(KernelConfig(
             name=f"gated_residual_bwd[{tag}]", fn=_gated_residual_bwd_kernel, signature=sig,
             constexprs={"BLOCK_M": block_m, "BLOCK_D": block_d}, num_warps=warps, num_stages=1,
-            ref_shape=f"B={b},T={t},F={f},D={d}", flops=4.0 * r * d, min_bytes=3.0 * r * d * es))
-
+            ref_shape=shape, flops=4.0 * r * d, min_bytes=r * d * (2 * mt.itemsize + es)))
 
 _register()

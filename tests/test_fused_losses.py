@@ -527,10 +527,20 @@ def test_gpu_frame_adaln_bf16_large(frame_len, d):
         assert_ratio(o, r, p, ratio=3.0, atol=1e-3, what=name)
 
 
-def test_mixed_dtypes_fall_back_or_raise():
-    x = torch.randn(1, 4, 8, dtype=torch.float16)
-    m = torch.randn(1, 2, 8)
+def test_mixed_dtypes_promote_like_the_reference():
+    """Under autocast the modulation is bf16/fp16 while the residual stream is fp32."""
+    x = torch.randn(2, 6, 24, dtype=torch.float16, requires_grad=True)
+    sh = torch.randn(2, 3, 24, requires_grad=True)
+    sc = (0.2 * torch.randn(2, 3, 24)).requires_grad_()
+    br = torch.randn(2, 6, 24, requires_grad=True)
+    res = {}
+    for backend in ("torch", "triton"):
+        y = frame_adaln_modulate(x, sh, sc, 2, backend=backend)
+        out = frame_gated_residual(x, br, sh.half(), 2, backend=backend)
+        g = torch.autograd.grad(y.sum() + out.float().square().sum(), (x, sh, sc, br))
+        res[backend] = (y, out, *g)
+    for a, b in zip(res["torch"], res["triton"]):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(b, a, rtol=2e-3, atol=2e-3)
     with pytest.raises(ValueError, match="one dtype"):
-        frame_adaln_modulate(x, m, m, 2, backend="triton")
-    out = frame_adaln_modulate(x, m, m, 2, backend="auto")  # auto takes the reference, which promotes
-    assert out.dtype == torch.float32
+        gaussian_kl(torch.randn(3, 4), torch.randn(3, 4, dtype=torch.float16), backend="triton")

@@ -15,7 +15,13 @@ class _FrameAdaLNFn(torch.autograd.Function):
         from fastlam.kernels.frame_adaln import adaln_fwd
 
         x2, sh2, sc2 = _rows(x), _rows(shift), _rows(scale)
-        y, mean, rstd = adaln_fwd(x2, sh2, sc2, weight, bias, frame_len, eps)
+        # mixed dtypes (autocast: bf16 modulation, fp32 residual stream) give the promoted dtype,
+        # as the reference's arithmetic does
+        out_dtype = x.dtype
+        for t in (shift, scale, weight, bias):
+            if t is not None:
+                out_dtype = torch.promote_types(out_dtype, t.dtype)
+        y, mean, rstd = adaln_fwd(x2, sh2, sc2, weight, bias, frame_len, eps, out_dtype)
         # mean / rstd are fp32 per token: 8 bytes a row instead of the normalised activations
         ctx.save_for_backward(x2, sc2, weight, bias, mean, rstd)
         ctx.meta = (x.shape, shift.shape, shift.dtype, frame_len)
@@ -38,9 +44,10 @@ class _FrameGatedResidualFn(torch.autograd.Function):
         from fastlam.kernels.frame_adaln import gated_residual_fwd
 
         br2, g2 = _rows(branch), _rows(gate)
-        out = gated_residual_fwd(_rows(x), br2, g2, frame_len)
+        out_dtype = torch.promote_types(torch.promote_types(x.dtype, branch.dtype), gate.dtype)
+        out = gated_residual_fwd(_rows(x), br2, g2, frame_len, out_dtype)
         ctx.save_for_backward(br2, g2)
-        ctx.meta = (x.shape, gate.shape, frame_len)
+        ctx.meta = (x.shape, x.dtype, gate.shape, frame_len)
         return out.view(x.shape)
 
     @staticmethod
@@ -48,12 +55,12 @@ class _FrameGatedResidualFn(torch.autograd.Function):
         from fastlam.kernels.frame_adaln import gated_residual_bwd
 
         br2, g2 = ctx.saved_tensors
-        xshape, gshape, frame_len = ctx.meta
+        xshape, xdtype, gshape, frame_len = ctx.meta
         dbr = dgate = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             dbr, dgate = gated_residual_bwd(br2, g2, _rows(dout), frame_len)
             dbr, dgate = dbr.view(xshape), dgate.to(g2.dtype).view(gshape)
-        return dout, dbr, dgate, None
+        return dout.to(xdtype), dbr, dgate, None
 
 
 def triton_frame_adaln_modulate(x, shift, scale, frame_len, weight=None, bias=None, eps=1e-6):

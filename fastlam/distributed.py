@@ -603,8 +603,9 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def train_flops_per_clip(model: nn.Module) -> float:
-    """Model FLOPs of one training clip: 2 x params x tokens per forward matmul, plus the
-    frame-causal attention (QK^T and AV over on average half the clip's frames); the frozen
+    """Model FLOPs of one training clip: 2 x params x tokens per forward matmul, plus attention
+    (QK^T and AV: 4 x tokens x keys x width per layer; the encoder and predictor are
+    frame-causal, half the clip's frames on average, the IDM attends to all); the frozen
     encoder runs forward only, the trainable parts forward + backward (x3). Activation
     recomputation is not counted (MFU convention)."""
     cfg = model.cfg
@@ -612,17 +613,16 @@ def train_flops_per_clip(model: nn.Module) -> float:
     n = grid * grid
     t = cfg.frames // cfg.encoder.tubelet
 
-    def part(module: nn.Module | None, tokens: int, depth: int, width: int) -> float:
+    def part(module: nn.Module | None, tokens: int, depth: int, width: int, frames: int, causal: bool) -> float:
         if module is None:
             return 0.0
         matmul = sum(p.numel() for p in module.parameters() if p.ndim >= 2)
-        ctx = n * (t + 1) / 2  # frame-causal keys per query, on average
-        return 2.0 * matmul * tokens + 4.0 * depth * tokens * ctx * width
+        keys = n * (frames + 1) / 2 if causal else n * frames
+        return 2.0 * matmul * tokens + 4.0 * depth * tokens * keys * width
 
-    enc_w = model.encoder.width
-    enc = part(model.encoder, t * n, len(getattr(model.encoder, "blocks", [])), enc_w)
-    idm = part(model.idm, t * n, cfg.idm.depth, cfg.idm.width)
-    pred = part(model.predictor, (t - 1) * n, cfg.predictor.depth, cfg.predictor.width)
+    enc = part(model.encoder, t * n, len(model.encoder.blocks), model.encoder.width, t, cfg.encoder.frame_causal)
+    idm = part(model.idm, t * n, cfg.idm.depth, cfg.idm.width, t, False)
+    pred = part(model.predictor, (t - 1) * n, cfg.predictor.depth, cfg.predictor.width, t - 1, True)
     return enc + 3.0 * (idm + pred)
 
 

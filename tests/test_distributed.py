@@ -205,6 +205,9 @@ def test_zero2_matches_one_process_and_resumes_exactly_after_kill9_mid_save(work
     for step in ds:
         assert ds[step] == pytest.approx(single[step], rel=2e-3), (step, ds, single)
     assert ds[4] < ds[1]  # it trains
+    rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    # Throughput of the whole job: 8 clips per step; 4 steps x 2 x 2 patches = 16 tokens per clip.
+    assert all(r["tokens_per_s"] == pytest.approx(16 * r["clips_per_s"]) and r["clips_per_s"] > 0 for r in rows)
 
     # Same run, killed with SIGKILL while saving its step-4 checkpoint: every shard is on
     # disk, `latest` not yet replaced.

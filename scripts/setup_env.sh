@@ -17,3 +17,8 @@ fi
 # building its CUDA/C++ ops; the one CPU op it needs is JIT-built on first use.
 export DS_BUILD_OPS=0
 "$VPY" -m pip install -q -e ".[dev]"
+# Build the csrc/ preprocessing extension now (JIT, cached under TORCH_EXTENSIONS_DIR) so the
+# first test run does not pay ~30-100 s for it; without a compiler the PyTorch path is used.
+"$VPY" -c "from fastlam.data.preprocess import load_extension, extension_status; load_extension(); print('preprocessing:', extension_status())" || true
+# NVIDIA DALI (GPU decoding; CPU decoding of VP8/VP9/MJPEG) is the optional `dali` extra
+# (~200 MB): pip install -e ".[dali]". The tests that need it skip without it.

@@ -22,10 +22,12 @@ bit); the upstream gradients of both losses are read on device.
 Launch heuristics (from sm_90 builds: registers, spills, HGMMA): BLOCK_D = next_pow2(D)
 (<= 256); the argmin kernel takes BLOCK_N = 64 rows with half operands from N >= 1024 on (HGMMA,
 96 registers), else 32 (fp32 operands at 64 rows reach 254 registers), BLOCK_K = 64 codes,
-4 warps (8 with fp32 operands: 4 spill on sm_80), and as many K splits as fill ~2 programs per SM; the epilogue and backward take
+4 warps (8 with fp32 operands: tf32x3 at 4 warps reaches 255 registers), and as many K splits as fill ~2 programs per SM; the epilogue and backward take
 32-row tiles with 8 warps (64 rows at 4 warps spill). Dot operands:
 fp16/bf16 when both z and the codebook are (exact products, fp32 accumulation), else fp32 with
-``input_precision="ieee"`` so the indices match the fp32 reference except at exact ties.
+``input_precision=FP32_PRECISION`` ("tf32x3": three TF32 tensor-core products, within a few
+fp32 ulps of the exact distance, so the indices match the fp32 reference except at ties closer
+than that; "ieee" would run on the FMA units, several times slower at K = 32768).
 Under the interpreter half operands are upcast (bf16 ``tl.dot`` is wrong there).
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .registry import KernelConfig, register
 
 MAX_D = 256
 BLOCK_K = 64
+FP32_PRECISION = "tf32x3"
 EPI_BLOCK_N = 32
 EPI_WARPS = 8
 
@@ -149,7 +152,7 @@ def _dot_f32(z: torch.Tensor, cb: torch.Tensor) -> bool:
 
 
 def _argmin_warps(dot_f32: bool) -> int:
-    return 8 if dot_f32 else 4  # fp32 FMA dot at 4 warps spills on sm_80
+    return 8 if dot_f32 else 4  # the tf32x3 dot at 4 warps sits at the 255-register cap
 
 
 def _block_n(n: int, dot_f32: bool) -> int:
@@ -175,7 +178,7 @@ def vq_fwd(z: torch.Tensor, codebook: torch.Tensor):
     cand_i = torch.empty((n, split), device=dev, dtype=torch.int32)
     _vq_argmin_kernel[(row_blocks, split)](
         z, codebook, cbsq, cand_d, cand_i, n, k, d, k_per_split, split, z.stride(0), codebook.stride(0),
-        DOT_F32=dot_f32, PRECISION="ieee", BLOCK_N=block_n, BLOCK_K=BLOCK_K, BLOCK_D=block_d,
+        DOT_F32=dot_f32, PRECISION=FP32_PRECISION, BLOCK_N=block_n, BLOCK_K=BLOCK_K, BLOCK_D=block_d,
         num_warps=_argmin_warps(dot_f32), num_stages=3,
     )
     idx = torch.empty(n, device=dev, dtype=torch.int64)
@@ -217,9 +220,9 @@ def _register():
                 signature={"z_ptr": zp, "cb_ptr": cp, "cbsq_ptr": "*fp32", "cand_d_ptr": "*fp32", "cand_i_ptr": "*i32",
                            "N": "i32", "K": "i32", "D": "i32", "K_PER_SPLIT": "i32", "SPLIT": "i32",
                            "stride_z": "i32", "stride_cb": "i32"},
-                constexprs={"DOT_F32": f32, "PRECISION": "ieee", "BLOCK_N": block_n, "BLOCK_K": BLOCK_K,
+                constexprs={"DOT_F32": f32, "PRECISION": FP32_PRECISION, "BLOCK_N": block_n, "BLOCK_K": BLOCK_K,
                             "BLOCK_D": d},
-                num_warps=_argmin_warps(f32), num_stages=3, expects_mma=not f32,
+                num_warps=_argmin_warps(f32), num_stages=3, expects_mma=True,
                 ref_shape=f"N={n},K={k},D={d}",
                 flops=2.0 * n * k * d, min_bytes=n * d * (zt.itemsize) + k * d * ct.itemsize + 8.0 * n))
         tag = f"z{zp[1:]},cb{cp[1:]},N{EPI_BLOCK_N},D{d}"

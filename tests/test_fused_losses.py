@@ -357,10 +357,13 @@ def test_vq_bad_input():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("cb_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("n,k", [(8192, 32768), (112, 32768), (1000, 1024)])
-def test_gpu_vq_bf16_large(n, k):
+def test_gpu_vq_bf16_large(n, k, cb_dtype):
+    """bf16 latents against a bf16 codebook (bf16 tensor-core distances) or an fp32 one (the
+    autocast case: tf32x3 distances)."""
     z = torch.randn(n, 128, device=DEV, dtype=torch.bfloat16)
-    codebook = torch.randn(k, 128, device=DEV, dtype=torch.bfloat16)
+    codebook = torch.randn(k, 128, device=DEV, dtype=cb_dtype)
     ref = vq_nearest(z, codebook, backend="torch")
     out = vq_nearest(z, codebook, backend="triton")
     mism = (out != ref).nonzero().flatten()

@@ -8,7 +8,9 @@ weights, gradients and optimizer state each rank holds (``fastlam.distributed.ra
 tensors walked, storages counted once) and the process's peak RSS. The single-process
 baseline is measured the same way in this process (the model, its gradients and torch's
 Muon + AdamW state after one step). Prints a Markdown table and writes ``memory.md``/``.json``.
-On CPU (gloo) the byte counts are exact; RSS includes the Python/torch runtime (~0.5 GB).
+On CPU (gloo) the byte counts are exact; RSS includes the Python/torch runtime (~0.5 GB) and
+DeepSpeed's communication buckets. Gradients are counted at the end of the first backward
+(ZeRO-1's full-size gradients during backward are not seen there).
 """
 from __future__ import annotations
 
@@ -77,7 +79,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     overrides = DEFAULTS + args.overrides
     # One process holds what every DDP rank holds.
-    rows = {"1 process / DDP (torch Muon+AdamW)": [single_process(overrides)]}
+    rows = {"1 process / DDP rank (torch optimizers)": [single_process(overrides)]}
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
@@ -96,8 +98,8 @@ def main() -> int:
             rows[f"ZeRO-{stage}, encoder {placement}"] = mem["per_rank"]
     mb = 1 / 2**20
     lines = [f"Per-rank memory, {args.nproc} ranks, measured on {'GPU' if torch.cuda.is_available() else 'CPU (gloo)'}; "
-             f"trainable {rows['1 process / DDP (torch Muon+AdamW)'][0]['trainable'] / 1e6:.1f} M, frozen encoder "
-             f"{rows['1 process / DDP (torch Muon+AdamW)'][0]['frozen'] / 1e6:.1f} M parameters (fp32)", "",
+             f"trainable {rows['1 process / DDP rank (torch optimizers)'][0]['trainable'] / 1e6:.1f} M, frozen encoder "
+             f"{rows['1 process / DDP rank (torch optimizers)'][0]['frozen'] / 1e6:.1f} M parameters (fp32)", "",
              "| run | weights MB | grads MB | optimizer MB | total MB | peak RSS MB |", "|---|---|---|---|---|---|"]
     for name, ranks in rows.items():
         r = ranks[0]  # ranks hold equal shares; rank 0 shown

@@ -547,3 +547,14 @@ def test_mixed_dtypes_promote_like_the_reference():
         torch.testing.assert_close(b, a, rtol=2e-3, atol=2e-3)
     with pytest.raises(ValueError, match="one dtype"):
         gaussian_kl(torch.randn(3, 4), torch.randn(3, 4, dtype=torch.float16), backend="triton")
+
+
+def test_retained_graph_backward_twice_gives_the_same_gradient():
+    pred = torch.randn(2, 5, 12, requires_grad=True)
+    target = torch.randn(2, 5, 12)
+    for grad_mode in ("fused", "recompute"):
+        loss = 2.5 * prediction_loss(pred, target, backend="triton", grad_mode=grad_mode)
+        (g1,) = torch.autograd.grad(loss, pred, retain_graph=True)
+        (g2,) = torch.autograd.grad(loss, pred)
+        assert torch.equal(g1, g2)
+        torch.testing.assert_close(g1, 2.5 * torch.sign(pred.detach() - target) / pred.numel())

@@ -28,6 +28,7 @@ class _FrameAdaLNFn(torch.autograd.Function):
         return y.view(x.shape)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         from fastlam.kernels.frame_adaln import adaln_bwd
 
@@ -51,6 +52,7 @@ class _FrameGatedResidualFn(torch.autograd.Function):
         return out.view(x.shape)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dout):
         from fastlam.kernels.frame_adaln import gated_residual_bwd
 

@@ -28,12 +28,14 @@ class _PredictionLossFn(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         kind, normalize_target, eps, shape, numel, fused = ctx.cfg
         if fused:
             (grad,) = ctx.saved_tensors
-            # the buffer is private to this call, so scaling it in place is safe
-            grad = grad.mul_((grad_out.float() / numel).to(grad.dtype))
+            # out of place: scaling the saved buffer in place would scale it again on a second
+            # backward through a retained graph
+            grad = grad * (grad_out.float() / numel).to(grad.dtype)
         else:
             from fastlam.kernels.prediction_loss import prediction_loss_bwd
 

@@ -22,6 +22,7 @@ class _SparseRegularizerFn(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         from fastlam.kernels.sparse_reg import sparse_bwd
 
@@ -56,6 +57,7 @@ class _GaussianFn(torch.autograd.Function):
         return z, kl
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, *grads):
         from fastlam.kernels.gaussian import gaussian_bwd
 
@@ -93,6 +95,7 @@ class _VectorQuantizeFn(torch.autograd.Function):
         return zq, idx, mse, commitment * mse, counts, bad
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dzq, _didx, g_cb, g_commit, _dcounts, _dbad):
         from fastlam.kernels.vq import vq_bwd
 

@@ -505,6 +505,18 @@ def _nbytes(data) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def batch_from_peaks(peaks: dict, free_bytes: float, cap: int = 256, fill: float = 0.9) -> tuple[int, float, float]:
+    """(batch, fixed bytes, bytes per clip) from peak memory at two batch sizes ``{b: bytes}``:
+    the largest batch whose linear-fit peak stays under ``fill`` of the free memory, a multiple
+    of 8 from 16 on, at least 1 and at most ``cap``."""
+    (b1, p1), (b2, p2) = sorted(peaks.items())
+    per_clip = max((p2 - p1) / (b2 - b1), 1.0)
+    fixed = p1 - b1 * per_clip
+    b = int((fill * free_bytes - fixed) // per_clip)
+    b = max(1, min(cap, b - b % 8 if b >= 16 else b))
+    return b, fixed, per_clip
+
+
 def fit_batch(size: Size, mode: str, device: torch.device, init_state: dict, notes: list, cap: int = 256) -> int:
     """Largest batch the plain reference (the most memory-hungry backend: dense mask, unfused
     ops) fits in ~90% of the device, from a linear fit of its steady-state peak memory (second
@@ -517,10 +529,7 @@ def fit_batch(size: Size, mode: str, device: torch.device, init_state: dict, not
         peaks[b] = res.row["peak_mem_gb"] * 2**30 + _nbytes(data)
         del data, res
         torch.cuda.empty_cache()
-    per_clip = max((peaks[4] - peaks[2]) / 2, 1.0)
-    fixed = peaks[2] - 2 * per_clip
-    b = int((0.9 * total - torch.cuda.memory_allocated() - fixed) // per_clip)
-    b = max(1, min(cap, b - b % 8 if b >= 16 else b))
+    b, fixed, per_clip = batch_from_peaks(peaks, total - torch.cuda.memory_allocated(), cap)
     notes.append(f"{size.name}/{mode}: batch {b} from the reference's peak memory "
                  f"({fixed / 2**30:.1f} GiB fixed + {per_clip / 2**30:.2f} GiB per clip, 90% of "
                  f"{total / 2**30:.0f} GiB)")

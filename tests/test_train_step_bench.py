@@ -140,6 +140,15 @@ def test_flop_count_matches_torch_flop_counter():
     assert counter.get_total_flops() == pytest.approx(2 * bench.ac_flops(ac, 4, 2, dense=True), rel=1e-12)
 
 
+def test_batch_from_peaks():
+    gib = 2**30
+    # 10 GiB fixed + 2 GiB per clip in 80 GiB: 0.9 * 80 = 72 -> 31 clips -> 24 (multiple of 8).
+    assert bench.batch_from_peaks({2: 14 * gib, 4: 18 * gib}, 80 * gib) == (24, 10 * gib, 2 * gib)
+    assert bench.batch_from_peaks({4: 18 * gib, 2: 14 * gib}, 30 * gib)[0] == 8  # 8.5 -> 8, below 16 kept
+    assert bench.batch_from_peaks({2: 14 * gib, 4: 18 * gib}, 5 * gib)[0] == 1  # never below 1
+    assert bench.batch_from_peaks({2: 2.0, 4: 4.0}, 1e12, cap=64)[0] == 64
+
+
 def test_allowed_pairs_frame_causal():
     # 3 frames of 2 tokens: frame t sees (t + 1) frames -> 2 * 2 * (1 + 2 + 3) pairs.
     assert bench.allowed_pairs(3, 2, "frame_causal") == 24
@@ -202,6 +211,43 @@ def test_tiny_triton_gradients_match_reference():
         assert ours is not None and ref is not None, name
         rel = ((ours - ref).norm() / ref.norm().clamp_min(1e-30)).item()
         assert rel < 1e-4, f"{name}: relative gradient difference {rel:.2e}"
+
+
+def test_ac_predictor_step_runs_the_same_on_every_cpu_backend():
+    """The V-JEPA 2-AC step (teacher forcing + 2-step rollout, 2 prefix tokens per frame) at a
+    tiny size: the path the ``ac`` GPU size takes."""
+    cfg = bench.ACPredictorConfig(embed_dim=24, width=32, depth=1, heads=2, grid_size=2)
+    size = bench.Size("ac_tiny", "ac", cfg, 2, modes=("states",), ac_frames=4)
+    init = bench.build_model(size, CPU, 0).state_dict()
+    data = bench.make_batch(size, "states", 2, CPU, 0)
+    assert [tuple(t.shape) for t in data] == [(2, 4, 4, 24), (2, 3, 7), (2, 4, 7)]
+    names = ["reference"] + (["fastlam_triton"] if INTERPRETER else [])
+    runs = {n: bench.run_variant(size, "states", n, 2, data, CPU, init, steps=1, warmup=1) for n in names}
+    ref = runs["reference"]
+    assert ref.row["tokens_per_clip"] == 3 * (4 + 2) and ref.row["predictor_ms"] > 0
+    assert ref.row["train_flop_per_clip"] == pytest.approx(3 * bench.ac_flops(bench.build_model(size, CPU, 0), 4, 2),
+                                                           rel=1e-3)
+    assert len(ref.losses) == 2 and ref.losses[0] != ref.losses[1]
+    if INTERPRETER:
+        assert runs["fastlam_triton"].losses[0] == pytest.approx(ref.losses[0], rel=1e-5)
+        assert runs["fastlam_triton"].losses[1] == pytest.approx(ref.losses[1], rel=5e-3)
+
+
+@pytest.mark.gpu
+def test_tiny_step_on_cuda_times_parts_and_memory():
+    """The CUDA path of the benchmark (events, bf16 autocast, peak memory, measured peak) at the
+    tiny size, so the GPU suite's tests catch a broken benchmark before its long run."""
+    size, dev = _tiny(), torch.device("cuda")
+    init = {k: v.cpu() for k, v in bench.build_model(size, dev, 0).state_dict().items()}
+    data = bench.make_batch(size, "video", 2, dev, 0)
+    rows = {n: bench.run_variant(size, "video", n, 2, data, dev, init, steps=2, warmup=1).row
+            for n in ("reference", "fastlam_triton")}
+    for r in rows.values():
+        assert r["status"] == "ok" and r["peak_mem_gb"] > 0 and r["step_ms"] > 0 and r["encoder_ms"] > 0
+        assert all(r[f"{k}_ms"] >= 0 for k in ("idm", "predictor", "losses", "optimizer"))
+    # bf16 autocast: the first (pre-update) losses agree to bf16 precision.
+    assert rows["fastlam_triton"]["loss_first"] == pytest.approx(rows["reference"]["loss_first"], rel=2e-2)
+    assert bench.measured_bf16_peak(n=2048, iters=5) > 1e12
 
 
 def test_gpu_sizes_skip_cleanly_without_cuda(tmp_path, capsys):

@@ -750,6 +750,8 @@ def plot(rows, meta, path: Path) -> Path | None:
         ax.set_xticklabels([f"{s}\n{m}" for s, m in cases])
         ax.set_ylabel(label)
     axes[0].legend(fontsize=8)
+    if not any(r.get("peak_mem_gb") for r in ok):
+        axes[1].text(0.5, 0.5, "peak memory is measured on CUDA only", ha="center", transform=axes[1].transAxes)
     # Step-time split of every (case, backend), stacked.
     parts = ["encoder", "idm", "predictor", "losses", "optimizer"]
     labels = [f"{s}/{m}\n{b}" for s, m in cases for b in backends if get(b, (s, m), "step_ms")]

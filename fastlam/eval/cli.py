@@ -1,0 +1,378 @@
+"""``python -m fastlam.eval <task> ...``: the paper's evaluations from the command line.
+
+Every task writes a JSON file with a fixed name (and PNGs where it draws) into ``--out``;
+``report`` gathers them into one Markdown file. See the README's "Evaluations" section for
+the whole sequence (generate -> train -> controller -> ac-baseline -> plan -> report).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from . import action_data
+from .common import encode_batched, load_clips, load_lam, pyplot, write_json
+
+
+def _traj(model, data: str, steps: int, stride: int | None = None):
+    ds = action_data.TrajectoryDataset(data, steps=steps, tubelet=model.cfg.encoder.tubelet,
+                                       size=model.cfg.image_size, stride=stride)
+    return ds
+
+
+def _split(ds, val_frac: float = 0.2):
+    """Held-out episodes: the last ``val_frac`` of them (at least one) never train anything."""
+    n_ep = len(ds.episodes)
+    n_val = max(1, int(round(n_ep * val_frac))) if n_ep > 1 else 0
+    cut = n_ep - n_val
+    train = [i for i, (e, _) in enumerate(ds.index) if e < cut]
+    val = [i for i, (e, _) in enumerate(ds.index) if e >= cut] or train
+    return train, val
+
+
+# ---- tasks --------------------------------------------------------------------------------
+def run_generate(args) -> Path:
+    fn = action_data.generate_arm if args.env == "arm" else action_data.generate_nav
+    root = fn(args.out, episodes=args.episodes, steps=args.steps, size=args.size, seed=args.seed,
+              mp4_fps=None if args.no_mp4 else 4.0)
+    print(f"wrote {args.episodes} {args.env} episodes to {root}")
+    return root
+
+
+def run_capacity(args) -> Path:
+    from .capacity import compare_capacity
+
+    models = {Path(c).name if Path(c).name != "final" else Path(c).parent.name: load_lam(c, args.expect_regularizer)
+              for c in args.checkpoint}
+    first = next(iter(models.values()))
+    video = load_clips(args.data, first.cfg, args.clips, seed=args.seed)
+    res = compare_capacity(models, video)
+    res["checkpoints"] = args.checkpoint
+    return write_json(Path(args.out) / "capacity.json", res)
+
+
+def run_sweep(args) -> Path:
+    from ..config import load_config
+    from ..train import TrainConfig
+    from .capacity import PAPER_GRIDS, capacity_sweep
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    values = args.values or PAPER_GRIDS[args.kind]
+    video = load_clips(args.data or cfg.data.source, cfg.model, args.clips, seed=args.seed)
+    res = capacity_sweep(cfg, args.kind, values, args.out, video)
+    print(f"capacity curve: {res['png']}")
+    return Path(args.out) / "capacity_sweep.json"
+
+
+def run_leakage(args) -> Path:
+    from .leakage import future_leakage
+
+    model = load_lam(args.checkpoint, args.expect_regularizer)
+    video = load_clips(args.data, model.cfg, args.clips, seed=args.seed)
+    if video.shape[0] < 2:
+        raise ValueError("--clips: the splice needs at least 2 clips (the second scene comes from another clip)")
+    res = future_leakage(model, video, video.roll(1, dims=0), cut_step=args.cut_step)
+    res["checkpoint"] = args.checkpoint
+    print(f"leakage ratio (latent L1): x{res['latent_l1']['ratio']:.3f}")
+    return write_json(Path(args.out) / "leakage.json", res)
+
+
+def run_transfer(args) -> Path:
+    from .transfer import cycle_transfer
+
+    model = load_lam(args.checkpoint, args.expect_regularizer)
+    video = load_clips(args.data, model.cfg, args.clips, seed=args.seed)
+    res = cycle_transfer(model, video)
+    res["checkpoint"] = args.checkpoint
+    print(f"cycle / own error: x{res['latent_l1']['ratio']:.3f}")
+    return write_json(Path(args.out) / "transfer.json", res)
+
+
+def controller_data(model, data: str, steps: int | None = None):
+    """(train, val) pairs (states, actions, IDM latents) from an action-labelled dataset."""
+    from .controller import controller_pairs
+
+    if model.idm is None:
+        raise ValueError("checkpoint: a 'deterministic' model has no latent actions to control")
+    steps = steps or model.cfg.frames // model.cfg.encoder.tubelet
+    ds = _traj(model, data, steps)
+    if ds.action_dim is None:
+        raise ValueError(f"--data: {data} has no actions.npy; a controller run needs action-labelled trajectories")
+    tr, va = _split(ds)
+    out = []
+    for idx in (tr, va):
+        b = ds.batch(idx)
+        states = encode_batched(model, b["video"])
+        z = model.infer_actions(states=states)
+        out.append(controller_pairs(states, b["actions"], z))
+    return out
+
+
+def run_controller(args) -> Path:
+    from .controller import (ControllerConfig, ControllerTrainConfig, build_controller, controller_error,
+                             save_controller, train_controller)
+
+    torch.manual_seed(args.seed)
+    model = load_lam(args.checkpoint, args.expect_regularizer)
+    (s_tr, a_tr, z_tr), (s_va, a_va, z_va) = controller_data(model, args.data)
+    tcfg = ControllerTrainConfig(iterations=args.iterations, warmup=args.warmup, batch_size=args.batch_size,
+                                 lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
+    var = float(z_va.var(0, unbiased=False).sum())
+    res, curves = {"pairs_train": int(s_tr.shape[0]), "pairs_val": int(s_va.shape[0]),
+                   "latent_variance": var, "train": vars(tcfg)}, {}
+    for kind in ("state", "mlp"):
+        ccfg = ControllerConfig(kind=kind, state_dim=s_tr.shape[-1], action_dim=a_tr.shape[-1],
+                                latent_dim=z_tr.shape[-1], width=args.width, heads=args.heads,
+                                mlp_hidden=args.width)
+        ctrl = build_controller(ccfg)
+        curves[kind] = train_controller(ctrl, s_tr, a_tr, z_tr, tcfg, log_every=args.log_every)
+        err = controller_error(ctrl, s_va, a_va, z_va)
+        res[kind] = {"val_l2": err, "val_fvu": err / max(var, 1e-12), "train_l2_last": curves[kind][-1],
+                     "dir": str(save_controller(ctrl, Path(args.out) / ("controller" if kind == "state" else "controller_mlp")))}
+        print(f"controller {kind}: held-out L2 {err:.4f} (fraction of variance unexplained {err / max(var, 1e-12):.3f})")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, c in curves.items():
+        ax.plot(c, label="state + action" if kind == "state" else "actions only")
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("L2 to IDM latents")
+    ax.legend()
+    fig.tight_layout()
+    png = Path(args.out) / "controller_loss.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    res["png"] = str(png)
+    res["checkpoint"] = args.checkpoint
+    return write_json(Path(args.out) / "controller.json", res)
+
+
+def run_ac_baseline(args) -> Path:
+    from .planning import ACBaselineConfig, train_ac_baseline
+
+    model = load_lam(args.checkpoint)
+    steps = args.steps or model.cfg.frames // model.cfg.encoder.tubelet
+    ds = _traj(model, args.data, steps)
+    kind = ds.kind or ("recon" if ds.action_dim == 3 else "droid")
+    tr, _ = _split(ds)
+    b = ds.batch(tr)
+    if "proprio" not in b:
+        raise ValueError(f"--data: {args.data} has no proprio.npy; the action-conditioned baseline needs it")
+    states = encode_batched(model, b["video"])
+    cfg = ACBaselineConfig(width=args.width, depth=args.depth, heads=args.heads, iterations=args.iterations,
+                           batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    ac, losses = train_ac_baseline(states, b["actions"], b["proprio"], cfg, kind=kind, log_every=args.log_every)
+    d = ac.save_pretrained(Path(args.out) / "ac_baseline")
+    print(f"AC baseline: L1 {losses[0]:.4f} -> {losses[-1]:.4f}; saved to {d}")
+    return write_json(Path(args.out) / "ac_baseline.json",
+                      {"dir": str(d), "kind": kind, "loss_first": losses[0], "loss_last": losses[-1],
+                       "config": vars(cfg), "checkpoint": args.checkpoint})
+
+
+def run_plan(args) -> Path:
+    from ..models import ACPredictor
+    from .controller import load_controller
+    from .planning import CEMConfig, ACRollout, LatentRollout, plan_arm, plan_nav, relative_poses
+
+    model = load_lam(args.checkpoint, args.expect_regularizer)
+    arm = args.env == "arm"
+    horizon = args.horizon or (3 if arm else 8)
+    ds = _traj(model, args.data, horizon + 1, stride=horizon + 1)
+    if ds.action_dim is None:
+        raise ValueError(f"--data: {args.data} has no actions.npy; planning is scored against recorded actions")
+    _, val = _split(ds)
+    val = val[: args.episodes]
+    b = ds.batch(val)
+    states = encode_batched(model, b["video"])
+    defaults = (300, 10, 15) if arm else (120, 10, 1)
+    cem_cfg = CEMConfig(samples=args.samples or defaults[0], top_k=args.top_k or defaults[1],
+                        iterations=args.iterations or defaults[2])
+    proprio = b.get("proprio")
+    res = {"checkpoint": args.checkpoint, "data": args.data}
+    worlds = {}
+    if args.controller:
+        ctrl = load_controller(args.controller)
+        if ctrl.cfg.action_dim != ds.action_dim:
+            raise ValueError(f"--controller: trained for {ctrl.cfg.action_dim}-d actions, the data has {ds.action_dim}-d")
+        worlds["lam_controller"] = (LatentRollout(model, ctrl), states, None)
+    if args.ac_baseline:
+        ac = ACPredictor.from_pretrained(args.ac_baseline)
+        if ac.cfg.action_dim != ds.action_dim:
+            raise ValueError(f"--ac-baseline: trained for {ac.cfg.action_dim}-d actions, the data has {ds.action_dim}-d")
+        if proprio is None:
+            raise ValueError(f"--data: {args.data} has no proprio.npy, which the action-conditioned baseline needs")
+        worlds["ac_baseline"] = (ACRollout(ac, "droid" if arm else "recon"), states,
+                                 proprio if arm else relative_poses(proprio))
+    if not worlds:
+        raise ValueError("plan: pass --controller (LAM + controller) and/or --ac-baseline")
+    for name, (world, st, pr) in worlds.items():
+        if arm:
+            res[name] = plan_arm(world, st, b["actions"], pr, horizon=horizon, cfg=cem_cfg, seed=args.seed)
+            print(f"{name}: Delta_xyz {res[name]['delta_xyz']:.4f} m over {res[name]['episodes']} episodes")
+        else:
+            res[name] = plan_nav(world, st, b["actions"], pr, steps=horizon, cfg=cem_cfg, seed=args.seed)
+            print(f"{name}: ATE {res[name]['ate']:.3f}  RPE {res[name]['rpe']:.3f}")
+    if arm:
+        from .planning import delta_xyz
+
+        zero = delta_xyz(torch.zeros_like(b["actions"][:, :horizon]), b["actions"][:, :horizon])
+        res["zero_plan"] = {"delta_xyz": float(zero.mean()), "episodes": int(zero.numel())}
+    else:
+        from .action_data import integrate_actions
+        from .planning import ate_rpe
+
+        gt = b["actions"][:, :horizon]
+        totals = integrate_actions(torch.zeros(gt.shape[0], 3), gt)[:, -1].mean(0)
+        plan = (totals / horizon).expand(horizon, 3)
+        ate, rpe = ate_rpe(integrate_actions(torch.zeros(gt.shape[0], 3), plan.expand(gt.shape[0], -1, -1)),
+                           integrate_actions(torch.zeros(gt.shape[0], 3), gt))
+        res["mean_prior"] = {"ate": float(ate.mean()), "rpe": float(rpe.mean())}
+    return write_json(Path(args.out) / ("plan_arm.json" if arm else "plan_nav.json"), res)
+
+
+def run_sample(args) -> Path:
+    from .sampling import embedding_plot, sample_latents, sampling_stats
+
+    model = load_lam(args.checkpoint, args.expect_regularizer)
+    video = load_clips(args.data, model.cfg, args.clips, seed=args.seed)
+    inferred = model.infer_actions(states=encode_batched(model, video)).flatten(0, 1)
+    g = torch.Generator().manual_seed(args.seed)
+    sampled = sample_latents(model, args.samples, generator=g, langevin_iterations=args.langevin_iterations)
+    png = embedding_plot(sampled, inferred, Path(args.out) / "latent_embedding.png",
+                         title=f"{model.cfg.regularizer.kind}: sampled vs inferred latent actions")
+    return write_json(Path(args.out) / "sampling.json",
+                      {"regularizer": model.cfg.regularizer.kind, "samples": args.samples,
+                       "inferred": int(inferred.shape[0]), "stats": sampling_stats(sampled, inferred),
+                       "png": str(png), "checkpoint": args.checkpoint})
+
+
+def run_report(args) -> Path:
+    from .report import write_report
+
+    return write_report(args.results, args.out)
+
+
+# ---- parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m fastlam.eval", description="The paper's evaluations of a latent action world model.")
+    sub = ap.add_subparsers(dest="task", required=True)
+
+    def common(p, checkpoint=True, data=True, out=True):
+        if checkpoint:
+            p.add_argument("--checkpoint", required=True, help="LAM: a final/ directory or a training .pt")
+            p.add_argument("--expect-regularizer", default=None,
+                           help="refuse a checkpoint trained with another regularizer (none|deterministic|sparse|noisy|discrete)")
+        if data:
+            p.add_argument("--data", required=True, help="video source (folder / list / file) or 'synthetic'")
+        if out:
+            p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("generate", help="render simulated action-labelled episodes (no download)")
+    p.add_argument("env", choices=("arm", "nav"))
+    p.add_argument("--out", required=True)
+    p.add_argument("--episodes", type=int, default=32)
+    p.add_argument("--steps", type=int, default=24)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-mp4", action="store_true", help="write only frames.npy (no frames.mp4 for the trainer)")
+    p.set_defaults(fn=run_generate)
+
+    p = sub.add_parser("capacity", help="one-step IDM prediction error of one or more checkpoints")
+    p.add_argument("--checkpoint", required=True, nargs="+")
+    p.add_argument("--expect-regularizer", default=None)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--clips", type=int, default=16)
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(fn=run_capacity)
+
+    p = sub.add_parser("sweep", help="train one model per regularizer strength and draw the capacity curve")
+    p.add_argument("--config", required=True, help="training YAML shared by every run")
+    p.add_argument("--kind", required=True, choices=("sparse", "noisy", "discrete"))
+    p.add_argument("--values", type=float, nargs="*", default=None, help="strengths (default: the paper's grid)")
+    p.add_argument("--data", default=None, help="held-out clips (default: the config's data.source)")
+    p.add_argument("--clips", type=int, default=16)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("overrides", nargs="*", help="key.sub=value training overrides for every run")
+    p.set_defaults(fn=run_sweep)
+
+    for name, fn, help_ in (("leakage", run_leakage, "scene-cut splice: error with / without the cut"),
+                            ("transfer", run_transfer, "A -> B -> A cycle of latent actions")):
+        p = sub.add_parser(name, help=help_)
+        common(p)
+        p.add_argument("--clips", type=int, default=16)
+        if name == "leakage":
+            p.add_argument("--cut-step", type=int, default=None, help="time step of the cut (default: the middle)")
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("controller", help="train the controller and the actions-only baseline against IDM latents")
+    common(p)
+    p.add_argument("--iterations", type=int, default=3000)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.04)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--log-every", type=int, default=0)
+    p.set_defaults(fn=run_controller)
+
+    p = sub.add_parser("ac-baseline", help="train the action-conditioned (V-JEPA 2-AC style) baseline on true actions")
+    p.add_argument("--checkpoint", required=True, help="LAM whose frozen encoder produces the states")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--width", type=int, default=96)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--log-every", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=run_ac_baseline)
+
+    p = sub.add_parser("plan", help="CEM planning: arm (Delta_xyz) or navigation (ATE / RPE)")
+    p.add_argument("env", choices=("arm", "nav"))
+    common(p)
+    p.add_argument("--controller", default=None, help="controller folder from the 'controller' task")
+    p.add_argument("--ac-baseline", default=None, help="ac_baseline folder from the 'ac-baseline' task")
+    p.add_argument("--episodes", type=int, default=64)
+    p.add_argument("--horizon", type=int, default=None, help="arm: 3 steps; nav: 8 steps")
+    p.add_argument("--samples", type=int, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--iterations", type=int, default=None)
+    p.set_defaults(fn=run_plan)
+
+    p = sub.add_parser("sample", help="sample latent actions from the model's prior; 2-D plot vs inferred ones")
+    common(p)
+    p.add_argument("--clips", type=int, default=16)
+    p.add_argument("--samples", type=int, default=256)
+    p.add_argument("--langevin-iterations", type=int, default=500)
+    p.set_defaults(fn=run_sample)
+
+    p = sub.add_parser("report", help="write report.md from the JSON files under a results folder")
+    p.add_argument("--results", required=True)
+    p.add_argument("--out", default=None, help="report path (default: RESULTS/report.md)")
+    p.set_defaults(fn=run_report)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        path = args.fn(args)
+    except (ValueError, FileNotFoundError) as e:
+        ap.exit(2, f"error: {e}\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Shared pieces of the evaluations: loading a LAM with a regularizer check, held-out clips,
+batched encoding, the latent one-step error, JSON / PNG output.
+
+Every evaluation accepts any object with the world model's interface (``encode(video)``,
+``infer_actions(states=...)``, ``predict(states, actions)``, and ``idm`` = None for a model
+without latent actions), so constructed models with a known answer can be tested through the
+same code as a trained :class:`~fastlam.models.LatentActionWorldModel`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from ..models import LatentActionWorldModel
+
+REGULARIZER_KINDS = ("none", "deterministic", "sparse", "noisy", "discrete")
+
+
+def regularizer_kind(model) -> str:
+    cfg = getattr(model, "cfg", None)
+    return getattr(getattr(cfg, "regularizer", None), "kind", "unknown")
+
+
+def load_lam(path: str | Path, expect_regularizer: str | None = None,
+             device: str | torch.device = "cpu") -> LatentActionWorldModel:
+    """Load a LAM checkpoint in eval mode; with ``expect_regularizer`` refuse a checkpoint
+    trained with another regularizer (an evaluation of "noisy" on a sparse model would
+    silently report the wrong row of the paper's tables)."""
+    if expect_regularizer is not None and expect_regularizer not in REGULARIZER_KINDS:
+        raise ValueError(f"expect_regularizer: expected one of {REGULARIZER_KINDS}, got {expect_regularizer!r}")
+    model = LatentActionWorldModel.from_checkpoint(path, map_location="cpu").to(device).eval()
+    kind = regularizer_kind(model)
+    if expect_regularizer is not None and kind != expect_regularizer:
+        raise ValueError(f"checkpoint: {path} was trained with regularizer {kind!r}, "
+                         f"but the evaluation asks for {expect_regularizer!r}")
+    return model
+
+
+def has_latents(model) -> bool:
+    return getattr(model, "idm", True) is not None
+
+
+def check_video(video: torch.Tensor, name: str = "video") -> None:
+    if not isinstance(video, torch.Tensor) or video.dim() != 5 or not video.is_floating_point():
+        got = (tuple(video.shape), video.dtype) if isinstance(video, torch.Tensor) else type(video).__name__
+        raise ValueError(f"{name}: expected a float (B, 3, frames, H, W) tensor in [0, 1], got {got}")
+
+
+def check_states(states: torch.Tensor, name: str = "states", min_steps: int = 2) -> None:
+    if not isinstance(states, torch.Tensor) or states.dim() != 4 or states.shape[1] < min_steps:
+        got = tuple(states.shape) if isinstance(states, torch.Tensor) else type(states).__name__
+        raise ValueError(f"{name}: expected (B, T >= {min_steps}, N, D) states, got {got}")
+
+
+@torch.no_grad()
+def encode_batched(model, video: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """States (B, T, N, D) of ``video`` (B, 3, frames, H, W), ``batch_size`` clips at a time."""
+    check_video(video)
+    device = _device_of(model)
+    return torch.cat([model.encode(video[i:i + batch_size].to(device)).float().cpu()
+                      for i in range(0, video.shape[0], batch_size)])
+
+
+def _device_of(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def latents(model, states: torch.Tensor) -> torch.Tensor | None:
+    """IDM latents (B, T-1, A) in eval mode, or None for a model without latent actions."""
+    if not has_latents(model):
+        return None
+    return model.infer_actions(states=states)
+
+
+@torch.no_grad()
+def one_step_errors(model, states: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-transition L1 error (B, T-1) of predicting s_{t+1} from s_0..t and z_t, with the
+    IDM's own latents unless ``actions`` are given: the paper's capacity measure."""
+    check_states(states)
+    z = latents(model, states) if actions is None else actions
+    pred = model.predict(states[:, :-1], z)
+    return (pred.float() - states[:, 1:].float()).abs().mean(dim=(-2, -1))
+
+
+def state_fingerprint(model) -> str | None:
+    """A short hash of the frozen encoder's weights: latent errors of two models are only
+    comparable in the same state space."""
+    enc = getattr(model, "encoder", None)
+    if enc is None:
+        return None
+    h = hashlib.sha1()
+    for k, v in sorted(enc.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def load_clips(source: str, model_cfg, num_clips: int, *, seed: int = 1, fps: float = 4.0) -> torch.Tensor:
+    """Held-out clips (num_clips, 3, frames, H, W) shaped for ``model_cfg``: ``"synthetic"``
+    draws sprite clips (with a seed the trainer does not use by default), anything else is a
+    video source read with centre crops spread over each video."""
+    if num_clips < 1:
+        raise ValueError(f"num_clips: expected >= 1, got {num_clips}")
+    tub = model_cfg.encoder.tubelet
+    if source == "synthetic":
+        from ..data import make_sprite_clips
+
+        video, _ = make_sprite_clips(num_clips, steps=model_cfg.frames // tub, tubelet=tub,
+                                     size=model_cfg.image_size, seed=10_000 + seed)
+        return video
+    from ..data import VideoClipDataset, list_videos
+
+    n_videos = len(list_videos(source))
+    ds = VideoClipDataset(source, num_frames=model_cfg.frames, fps=fps,
+                          size=(model_cfg.image_size, model_cfg.image_size), crop="center", seed=seed,
+                          clips_per_video=max(1, math.ceil(num_clips / n_videos)))
+    idx = torch.linspace(0, len(ds) - 1, num_clips).round().long().unique()
+    return torch.stack([ds[int(i)] for i in idx])
+
+
+def summary(values: torch.Tensor) -> dict:
+    v = values.detach().float().flatten()
+    return {"mean": float(v.mean()), "std": float(v.std()) if v.numel() > 1 else 0.0, "n": int(v.numel())}
+
+
+def write_json(path: str | Path, obj: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=_jsonable))
+    return path
+
+
+def _jsonable(x):
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "item"):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def mean_of(xs: Iterable[float]) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")

@@ -1,0 +1,221 @@
+"""Controllers: real action (plus the previous state) -> latent action (lam-spec.md section 5).
+
+Latent actions inferred from in-the-wild video are camera-relative ("the view moved left"),
+so the same robot command maps to different latents from different viewpoints: an
+actions-only MLP cannot learn the map, the paper's controller also looks at the state.
+
+:class:`LatentController` (the paper's default): the previous state's tokens go through 2
+self-attention blocks; the action through a 3-layer MLP to the width; 1 cross-attention block
+in which the action token queries the processed state; a linear layer to the latent size
+(128). One token per step. :class:`ActionMLPController` is the actions-only baseline.
+Both are trained with L2 against the IDM latents (:func:`train_controller`), with the
+paper's optimiser as defaults (AdamW lr 1e-3, wd 0.04, 3,000 iterations, 300 warmup then
+cosine, batch 256).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.blocks import MLP, Block
+
+
+@dataclass
+class ControllerConfig:
+    kind: str = "state"  # state (the paper's controller) | mlp (actions only)
+    state_dim: int = 64  # D of the encoder states
+    action_dim: int = 7  # real actions
+    latent_dim: int = 128  # the LAM's latent action size
+    width: int = 256
+    heads: int = 4
+    self_blocks: int = 2
+    mlp_hidden: int = 256
+
+
+@dataclass
+class ControllerTrainConfig:
+    iterations: int = 3000
+    warmup: int = 300
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.04
+    seed: int = 0
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm cross-attention (queries attend to a context) followed by an MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width: expected a multiple of heads={heads}, got {dim}")
+        self.heads = heads
+        self.norm_q = nn.LayerNorm(dim, eps=1e-6)
+        self.norm_kv = nn.LayerNorm(dim, eps=1e-6)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        B, Lq, C = x.shape
+        h = self.heads
+        q = self.q(self.norm_q(x)).view(B, Lq, h, C // h).transpose(1, 2)
+        k, v = self.kv(self.norm_kv(context)).view(B, -1, 2, h, C // h).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, Lq, C)
+        x = x + self.proj(out)
+        return x + self.mlp(self.norm2(x))
+
+
+def _action_mlp(action_dim: int, hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(action_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                         nn.Linear(hidden, out))
+
+
+class LatentController(nn.Module):
+    """(action (B, A), previous state (B, N, D)) -> latent action (B, latent_dim)."""
+
+    def __init__(self, cfg: ControllerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.state_embed = nn.Linear(cfg.state_dim, cfg.width)
+        self.self_blocks = nn.ModuleList([Block(cfg.width, cfg.heads) for _ in range(cfg.self_blocks)])
+        self.action_mlp = _action_mlp(cfg.action_dim, cfg.mlp_hidden, cfg.width)
+        self.cross = CrossAttentionBlock(cfg.width, cfg.heads)
+        self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
+        self.head = nn.Linear(cfg.width, cfg.latent_dim)
+
+    def forward(self, actions: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        _check_inputs(self.cfg, actions, states)
+        x = self.state_embed(states)
+        # The state is one frame: plain full attention; the tokens carry no positional code
+        # beyond what the encoder put into them.
+        for blk in self.self_blocks:
+            x = blk(x, frame_len=x.shape[1], mask="full", rope=None)
+        q = self.action_mlp(actions).unsqueeze(1)
+        return self.head(self.norm(self.cross(q, x)))[:, 0]
+
+
+class ActionMLPController(nn.Module):
+    """Actions-only baseline: a 3-layer MLP, the state is ignored."""
+
+    def __init__(self, cfg: ControllerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.mlp = _action_mlp(cfg.action_dim, cfg.mlp_hidden, cfg.latent_dim)
+
+    def forward(self, actions: torch.Tensor, states: torch.Tensor | None = None) -> torch.Tensor:
+        _check_inputs(self.cfg, actions, states)
+        return self.mlp(actions)
+
+
+def _check_inputs(cfg: ControllerConfig, actions: torch.Tensor, states: torch.Tensor | None) -> None:
+    if actions.dim() != 2 or actions.shape[1] != cfg.action_dim:
+        raise ValueError(f"actions: expected (B, {cfg.action_dim}) (the controller's action_dim), "
+                         f"got {tuple(actions.shape)}")
+    if states is not None and (states.dim() != 3 or states.shape[0] != actions.shape[0]
+                               or states.shape[2] != cfg.state_dim):
+        raise ValueError(f"states: expected (B={actions.shape[0]}, N, {cfg.state_dim}), got {tuple(states.shape)}")
+
+
+def build_controller(cfg: ControllerConfig) -> nn.Module:
+    if cfg.kind == "state":
+        return LatentController(cfg)
+    if cfg.kind == "mlp":
+        return ActionMLPController(cfg)
+    raise ValueError(f"kind: expected 'state' or 'mlp', got {cfg.kind!r}")
+
+
+def controller_pairs(states: torch.Tensor, actions: torch.Tensor, latents: torch.Tensor):
+    """Flatten clips into one training pair per transition: (s_t (M, N, D), a_t (M, A),
+    z_t (M, latent)) from states (B, T, N, D), actions (B, T-1, A), latents (B, T-1, latent)."""
+    if actions is None:
+        raise ValueError("actions: the controller needs an action-labelled dataset, got none")
+    if states.dim() != 4 or actions.dim() != 3 or latents.dim() != 3:
+        raise ValueError(f"states/actions/latents: expected (B, T, N, D), (B, T-1, A), (B, T-1, L); got "
+                         f"{tuple(states.shape)}, {tuple(actions.shape)}, {tuple(latents.shape)}")
+    B, T = states.shape[:2]
+    if actions.shape[:2] != (B, T - 1) or latents.shape[:2] != (B, T - 1):
+        raise ValueError(f"actions/latents: expected leading dims {(B, T - 1)}, got "
+                         f"{tuple(actions.shape[:2])} and {tuple(latents.shape[:2])}")
+    return states[:, :-1].flatten(0, 1), actions.flatten(0, 1).float(), latents.flatten(0, 1).float()
+
+
+def train_controller(model: nn.Module, states: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor,
+                     cfg: ControllerTrainConfig = ControllerTrainConfig(), *, log_every: int = 0) -> list[float]:
+    """Fit ``model`` to ``targets`` (M, latent) from (``actions`` (M, A), ``states`` (M, N, D))
+    with L2, AdamW, linear warmup then cosine. Returns the training loss per iteration."""
+    if not (states.shape[0] == actions.shape[0] == targets.shape[0]):
+        raise ValueError(f"states/actions/targets: expected the same number of pairs, got "
+                         f"{states.shape[0]}, {actions.shape[0]}, {targets.shape[0]}")
+    if targets.shape[1] != model.cfg.latent_dim:
+        raise ValueError(f"targets: expected (M, {model.cfg.latent_dim}) latents, got {tuple(targets.shape)}")
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, cfg.warmup)
+
+    def factor(i):
+        if i < warm:
+            return (i + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warm) / max(1, cfg.iterations - warm))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    model.train()
+    losses = []
+    M = states.shape[0]
+    for it in range(cfg.iterations):
+        idx = torch.randint(0, M, (min(cfg.batch_size, M),), generator=g)
+        pred = model(actions[idx].to(device), states[idx].to(device))
+        loss = (pred - targets[idx].to(device)).pow(2).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if log_every and (it + 1) % log_every == 0:
+            print(f"controller {model.cfg.kind} iter {it + 1}/{cfg.iterations}: L2 {loss.item():.4f}")
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def controller_error(model: nn.Module, states: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor,
+                     batch_size: int = 512) -> float:
+    """Mean squared L2 distance between predicted and IDM latents (per pair, summed over dims)."""
+    model.eval()
+    device = next(model.parameters()).device
+    tot = 0.0
+    for i in range(0, states.shape[0], batch_size):
+        p = model(actions[i:i + batch_size].to(device), states[i:i + batch_size].to(device))
+        tot += float((p.float().cpu() - targets[i:i + batch_size]).pow(2).sum())
+    return tot / states.shape[0]
+
+
+def save_controller(model: nn.Module, directory: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+              str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(asdict(model.cfg), indent=2))
+    return directory
+
+
+def load_controller(directory: str | Path) -> nn.Module:
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
+        raise FileNotFoundError(f"controller: {directory} must contain config.json and model.safetensors")
+    model = build_controller(ControllerConfig(**json.loads((directory / "config.json").read_text())))
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    return model.eval()

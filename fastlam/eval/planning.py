@@ -1,0 +1,300 @@
+"""Planning with the cross-entropy method (CEM) in a latent world model (lam-spec.md section 5).
+
+Arm (DROID protocol): plan ``horizon`` = 3 actions from the start state to the goal state
+(the state ``horizon`` steps later in a recorded episode) by minimising
+``||s_goal - s_hat_{t+H}||_2`` over the rollout ``s_hat_{i+1} = p(s_hat_0..i, c(a_i, s_hat_i))``;
+CEM with 300 samples, top 10, 15 iterations; metric
+``Delta_xyz = || sum_i a_plan[i, :3] - sum_i a_gt[i, :3] ||_1`` (metres).
+
+Navigation (RECON protocol): one iteration of 120 samples of a single straight-line action
+``(dx, dy, dyaw)`` split evenly over 8 steps; metrics ATE and RPE of the planned trajectory
+against the recorded one (:func:`ate_rpe`).
+
+World models (all vectorised over the CEM samples): :class:`LatentRollout` (LAM predictor +
+controller) and :class:`ACRollout` (the V-JEPA 2-AC-style predictor trained on the true
+actions, :func:`train_ac_baseline`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..models import ACPredictor, ACPredictorConfig
+from .action_data import compose_pose, integrate_actions
+
+
+# ---- CEM ----------------------------------------------------------------------------------
+@dataclass
+class CEMConfig:
+    samples: int = 300
+    top_k: int = 10
+    iterations: int = 15
+    min_std: float = 1e-4  # keeps a dimension from collapsing to a point before the last iteration
+
+
+ARM_CEM = CEMConfig(samples=300, top_k=10, iterations=15)
+NAV_CEM = CEMConfig(samples=120, top_k=10, iterations=1)
+
+
+def cem(cost_fn: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor, std: torch.Tensor,
+        cfg: CEMConfig = ARM_CEM, *, low: torch.Tensor | None = None, high: torch.Tensor | None = None,
+        generator: torch.Generator | None = None) -> dict:
+    """Minimise ``cost_fn`` over action sequences with the cross-entropy method.
+
+    Args:
+        cost_fn: maps candidates (S, *shape) to costs (S,), all samples in one call.
+        mean, std: the initial Gaussian over candidates, shape ``shape`` (e.g. (H, A)).
+            A dimension with std 0 stays at its mean.
+        low, high: optional bounds (broadcast to ``shape``); samples are clamped into them.
+
+    Returns ``{"plan": the final mean, "best": the lowest-cost sample seen, "best_cost",
+    "costs": mean elite cost per iteration}``.
+    """
+    if mean.shape != std.shape:
+        raise ValueError(f"std: expected the shape of mean {tuple(mean.shape)}, got {tuple(std.shape)}")
+    if not 1 <= cfg.top_k <= cfg.samples:
+        raise ValueError(f"top_k: expected 1..samples={cfg.samples}, got {cfg.top_k}")
+    mean, std = mean.clone().float(), std.clone().float()
+    fixed = std <= 0
+    best, best_cost, history = mean.clone(), math.inf, []
+    for _ in range(cfg.iterations):
+        eps = torch.randn((cfg.samples, *mean.shape), generator=generator)
+        cand = mean + std * eps
+        if low is not None:
+            cand = torch.maximum(cand, torch.as_tensor(low, dtype=cand.dtype))
+        if high is not None:
+            cand = torch.minimum(cand, torch.as_tensor(high, dtype=cand.dtype))
+        costs = cost_fn(cand).float()
+        if costs.shape != (cfg.samples,):
+            raise ValueError(f"cost_fn: expected costs of shape ({cfg.samples},), got {tuple(costs.shape)}")
+        elite_cost, idx = costs.topk(cfg.top_k, largest=False)
+        elites = cand[idx]
+        if float(elite_cost[0]) < best_cost:
+            best_cost, best = float(elite_cost[0]), elites[0].clone()
+        mean = elites.mean(0)
+        std = torch.where(fixed, torch.zeros_like(std),
+                          elites.std(0, unbiased=False).clamp_min(cfg.min_std) if cfg.top_k > 1 else std)
+        history.append(float(elite_cost.mean()))
+    return {"plan": mean, "best": best, "best_cost": best_cost, "costs": history}
+
+
+# ---- world models for planning ------------------------------------------------------------
+class LatentRollout:
+    """LAM predictor driven by a controller: ``z_i = c(a_i, s_hat_i)``, then
+    ``s_hat_{i+1} = p(s_hat_0..i, z_0..i)`` (frame-causal context)."""
+
+    def __init__(self, lam, controller):
+        self.lam, self.controller = lam, controller
+
+    @torch.no_grad()
+    def rollout(self, start: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:
+        """start (N, D), actions (S, H, A) -> predicted states (S, H, N, D)."""
+        S, H, _ = actions.shape
+        ctx = start.expand(S, 1, *start.shape)
+        zs = []
+        for i in range(H):
+            zs.append(self.controller(actions[:, i], ctx[:, -1]))
+            nxt = self.lam.predict(ctx, torch.stack(zs, 1))[:, -1:]
+            ctx = torch.cat([ctx, nxt.to(ctx.dtype)], 1)
+        return ctx[:, 1:]
+
+    def cost_space(self, states: torch.Tensor) -> torch.Tensor:
+        return states
+
+
+class ACRollout:
+    """The action-conditioned baseline: an :class:`ACPredictor` rolled out on the true action
+    space. Proprioception is advanced with the actions themselves (``update_proprio``): the
+    arm's state adds the deltas, the navigation pose composes the robot-frame move."""
+
+    def __init__(self, predictor: ACPredictor, kind: str = "droid"):
+        if kind not in ("droid", "recon"):
+            raise ValueError(f"kind: expected 'droid' or 'recon', got {kind!r}")
+        self.predictor, self.kind = predictor, kind
+
+    def update_proprio(self, p: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return compose_pose(p, a) if self.kind == "recon" else p + a
+
+    @torch.no_grad()
+    def rollout(self, start: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:
+        if proprio is None:
+            raise ValueError("proprio: the action-conditioned baseline needs the start proprioception (P,)")
+        S, H, _ = actions.shape
+        ctx = self.cost_space(start).expand(S, 1, *start.shape)
+        props = [proprio.float().expand(S, -1)]
+        for i in range(H):
+            nxt = self.predictor(ctx, actions[:, : i + 1], torch.stack(props, 1))[:, -1:]
+            ctx = torch.cat([ctx, self.cost_space(nxt)], 1)
+            props.append(self.update_proprio(props[-1], actions[:, i]))
+        return ctx[:, 1:]
+
+    def cost_space(self, states: torch.Tensor) -> torch.Tensor:
+        # V-JEPA 2-AC works on layer-normalised states (normalize_reps).
+        return F.layer_norm(states.float(), (states.shape[-1],))
+
+
+def goal_cost(world, start: torch.Tensor, goal: torch.Tensor, proprio: torch.Tensor | None = None):
+    """The L2 latent cost ``||s_goal - s_hat_{t+H}||_2`` as a function of candidates (S, H, A)."""
+    target = world.cost_space(goal).flatten()
+
+    def cost(actions: torch.Tensor) -> torch.Tensor:
+        final = world.rollout(start, actions, proprio)[:, -1]
+        return (final.flatten(1).float() - target).norm(dim=1)
+
+    return cost
+
+
+# ---- metrics ------------------------------------------------------------------------------
+def delta_xyz(plan: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """``|| sum_i plan[..., i, :3] - sum_i truth[..., i, :3] ||_1`` over (..., H, A) actions."""
+    return (plan[..., :3].sum(-2) - truth[..., :3].sum(-2)).abs().sum(-1)
+
+
+def ate_rpe(plan_poses: torch.Tensor, true_poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Absolute and relative trajectory errors of pose sequences (..., K + 1, 3) of (x, y, yaw)
+    that start at the same pose (translation only, metres):
+
+    ATE = mean over k >= 1 of ``||xy_plan_k - xy_true_k||_2``;
+    RPE = mean over k of ``||rel_plan_k - rel_true_k||_2``, where ``rel_k`` is the move from
+    pose k to pose k + 1 expressed in the frame of pose k.
+    """
+    if plan_poses.shape != true_poses.shape or plan_poses.shape[-1] != 3 or plan_poses.shape[-2] < 2:
+        raise ValueError(f"plan_poses/true_poses: expected equal shapes (..., K + 1 >= 2, 3), got "
+                         f"{tuple(plan_poses.shape)} and {tuple(true_poses.shape)}")
+    ate = (plan_poses[..., 1:, :2] - true_poses[..., 1:, :2]).norm(dim=-1).mean(-1)
+
+    def rel(p):
+        d = p[..., 1:, :2] - p[..., :-1, :2]
+        c, s = torch.cos(p[..., :-1, 2]), torch.sin(p[..., :-1, 2])
+        return torch.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], -1)
+
+    rpe = (rel(plan_poses) - rel(true_poses)).norm(dim=-1).mean(-1)
+    return ate, rpe
+
+
+# ---- the protocols ------------------------------------------------------------------------
+def plan_arm(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor | None = None, *,
+             horizon: int = 3, cfg: CEMConfig = ARM_CEM, action_std: torch.Tensor | None = None,
+             low: torch.Tensor | None = None, high: torch.Tensor | None = None, seed: int = 0) -> dict:
+    """The DROID protocol on episodes: states (E, T >= horizon + 1, N, D), actions (E, T-1, A).
+    Start = state 0, goal = state ``horizon``; returns Delta_xyz per episode and its mean."""
+    E = states.shape[0]
+    if states.shape[1] < horizon + 1 or actions.shape[:2] != (E, states.shape[1] - 1):
+        raise ValueError(f"states/actions: expected (E, T >= {horizon + 1}, N, D) and (E, T - 1, A), got "
+                         f"{tuple(states.shape)} and {tuple(actions.shape)}")
+    A = actions.shape[-1]
+    std = (actions.flatten(0, 1).std(0) if action_std is None else action_std).expand(horizon, A)
+    g = torch.Generator().manual_seed(seed)
+    errs, plans = [], []
+    for e in range(E):
+        p0 = None if proprio is None else proprio[e, 0]
+        cost = goal_cost(world, states[e, 0], states[e, horizon], p0)
+        out = cem(cost, torch.zeros(horizon, A), std.clone(), cfg, low=low, high=high, generator=g)
+        plans.append(out["plan"])
+        errs.append(delta_xyz(out["plan"], actions[e, :horizon]))
+    errs = torch.stack(errs)
+    return {"delta_xyz": float(errs.mean()), "delta_xyz_std": float(errs.std()) if E > 1 else 0.0,
+            "per_episode": errs.tolist(), "episodes": E, "horizon": horizon,
+            "cem": {"samples": cfg.samples, "top_k": cfg.top_k, "iterations": cfg.iterations},
+            "plans": torch.stack(plans).tolist()}
+
+
+def plan_nav(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor | None = None, *,
+             steps: int = 8, cfg: CEMConfig = NAV_CEM, seed: int = 0) -> dict:
+    """The RECON protocol: a straight-line action (dx, dy, dyaw) in total, split evenly over
+    ``steps`` steps, sampled ``cfg.samples`` times; states (E, T >= steps + 1, N, D), actions
+    (E, T-1, 3). Proprio, when given, is made relative to each episode's start pose."""
+    E = states.shape[0]
+    if actions.shape[-1] != 3:
+        raise ValueError(f"actions: navigation expects (dx, dy, dyaw) actions, got {actions.shape[-1]}-d")
+    if states.shape[1] < steps + 1 or actions.shape[:2] != (E, states.shape[1] - 1):
+        raise ValueError(f"states/actions: expected (E, T >= {steps + 1}, N, D) and (E, T - 1, 3), got "
+                         f"{tuple(states.shape)} and {tuple(actions.shape)}")
+    gt = actions[:, :steps]
+    # The prior over total moves comes from the recorded data: the straight-line totals.
+    totals = integrate_actions(torch.zeros(E, 3), gt)[:, -1]
+    mean0, std0 = totals.mean(0), totals.std(0) if E > 1 else totals.abs().mean(0) + 1e-3
+    g = torch.Generator().manual_seed(seed)
+    ates, rpes = [], []
+    for e in range(E):
+        start_p = None if proprio is None else torch.zeros(3)
+        base = goal_cost(world, states[e, 0], states[e, steps], start_p)
+        cost = lambda total: base((total / steps).unsqueeze(1).expand(-1, steps, -1).contiguous())
+        out = cem(cost, mean0.clone(), std0.clone(), cfg, generator=g)
+        plan = (out["plan"] / steps).expand(steps, 3)
+        ate, rpe = ate_rpe(integrate_actions(torch.zeros(3), plan), integrate_actions(torch.zeros(3), gt[e]))
+        ates.append(ate)
+        rpes.append(rpe)
+    ates, rpes = torch.stack(ates), torch.stack(rpes)
+    return {"ate": float(ates.mean()), "rpe": float(rpes.mean()), "per_episode_ate": ates.tolist(),
+            "per_episode_rpe": rpes.tolist(), "episodes": E, "steps": steps,
+            "cem": {"samples": cfg.samples, "top_k": cfg.top_k, "iterations": cfg.iterations}}
+
+
+# ---- the action-conditioned baseline ------------------------------------------------------
+@dataclass
+class ACBaselineConfig:
+    width: int = 96
+    depth: int = 2
+    heads: int = 4
+    iterations: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.04
+    warmup: int = 100
+    rollout_steps: int = 2
+    seed: int = 0
+
+
+def train_ac_baseline(states: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor,
+                      cfg: ACBaselineConfig = ACBaselineConfig(), kind: str = "droid",
+                      log_every: int = 0) -> tuple[ACPredictor, list[float]]:
+    """Train a V-JEPA 2-AC-style predictor (action and state tokens before each frame,
+    block-causal, teacher forcing + rollout L1) on the true actions of clips: states
+    (B, T, N, D), actions (B, T-1, A), proprio (B, T, A). Navigation proprio is made relative
+    to each clip's first pose, so the model never sees absolute arena coordinates."""
+    if proprio is None:
+        raise ValueError("proprio: the action-conditioned baseline needs proprio.npy in the dataset")
+    B, T, N, D = states.shape
+    A = actions.shape[-1]
+    if actions.shape != (B, T - 1, A) or proprio.shape != (B, T, A):
+        raise ValueError(f"actions/proprio: expected (B, T-1, A) and (B, T, A) with A = {A}, got "
+                         f"{tuple(actions.shape)} and {tuple(proprio.shape)}")
+    if kind == "recon":
+        proprio = relative_poses(proprio)
+    side = math.isqrt(N)
+    torch.manual_seed(cfg.seed)
+    model = ACPredictor(ACPredictorConfig(embed_dim=D, width=cfg.width, depth=cfg.depth, heads=cfg.heads,
+                                          action_dim=A, grid_size=side, rope_duplicated_freqs=False))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, cfg.warmup)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, max(0, i - warm) / max(1, cfg.iterations - warm)))))
+    g = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    model.train()
+    for it in range(cfg.iterations):
+        idx = torch.randint(0, B, (min(cfg.batch_size, B),), generator=g)
+        out = model.loss(states[idx], actions[idx], proprio[idx], rollout_steps=min(cfg.rollout_steps, T - 1))
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(out.loss.item())
+        if log_every and (it + 1) % log_every == 0:
+            print(f"AC baseline iter {it + 1}/{cfg.iterations}: L1 {out.loss.item():.4f}")
+    return model.eval(), losses
+
+
+def relative_poses(poses: torch.Tensor) -> torch.Tensor:
+    """World poses (..., T, 3) -> poses relative to the first one, in its frame."""
+    p0 = poses[..., :1, :]
+    d = poses[..., :2] - p0[..., :2]
+    c, s = torch.cos(p0[..., 2]), torch.sin(p0[..., 2])
+    x = c * d[..., 0] + s * d[..., 1]
+    y = -s * d[..., 0] + c * d[..., 1]
+    return torch.stack([x, y, poses[..., 2] - p0[..., 2]], -1)

@@ -1,0 +1,127 @@
+"""One Markdown report from the evaluations' JSON files, tables in the paper's layout.
+
+Every evaluation command writes a JSON file with a fixed name into its ``--out`` folder;
+:func:`write_report` finds them under a results folder (recursively), puts one table per
+protocol next to the paper's reference figures, and links the PNGs it finds.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+PAPER = {
+    "leakage": "paper (Kinetics, LPIPS): sparse-high 0.20 -> 0.50, noisy-high 0.21 -> 0.54, discrete-high 0.29 -> 0.68 (x2.0-2.5)",
+    "transfer": "paper (Kinetics): sparse-high x1.30, noisy-high x1.34, discrete-high x1.07",
+    "arm": "paper (DROID, 64 episodes): best LAM (noisy-high) 0.10, V-JEPA 2-AC 0.15, best action-labelled model 0.05",
+    "nav": "paper (RECON): LAM noisy-high ATE 1.40 / RPE 0.40; NWM 1.13 / 0.35; NoMaD 1.93 / 0.52",
+}
+
+
+def _load(results: Path, name: str) -> list[tuple[Path, dict]]:
+    return [(p, json.loads(p.read_text())) for p in sorted(results.rglob(name))]
+
+
+def _fmt(x, digits=4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, (int, float)):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def write_report(results: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.md`` (default: inside ``results``) and return its path."""
+    results = Path(results)
+    if not results.is_dir():
+        raise FileNotFoundError(f"results: {results} is not a directory")
+    out = Path(out) if out else results / "report.md"
+    rel = lambda p: Path(p).resolve().relative_to(out.parent.resolve()) if Path(p).resolve().is_relative_to(
+        out.parent.resolve()) else Path(p).resolve()
+    lines = ["# fastlam evaluation report", "",
+             "Errors are L1 distances in the frozen encoder's latent space (mean over tokens and channels) "
+             "unless stated otherwise.", ""]
+    found = False
+
+    for path, r in _load(results, "capacity.json"):
+        found = True
+        lines += [f"## Capacity: one-step IDM prediction error (`{rel(path)}`)", "",
+                  "| model | regularizer | one-step error | std |", "|---|---|---|---|"]
+        for name, row in r["models"].items():
+            e = row["one_step_error"]
+            lines.append(f"| {name} | {row['regularizer']} | {_fmt(e['mean'])} | {_fmt(e['std'])} |")
+        if "warning" in r:
+            lines.append(f"\n*{r['warning']}*")
+        lines.append("")
+    for path, r in _load(results, "capacity_sweep.json"):
+        found = True
+        lines += [f"## Capacity curve: {r['kind']} (`{rel(path)}`)", "", f"| {r['param']} | one-step error |", "|---|---|"]
+        for p in r["points"]:
+            lines.append(f"| {_fmt(p[r['param']])} | {_fmt(p['one_step_error']['mean'])} |")
+        for name, row in r.get("references", {}).items():
+            lines.append(f"| {'unconstrained' if name == 'none' else name} (reference) | "
+                         f"{_fmt(row['one_step_error']['mean'])} |")
+        if r.get("png"):
+            lines += ["", f"![capacity curve]({rel(r['png'])})"]
+        lines.append("")
+    rows = _load(results, "leakage.json")
+    if rows:
+        found = True
+        lines += ["## Future leakage: scene-cut splice", "", "| model | regularizer | no cut | cut | ratio | LPIPS ratio |",
+                  "|---|---|---|---|---|---|"]
+        for path, r in rows:
+            l1 = r["latent_l1"]
+            lp = r["lpips"]["ratio"] if r.get("lpips") else None
+            lines.append(f"| `{rel(path.parent)}` | {r['regularizer']} | {_fmt(l1['no_cut']['mean'])} | "
+                         f"{_fmt(l1['cut']['mean'])} | x{_fmt(l1['ratio'], 3)} | {_fmt(lp)} |")
+        lines += ["", f"{PAPER['leakage']}. LPIPS needs a pixel decoder and local LPIPS weights.", ""]
+    rows = _load(results, "transfer.json")
+    if rows:
+        found = True
+        lines += ["## Cycle consistency / transfer: A -> B -> A", "", "| model | regularizer | A own | cycle | ratio |",
+                  "|---|---|---|---|---|"]
+        for path, r in rows:
+            l1 = r["latent_l1"]
+            lines.append(f"| `{rel(path.parent)}` | {r['regularizer']} | {_fmt(l1['own']['mean'])} | "
+                         f"{_fmt(l1['cycle']['mean'])} | x{_fmt(l1['ratio'], 3)} |")
+        lines += ["", PAPER["transfer"] + ".", ""]
+    for path, r in _load(results, "controller.json"):
+        found = True
+        lines += [f"## Controller: real action -> latent action (`{rel(path)}`)", "",
+                  "| controller | held-out L2 | fraction of latent variance unexplained |", "|---|---|---|"]
+        for name in ("state", "mlp"):
+            if name in r:
+                label = "state + action (paper)" if name == "state" else "actions-only MLP"
+                lines.append(f"| {label} | {_fmt(r[name]['val_l2'])} | {_fmt(r[name]['val_fvu'], 3)} |")
+        if r.get("png"):
+            lines += ["", f"![controller training]({rel(r['png'])})"]
+        lines.append("")
+    for path, r in _load(results, "plan_arm.json"):
+        found = True
+        lines += [f"## Planning, arm (DROID protocol) (`{rel(path)}`)", "",
+                  "| method | Delta_xyz (m) | episodes |", "|---|---|---|"]
+        for key, label in (("lam_controller", "LAM + controller"), ("ac_baseline", "action-conditioned baseline (true actions)")):
+            if key in r:
+                lines.append(f"| {label} | {_fmt(r[key]['delta_xyz'])} | {r[key]['episodes']} |")
+        if "zero_plan" in r:
+            lines.append(f"| zero action (reference) | {_fmt(r['zero_plan']['delta_xyz'])} | {r['zero_plan']['episodes']} |")
+        lines += ["", PAPER["arm"] + ".", ""]
+    for path, r in _load(results, "plan_nav.json"):
+        found = True
+        lines += [f"## Planning, navigation (RECON protocol) (`{rel(path)}`)", "", "| method | ATE | RPE |", "|---|---|---|"]
+        for key, label in (("lam_controller", "LAM + controller"), ("ac_baseline", "action-conditioned baseline"),
+                           ("mean_prior", "mean straight-line move (reference)")):
+            if key in r:
+                lines.append(f"| {label} | {_fmt(r[key]['ate'])} | {_fmt(r[key]['rpe'])} |")
+        lines += ["", PAPER["nav"] + ".", ""]
+    for path, r in _load(results, "sampling.json"):
+        found = True
+        lines += [f"## Sampled latent actions ({r['regularizer']}) (`{rel(path)}`)", ""]
+        lines += [f"- {k}: {_fmt(v)}" for k, v in r["stats"].items()]
+        if r.get("png"):
+            lines += ["", f"![sampled vs inferred]({rel(r['png'])})"]
+        lines.append("")
+    if not found:
+        raise FileNotFoundError(f"results: no evaluation JSON files under {results}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    return out

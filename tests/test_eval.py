@@ -1,0 +1,378 @@
+"""fastlam.eval: every metric on constructed cases with a known answer, the generators, bad
+input, and an end-to-end smoke run of the command line on a tiny checkpoint."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fastlam.eval import action_data as ad
+from fastlam.eval import cli
+from fastlam.eval.capacity import capacity, capacity_sweep
+from fastlam.eval.common import load_lam, one_step_errors
+from fastlam.eval.controller import (ControllerConfig, ControllerTrainConfig, build_controller, controller_error,
+                                     train_controller)
+from fastlam.eval.leakage import future_leakage, splice
+from fastlam.eval.planning import ARM_CEM, CEMConfig, ate_rpe, cem, delta_xyz, goal_cost, plan_arm
+from fastlam.eval.sampling import langevin_sparse, sample_latents, sparse_energy
+from fastlam.eval.transfer import cycle_errors
+from fastlam.models import EncoderConfig, LatentActionWorldModel, ModelConfig, RegularizerConfig, TransformerConfig
+
+
+def tiny_lam(kind="noisy", frames=8, tubelet=2, size=32, **reg) -> LatentActionWorldModel:
+    cfg = ModelConfig(
+        encoder=EncoderConfig(size="tiny", patch_size=8, tubelet=tubelet, width=32, depth=1, heads=2),
+        idm=TransformerConfig(width=32, depth=1, heads=2), predictor=TransformerConfig(width=32, depth=1, heads=2),
+        regularizer=RegularizerConfig(kind=kind, **reg), action_dim=16, image_size=size, frames=frames)
+    return LatentActionWorldModel(cfg).eval()
+
+
+class PatchStates(nn.Module):
+    """States = 8x8 average-pooled patches of the frame (one tubelet = one frame)."""
+
+    cfg = type("cfg", (), {"encoder": type("enc", (), {"tubelet": 1})()})()
+
+    def encode(self, video):
+        B, C, F, H, W = video.shape
+        x = nn.functional.avg_pool2d(video.permute(0, 2, 1, 3, 4).flatten(0, 1), 8)  # (BF, C, h, w)
+        return x.flatten(2).transpose(1, 2).reshape(B, F, -1, C)
+
+
+class CopyFuture(PatchStates):
+    """z is the next state itself, kept to 0.05 precision: its error cannot see a scene cut."""
+
+    def infer_actions(self, video=None, *, states):
+        return states[:, 1:].flatten(2)
+
+    def predict(self, states, actions):
+        return (actions.view(*states.shape) / 0.05).round() * 0.05
+
+
+class ActionOnly(PatchStates):
+    """z is the mean change of the frame: a global action, no picture of the future."""
+
+    def infer_actions(self, video=None, *, states):
+        return (states[:, 1:] - states[:, :-1]).mean(dim=(2, 3), keepdim=False).unsqueeze(-1)
+
+    def predict(self, states, actions):
+        return states + actions[..., None]
+
+
+# ---- leakage / capacity / transfer --------------------------------------------------------
+def _scenes(n=6, frames=8):
+    from fastlam.data import make_sprite_clips
+
+    video, _ = make_sprite_clips(n, steps=frames, tubelet=1, size=32, seed=3)
+    return video
+
+
+def test_splice_takes_a_before_and_b_after_the_cut():
+    a, b = torch.zeros(2, 3, 8, 16, 16), torch.ones(2, 3, 8, 16, 16)
+    s = splice(a, b, cut_step=2, tubelet=2)
+    assert (s[:, :, :4] == 0).all() and (s[:, :, 4:] == 1).all()
+    with pytest.raises(ValueError, match="cut_step"):
+        splice(a, b, cut_step=4, tubelet=2)
+    with pytest.raises(ValueError, match="video_b"):
+        splice(a, b[:, :, :6], cut_step=1, tubelet=2)
+
+
+def test_leakage_ratio_near_one_for_a_copying_model_and_large_for_an_action_model():
+    video = _scenes()
+    b = video.roll(1, dims=0)
+    copy = future_leakage(CopyFuture(), video, b, cut_step=4)["latent_l1"]
+    act = future_leakage(ActionOnly(), video, b, cut_step=4)["latent_l1"]
+    assert 0.8 < copy["ratio"] < 1.25, copy
+    assert act["ratio"] > 2.0, act
+    assert act["cut"]["mean"] > act["no_cut"]["mean"]
+
+
+def test_capacity_of_the_references_brackets_the_error():
+    video = _scenes()
+    states = PatchStates().encode(video)
+    exact = one_step_errors(ActionOnly(), states)
+    copy = one_step_errors(CopyFuture(), states)
+    assert copy.max() <= 0.025 + 1e-6  # rounding to 0.05 is at most half a step off
+    assert exact.mean() > copy.mean()
+    lam = tiny_lam("deterministic")
+    row = capacity(lam, torch.rand(2, 3, 8, 32, 32))
+    assert row["regularizer"] == "deterministic" and not row["has_latents"] and row["one_step_error"]["n"] == 6
+
+
+def test_cycle_is_exact_for_additive_actions():
+    class Additive:
+        idm = True
+
+        def infer_actions(self, video=None, *, states):
+            return (states[:, 1:] - states[:, :-1]).mean(dim=2)
+
+        def predict(self, states, actions):
+            return states + actions[:, :, None, :]
+
+    g = torch.Generator().manual_seed(0)
+    a0 = torch.randn(4, 1, 5, 3, generator=g)
+    acts = torch.randn(4, 3, 1, 3, generator=g)
+    noise = 0.1 * torch.randn(4, 3, 5, 3, generator=g)
+    steps = [a0]
+    for t in range(3):
+        steps.append(steps[-1] + acts[:, t:t + 1] + noise[:, t:t + 1])
+    states_a = torch.cat(steps, 1)
+    states_b = torch.randn(4, 4, 5, 3, generator=g)
+    own, cyc = cycle_errors(Additive(), states_a, states_b)
+    assert own.mean() > 0.01
+    torch.testing.assert_close(cyc, own, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="states_b"):
+        cycle_errors(Additive(), states_a, states_b[:, :3])
+
+
+# ---- planning -----------------------------------------------------------------------------
+def test_cem_finds_the_minimum_of_a_quadratic():
+    target = torch.tensor([[0.3, -0.2], [0.1, 0.5], [-0.4, 0.0]])
+    calls = []
+
+    def cost(x):
+        calls.append(x.shape)
+        return (x - target).pow(2).sum(dim=(1, 2))
+
+    out = cem(cost, torch.zeros(3, 2), torch.ones(3, 2), ARM_CEM, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 15 and calls[0] == (300, 3, 2)  # the paper's settings, all samples per call
+    torch.testing.assert_close(out["plan"], target, atol=2e-2, rtol=0)
+    assert out["costs"][-1] < out["costs"][0]
+    # Fixed dimensions (std 0) never move, bounds are respected.
+    std = torch.ones(3, 2)
+    std[:, 1] = 0
+    out = cem(cost, torch.zeros(3, 2), std, CEMConfig(64, 8, 6), high=torch.tensor(0.2))
+    assert (out["plan"][:, 1] == 0).all() and (out["plan"] <= 0.2).all()
+
+
+def test_delta_xyz_and_ate_rpe_on_known_trajectories():
+    plan = torch.tensor([[0.1, 0.0, 0.0, 9, 9, 9, 1], [0.1, 0.2, 0.0, 0, 0, 0, 0], [0.0, 0.0, -0.1, 0, 0, 0, 0]])
+    gt = torch.zeros(3, 7)
+    gt[:, 0] = 0.1
+    assert math.isclose(float(delta_xyz(plan, gt)), 0.1 + 0.2 + 0.1, abs_tol=1e-6)
+    true = torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 0, 0]])
+    planned = torch.tensor([[0.0, 0, 0], [1, 1, 0], [2, 2, 0]])
+    ate, rpe = ate_rpe(planned, true)
+    assert math.isclose(float(ate), 1.5, abs_tol=1e-6) and math.isclose(float(rpe), 1.0, abs_tol=1e-6)
+    ate, rpe = ate_rpe(true, true)
+    assert float(ate) == 0 and float(rpe) == 0
+    # Relative errors are measured in the robot's frame: the same moves after a turn agree.
+    turned = ad.integrate_actions(torch.tensor([0.0, 0, math.pi / 2]), torch.tensor([[1.0, 0, 0], [1.0, 0, 0]]))
+    straight = ad.integrate_actions(torch.tensor([0.0, 0, math.pi / 2]), torch.tensor([[1.0, 0, 0], [1.0, 0, 0]]))
+    assert float(ate_rpe(turned, straight)[1]) < 1e-6
+    torch.testing.assert_close(turned[-1, :2], torch.tensor([0.0, 2.0]), atol=1e-6, rtol=0)
+
+
+def test_plan_arm_recovers_actions_in_a_known_linear_world():
+    """World: state = position (3) broadcast into tokens; the 'controller' is exact. CEM with
+    the paper's settings must bring Delta_xyz to ~0."""
+
+    class Linear:
+        def rollout(self, start, actions, proprio=None):
+            pos = start[0, :3] + actions[..., :3].cumsum(1)  # (S, H, 3)
+            return pos[:, :, None, :].expand(-1, -1, 2, -1)
+
+        def cost_space(self, s):
+            return s
+
+    g = torch.Generator().manual_seed(0)
+    acts = torch.zeros(2, 3, 7)
+    acts[..., :3] = 0.05 * torch.randn(2, 3, 3, generator=g)
+    pos = torch.cat([torch.zeros(2, 1, 3), acts[..., :3].cumsum(1)], 1)
+    states = pos[:, :, None, :].expand(-1, -1, 2, -1)
+    cost = goal_cost(Linear(), states[0, 0], states[0, 3])
+    assert float(cost(acts[:1])) < 1e-6
+    res = plan_arm(Linear(), states, acts, horizon=3, cfg=CEMConfig(100, 10, 8))
+    assert res["delta_xyz"] < 0.01, res["per_episode"]
+    zero = float(delta_xyz(torch.zeros(2, 3, 7), acts).mean())
+    assert zero > 5 * res["delta_xyz"]
+
+
+# ---- controller ---------------------------------------------------------------------------
+def test_controller_beats_actions_only_on_camera_relative_latents():
+    """Camera-relative latents: z = sign * a, where the sign (the camera facing forward or
+    backward) is only in the state's tokens. The best an actions-only model can do is
+    predict 0 (error E|a|^2 = 2/3); the state-aware controller learns the product."""
+    g = torch.Generator().manual_seed(0)
+    M, N, D = 768, 2, 4
+    sign = (torch.rand(M, generator=g) < 0.5).float() * 2 - 1
+    states = 0.1 * torch.randn(M, N, D, generator=g)
+    states[:, :, 0] += sign[:, None]
+    a = torch.rand(M, 2, generator=g) * 2 - 1
+    z = torch.cat([a * sign[:, None], torch.zeros(M, 2)], 1)
+    tr, va = slice(0, 640), slice(640, M)
+    tcfg = ControllerTrainConfig(iterations=200, warmup=20, batch_size=256, lr=3e-3, weight_decay=0.0)
+    errs = {}
+    for kind in ("state", "mlp"):
+        torch.manual_seed(0)
+        ctrl = build_controller(ControllerConfig(kind=kind, state_dim=D, action_dim=2, latent_dim=4, width=32,
+                                                 heads=2, mlp_hidden=32))
+        train_controller(ctrl, states[tr], a[tr], z[tr], tcfg)
+        errs[kind] = controller_error(ctrl, states[va], a[va], z[va])
+    assert errs["mlp"] > 0.5, errs  # no better than predicting 0
+    assert errs["state"] < 0.4 * errs["mlp"], errs
+    with pytest.raises(ValueError, match="actions"):
+        ctrl(torch.zeros(3, 5), states[:3])
+
+
+def test_controller_architecture_matches_the_paper():
+    ctrl = build_controller(ControllerConfig(state_dim=16, action_dim=7))
+    assert len(ctrl.self_blocks) == 2 and ctrl.head.out_features == 128
+    assert sum(isinstance(m, nn.Linear) for m in ctrl.action_mlp) == 3
+    assert ctrl(torch.randn(5, 7), torch.randn(5, 9, 16)).shape == (5, 128)
+
+
+# ---- sampling -----------------------------------------------------------------------------
+def test_langevin_samples_follow_the_sparse_energy():
+    g = torch.Generator().manual_seed(0)
+    init = 3 * torch.randn(256, 16, generator=g)
+    strong = langevin_sparse(256, 16, l_l1=2.0, step=1e-2, iterations=300, init=init, generator=g)
+    weak = langevin_sparse(256, 16, l_l1=0.05, step=1e-2, iterations=300, init=init, generator=g)
+    assert sparse_energy(strong, 2.0).mean() < sparse_energy(init, 2.0).mean()
+    assert strong.abs().mean() < weak.abs().mean()
+    # The hinge keeps ||z||^2 from collapsing below sqrt(D) when l1 is weak.
+    assert weak.pow(2).sum(1).mean() > 0.8 * 16 ** 0.5
+
+
+def test_sample_latents_per_regularizer():
+    g = torch.Generator().manual_seed(0)
+    assert sample_latents(tiny_lam("noisy"), 7, generator=g).shape == (7, 16)
+    vq = tiny_lam("discrete", num_codes=8)
+    z = sample_latents(vq, 9, generator=g)
+    assert bool((z[:, None] == vq.regularizer.codebook[None]).all(-1).any(-1).all())
+    assert sample_latents(tiny_lam("sparse"), 5, generator=g, langevin_iterations=10).shape == (5, 16)
+    with pytest.raises(ValueError, match="deterministic"):
+        sample_latents(tiny_lam("deterministic"), 3)
+
+
+# ---- action-labelled data -----------------------------------------------------------------
+def _centroid(img, mask_fn):
+    m = mask_fn(img.float())
+    assert m.any(), "object not visible"
+    ys, xs = m.nonzero(as_tuple=True)
+    return xs.float().mean(), ys.float().mean()
+
+
+def test_arm_generator_moves_the_end_effector_in_the_commanded_direction():
+    r = ad.ArmRenderer(64, seed=0)
+    yellow = lambda im: (im[..., 0] > 200) & (im[..., 1] > 180) & (im[..., 2] < 80)
+    s = torch.tensor([0.0, 0.0, 0.2, 0, 0, 0, 0.0])
+    x0, y0 = _centroid(r.render(s), yellow)
+    x1, _ = _centroid(r.render(s + torch.tensor([0.1, 0, 0, 0, 0, 0, 0])), yellow)
+    _, y2 = _centroid(r.render(s + torch.tensor([0, 0, 0.1, 0, 0, 0, 0])), yellow)
+    assert x1 > x0 + 2 and y2 < y0 - 2  # +x goes right, +z goes up in the image
+    closed = r.render(s + torch.tensor([0, 0, 0, 0, 0, 0, 1.0]))
+    assert not yellow(closed.float()).any()
+
+
+def test_nav_generator_turning_and_moving_change_the_view_as_commanded():
+    r = ad.NavRenderer(64, seed=0, pillars=0)
+    pose = torch.tensor([0.0, 0.0, 0.3])
+    base = r.render(pose).float()
+    left = r.render(ad.compose_pose(pose, torch.tensor([0.0, 0.0, 0.1]))).float()
+    row = base.shape[0] // 2 - 4  # above the horizon: walls only
+
+    def best_shift(a, b):
+        errs = {k: (a[row, max(0, -k):64 - max(0, k)] - b[row, max(0, k):64 - max(0, -k)]).abs().mean()
+                for k in range(-8, 9)}
+        return min(errs, key=errs.get)
+
+    assert best_shift(base, left) > 0  # turning left moves the scene to the right
+    wall = lambda im: (im[:, 32] != im[0, 32]).all(-1).sum()  # rows not sky in the centre column
+    fwd = r.render(ad.compose_pose(pose, torch.tensor([1.5, 0.0, 0.0]))).float()
+    assert wall(fwd) > wall(base)  # moving forward brings the wall closer: it grows
+
+
+def test_generated_episodes_round_trip_with_consistent_actions(tmp_path):
+    ad.generate_arm(tmp_path / "arm", episodes=2, steps=6, size=32, mp4_fps=None)
+    ad.generate_nav(tmp_path / "nav", episodes=2, steps=6, size=32, mp4_fps=None)
+    arm = ad.TrajectoryDataset(tmp_path / "arm", steps=4, tubelet=2, stride=2)
+    item = arm[0]
+    assert item["video"].shape == (3, 8, 32, 32) and item["actions"].shape == (3, 7) and arm.kind == "droid"
+    assert torch.equal(item["video"][:, 0], item["video"][:, 1])  # each step's frame fills one tubelet
+    ep = ad.load_episode(tmp_path / "arm" / "episode_00000")
+    torch.testing.assert_close(ep["proprio"][1:] - ep["proprio"][:-1], ep["actions"], atol=1e-5, rtol=0)
+    ep = ad.load_episode(tmp_path / "nav" / "episode_00001")
+    torch.testing.assert_close(ad.integrate_actions(ep["proprio"][0], ep["actions"]), ep["proprio"], atol=1e-4, rtol=0)
+    assert ad.TrajectoryDataset(tmp_path / "nav", steps=6).action_dim == 3
+
+
+def test_trajectory_loader_bad_input(tmp_path):
+    frames = np.zeros((5, 16, 16, 3), np.uint8)
+    ad.write_episode(tmp_path / "noact" / "e0", frames, None)
+    with pytest.raises(ValueError, match="action-labelled"):
+        ad.TrajectoryDataset(tmp_path / "noact", steps=3)
+    ad.write_episode(tmp_path / "wrong" / "e0", frames, np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="7-d actions"):
+        ad.TrajectoryDataset(tmp_path / "wrong", steps=3, kind="droid")
+    ad.write_episode(tmp_path / "short" / "e0", frames, np.zeros((3, 3), np.float32))
+    with pytest.raises(ValueError, match="T - 1 = 4"):
+        ad.TrajectoryDataset(tmp_path / "short", steps=3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no episodes"):
+        ad.TrajectoryDataset(tmp_path / "empty", steps=3)
+
+
+def test_load_lam_refuses_another_regularizer(tmp_path):
+    tiny_lam("sparse").save_pretrained(tmp_path / "m")
+    assert load_lam(tmp_path / "m", "sparse").cfg.regularizer.kind == "sparse"
+    with pytest.raises(ValueError, match="trained with regularizer 'sparse'.*asks for 'noisy'"):
+        load_lam(tmp_path / "m", "noisy")
+
+
+# ---- the sweep and the command line -------------------------------------------------------
+def test_capacity_sweep_trains_each_strength_and_draws_the_curve(tmp_path):
+    from fastlam.train import TrainConfig
+
+    cfg = TrainConfig(model=tiny_lam().cfg, steps=2, batch_size=2, log_every=1, ckpt_every=10, progress=False)
+    cfg.data.source, cfg.data.synthetic_clips = "synthetic", 4
+    from fastlam.data import make_sprite_clips
+
+    video, _ = make_sprite_clips(2, steps=4, tubelet=2, size=32, seed=5)
+    res = capacity_sweep(cfg, "sparse", [0.1], tmp_path, video, references=("deterministic",))
+    assert [p["l_l1"] for p in res["points"]] == [0.1] and set(res["references"]) == {"deterministic"}
+    assert res["points"][0]["regularizer"] == "sparse" and res["references"]["deterministic"]["regularizer"] == "deterministic"
+    # One seed for every run: the same frozen encoder, so the errors are comparable.
+    assert res["points"][0]["state_space"] == res["references"]["deterministic"]["state_space"]
+    assert (tmp_path / "capacity_curve.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "capacity_sweep.json").read_text())["kind"] == "sparse"
+
+
+def test_cli_end_to_end_planning_and_report(tmp_path, capsys):
+    lam = tiny_lam("noisy", frames=4, tubelet=1)
+    lam.save_pretrained(tmp_path / "lam")
+    ck, data, out = str(tmp_path / "lam"), str(tmp_path / "arm"), tmp_path / "res"
+    run = lambda *a: cli.main([str(x) for x in a])
+    run("generate", "arm", "--out", data, "--episodes", 3, "--steps", 8, "--size", 32, "--no-mp4")
+    run("controller", "--checkpoint", ck, "--data", data, "--out", out / "ctrl", "--iterations", 10,
+        "--warmup", 2, "--batch-size", 16, "--width", 16, "--heads", 2)
+    run("ac-baseline", "--checkpoint", ck, "--data", data, "--out", out / "ac", "--iterations", 3,
+        "--width", 16, "--depth", 1, "--heads", 2, "--batch-size", 4)
+    run("plan", "arm", "--checkpoint", ck, "--data", data, "--out", out / "plan", "--controller",
+        out / "ctrl" / "controller", "--ac-baseline", out / "ac" / "ac_baseline", "--episodes", 2,
+        "--samples", 12, "--top-k", 3, "--iterations", 2)
+    for task in ("capacity", "leakage", "transfer", "sample"):
+        extra = ("--langevin-iterations", 5, "--samples", 20) if task == "sample" else ()
+        run(task, "--checkpoint", ck, "--data", "synthetic", "--clips", 3, "--out", out / task, *extra)
+    run("report", "--results", out)
+    plan = json.loads((out / "plan" / "plan_arm.json").read_text())
+    for key in ("lam_controller", "ac_baseline"):
+        assert plan[key]["episodes"] == 2 and math.isfinite(plan[key]["delta_xyz"])
+        assert plan[key]["cem"] == {"samples": 12, "top_k": 3, "iterations": 2}
+    report = (out / "report.md").read_text()
+    assert "LAM + controller" in report and "action-conditioned baseline" in report and "Delta_xyz" in report
+    for heading in ("Capacity", "Future leakage", "Cycle consistency", "Controller", "Sampled latent actions"):
+        assert heading in report
+    assert (out / "ctrl" / "controller_loss.png").is_file() and (out / "sample" / "latent_embedding.png").is_file()
+    # Bad input: wrong regularizer, a deterministic model for the controller, mismatched actions.
+    with pytest.raises(SystemExit):
+        run("leakage", "--checkpoint", ck, "--data", "synthetic", "--out", out / "x", "--expect-regularizer", "sparse")
+    assert "trained with regularizer 'noisy'" in capsys.readouterr().err
+    ad.generate_nav(tmp_path / "nav", episodes=2, steps=8, size=32, mp4_fps=None)
+    with pytest.raises(SystemExit):
+        run("plan", "arm", "--checkpoint", ck, "--data", tmp_path / "nav", "--out", out / "x", "--controller",
+            out / "ctrl" / "controller")
+    assert "trained for 7-d actions, the data has 3-d" in capsys.readouterr().err

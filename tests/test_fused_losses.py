@@ -581,3 +581,25 @@ def test_torch_compile_fullgraph_through_the_custom_ops():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for p, q in zip(ga, gb):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def test_torch_compile_fullgraph_regularizers():
+    z = torch.randn(40, 16, requires_grad=True)
+    codebook = torch.randn(30, 16, requires_grad=True)
+    h = torch.randn(40, 32, requires_grad=True)
+
+    def step(z, codebook, h, backend):
+        sparse = sparse_regularizer(z, l_l1=0.05, backend=backend)["loss"]
+        mu, logvar = h.chunk(2, -1)
+        kl = gaussian_kl(mu, logvar, backend=backend)
+        z_q, _, cb_loss, commit = vector_quantize(z, codebook, check_finite=False, backend=backend)
+        return sparse + kl + cb_loss + commit + z_q.square().mean()
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    a = compiled(z, codebook, h, "triton")
+    ga = torch.autograd.grad(a, (z, codebook, h))
+    b = step(z, codebook, h, "torch")
+    gb = torch.autograd.grad(b, (z, codebook, h))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for p, q in zip(ga, gb):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)

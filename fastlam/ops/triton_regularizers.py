@@ -1,4 +1,7 @@
-"""Autograd wrappers of the fused regularizer kernels (kernels/sparse_reg.py, gaussian.py, vq.py)."""
+"""Fused regularizer kernels (kernels/sparse_reg.py, gaussian.py, vq.py) as ``torch.library``
+custom ops with fake implementations and registered autograd formulas, so ``torch.compile``
+traces them without graph breaks (the VQ's NaN check reads one number back and is the caller's
+choice)."""
 from __future__ import annotations
 
 import torch
@@ -10,31 +13,59 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-class _SparseRegularizerFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, coeffs):
-        from fastlam.kernels.sparse_reg import sparse_fwd
+# ----------------------------------------------------------------------------- sparse
 
-        z2 = _rows(z)
-        out, mu, cov = sparse_fwd(z2, **coeffs)
-        ctx.save_for_backward(z2, mu, cov)
-        ctx.coeffs = coeffs
-        return out
+@torch.library.custom_op("fastlam::sparse_regularizer_fwd", mutates_args=())
+def sparse_regularizer_fwd(z: torch.Tensor, l_l1: float, l_l2: float, l_v: float, l_c: float, l_m: float,
+                           eps: float, mean_term: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(terms (5,) fp32 = loss, energy, variance, covariance, mean; column means (D,); covariance (D, D))."""
+    from fastlam.kernels.sparse_reg import sparse_fwd
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        from fastlam.kernels.sparse_reg import sparse_bwd
+    return sparse_fwd(_rows(z), l_l1=l_l1, l_l2=l_l2, l_v=l_v, l_c=l_c, l_m=l_m, eps=eps, mean_term=mean_term)
 
-        z2, mu, cov = ctx.saved_tensors
-        return sparse_bwd(z2, mu, cov, grad_out, **ctx.coeffs), None
+
+@sparse_regularizer_fwd.register_fake
+def _(z, l_l1, l_l2, l_v, l_c, l_m, eps, mean_term):
+    d = z.shape[1]
+    f32 = dict(dtype=torch.float32)
+    return z.new_empty((5,), **f32), z.new_empty((d,), **f32), z.new_empty((d, d), **f32)
+
+
+@torch.library.custom_op("fastlam::sparse_regularizer_bwd", mutates_args=())
+def sparse_regularizer_bwd(z: torch.Tensor, mu: torch.Tensor, cov: torch.Tensor, grad_terms: torch.Tensor,
+                           l_l1: float, l_l2: float, l_v: float, l_c: float, l_m: float, eps: float,
+                           mean_term: str) -> torch.Tensor:
+    from fastlam.kernels.sparse_reg import sparse_bwd
+
+    return sparse_bwd(_rows(z), mu, cov, grad_terms, l_l1=l_l1, l_l2=l_l2, l_v=l_v, l_c=l_c, l_m=l_m, eps=eps,
+                      mean_term=mean_term)
+
+
+@sparse_regularizer_bwd.register_fake
+def _(z, mu, cov, grad_terms, l_l1, l_l2, l_v, l_c, l_m, eps, mean_term):
+    return z.new_empty(z.shape)
+
+
+def _sparse_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output[1], output[2])
+    ctx.coeffs = inputs[1:]
+
+
+def _sparse_backward(ctx, grad_terms, _dmu, _dcov):
+    z, mu, cov = ctx.saved_tensors
+    return (sparse_regularizer_bwd(z, mu, cov, grad_terms, *ctx.coeffs),) + (None,) * 7
+
+
+sparse_regularizer_fwd.register_autograd(_sparse_backward, setup_context=_sparse_setup)
 
 
 def triton_sparse_regularizer(z, *, l_l1, l_l2, l_v, l_c, l_m, eps, mean_term) -> dict[str, torch.Tensor]:
-    out = _SparseRegularizerFn.apply(
-        z, dict(l_l1=l_l1, l_l2=l_l2, l_v=l_v, l_c=l_c, l_m=l_m, eps=eps, mean_term=mean_term))
+    out = sparse_regularizer_fwd(z, float(l_l1), float(l_l2), float(l_v), float(l_c), float(l_m), float(eps),
+                                 mean_term)[0]
     return dict(zip(SPARSE_TERMS, out.unbind(0)))
 
+
+# ----------------------------------------------------------------------------- Gaussian
 
 def draw_seed(generator: torch.Generator | None = None) -> int:
     """A Philox seed for the in-kernel RNG from torch's RNG (so torch.manual_seed reproduces it)."""
@@ -42,69 +73,117 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=dev).item())
 
 
-class _GaussianFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, mu, logvar, seed, sample):
-        from fastlam.kernels.gaussian import gaussian_fwd
+@torch.library.custom_op("fastlam::gaussian_fwd", mutates_args=())
+def gaussian_fwd(mu: torch.Tensor, logvar: torch.Tensor, seed: int, sample: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z = mu + exp(logvar / 2) * eps with in-kernel Philox eps (empty when not sampling), KL)."""
+    from fastlam.kernels.gaussian import gaussian_fwd as launch
 
-        mu2, lv2 = _rows(mu), _rows(logvar)
-        z, kl = gaussian_fwd(mu2, lv2, seed, sample)
-        # only the inputs and the seed are kept: eps is regenerated in the backward
-        ctx.save_for_backward(mu2, lv2)
-        ctx.seed, ctx.sample = seed, sample
-        if not sample:
-            return kl
-        return z, kl
+    z, kl = launch(_rows(mu), _rows(logvar), seed, sample)
+    return (z if sample else mu.new_empty(0)), kl
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, *grads):
-        from fastlam.kernels.gaussian import gaussian_bwd
 
-        mu2, lv2 = ctx.saved_tensors
-        if ctx.sample:
-            dz, gkl = grads
-            dz = torch.zeros_like(mu2) if dz is None else _rows(dz)
-        else:
-            dz, gkl = None, grads[0]
-        gkl = torch.zeros((), device=mu2.device) if gkl is None else gkl
-        dmu, dlv = gaussian_bwd(mu2, lv2, dz, gkl, ctx.seed)
-        return dmu, dlv, None, None
+@gaussian_fwd.register_fake
+def _(mu, logvar, seed, sample):
+    return mu.new_empty(mu.shape if sample else (0,)), mu.new_empty((), dtype=torch.float32)
+
+
+@torch.library.custom_op("fastlam::gaussian_bwd", mutates_args=())
+def gaussian_bwd(mu: torch.Tensor, logvar: torch.Tensor, dz: torch.Tensor | None, grad_kl: torch.Tensor, seed: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dmu, dlogvar); eps is regenerated from the seed, ``dz`` None for the KL alone."""
+    from fastlam.kernels.gaussian import gaussian_bwd as launch
+
+    return launch(_rows(mu), _rows(logvar), None if dz is None else _rows(dz), grad_kl, seed)
+
+
+@gaussian_bwd.register_fake
+def _(mu, logvar, dz, grad_kl, seed):
+    return mu.new_empty(mu.shape), logvar.new_empty(logvar.shape)
+
+
+def _gaussian_setup(ctx, inputs, output):
+    mu, logvar, seed, sample = inputs
+    # only the inputs and the seed are kept: eps is regenerated in the backward
+    ctx.save_for_backward(mu, logvar)
+    ctx.seed, ctx.sample = seed, sample
+
+
+def _gaussian_backward(ctx, dz, grad_kl):
+    mu, logvar = ctx.saved_tensors
+    if ctx.sample and dz is None:
+        dz = torch.zeros_like(mu)
+    if grad_kl is None:
+        grad_kl = torch.zeros((), device=mu.device)
+    dmu, dlv = gaussian_bwd(mu, logvar, dz if ctx.sample else None, grad_kl, ctx.seed)
+    return dmu, dlv, None, None
+
+
+gaussian_fwd.register_autograd(_gaussian_backward, setup_context=_gaussian_setup)
 
 
 def triton_gaussian_sample_kl(mu, logvar, seed: int):
-    return _GaussianFn.apply(mu, logvar, seed, True)
+    return gaussian_fwd(mu, logvar, int(seed), True)
 
 
 def triton_gaussian_kl(mu, logvar):
-    return _GaussianFn.apply(mu, logvar, 0, False)
+    return gaussian_fwd(mu, logvar, 0, False)[1]
 
 
-class _VectorQuantizeFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, codebook, commitment):
-        from fastlam.kernels.vq import vq_fwd
+# ----------------------------------------------------------------------------- vector quantizer
 
-        z2, cb2 = _rows(z), _rows(codebook)
-        idx, zq, sse, counts, bad = vq_fwd(z2, cb2)
-        mse = sse / z2.numel()
-        ctx.save_for_backward(z2, cb2, idx)
-        ctx.commitment = commitment
-        ctx.cb_dtype = codebook.dtype
-        ctx.mark_non_differentiable(idx, counts, bad)
-        return zq, idx, mse, commitment * mse, counts, bad
+@torch.library.custom_op("fastlam::vector_quantize_fwd", mutates_args=())
+def vector_quantize_fwd(z: torch.Tensor, codebook: torch.Tensor, commitment: float
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z_q, idx int64, codebook loss, commitment loss, usage counts int32 (K,), non-finite row count)."""
+    from fastlam.kernels.vq import vq_fwd
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dzq, _didx, g_cb, g_commit, _dcounts, _dbad):
-        from fastlam.kernels.vq import vq_bwd
+    idx, zq, sse, counts, bad = vq_fwd(_rows(z), _rows(codebook))
+    mse = sse / z.numel()
+    return zq, idx, mse, commitment * mse, counts, bad
 
-        z2, cb2, idx = ctx.saved_tensors
-        gloss = torch.stack([g_cb.float().reshape(()), g_commit.float().reshape(())])
-        dz, dcb = vq_bwd(z2, cb2, idx, _rows(dzq) if dzq is not None else None, gloss, ctx.commitment)
-        return dz, dcb.to(ctx.cb_dtype), None
+
+@vector_quantize_fwd.register_fake
+def _(z, codebook, commitment):
+    f32 = dict(dtype=torch.float32)
+    return (z.new_empty(z.shape), z.new_empty((z.shape[0],), dtype=torch.int64), z.new_empty((), **f32),
+            z.new_empty((), **f32), z.new_empty((codebook.shape[0],), dtype=torch.int32),
+            z.new_empty((), dtype=torch.int64))
+
+
+@torch.library.custom_op("fastlam::vector_quantize_bwd", mutates_args=())
+def vector_quantize_bwd(z: torch.Tensor, codebook: torch.Tensor, idx: torch.Tensor, dzq: torch.Tensor | None,
+                        grad_losses: torch.Tensor, commitment: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dz, dcodebook fp32); ``grad_losses`` (2,) = upstream grads of (codebook loss, commitment loss)."""
+    from fastlam.kernels.vq import vq_bwd
+
+    return vq_bwd(_rows(z), _rows(codebook), idx, None if dzq is None else _rows(dzq), grad_losses, commitment)
+
+
+@vector_quantize_bwd.register_fake
+def _(z, codebook, idx, dzq, grad_losses, commitment):
+    return z.new_empty(z.shape), codebook.new_empty(codebook.shape, dtype=torch.float32)
+
+
+def _vq_setup(ctx, inputs, output):
+    z, codebook, commitment = inputs
+    ctx.save_for_backward(z, codebook, output[1])
+    ctx.commitment = commitment
+    ctx.mark_non_differentiable(output[1], output[4], output[5])
+
+
+def _vq_backward(ctx, dzq, _didx, g_cb, g_commit, _dcounts, _dbad):
+    z, codebook, idx = ctx.saved_tensors
+    zero = torch.zeros((), device=z.device, dtype=torch.float32)
+    g = torch.stack([zero if g_cb is None else g_cb.float().reshape(()),
+                     zero if g_commit is None else g_commit.float().reshape(())])
+    dz, dcb = vector_quantize_bwd(z, codebook, idx, dzq, g, ctx.commitment)
+    return dz, dcb.to(codebook.dtype), None
+
+
+vector_quantize_fwd.register_autograd(_vq_backward, setup_context=_vq_setup)
 
 
 def triton_vector_quantize(z, codebook, commitment):
     """(z_q, idx, codebook_loss, commitment_loss, counts int32 (K,), non-finite row count)."""
-    return _VectorQuantizeFn.apply(z, codebook, commitment)
+    return vector_quantize_fwd(z, codebook, float(commitment))

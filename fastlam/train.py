@@ -307,9 +307,12 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
                                 resolve_device(cfg.device).type)
     env = fdist.init_process_group(cfg.distributed, backend)
     try:
-        return _train(cfg, env, resume, ds_config)
-    finally:
-        fdist.shutdown(env)
+        summary = _train(cfg, env, resume, ds_config)
+    except BaseException:
+        fdist.shutdown(env, clean=False)
+        raise
+    fdist.shutdown(env)
+    return summary
 
 
 def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict | None) -> dict:

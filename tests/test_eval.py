@@ -300,6 +300,18 @@ def test_generated_episodes_round_trip_with_consistent_actions(tmp_path):
     assert ad.TrajectoryDataset(tmp_path / "nav", steps=6).action_dim == 3
 
 
+def test_pybullet_arm_generator_when_installed(tmp_path):
+    pytest.importorskip("pybullet")
+    from fastlam.eval.pybullet_arm import generate_pybullet_arm
+
+    generate_pybullet_arm(tmp_path, episodes=1, steps=4, size=32, mp4_fps=None)
+    ep = ad.load_episode(tmp_path / "episode_00000")
+    assert ep["frames"].shape == (4, 32, 32, 3) and ep["actions"].shape == (3, 7)
+    torch.testing.assert_close(ep["proprio"][1:] - ep["proprio"][:-1], ep["actions"], atol=1e-5, rtol=0)
+    assert ep["actions"][:, :3].abs().max() <= 0.05 + 1e-4 and ep["actions"][:, 5].abs().max() < 0.5
+    assert (ep["frames"][1:].float() - ep["frames"][:-1].float()).abs().mean(dim=(1, 2, 3)).min() > 0
+
+
 def test_trajectory_loader_bad_input(tmp_path):
     frames = np.zeros((5, 16, 16, 3), np.uint8)
     ad.write_episode(tmp_path / "noact" / "e0", frames, None)

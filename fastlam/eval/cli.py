@@ -34,7 +34,10 @@ def _split(ds, val_frac: float = 0.2):
 
 # ---- tasks --------------------------------------------------------------------------------
 def run_generate(args) -> Path:
-    fn = action_data.generate_arm if args.env == "arm" else action_data.generate_nav
+    if args.env == "pybullet-arm":
+        from .pybullet_arm import generate_pybullet_arm as fn
+    else:
+        fn = action_data.generate_arm if args.env == "arm" else action_data.generate_nav
     root = fn(args.out, episodes=args.episodes, steps=args.steps, size=args.size, seed=args.seed,
               mp4_fps=None if args.no_mp4 else 4.0)
     print(f"wrote {args.episodes} {args.env} episodes to {root}")
@@ -272,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("generate", help="render simulated action-labelled episodes (no download)")
-    p.add_argument("env", choices=("arm", "nav"))
+    p.add_argument("env", choices=("arm", "nav", "pybullet-arm"),
+                   help="arm / nav: fastlam's own CPU renderers; pybullet-arm: KUKA iiwa (needs pybullet)")
     p.add_argument("--out", required=True)
     p.add_argument("--episodes", type=int, default=32)
     p.add_argument("--steps", type=int, default=24)

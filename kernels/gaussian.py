@@ -123,7 +123,7 @@ def gaussian_bwd(mu, logvar, dz, gkl, seed: int):
 def _register():
     n, d = 100_000, 128
     block_m, block_d = _params(d)
-    for dt in (torch.bfloat16, torch.float16, torch.float32):
+    for dt in (torch.bfloat16, torch.float32):  # fp16 shares the bf16 code path
         p = TRITON_PTR[dt]
         es = torch.finfo(dt).bits // 8
         for sample in (True, False):

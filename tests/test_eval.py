@@ -383,8 +383,16 @@ def test_cli_end_to_end_planning_and_report(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run("leakage", "--checkpoint", ck, "--data", "synthetic", "--out", out / "x", "--expect-regularizer", "sparse")
     assert "trained with regularizer 'noisy'" in capsys.readouterr().err
-    ad.generate_nav(tmp_path / "nav", episodes=2, steps=8, size=32, mp4_fps=None)
+    ad.generate_nav(tmp_path / "nav", episodes=2, steps=9, size=32, mp4_fps=None)
     with pytest.raises(SystemExit):
         run("plan", "arm", "--checkpoint", ck, "--data", tmp_path / "nav", "--out", out / "x", "--controller",
             out / "ctrl" / "controller")
     assert "trained for 7-d actions, the data has 3-d" in capsys.readouterr().err
+    # Navigation: straight-line CEM with ATE / RPE.
+    run("controller", "--checkpoint", ck, "--data", tmp_path / "nav", "--out", out / "nav_ctrl", "--iterations", 5,
+        "--warmup", 1, "--batch-size", 8, "--width", 16, "--heads", 2)
+    run("plan", "nav", "--checkpoint", ck, "--data", tmp_path / "nav", "--out", out / "nav_plan", "--controller",
+        out / "nav_ctrl" / "controller", "--episodes", 1, "--samples", 10)
+    nav = json.loads((out / "nav_plan" / "plan_nav.json").read_text())
+    assert nav["lam_controller"]["cem"] == {"samples": 10, "top_k": 10, "iterations": 1}
+    assert nav["lam_controller"]["ate"] >= 0 and nav["lam_controller"]["rpe"] >= 0

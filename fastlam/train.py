@@ -46,6 +46,9 @@ class DataConfig:
     short_policy: str = "pad"
     clips_per_video: int = 1
     num_workers: int = 0
+    # auto: the DALI loader (NVDEC decoding, per-codec routing, prefetch) on CUDA when DALI is
+    # installed, else the PyTorch DataLoader over VideoClipDataset (PyAV); dali | torch force one.
+    loader: str = "auto"
     cache_mb: float = 0.0  # keep whole decoded videos in memory (per process) up to this size
     decode_timeout_s: float = 60.0
     synthetic_clips: int = 512  # for source: synthetic (sprites moved by known actions)
@@ -150,6 +153,57 @@ def build_dataset(cfg: TrainConfig):
         crop=cfg.data.crop, short_policy=cfg.data.short_policy, seed=cfg.seed,
         clips_per_video=cfg.data.clips_per_video, cache_mb=cfg.data.cache_mb,
         decode_timeout_s=cfg.data.decode_timeout_s, bad_file_log=Path(cfg.out_dir) / "bad_files.jsonl",
+    )
+
+
+def use_dali(cfg: TrainConfig, device: torch.device) -> bool:
+    if cfg.data.loader not in ("auto", "dali", "torch"):
+        raise ConfigError(f"data.loader: expected auto, dali or torch, got {cfg.data.loader!r}")
+    if cfg.data.source == "synthetic" or cfg.data.loader == "torch":
+        if cfg.data.loader == "dali":
+            raise ConfigError("data.loader=dali needs real video, not data.source=synthetic")
+        return False
+    from fastlam.data.dali import dali_available
+
+    if cfg.data.loader == "dali":
+        if not dali_available():
+            raise ConfigError("data.loader=dali: NVIDIA DALI is not installed (pip install -e '.[dali]')")
+        return True
+    return device.type == "cuda" and dali_available()
+
+
+def iter_batches(cfg: TrainConfig, dataset, device: torch.device, env, position: int):
+    """Endless batches for this rank, starting after ``position`` global batches.
+
+    ``position`` is the only data state a checkpoint keeps, whichever loader runs: the DALI
+    loader's (epoch, clips consumed) is derived from it, so a resume continues exactly."""
+    per_rank = cfg.batch_size // env.world_size
+    if use_dali(cfg, device):
+        from fastlam.data.dali import DaliVideoLoader
+
+        m = cfg.model
+        loader = DaliVideoLoader(
+            cfg.data.source, batch_size=per_rank, num_frames=m.frames, fps=cfg.data.fps,
+            size=(m.image_size, m.image_size), crop=cfg.data.crop, short_policy=cfg.data.short_policy,
+            seed=cfg.seed, clips_per_video=cfg.data.clips_per_video, rank=env.rank, world_size=env.world_size,
+            device=device.type, device_id=device.index if device.type == "cuda" else None,
+            dtype=torch.float32, bad_file_log=Path(cfg.out_dir) / "bad_files.jsonl",
+            decode_timeout_s=cfg.data.decode_timeout_s,
+        )
+        state = loader.state_dict()["sampler"]
+        state["epoch"], done = divmod(position, len(loader))
+        state["consumed"] = done * per_rank
+        loader.load_state_dict({"sampler": state})
+        while True:
+            yield from loader
+    sampler = ResumableBatches(len(dataset), cfg.batch_size, cfg.seed, position=position,
+                               rank=env.rank, world_size=env.world_size)
+    yield from torch.utils.data.DataLoader(
+        _EpochIndexed(dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0,
+        # Its own generator, so creating the loader does not consume the global RNG that a
+        # resume restores (which would make a resumed run diverge from an uninterrupted one).
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
 
 
@@ -349,16 +403,7 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
         if env.is_main:
             print(f"resumed from {ckpt_dir / state['tag']} at step {step}")
 
-    sampler = ResumableBatches(len(dataset), cfg.batch_size, cfg.seed, position=position,
-                               rank=env.rank, world_size=env.world_size)
-    loader = torch.utils.data.DataLoader(
-        _EpochIndexed(dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0,
-        # Its own generator, so creating the loader does not consume the global RNG that a
-        # resume restores (which would make a resumed run diverge from an uninterrupted one).
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    batches = iter(loader)
+    batches = iter_batches(cfg, dataset, device, env, position)
     metrics_file = out / "metrics.jsonl"
     model_config = json.dumps(to_dict(cfg.model))
 

@@ -410,3 +410,50 @@ def test_dali_cpu_vs_pyav_on_real_vp9_samples():
         diff = ((batch[0] - ref).abs() * 255).flatten()
         assert float(diff.mean()) < 3.0, (path, float(diff.mean()))
         assert float(diff.kthvalue(int(diff.numel() * 0.99)).values) <= 12.0, path
+
+
+@needs_dali
+def test_training_uses_the_dali_loader_and_resumes_exactly(tmp_path, clips, monkeypatch):
+    """data.loader=dali (CPU decoding here, NVDEC on a GPU): training runs on it, and a run
+    interrupted after its checkpoint resumes with exactly the batches it would have seen."""
+    import json
+
+    import fastlam.train as ft
+    from fastlam.config import load_config
+    from fastlam.models import LatentActionWorldModel
+
+    src = tmp_path / "videos"
+    src.mkdir()
+    for key in ("vp9_25", "vp8_2997", "h264_25"):
+        os.symlink(clips[key], src / os.path.basename(clips[key]))
+    base = [f"data.source={src}", "data.loader=dali", "data.fps=25", "data.clips_per_video=4",
+            "model.image_size=32", "model.frames=8", "model.encoder.patch_size=8", "model.idm.width=32",
+            "model.predictor.width=32", "batch_size=2", "progress=false", "log_every=1", "steps=4", "ckpt_every=2"]
+    cfg = lambda out: load_config(ft.TrainConfig, "configs/tiny_cpu.yaml", base + [f"out_dir={out}"])
+    routed = []
+    real_iter = ft.iter_batches
+
+    def spy(*args, **kwargs):
+        routed.append(ft.use_dali(args[0], args[2]))
+        return real_iter(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "iter_batches", spy)
+    ft.train(cfg(tmp_path / "full"))
+    assert routed == [True]
+
+    calls = {"n": 0}
+    real_forward = LatentActionWorldModel.forward
+
+    def crash_in_step_3(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_forward(self, *a, **k)
+
+    monkeypatch.setattr(LatentActionWorldModel, "forward", crash_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        ft.train(cfg(tmp_path / "part"))
+    monkeypatch.setattr(LatentActionWorldModel, "forward", real_forward)
+    ft.train(cfg(tmp_path / "part"), resume=True)
+    read = lambda d: [(r["step"], r["loss"]) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
+    assert read(tmp_path / "part") == read(tmp_path / "full")

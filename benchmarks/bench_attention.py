@@ -18,24 +18,20 @@ import csv
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+try:  # run as a script (python benchmarks/bench_x.py) or as a module
+    from benchmarks._common import git_commit
+except ImportError:  # pragma: no cover
+    from _common import git_commit
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def git_commit() -> str:
-    if os.environ.get("FASTLAM_COMMIT"):
-        return os.environ["FASTLAM_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def allowed_pairs(L: int, F: int, mask: str, window: int | None = None) -> int:
@@ -127,7 +123,6 @@ def main(argv=None) -> int:
               "benchmarks/test_bench_attention_cpu.py)")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    import triton
 
     # Every (shape, mask) is a new FlexAttention compile; keep them all compiled.
     for attr in ("cache_size_limit", "recompile_limit"):

@@ -22,24 +22,20 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+try:  # run as a script (python benchmarks/bench_x.py) or as a module
+    from benchmarks._common import git_commit
+except ImportError:  # pragma: no cover
+    from _common import git_commit
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def git_commit() -> str:
-    if os.environ.get("FASTLAM_COMMIT"):
-        return os.environ["FASTLAM_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def _timed_batches(make_iter, batches: int, batch: int, frames: int, budget_s: float):

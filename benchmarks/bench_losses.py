@@ -19,25 +19,21 @@ import csv
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+try:  # run as a script (python benchmarks/bench_x.py) or as a module
+    from benchmarks._common import git_commit
+except ImportError:  # pragma: no cover
+    from _common import git_commit
+
 REPO = Path(__file__).resolve().parents[1]
 HBM_BYTES_PER_S = 3.0e12  # measured H100 copy bandwidth (kernels-and-env.md)
 
 
-def git_commit() -> str:
-    if os.environ.get("FASTLAM_COMMIT"):
-        return os.environ["FASTLAM_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 class Case:
@@ -182,7 +178,6 @@ def main(argv=None) -> int:
         print("bench_losses: no CUDA device, nothing to measure (the CPU reference paths are timed by "
               "benchmarks/test_bench_losses_cpu.py)")
         return 0
-    import triton
     from triton.testing import do_bench
 
     args.out.mkdir(parents=True, exist_ok=True)

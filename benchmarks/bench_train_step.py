@@ -54,7 +54,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -73,6 +72,11 @@ from fastlam.models.encoder import EncoderConfig  # noqa: E402
 from fastlam.models.lam import LatentActionWorldModel, ModelConfig, RegularizerConfig, TransformerConfig  # noqa: E402
 from fastlam.ops import use_backend  # noqa: E402
 from fastlam.optim import OptimConfig, build_optimizers  # noqa: E402
+
+try:  # run as a script (python benchmarks/bench_x.py) or as a module
+    from benchmarks._common import git_commit
+except ImportError:  # pragma: no cover
+    from _common import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "train_step"
@@ -539,14 +543,6 @@ def fit_batch(size: Size, mode: str, device: torch.device, init_state: dict, not
 # ----------------------------------------------------------------------------- main
 
 
-def git_commit() -> str:
-    if os.environ.get("FASTLAM_COMMIT"):
-        return os.environ["FASTLAM_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def run_size(size: Size, modes, backends, device, args, rows: list, notes: list, t_start: float,

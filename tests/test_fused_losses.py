@@ -7,7 +7,6 @@ tests run bf16 and large shapes. Rule (flash-attention's): with ``ref`` the floa
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch

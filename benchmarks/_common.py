@@ -1,0 +1,20 @@
+"""What every benchmark records beside its numbers: which commit produced them."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    """The commit under test: $FASTLAM_COMMIT (set by gpu_suite.sh for copies without .git)
+    or ``git rev-parse HEAD``."""
+    if os.environ.get("FASTLAM_COMMIT"):
+        return os.environ["FASTLAM_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:
+        return "unknown"

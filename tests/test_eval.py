@@ -14,13 +14,32 @@ from fastlam.eval import action_data as ad
 from fastlam.eval import cli
 from fastlam.eval.capacity import capacity, capacity_sweep
 from fastlam.eval.common import load_lam, one_step_errors
-from fastlam.eval.controller import (ControllerConfig, ControllerTrainConfig, build_controller, controller_error,
-                                     train_controller)
+from fastlam.eval.controller import (
+    ControllerConfig,
+    ControllerTrainConfig,
+    build_controller,
+    controller_error,
+    train_controller,
+)
 from fastlam.eval.leakage import future_leakage, splice
-from fastlam.eval.planning import ARM_CEM, CEMConfig, ate_rpe, cem, delta_xyz, goal_cost, plan_arm
+from fastlam.eval.planning import (
+    ARM_CEM,
+    CEMConfig,
+    ate_rpe,
+    cem,
+    delta_xyz,
+    goal_cost,
+    plan_arm,
+)
 from fastlam.eval.sampling import langevin_sparse, sample_latents, sparse_energy
 from fastlam.eval.transfer import cycle_errors
-from fastlam.models import EncoderConfig, LatentActionWorldModel, ModelConfig, RegularizerConfig, TransformerConfig
+from fastlam.models import (
+    EncoderConfig,
+    LatentActionWorldModel,
+    ModelConfig,
+    RegularizerConfig,
+    TransformerConfig,
+)
 
 
 def tiny_lam(kind="noisy", frames=8, tubelet=2, size=32, **reg) -> LatentActionWorldModel:
@@ -37,7 +56,7 @@ class PatchStates(nn.Module):
     cfg = type("cfg", (), {"encoder": type("enc", (), {"tubelet": 1})()})()
 
     def encode(self, video):
-        B, C, F, H, W = video.shape
+        B, C, F = video.shape[:3]
         x = nn.functional.avg_pool2d(video.permute(0, 2, 1, 3, 4).flatten(0, 1), 8)  # (BF, C, h, w)
         return x.flatten(2).transpose(1, 2).reshape(B, F, -1, C)
 

@@ -7,26 +7,86 @@ One module per protocol: ``capacity`` (one-step IDM error, regularizer sweeps), 
 trajectories: format, loaders, simulated arm and navigation generators) and ``report``.
 Command line: ``python -m fastlam.eval <task> --help``.
 """
-from .capacity import PAPER_GRIDS, STRENGTH_PARAM, capacity, capacity_sweep, compare_capacity, plot_capacity_curve
+from .capacity import (
+                         PAPER_GRIDS,
+                         STRENGTH_PARAM,
+                         capacity,
+                         capacity_sweep,
+                         compare_capacity,
+                         plot_capacity_curve,
+)
 from .common import encode_batched, load_clips, load_lam, one_step_errors
-from .controller import (ActionMLPController, ControllerConfig, ControllerTrainConfig, LatentController,
-                         build_controller, controller_error, controller_pairs, load_controller, save_controller,
-                         train_controller)
+from .controller import (
+                         ActionMLPController,
+                         ControllerConfig,
+                         ControllerTrainConfig,
+                         LatentController,
+                         build_controller,
+                         controller_error,
+                         controller_pairs,
+                         load_controller,
+                         save_controller,
+                         train_controller,
+)
 from .leakage import future_leakage, splice
-from .planning import (ARM_CEM, NAV_CEM, ACBaselineConfig, ACRollout, CEMConfig, LatentRollout, ate_rpe, cem,
-                       delta_xyz, plan_arm, plan_nav, train_ac_baseline)
+from .planning import (
+                         ARM_CEM,
+                         NAV_CEM,
+                         ACBaselineConfig,
+                         ACRollout,
+                         CEMConfig,
+                         LatentRollout,
+                         ate_rpe,
+                         cem,
+                         delta_xyz,
+                         plan_arm,
+                         plan_nav,
+                         train_ac_baseline,
+)
 from .report import write_report
 from .sampling import embedding_plot, langevin_sparse, sample_latents, sparse_energy
 from .transfer import cycle_errors, cycle_transfer
 
 __all__ = [
-    "PAPER_GRIDS", "STRENGTH_PARAM", "capacity", "capacity_sweep", "compare_capacity", "plot_capacity_curve",
-    "encode_batched", "load_clips", "load_lam", "one_step_errors",
-    "ActionMLPController", "ControllerConfig", "ControllerTrainConfig", "LatentController", "build_controller",
-    "controller_error", "controller_pairs", "load_controller", "save_controller", "train_controller",
-    "future_leakage", "splice",
-    "ARM_CEM", "NAV_CEM", "ACBaselineConfig", "ACRollout", "CEMConfig", "LatentRollout", "ate_rpe", "cem",
-    "delta_xyz", "plan_arm", "plan_nav", "train_ac_baseline",
-    "write_report", "embedding_plot", "langevin_sparse", "sample_latents", "sparse_energy",
-    "cycle_errors", "cycle_transfer",
+                         "ARM_CEM",
+                         "NAV_CEM",
+                         "PAPER_GRIDS",
+                         "STRENGTH_PARAM",
+                         "ACBaselineConfig",
+                         "ACRollout",
+                         "ActionMLPController",
+                         "CEMConfig",
+                         "ControllerConfig",
+                         "ControllerTrainConfig",
+                         "LatentController",
+                         "LatentRollout",
+                         "ate_rpe",
+                         "build_controller",
+                         "capacity",
+                         "capacity_sweep",
+                         "cem",
+                         "compare_capacity",
+                         "controller_error",
+                         "controller_pairs",
+                         "cycle_errors",
+                         "cycle_transfer",
+                         "delta_xyz",
+                         "embedding_plot",
+                         "encode_batched",
+                         "future_leakage",
+                         "langevin_sparse",
+                         "load_clips",
+                         "load_controller",
+                         "load_lam",
+                         "one_step_errors",
+                         "plan_arm",
+                         "plan_nav",
+                         "plot_capacity_curve",
+                         "sample_latents",
+                         "save_controller",
+                         "sparse_energy",
+                         "splice",
+                         "train_ac_baseline",
+                         "train_controller",
+                         "write_report",
 ]

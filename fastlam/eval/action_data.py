@@ -164,8 +164,9 @@ def write_episode(path: str | Path, frames: np.ndarray, actions: np.ndarray | No
 
 
 def _write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
-    import av
     from fractions import Fraction
+
+    import av
 
     with av.open(str(path), "w") as c:
         s = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))

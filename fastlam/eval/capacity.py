@@ -8,13 +8,21 @@ model per regularizer strength with :func:`fastlam.train.train` and draws the ca
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from .common import (encode_batched, has_latents, one_step_errors, pyplot, regularizer_kind, state_fingerprint,
-                     summary, write_json)
+from .common import (
+    encode_batched,
+    has_latents,
+    one_step_errors,
+    pyplot,
+    regularizer_kind,
+    state_fingerprint,
+    summary,
+    write_json,
+)
 
 # The strength each family is swept over, and the paper's grids (lam-spec.md section 3).
 STRENGTH_PARAM = {"sparse": "l_l1", "noisy": "beta", "discrete": "num_codes"}

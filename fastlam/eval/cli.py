@@ -25,7 +25,7 @@ def _traj(model, data: str, steps: int, stride: int | None = None):
 def _split(ds, val_frac: float = 0.2):
     """Held-out episodes: the last ``val_frac`` of them (at least one) never train anything."""
     n_ep = len(ds.episodes)
-    n_val = max(1, int(round(n_ep * val_frac))) if n_ep > 1 else 0
+    n_val = max(1, round(n_ep * val_frac)) if n_ep > 1 else 0
     cut = n_ep - n_val
     train = [i for i, (e, _) in enumerate(ds.index) if e < cut]
     val = [i for i, (e, _) in enumerate(ds.index) if e >= cut] or train
@@ -114,8 +114,14 @@ def controller_data(model, data: str, steps: int | None = None):
 
 
 def run_controller(args) -> Path:
-    from .controller import (ControllerConfig, ControllerTrainConfig, build_controller, controller_error,
-                             save_controller, train_controller)
+    from .controller import (
+        ControllerConfig,
+        ControllerTrainConfig,
+        build_controller,
+        controller_error,
+        save_controller,
+        train_controller,
+    )
 
     torch.manual_seed(args.seed)
     model = load_lam(args.checkpoint, args.expect_regularizer)
@@ -178,7 +184,14 @@ def run_ac_baseline(args) -> Path:
 def run_plan(args) -> Path:
     from ..models import ACPredictor
     from .controller import load_controller
-    from .planning import CEMConfig, ACRollout, LatentRollout, plan_arm, plan_nav, relative_poses
+    from .planning import (
+        ACRollout,
+        CEMConfig,
+        LatentRollout,
+        plan_arm,
+        plan_nav,
+        relative_poses,
+    )
 
     model = load_lam(args.checkpoint, args.expect_regularizer)
     arm = args.env == "arm"

@@ -149,9 +149,10 @@ def controller_pairs(states: torch.Tensor, actions: torch.Tensor, latents: torch
 
 
 def train_controller(model: nn.Module, states: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor,
-                     cfg: ControllerTrainConfig = ControllerTrainConfig(), *, log_every: int = 0) -> list[float]:
+                     cfg: ControllerTrainConfig | None = None, *, log_every: int = 0) -> list[float]:
     """Fit ``model`` to ``targets`` (M, latent) from (``actions`` (M, A), ``states`` (M, N, D))
     with L2, AdamW, linear warmup then cosine. Returns the training loss per iteration."""
+    cfg = cfg or ControllerTrainConfig()
     if not (states.shape[0] == actions.shape[0] == targets.shape[0]):
         raise ValueError(f"states/actions/targets: expected the same number of pairs, got "
                          f"{states.shape[0]}, {actions.shape[0]}, {targets.shape[0]}")

@@ -14,7 +14,7 @@ passed in; nothing is downloaded.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -17,8 +17,8 @@ actions, :func:`train_ac_baseline`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -181,7 +181,9 @@ def plan_arm(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.
              horizon: int = 3, cfg: CEMConfig = ARM_CEM, action_std: torch.Tensor | None = None,
              low: torch.Tensor | None = None, high: torch.Tensor | None = None, seed: int = 0) -> dict:
     """The DROID protocol on episodes: states (E, T >= horizon + 1, N, D), actions (E, T-1, A).
-    Start = state 0, goal = state ``horizon``; returns Delta_xyz per episode and its mean."""
+    Start = state 0, goal = state ``horizon``; returns Delta_xyz per episode and its mean.
+    CEM starts at mean 0 with, per action dimension, the std of the recorded actions unless
+    ``action_std`` is given (a dimension that never moves, like the arm's roll, stays 0)."""
     E = states.shape[0]
     if states.shape[1] < horizon + 1 or actions.shape[:2] != (E, states.shape[1] - 1):
         raise ValueError(f"states/actions: expected (E, T >= {horizon + 1}, N, D) and (E, T - 1, A), got "
@@ -223,7 +225,9 @@ def plan_nav(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.
     for e in range(E):
         start_p = None if proprio is None else torch.zeros(3)
         base = goal_cost(world, states[e, 0], states[e, steps], start_p)
-        cost = lambda total: base((total / steps).unsqueeze(1).expand(-1, steps, -1).contiguous())
+        def cost(total, base=base):
+            return base((total / steps).unsqueeze(1).expand(-1, steps, -1).contiguous())
+
         out = cem(cost, mean0.clone(), std0.clone(), cfg, generator=g)
         plan = (out["plan"] / steps).expand(steps, 3)
         ate, rpe = ate_rpe(integrate_actions(torch.zeros(3), plan), integrate_actions(torch.zeros(3), gt[e]))
@@ -251,12 +255,13 @@ class ACBaselineConfig:
 
 
 def train_ac_baseline(states: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor,
-                      cfg: ACBaselineConfig = ACBaselineConfig(), kind: str = "droid",
+                      cfg: ACBaselineConfig | None = None, kind: str = "droid",
                       log_every: int = 0) -> tuple[ACPredictor, list[float]]:
     """Train a V-JEPA 2-AC-style predictor (action and state tokens before each frame,
     block-causal, teacher forcing + rollout L1) on the true actions of clips: states
     (B, T, N, D), actions (B, T-1, A), proprio (B, T, A). Navigation proprio is made relative
     to each clip's first pose, so the model never sees absolute arena coordinates."""
+    cfg = cfg or ACBaselineConfig()
     if proprio is None:
         raise ValueError("proprio: the action-conditioned baseline needs proprio.npy in the dataset")
     B, T, N, D = states.shape

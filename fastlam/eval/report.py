@@ -38,8 +38,8 @@ def write_report(results: str | Path, out: str | Path | None = None) -> Path:
     rel = lambda p: Path(p).resolve().relative_to(out.parent.resolve()) if Path(p).resolve().is_relative_to(
         out.parent.resolve()) else Path(p).resolve()
     lines = ["# fastlam evaluation report", "",
-             "Errors are L1 distances in the frozen encoder's latent space (mean over tokens and channels) "
-             "unless stated otherwise.", ""]
+             ("Errors are L1 distances in the frozen encoder's latent space (mean over tokens and channels) "
+              "unless stated otherwise."), ""]
     found = False
 
     for path, r in _load(results, "capacity.json"):

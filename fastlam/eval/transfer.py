@@ -26,7 +26,7 @@ def cycle_errors(model, states_a: torch.Tensor, states_b: torch.Tensor) -> tuple
     check_states(states_b, "states_b")
     if states_a.shape != states_b.shape:
         raise ValueError(f"states_b: expected the shape of states_a {tuple(states_a.shape)}, got {tuple(states_b.shape)}")
-    B, T, N, D = states_a.shape
+    B, T = states_a.shape[:2]
     target = states_a[:, 1:].float()
     z_a = model.infer_actions(states=states_a)
     own = (model.predict(states_a[:, :-1], z_a).float() - target).abs().mean(dim=(-2, -1))

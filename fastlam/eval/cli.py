@@ -200,7 +200,7 @@ def run_plan(args) -> Path:
     if ds.action_dim is None:
         raise ValueError(f"--data: {args.data} has no actions.npy; planning is scored against recorded actions")
     _, val = _split(ds)
-    val = val[: args.episodes]
+    val = (val if args.split == "val" else list(range(len(ds))))[: args.episodes]
     b = ds.batch(val)
     states = encode_batched(model, b["video"])
     defaults = (300, 10, 15) if arm else (120, 10, 1)
@@ -359,7 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--controller", default=None, help="controller folder from the 'controller' task")
     p.add_argument("--ac-baseline", default=None, help="ac_baseline folder from the 'ac-baseline' task")
-    p.add_argument("--episodes", type=int, default=64)
+    p.add_argument("--episodes", type=int, default=64, help="planning problems (windows of horizon + 1 steps)")
+    p.add_argument("--split", choices=("val", "all"), default="val",
+                   help="val: the held-out last 20%% of the episodes (never seen by controller / baseline "
+                        "training); all: every episode (for a separately generated test set)")
     p.add_argument("--horizon", type=int, default=None, help="arm: 3 steps; nav: 8 steps")
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--top-k", type=int, default=None)

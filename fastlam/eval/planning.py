@@ -183,13 +183,18 @@ def plan_arm(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.
     """The DROID protocol on episodes: states (E, T >= horizon + 1, N, D), actions (E, T-1, A).
     Start = state 0, goal = state ``horizon``; returns Delta_xyz per episode and its mean.
     CEM starts at mean 0 with, per action dimension, the std of the recorded actions unless
-    ``action_std`` is given (a dimension that never moves, like the arm's roll, stays 0)."""
+    ``action_std`` is given (a dimension that never moves, like the arm's roll, stays 0);
+    samples are clamped to ``low`` / ``high``, by default the range of the recorded actions
+    (the robot's action limits: a world model is not to be trusted far outside them)."""
     E = states.shape[0]
     if states.shape[1] < horizon + 1 or actions.shape[:2] != (E, states.shape[1] - 1):
         raise ValueError(f"states/actions: expected (E, T >= {horizon + 1}, N, D) and (E, T - 1, A), got "
                          f"{tuple(states.shape)} and {tuple(actions.shape)}")
     A = actions.shape[-1]
-    std = (actions.flatten(0, 1).std(0) if action_std is None else action_std).expand(horizon, A)
+    flat = actions.flatten(0, 1)
+    std = (flat.std(0) if action_std is None else action_std).expand(horizon, A)
+    low = flat.min(0).values if low is None else low
+    high = flat.max(0).values if high is None else high
     g = torch.Generator().manual_seed(seed)
     errs, plans = [], []
     for e in range(E):

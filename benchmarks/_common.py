@@ -18,3 +18,13 @@ def git_commit() -> str:
                               check=True).stdout.strip()
     except Exception:
         return "unknown"
+
+
+def allow_many_compiles(limit: int = 256) -> None:
+    """Benchmarks compile one graph per (shape, variant); raise dynamo's recompile cap so none
+    silently falls back to eager (the attribute was renamed across torch versions)."""
+    import torch
+
+    for attr in ("cache_size_limit", "recompile_limit"):
+        if hasattr(torch._dynamo.config, attr):
+            setattr(torch._dynamo.config, attr, limit)

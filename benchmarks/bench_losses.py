@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 try:  # run as a script (python benchmarks/bench_x.py) or as a module
-    from benchmarks._common import git_commit
+    from benchmarks._common import allow_many_compiles, git_commit
 except ImportError:  # pragma: no cover
-    from _common import git_commit
+    from _common import allow_many_compiles, git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 HBM_BYTES_PER_S = 3.0e12  # measured H100 copy bandwidth (kernels-and-env.md)
@@ -181,9 +181,7 @@ def main(argv=None) -> int:
     from triton.testing import do_bench
 
     args.out.mkdir(parents=True, exist_ok=True)
-    for attr in ("cache_size_limit", "recompile_limit"):
-        if hasattr(torch._dynamo.config, attr):
-            setattr(torch._dynamo.config, attr, 256)
+    allow_many_compiles()
     t0 = time.time()
     rows, notes = [], []
     for case in _cases(args.quick):

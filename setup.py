@@ -65,8 +65,8 @@ setup(
         "kernels": ["triton>=3.4"],
         "data": ["av>=12"],
         # ~200 MB wheel (+ its small pure-Python deps): GPU decoding and the CPU VP8/VP9/MJPEG
-        # decoder of fastlam.data.dali. Not in `dev`: the tests skip cleanly without it.
-        "dali": ["nvidia-dali-cuda130"],
+        # decoder of fastlam.data.dali. Not in `dev` (large); scripts/test.sh installs it for CI.
+        "dali": ["nvidia-dali-cuda130==2.4.0"],
         # Pure Python with DS_BUILD_OPS=0 (its one CPU op is JIT-built on first use); tested version.
         "dist": ["deepspeed==0.19.8"],
         "gpu": ["flash-attn", "xformers"],

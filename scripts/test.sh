@@ -4,5 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
+# The DALI decoding paths (CPU decoding of VP8/VP9/MJPEG, and the DALI-fed training run) are
+# tested too: install the optional `dali` extra here (a large wheel, so not in set-up for users).
+.venv/bin/python -m pip install -q -e ".[dali]" || echo "NVIDIA DALI could not be installed: its tests will skip"
 .venv/bin/python -m fastlam.data.samples --dest data/samples || echo "sample videos unavailable: tests that need them will skip"
 exec .venv/bin/python -m pytest tests benchmarks -q -p no:cacheprovider --benchmark-disable --durations=20 "$@"

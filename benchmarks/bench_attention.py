@@ -3,6 +3,12 @@
 when installed, and SDPA's own flash kernel on the causal mask (the FA2-class upper bound at
 the same FLOP count when flash-attn cannot be installed).
 
+With the frame_causal mask fastlam is also timed with 3D RoPE both ways
+(``fastlam_triton_rope_kernel``: rotation fused into the attention kernels;
+``fastlam_triton_rope_prepass``: a rotation kernel before them, ``FASTLAM_ROPE_FUSION``),
+against FlexAttention with the reference rotation, so the default fusion follows the data;
+the summary prints the kernel / prepass time ratio.
+
 FLOPs follow kernels-and-env.md: forward ``4 * B * H * D * (allowed query-key pairs)`` (the
 unmasked fraction only), backward 2.5 x forward. Times are ``triton.testing.do_bench``
 medians. Writes ``attention.csv`` / ``attention.json`` (device, date, commit, torch and
@@ -88,6 +94,46 @@ def make_runners(mask: str, F: int, notes: list):
     return runners
 
 
+def rope_for(F: int):
+    """V-JEPA 2 layout for a frame of F tokens: a square patch grid after the per-frame
+    prefix tokens (258 = 2 action/state tokens + 16 x 16), duplicated-frequency quirk on."""
+    from fastlam.ops import Rope3D
+
+    import math
+
+    prefix = 2 if F % 2 else F % 16  # 258: V-JEPA 2-AC's action + state tokens
+    return Rope3D(grid_w=math.isqrt(F - prefix), num_prefix=prefix)
+
+
+def rope_runners(F: int) -> dict:
+    """fastlam with RoPE fused into the kernels and as a pre-pass, and FlexAttention + RoPE."""
+    from fastlam.ops import st_attention
+    from fastlam.ops.triton_attention import ROPE_FUSION_ENV
+
+    rope = rope_for(F)
+
+    def fused(fusion):
+        def run(q, k, v):
+            # Read when the forward is called; the backward reuses the forward's choice.
+            old = os.environ.get(ROPE_FUSION_ENV)
+            os.environ[ROPE_FUSION_ENV] = fusion
+            try:
+                return st_attention(q, k, v, frame_len=F, mask="frame_causal", rope=rope, backend="triton")
+            finally:
+                if old is None:
+                    os.environ.pop(ROPE_FUSION_ENV, None)
+                else:
+                    os.environ[ROPE_FUSION_ENV] = old
+        return run
+
+    return {
+        "fastlam_triton_rope_kernel": fused("kernel"),
+        "fastlam_triton_rope_prepass": fused("prepass"),
+        "flex_rope": lambda q, k, v: st_attention(q, k, v, frame_len=F, mask="frame_causal", rope=rope,
+                                                  backend="flex"),
+    }
+
+
 def bench_one(fn, q, k, v, do, quick: bool):
     import triton
 
@@ -138,7 +184,10 @@ def main(argv=None) -> int:
         for mask in args.masks:
             pairs = allowed_pairs(L, F, mask)
             fwd_flops = 4.0 * B * H * D * pairs
-            for name, fn in make_runners(mask, F, notes).items():
+            runners = make_runners(mask, F, notes)
+            if mask == "frame_causal":
+                runners.update(rope_runners(F))
+            for name, fn in runners.items():
                 if name.startswith("sdpa_dense") and L > 8192:
                     notes.append(f"{name} skipped at L={L}: the dense mask path is too slow for the suite's budget")
                     continue
@@ -206,11 +255,20 @@ def speedup_summary(rows) -> str:
             continue
         parts = []
         for name, r in group.items():
-            if name.startswith("fastlam"):
+            if name.startswith("fastlam") or name.endswith("_rope"):
                 continue
             parts.append(f"vs {name}: fwd {r['fwd_ms'] / ours['fwd_ms']:.2f}x fwd+bwd {r['fwd_bwd_ms'] / ours['fwd_bwd_ms']:.2f}x")
         lines.append(f"B={k[0]} L={k[1]} D={k[2]} {k[3]}: fastlam fwd {ours['fwd_tflops']} TFLOP/s, "
                      f"fwd+bwd {ours['fwd_bwd_tflops']} TFLOP/s; " + "; ".join(parts))
+        fused, pre = group.get("fastlam_triton_rope_kernel"), group.get("fastlam_triton_rope_prepass")
+        if fused and pre:
+            # > 1: the fused rotation is faster; the default fusion should follow this.
+            lines.append(f"  RoPE prepass / kernel time: fwd {pre['fwd_ms'] / fused['fwd_ms']:.2f}x, "
+                         f"fwd+bwd {pre['fwd_bwd_ms'] / fused['fwd_bwd_ms']:.2f}x "
+                         f"(no RoPE / kernel RoPE fwd+bwd {ours['fwd_bwd_ms'] / fused['fwd_bwd_ms']:.2f}x)"
+                         + (f"; flex+RoPE / kernel RoPE fwd {group['flex_rope']['fwd_ms'] / fused['fwd_ms']:.2f}x "
+                            f"fwd+bwd {group['flex_rope']['fwd_bwd_ms'] / fused['fwd_bwd_ms']:.2f}x"
+                            if "flex_rope" in group else ""))
     return "\n".join(lines)
 
 

@@ -17,19 +17,38 @@ masked tiles above. Key tiles outside ``[lo, hi)`` are never loaded. With frame 
 like 258 that do not divide the tile size, only the tiles that straddle a frame boundary
 pay for the mask. The backward dK/dV pass does the same over query tiles for each key tile.
 
-3D RoPE (V-JEPA 2 layout) runs in the rotation kernel ``_rope_rotate``: the token's (t, h,
-w) position is derived from its index, the frame length, the number of per-frame prefix
-tokens and the grid width; per channel the launcher passes the axis (0=t, 1=h, 2=w,
-3=none) and cos/sin tables indexed by (integer position along that axis, channel). The
-tables are ``cos((i * scale_axis) * f_c)`` built in fp32 by the same torch ops as the
-reference, so the angles are bit-identical to ``fastlam.ops.rope`` and no per-element
-sin/cos is evaluated. Rotation is ``x*cos + pair_swap(x)*sin``; its transpose (backward)
-``g*cos - pair_swap(g*sin)``. q and k are rotated once before the attention kernels and
-dQ, dK are rotated back once after them (O(L*D) memory traffic per pass, versus O(L^2*D)
-FLOPs of attention: estimated at a few percent at L=2048, not yet measured on a GPU). Why not inside the attention kernels: the streamed operand would be re-rotated for
-every query tile, and even rotating only the resident tile in the prologue (or dK/dQ in
-the epilogue) made the sm_90 builds spill registers (STACK 8-232 B, measured with
-``cuobjdump -res-usage``), which costs more than the extra pass.
+3D RoPE (V-JEPA 2 layout): the token's (t, h, w) position is derived from its index, the
+frame length, the number of per-frame prefix tokens and the grid width; per channel the
+launcher passes the axis (0=t, 1=h, 2=w, 3=none) and cos/sin tables indexed by (integer
+position along that axis, channel). The tables are ``cos((i * scale_axis) * f_c)`` built in
+fp32 by the same torch ops as the reference, so the angles are bit-identical to
+``fastlam.ops.rope`` and no per-element sin/cos is evaluated. Rotation is
+``x*cos + pair_swap(x)*sin``, its transpose ``g*cos - pair_swap(g*sin)``, where
+``pair_swap(y)[c] = sign(c) * y[c ^ 1]``. The partner channel ``c ^ 1`` is read by a second
+load of the same rows (an L1/L2 hit), so everything is element-wise: an earlier in-register
+swap (reshape / split / join) forced layout conversions through shared memory and made the
+sm_90 builds spill.
+
+Two fusions (``rope_fusion``): ``"kernel"`` (default) rotates inside the attention kernels
+(constexpr ROPE): the forward rotates its resident q tile once and each streamed k tile as it
+is loaded; the dK/dV pass its resident k tile and each streamed q tile; the dQ pass its
+resident q tile and each streamed k tile. The rotated tile is rounded to the input dtype
+before the matmul, which is what the pre-pass stores, so both fusions feed the same operands.
+``"prepass"`` rotates q and k once by the point-wise ``_rope_rotate`` into new tensors. In
+both, dQ and dK leave the kernels in the rotated basis and one point-wise pass applies R^T in
+place (O(L*D); the atomic dQ path accumulates rotated-basis dQ in fp32 and that pass casts
+it). R^T in the epilogue would need the partner channel of an accumulator that lives in
+registers of other threads: a store, a CTA barrier and a re-load, i.e. the same memory
+traffic as the post-pass but inside the most register-bound part of the kernel.
+The extra tiles of the fused rotation (x, partner, cos, sin and their 64-bit addresses) cost
+registers: with the plain tiles, 20 of the 33 ROPE=True configurations spilled on sm_90 or
+sm_80 (STACK 8-496 B; e.g. bf16 hd64 forward 128x64: 32 / 168 B), so ``_ROPE_TILES`` holds
+other tiles for those, mostly 8 warps instead of 4 or a halved key tile (bf16 hd64 forward
+128x32 with 8 warps: 208 / 244 registers, no spill); every default is spill-free (REG and
+STACK per config: benchmarks/results/static). The point-wise rotation kernel with 4 warps
+still spills at 64 rows x BLOCK_D 128 (STACK 168-432 B), with 8 warps it does not (104-158
+registers). Which fusion is faster is for ``benchmarks/bench_attention.py`` to measure
+(``fastlam_triton_rope_kernel`` vs ``fastlam_triton_rope_prepass``): no GPU has run it yet.
 
 Softmax runs in base 2 (``exp2`` with ``scale * log2(e)`` folded in); the stored
 log-sum-exp is natural-log, fp32, (B, H, L). The backward is the flash-attention split:
@@ -58,6 +77,12 @@ _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": a row masked in one til
 _LOG2E_F = 1.4426950408889634
 _LOG2E = tl.constexpr(_LOG2E_F)
 _LN2 = tl.constexpr(0.6931471805599453)
+
+
+# The RoPE layout integers (frame length, prefix tokens, grid width) only enter index maths:
+# never specialized on their value or divisibility, so 256 and 258-token frames (and the
+# unused placeholders of ROPE=False launches) run the one binary the static check compiled.
+_ROPE_INTS = ["F", "NPREFIX", "GRID_W"]
 
 
 def interpreting() -> bool:
@@ -130,45 +155,48 @@ def _query_range(n0, L, MF, MW, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _pair_swap(x, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...) along the head dim of a register tile."""
-    pairs = tl.reshape(x, (ROWS, BLOCK_D // 2, 2))
-    even, odd = tl.split(pairs)
-    return tl.reshape(tl.join(-odd, even), (ROWS, BLOCK_D))
-
-
-@triton.jit
-def _rope_tables(tok, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W):
-    """cos / sin (rows = tokens, cols = channels) for token indices ``tok``, from index maths."""
+def _rope_positions(tok, offs_d, AXIS, D, F, NPREFIX, GRID_W):
+    """Integer position (rows = tokens, cols = channels) along each channel's axis, from the
+    token index: frame t = tok // F; inside a frame, NPREFIX prefix tokens (h = w = 0), then
+    the patch grid row-major with GRID_W columns. Unrotated channels (axis 3) get 0."""
     t = tok // F
     j = tok % F
     is_patch = j >= NPREFIX
     p = tl.maximum(j - NPREFIX, 0)
     h = tl.where(is_patch, p // GRID_W, 0)
     w = tl.where(is_patch, p % GRID_W, 0)
-    d_ok = offs_d < D
-    ax = tl.load(AXIS + offs_d, mask=d_ok, other=3)[None, :]
-    pos = tl.where(ax == 0, t[:, None], tl.where(ax == 1, h[:, None], tl.where(ax == 2, w[:, None], 0)))
-    ok = (tok < L)[:, None] & d_ok[None, :]
-    idx = pos * D + offs_d[None, :]
-    cos = tl.load(COS + idx, mask=ok, other=1.0)
-    sin = tl.load(SIN + idx, mask=ok, other=0.0)
-    return cos, sin
+    ax = tl.load(AXIS + offs_d, mask=offs_d < D, other=3)[None, :]
+    return tl.where(ax == 0, t[:, None], tl.where(ax == 1, h[:, None], tl.where(ax == 2, w[:, None], 0)))
 
 
 @triton.jit
-def _rope(x, tok, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Rotate a (ROWS, BLOCK_D) tile of q or k in fp32; returns fp32."""
-    cos, sin = _rope_tables(tok, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W)
-    x = x.to(tl.float32)
-    return x * cos + _pair_swap(x, ROWS, BLOCK_D) * sin
+def _rope_load(PTR, tok, offs_d, stride_l, L, D, COS, SIN, AXIS, F, NPREFIX, GRID_W, TRANSPOSE: tl.constexpr):
+    """Rows ``tok`` of a (L, D) tile read from memory and rotated, fp32.
 
-
-@triton.jit
-def _rope_transpose(g, tok, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Gradient through the rotation: R^T g = g*cos - pair_swap(g*sin) (fp32)."""
-    cos, sin = _rope_tables(tok, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W)
-    return g * cos - _pair_swap(g * sin, ROWS, BLOCK_D)
+    R x = x*cos + pair_swap(x)*sin and R^T x = x*cos - pair_swap(x*sin), where
+    pair_swap(y)[c] = sign(c) * y[c ^ 1] (sign -1 on even channels). The partner channel
+    is read by a second load of the same rows at column ``c ^ 1`` (an L1/L2 hit) instead of
+    a register shuffle: the reshape/split/join swap made the tile's layout conversions
+    spill registers on sm_90, the second load is element-wise. The partner of a rotated
+    channel lies in the same chunk (chunks have an even width), hence has the same axis and
+    position; unrotated channels have sin = 0 at every position.
+    """
+    pos = _rope_positions(tok, offs_d, AXIS, D, F, NPREFIX, GRID_W)
+    partner = offs_d ^ 1
+    row_ok = (tok < L)[:, None]
+    ok = row_ok & (offs_d < D)[None, :]
+    ok_p = row_ok & (partner < D)[None, :]
+    rows = PTR + tok[:, None] * stride_l
+    x = tl.load(rows + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    x_p = tl.load(rows + partner[None, :], mask=ok_p, other=0.0).to(tl.float32)
+    sign = tl.where(offs_d % 2 == 0, -1.0, 1.0)[None, :]
+    cos = tl.load(COS + pos * D + offs_d[None, :], mask=ok, other=1.0)
+    if TRANSPOSE:
+        sin_p = tl.load(SIN + pos * D + partner[None, :], mask=ok_p, other=0.0)
+        return x * cos - sign * (x_p * sin_p)
+    else:
+        sin = tl.load(SIN + pos * D + offs_d[None, :], mask=ok, other=0.0)
+        return x * cos + sign * (x_p * sin)
 
 
 @triton.jit
@@ -180,6 +208,22 @@ def _load_rows(PTR, tok, offs_d, stride_l, L, D, DOT_FP32: tl.constexpr):
 
 
 @triton.jit
+def _load_qk(PTR, tok, offs_d, stride_l, L, D, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+             ROPE: tl.constexpr, DOT_FP32: tl.constexpr):
+    """A q or k tile as a dot operand, rotated when ROPE. The rotation runs in fp32 and is
+    rounded to the input dtype, exactly what the rotation pre-pass stores, so both fusions
+    feed the matmuls the same operands."""
+    if ROPE:
+        x = _rope_load(PTR, tok, offs_d, stride_l, L, D, COS, SIN, AXIS, F, NPREFIX, GRID_W, False)
+        x = x.to(PTR.dtype.element_ty)
+        if DOT_FP32:
+            x = x.to(tl.float32)
+    else:
+        x = _load_rows(PTR, tok, offs_d, stride_l, L, D, DOT_FP32)
+    return x
+
+
+@triton.jit(do_not_specialize=_ROPE_INTS)
 def _rope_rotate(
     X, Y, COS, SIN, AXIS,
     stride_xb, stride_xh, stride_xl,
@@ -187,8 +231,8 @@ def _rope_rotate(
     TRANSPOSE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Y = R x (q or k before attention) or Y = R^T x (dq, dk after it), in fp32, stored in
-    Y's dtype into a contiguous (B, H, L, D) Y. Y may alias a contiguous X: each program
-    reads its tile before writing it."""
+    Y's dtype into a contiguous (B, H, L, D) Y. Y may alias a contiguous X: a program owns
+    whole rows (BLOCK_D >= D) and reads them (both loads) before a barrier, then writes."""
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
     off_b = (bh // H).to(tl.int64)
@@ -196,12 +240,11 @@ def _rope_rotate(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     ok = (offs_m < L)[:, None] & (offs_d < D)[None, :]
-    x = tl.load(X + off_b * stride_xb + off_h * stride_xh + offs_m[:, None] * stride_xl + offs_d[None, :], mask=ok,
-                other=0.0).to(tl.float32)
-    if TRANSPOSE:
-        y = _rope_transpose(x, offs_m, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, BLOCK_M, BLOCK_D)
-    else:
-        y = _rope(x, offs_m, offs_d, COS, SIN, AXIS, L, D, F, NPREFIX, GRID_W, BLOCK_M, BLOCK_D)
+    y = _rope_load(X + off_b * stride_xb + off_h * stride_xh, offs_m, offs_d, stride_xl, L, D, COS, SIN, AXIS,
+                   F, NPREFIX, GRID_W, TRANSPOSE)
+    # In place, another warp of this program may still have to read (as a partner) an
+    # element this warp is about to overwrite.
+    tl.debug_barrier()
     tl.store(Y + bh.to(tl.int64) * L * D + offs_m[:, None] * D + offs_d[None, :], y.to(Y.dtype.element_ty), mask=ok)
 
 
@@ -210,10 +253,11 @@ def _rope_rotate(
 
 @triton.jit
 def _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl, L, D, MF, MW, qk_scale,
-              MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
+              COS, SIN, AXIS, F, NPREFIX, GRID_W,
+              MASKED: tl.constexpr, ROPE: tl.constexpr, BLOCK_N: tl.constexpr,
               BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = _load_rows(K, offs_n, offs_d, stride_kl, L, D, DOT_FP32)
+    k = _load_qk(K, offs_n, offs_d, stride_kl, L, D, COS, SIN, AXIS, F, NPREFIX, GRID_W, ROPE, DOT_FP32)
     v = _load_rows(V, offs_n, offs_d, stride_vl, L, D, DOT_FP32)
     s = _dot(q, tl.trans(k), IEEE) * qk_scale
     if MASKED:
@@ -226,15 +270,15 @@ def _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride
     return acc, m_new, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_ROPE_INTS)
 def _attn_fwd(
-    Q, K, V, O, LSE,
+    Q, K, V, O, LSE, COS, SIN, AXIS,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     stride_ob, stride_oh, stride_ol,
-    H, L, D, MF, MW, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    H, L, D, MF, MW, qk_scale, F, NPREFIX, GRID_W,
+    ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
@@ -249,7 +293,7 @@ def _attn_fwd(
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_rows(Q, offs_m, offs_d, stride_ql, L, D, DOT_FP32)
+    q = _load_qk(Q, offs_m, offs_d, stride_ql, L, D, COS, SIN, AXIS, F, NPREFIX, GRID_W, ROPE, DOT_FP32)
 
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + _NEG
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -259,13 +303,16 @@ def _attn_fwd(
     lo, s, e, hi = _align_ranges(lo, hi, a, b, BLOCK_N)
     for start_n in range(lo, s, BLOCK_N):
         acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                                  L, D, MF, MW, qk_scale, True, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+                                  L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                                  True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
     for start_n in range(s, e, BLOCK_N):
         acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                                  L, D, MF, MW, qk_scale, False, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+                                  L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                                  False, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
     for start_n in range(e, hi, BLOCK_N):
         acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                                  L, D, MF, MW, qk_scale, True, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+                                  L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                                  True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
 
     acc = acc / l_i[:, None]
     row_ok = offs_m < L
@@ -301,10 +348,11 @@ def _attn_bwd_preprocess(
 @triton.jit
 def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d,
                stride_ql, stride_dol, stride_dql, L, D, MF, MW, qk_scale, sm_scale,
-               MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+               COS, SIN, AXIS, F, NPREFIX, GRID_W,
+               MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr, ROPE: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    q = _load_rows(Q, offs_m, offs_d, stride_ql, L, D, DOT_FP32)
+    q = _load_qk(Q, offs_m, offs_d, stride_ql, L, D, COS, SIN, AXIS, F, NPREFIX, GRID_W, ROPE, DOT_FP32)
     do = _load_rows(DO, offs_m, offs_d, stride_dol, L, D, DOT_FP32)
     row_ok = offs_m < L
     lse2 = tl.load(LSE + offs_m, mask=row_ok, other=0.0) * _LOG2E
@@ -325,9 +373,9 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d,
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_ROPE_INTS)
 def _attn_bwd_dkdv(
-    Q, K, V, DO, DK, DV, DQ, LSE, DELTA,
+    Q, K, V, DO, DK, DV, DQ, LSE, DELTA, COS, SIN, AXIS,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
@@ -335,8 +383,8 @@ def _attn_bwd_dkdv(
     stride_dkb, stride_dkh, stride_dkl,
     stride_dvb, stride_dvh, stride_dvl,
     stride_dqb, stride_dqh, stride_dql,
-    H, L, D, MF, MW, qk_scale, sm_scale,
-    ATOMIC_DQ: tl.constexpr,
+    H, L, D, MF, MW, qk_scale, sm_scale, F, NPREFIX, GRID_W,
+    ATOMIC_DQ: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
 ):
@@ -356,7 +404,7 @@ def _attn_bwd_dkdv(
 
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    k = _load_rows(K, offs_n, offs_d, stride_kl, L, D, DOT_FP32)
+    k = _load_qk(K, offs_n, offs_d, stride_kl, L, D, COS, SIN, AXIS, F, NPREFIX, GRID_W, ROPE, DOT_FP32)
     v = _load_rows(V, offs_n, offs_d, stride_vl, L, D, DOT_FP32)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -365,13 +413,16 @@ def _attn_bwd_dkdv(
     lo, s, e, hi = _align_ranges(lo, hi, a, b, BLOCK_M)
     for start_m in range(lo, s, BLOCK_M):
         dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql, stride_dol, stride_dql,
-                            L, D, MF, MW, qk_scale, sm_scale, True, ATOMIC_DQ, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
+                            L, D, MF, MW, qk_scale, sm_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                            True, ATOMIC_DQ, ROPE, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
     for start_m in range(s, e, BLOCK_M):
         dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql, stride_dol, stride_dql,
-                            L, D, MF, MW, qk_scale, sm_scale, False, ATOMIC_DQ, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
+                            L, D, MF, MW, qk_scale, sm_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                            False, ATOMIC_DQ, ROPE, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
     for start_m in range(e, hi, BLOCK_M):
         dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql, stride_dol, stride_dql,
-                            L, D, MF, MW, qk_scale, sm_scale, True, ATOMIC_DQ, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
+                            L, D, MF, MW, qk_scale, sm_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                            True, ATOMIC_DQ, ROPE, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
 
     dk *= sm_scale
     ok = (offs_n < L)[:, None] & (offs_d < D)[None, :]
@@ -381,10 +432,11 @@ def _attn_bwd_dkdv(
 
 @triton.jit
 def _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl, L, D, MF, MW, qk_scale,
-             MASKED: tl.constexpr, BLOCK_N: tl.constexpr,
+             COS, SIN, AXIS, F, NPREFIX, GRID_W,
+             MASKED: tl.constexpr, ROPE: tl.constexpr, BLOCK_N: tl.constexpr,
              BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = _load_rows(K, offs_n, offs_d, stride_kl, L, D, DOT_FP32)
+    k = _load_qk(K, offs_n, offs_d, stride_kl, L, D, COS, SIN, AXIS, F, NPREFIX, GRID_W, ROPE, DOT_FP32)
     v = _load_rows(V, offs_n, offs_d, stride_vl, L, D, DOT_FP32)
     p = tl.math.exp2(_dot(q, tl.trans(k), IEEE) * qk_scale - lse2[:, None])
     if MASKED:
@@ -395,16 +447,16 @@ def _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, s
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_ROPE_INTS)
 def _attn_bwd_dq(
-    Q, K, V, DO, DQ, LSE, DELTA,
+    Q, K, V, DO, DQ, LSE, DELTA, COS, SIN, AXIS,
     stride_qb, stride_qh, stride_ql,
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     stride_dob, stride_doh, stride_dol,
     stride_dqb, stride_dqh, stride_dql,
-    H, L, D, MF, MW, qk_scale, sm_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    H, L, D, MF, MW, qk_scale, sm_scale, F, NPREFIX, GRID_W,
+    ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
@@ -422,7 +474,7 @@ def _attn_bwd_dq(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < L
-    q = _load_rows(Q, offs_m, offs_d, stride_ql, L, D, DOT_FP32)
+    q = _load_qk(Q, offs_m, offs_d, stride_ql, L, D, COS, SIN, AXIS, F, NPREFIX, GRID_W, ROPE, DOT_FP32)
     do = _load_rows(DO, offs_m, offs_d, stride_dol, L, D, DOT_FP32)
     lse2 = tl.load(LSE + offs_m, mask=row_ok, other=0.0) * _LOG2E
     delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
@@ -432,13 +484,16 @@ def _attn_bwd_dq(
     lo, s, e, hi = _align_ranges(lo, hi, a, b, BLOCK_N)
     for start_n in range(lo, s, BLOCK_N):
         dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                      L, D, MF, MW, qk_scale, True, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+                      L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                      True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
     for start_n in range(s, e, BLOCK_N):
         dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                      L, D, MF, MW, qk_scale, False, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+                      L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                      False, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
     for start_n in range(e, hi, BLOCK_N):
         dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                      L, D, MF, MW, qk_scale, True, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+                      L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                      True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
 
     dq *= sm_scale
     tl.store(DQ + offs_m[:, None] * stride_dql + offs_d[None, :], dq.to(DQ.dtype.element_ty),
@@ -485,34 +540,66 @@ _TILES = {
 }
 
 
-def block_config(head_dim: int, dtype: torch.dtype, interpret: bool | None = None) -> dict:
+# With the rotation fused (ROPE=True), the kernels also hold the cos / sin / partner tiles of
+# the operand being rotated. Entries here replace the _TILES entry for those launches, only
+# where the _TILES tile spilled with ROPE=True (see the module docstring for the figures).
+# STACK figures are sm_90 / sm_80 with ROPE=True (triton 3.7, benchmarks.static_check).
+_ROPE_TILES: dict = {
+    ("fwd", True, 32): (128, 64, 8, 3),  # 4 warps spilled 8 B on sm_90
+    ("fwd", True, 64): (128, 32, 8, 3),  # 128x64/4w: 32-40 / 168 B; 128x64/8w: 8 B; 64x64/4w: 48 / 32 B
+    ("fwd", False, 32): (64, 32, 8, 2),  # 4 warps: 24 / 8 B
+    ("fwd", False, 64): (32, 16, 4, 1),  # 32x32: 0 / 8 B with 4 or 8 warps
+    ("fwd", False, 128): (16, 16, 8, 1),  # 16x32/8w: 0 / 8 B; 4 warps: 192-264 B
+    ("bwd_kv", True, 64): (32, 64, 8, 2),  # 4 warps: 0 / 8 B
+    ("bwd_kv", True, 128): (32, 32, 8, 2),  # 32x64: 40-48 B; 16x64: 16-32 B
+    ("bwd_kv", False, 32): (32, 32, 8, 2),  # 4 warps: 8-24 B
+    ("bwd_kv", False, 128): (16, 16, 8, 1),  # 16x32: 456 B; 16x16/4w: 296-360 B
+    ("bwd_kv_atomic", True, 64): (32, 64, 8, 2),  # 64x64: 0 / 216 B
+    ("bwd_kv_atomic", False, 32): (32, 32, 8, 1),  # 2 stages: 8 / 0 B
+    ("bwd_kv_atomic", False, 64): (32, 16, 8, 2),  # 32x32: 136 / 0 B; 16x32: 8 / 0 B
+    ("bwd_q", True, 64): (64, 32, 4, 2),  # 64x64/4w: 0 / 48 B; 8 warps: 0 / 8 B
+    ("bwd_q", False, 64): (32, 16, 4, 2),  # 32x32: 488-496 B; 16x32: 32 B
+}
+
+ROPE_FUSIONS = ("kernel", "prepass")
+
+
+def block_config(head_dim: int, dtype: torch.dtype, interpret: bool | None = None, rope: bool = False) -> dict:
     """Tile sizes and launch parameters for a head dim / dtype (a fixed table, no autotune).
 
     The head dim is padded to the next power of two (BLOCK_D, masked loads), so hd 80 and
     96 use the hd128 entries. Entries were picked from ahead-of-time compiles for sm_90 and
     sm_80 (see ``_TILES``): the largest query tile that compiles without spills, since a
     spill costs more than a smaller tile. Every entry is registered below, so CI's static
-    check recompiles all of them. Point-wise kernels (Delta, RoPE) use 64 rows (32 at
-    BLOCK_D 128: fp32 rotation at 64 rows spilled). Under the interpreter every tile is 16
-    (the tl.dot minimum), so tiny test shapes still cross many tile boundaries.
+    check recompiles all of them. ``rope=True`` (the fused rotation) takes ``_ROPE_TILES``
+    where the plain tile spilled with it. Point-wise kernels use 64 rows (the Delta
+    preprocess 32 at BLOCK_D 128; the rotation 8 warps there). Under the interpreter every
+    tile is 16 (the tl.dot minimum), so tiny test shapes still cross many tile boundaries.
     """
     block_d = max(16, triton.next_power_of_2(head_dim))
     if interpret is None:
         interpret = interpreting()
     if interpret:
         t = (16, 16, 4, 1)
-        return dict(BLOCK_D=block_d, fwd=t, bwd_kv=t, bwd_kv_atomic=t, bwd_q=t, pointwise=(16, 4))
+        return dict(BLOCK_D=block_d, fwd=t, bwd_kv=t, bwd_kv_atomic=t, bwd_q=t, pointwise=(16, 4),
+                    rope_pointwise=(16, 4))
     if block_d > 128:
         raise ValueError(f"head_dim: the Triton attention kernel takes head dims up to 128, got {head_dim}")
     low = dtype != torch.float32
-    cfg = {kind: _TILES.get((kind, low, block_d)) for kind in ("fwd", "bwd_kv", "bwd_kv_atomic", "bwd_q")}
-    return dict(BLOCK_D=block_d, pointwise=(64 if block_d <= 64 else 32, 4), **cfg)
+    cfg = {}
+    for kind in ("fwd", "bwd_kv", "bwd_kv_atomic", "bwd_q"):
+        key = (kind, low, block_d)
+        cfg[kind] = _ROPE_TILES.get(key, _TILES.get(key)) if rope else _TILES.get(key)
+    # The rotation kernel at 64 rows x 128 channels: 4 warps spilled 168-432 B (32 rows
+    # fit but staged through shared memory at 200-245 registers); 8 warps: 104-158, no spill.
+    rope_pw = (64, 4) if block_d <= 64 else (64, 8)
+    return dict(BLOCK_D=block_d, pointwise=(64 if block_d <= 64 else 32, 4), rope_pointwise=rope_pw, **cfg)
 
 
-def use_atomic_dq(head_dim: int, dtype: torch.dtype, deterministic: bool) -> bool:
+def use_atomic_dq(head_dim: int, dtype: torch.dtype, deterministic: bool, rope: bool = False) -> bool:
     """Accumulate dQ with atomics in the dK/dV pass (fewer matmuls) unless asked to be
     deterministic or the head dim is too wide for it to compile without spills."""
-    return not deterministic and block_config(head_dim, dtype)["bwd_kv_atomic"] is not None
+    return not deterministic and block_config(head_dim, dtype, rope=rope)["bwd_kv_atomic"] is not None
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -546,7 +633,7 @@ def rope_rotate(x: torch.Tensor, frame_len: int, rope_tables, *, transpose: bool
         out = torch.empty((B, H, L, D), device=x.device, dtype=out_dtype or x.dtype)
     elif not out.is_contiguous() or out.shape != x.shape:
         raise ValueError(f"out: expected a contiguous tensor of shape {tuple(x.shape)}")
-    BM, warps = block_config(D, x.dtype)["pointwise"]
+    BM, warps = block_config(D, x.dtype)["rope_pointwise"]
     _rope_rotate[(triton.cdiv(L, BM), B * H)](
         x, out, cos, sin, axis, x.stride(0), x.stride(1), x.stride(2),
         H, L, D, frame_len, int(n_prefix), int(grid_w),
@@ -580,42 +667,61 @@ def _dot_fp32(dtype: torch.dtype) -> bool:
     return interpreting() and dtype == torch.bfloat16
 
 
+def _check_fusion(rope_fusion: str) -> None:
+    if rope_fusion not in ROPE_FUSIONS:
+        raise ValueError(f"rope_fusion: expected one of {ROPE_FUSIONS}, got {rope_fusion!r}")
+
+
+def _rope_kernel_args(rope_tables, fused: bool, frame_len: int, dummy: torch.Tensor) -> tuple:
+    """(COS, SIN, AXIS, F, NPREFIX, GRID_W) for an attention kernel; unused when not fused
+    (any pointer, and integers that keep the position maths defined)."""
+    if not fused:
+        return dummy, dummy, dummy, 1, 0, 1
+    cos, sin, axis, n_prefix, grid_w = rope_tables
+    return cos, sin, axis, frame_len, int(n_prefix), int(grid_w)
+
+
 def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, window_frames=None, rope_tables=None,
-                      out: torch.Tensor | None = None, lse: torch.Tensor | None = None):
+                      rope_fusion: str = "kernel", out: torch.Tensor | None = None, lse: torch.Tensor | None = None):
     """Launch the forward. Returns (out (B,H,L,D) in q's dtype, lse (B,H,L) fp32, natural log).
 
-    ``rope_tables``: None, or the tables of :func:`rope_rotate`; q and k are then rotated
-    once by the rotation kernel before the attention kernel (see the module docstring).
+    ``rope_tables``: None, or the tables of :func:`rope_rotate`. ``rope_fusion="kernel"``
+    rotates q and k inside the attention kernel (the resident q tile once, each streamed
+    k tile as it is loaded); ``"prepass"`` rotates them once by the rotation kernel into new
+    tensors first (see the module docstring).
     """
+    _check_fusion(rope_fusion)
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check(name, x)
     B, H, L, D = q.shape
-    cfg = block_config(D, q.dtype)
+    fused = rope_tables is not None and rope_fusion == "kernel"
+    cfg = block_config(D, q.dtype, rope=fused)
     BM, BN, warps, stages = cfg["fwd"]
     mask_frame, window = mask_frames(L, frame_len, mask, window_frames)
     if out is None:
         out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if lse is None:
         lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
-    if rope_tables is not None:
+    if rope_tables is not None and not fused:
         q = rope_rotate(q, frame_len, rope_tables)
         k = rope_rotate(k, frame_len, rope_tables)
+    cos, sin, axis, F, npre, gw = _rope_kernel_args(rope_tables, fused, frame_len, lse)
     _attn_fwd[(triton.cdiv(L, BM), B * H)](
-        q, k, v, out, lse,
+        q, k, v, out, lse, cos, sin, axis,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        H, L, D, mask_frame, window, scale * _LOG2E_F,
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=cfg["BLOCK_D"], DOT_FP32=_dot_fp32(q.dtype), IEEE=q.dtype == torch.float32,
+        H, L, D, mask_frame, window, scale * _LOG2E_F, F, npre, gw,
+        ROPE=fused, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=cfg["BLOCK_D"], DOT_FP32=_dot_fp32(q.dtype), IEEE=q.dtype == torch.float32,
         num_warps=warps, num_stages=stages,
     )
     return out, lse
 
 
 def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scale: float, window_frames=None,
-                       rope_tables=None, deterministic: bool = False, dlse: torch.Tensor | None = None,
-                       grads: tuple | None = None):
+                       rope_tables=None, rope_fusion: str = "kernel", deterministic: bool = False,
+                       dlse: torch.Tensor | None = None, grads: tuple | None = None):
     """Launch the backward. Returns (dq, dk, dv) in q's dtype, contiguous (B, H, L, D).
 
     ``deterministic=True`` computes dQ in its own pass (no atomics: bit-identical across
@@ -623,13 +729,20 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
     (:func:`use_atomic_dq`). ``dlse`` (B, H, L), the gradient of the lse output, if any:
     since d lse_i / d s_ij = p_ij it enters as dS = P * (dP - (Delta - dlse)). ``grads``:
     optional preallocated contiguous (dq, dk, dv) (tests poison them to prove every element
-    is written). With RoPE, q and k are rotated again (cheaper than keeping copies) and the
-    transposed rotation is applied to dQ and dK in place.
+    is written). With RoPE, the attention kernels see rotated q and k: rotated inside them
+    (``rope_fusion="kernel"``: the dK/dV pass rotates its resident k tile and each streamed
+    q tile, the dQ pass its resident q tile and each streamed k tile) or rotated again by
+    the rotation kernel first (``"prepass"``; cheaper than keeping copies from the
+    forward). Either way dQ and dK come out in the rotated basis and one point-wise pass
+    applies the transposed rotation to them in place (the atomic dQ accumulator is fp32;
+    that pass also casts it into dq).
     """
+    _check_fusion(rope_fusion)
     for name, x in (("do", do), ("q", q), ("k", k), ("v", v), ("out", out)):
         _check(name, x)
     B, H, L, D = q.shape
-    cfg = block_config(D, q.dtype)
+    fused = rope_tables is not None and rope_fusion == "kernel"
+    cfg = block_config(D, q.dtype, rope=fused)
     BD = cfg["BLOCK_D"]
     mask_frame, window = mask_frames(L, frame_len, mask, window_frames)
     dot_fp32 = _dot_fp32(q.dtype)
@@ -641,7 +754,7 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
     for name, g in (("dq", dq), ("dk", dk), ("dv", dv)):
         if g.shape != q.shape or g.dtype != q.dtype or not g.is_contiguous():
             raise ValueError(f"grads: {name} must be a contiguous {tuple(q.shape)} {q.dtype} tensor")
-    if rope_tables is not None:
+    if rope_tables is not None and not fused:
         q = rope_rotate(q, frame_len, rope_tables)
         k = rope_rotate(k, frame_len, rope_tables)
 
@@ -655,12 +768,13 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
     )
     if dlse is not None:
         delta = delta - dlse.to(torch.float32)
-    atomic = use_atomic_dq(D, q.dtype, deterministic)
+    atomic = use_atomic_dq(D, q.dtype, deterministic, rope=fused)
+    cos, sin, axis, F, npre, gw = _rope_kernel_args(rope_tables, fused, frame_len, delta)
     dq_acc = torch.zeros((B, H, L, D), device=q.device, dtype=torch.float32) if atomic else dq
 
     BM, BN, warps, stages = cfg["bwd_kv_atomic" if atomic else "bwd_kv"]
     _attn_bwd_dkdv[(triton.cdiv(L, BN), B * H)](
-        q, k, v, do, dk, dv, dq_acc, lse, delta,
+        q, k, v, do, dk, dv, dq_acc, lse, delta, cos, sin, axis,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -668,21 +782,21 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
         dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
         dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2),
-        H, L, D, mask_frame, window, scale * _LOG2E_F, scale,
-        ATOMIC_DQ=atomic, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
+        H, L, D, mask_frame, window, scale * _LOG2E_F, scale, F, npre, gw,
+        ATOMIC_DQ=atomic, ROPE=fused, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
         DOT_FP32=dot_fp32, IEEE=ieee, num_warps=warps, num_stages=stages,
     )
     if not atomic:
         BM, BN, warps, stages = cfg["bwd_q"]
         _attn_bwd_dq[(triton.cdiv(L, BM), B * H)](
-            q, k, v, do, dq, lse, delta,
+            q, k, v, do, dq, lse, delta, cos, sin, axis,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
             do.stride(0), do.stride(1), do.stride(2),
             dq.stride(0), dq.stride(1), dq.stride(2),
-            H, L, D, mask_frame, window, scale * _LOG2E_F, scale,
-            BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
+            H, L, D, mask_frame, window, scale * _LOG2E_F, scale, F, npre, gw,
+            ROPE=fused, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
             DOT_FP32=dot_fp32, IEEE=ieee, num_warps=warps, num_stages=stages,
         )
     if rope_tables is not None:
@@ -715,15 +829,15 @@ def _register_configs() -> None:
 
     FLOPs / bytes refer to the frame-causal reference shape B=4, H=16, L=2048 (8 x 256),
     counting only the unmasked fraction (36/64 of the L^2 pairs), backward = 2.5 x forward.
+    Each attention kernel is registered with ROPE off and on (the fused rotation; tiles
+    from ``_ROPE_TILES`` where they differ).
     """
     frac = (_REF_L // _REF_F + 1) / (2 * (_REF_L // _REF_F))
     tables = {"COS": "*fp32", "SIN": "*fp32", "AXIS": "*i32"}
     for dtype, tname in _TRITON_DTYPE.items():
         el = torch.finfo(dtype).bits // 8
         for head_dim in (32, 64, 128):
-            cfg = block_config(head_dim, dtype, interpret=False)
-            BD = cfg["BLOCK_D"]
-            tag = f"hd{BD},{tname}"
+            BD = max(16, triton.next_power_of_2(head_dim))
             ref = f"B={_REF_B},H={_REF_H},L={_REF_L},D={head_dim},frame_len={_REF_F},frame_causal"
             fwd_flops = 4.0 * _REF_B * _REF_H * _REF_L * _REF_L * head_dim * frac
             tb = float(_REF_B * _REF_H * _REF_L * head_dim * el)  # one (B, H, L, D) tensor
@@ -733,47 +847,57 @@ def _register_configs() -> None:
             def ptr(names, t=tname):
                 return {n: f"*{t}" for n in names}
 
-            BM, BN, w, st = cfg["fwd"]
-            ce = dict(common, BLOCK_M=BM, BLOCK_N=BN)
-            register(KernelConfig(
-                f"attn_fwd[{tag},M{BM},N{BN}]", _attn_fwd,
-                _signature(_attn_fwd, {**ptr("QKVO"), "LSE": "*fp32"}, ce), ce, w, st,
-                expects_mma=True, ref_shape=ref, flops=fwd_flops, min_bytes=4 * tb + rb))
-            for atomic in (False, True):
-                spec = cfg["bwd_kv_atomic" if atomic else "bwd_kv"]
-                if spec is None:
-                    continue
-                BM, BN, w, st = spec
-                ce = dict(common, ATOMIC_DQ=atomic, BLOCK_M=BM, BLOCK_N=BN)
+            for rope in (False, True):
+                cfg = block_config(head_dim, dtype, interpret=False, rope=rope)
+                tag = f"hd{BD},{tname}{',rope' if rope else ''}"
+                BM, BN, w, st = cfg["fwd"]
+                ce = dict(common, ROPE=rope, BLOCK_M=BM, BLOCK_N=BN)
                 register(KernelConfig(
-                    f"attn_bwd_dkdv[{tag}{',atomic_dq' if atomic else ''},M{BM},N{BN}]", _attn_bwd_dkdv,
-                    _signature(_attn_bwd_dkdv, {**ptr(["Q", "K", "V", "DO", "DK", "DV"]),
-                                                "DQ": "*fp32" if atomic else f"*{tname}",
-                                                "LSE": "*fp32", "DELTA": "*fp32"}, ce), ce, w, st,
-                    expects_mma=True, ref_shape=ref,
-                    # 4 of the 5 backward matmuls (the dQ one too when atomic): 2.0 / 2.5 x forward.
-                    flops=fwd_flops * (2.5 if atomic else 2.0),
-                    min_bytes=(6 * tb + (tb * 4 / el if atomic else 0)) + 2 * rb))
-            BM, BN, w, st = cfg["bwd_q"]
-            ce = dict(common, BLOCK_M=BM, BLOCK_N=BN)
-            register(KernelConfig(
-                f"attn_bwd_dq[{tag},M{BM},N{BN}]", _attn_bwd_dq,
-                _signature(_attn_bwd_dq, {**ptr(["Q", "K", "V", "DO", "DQ"]), "LSE": "*fp32", "DELTA": "*fp32"}, ce),
-                ce, w, st, expects_mma=True, ref_shape=ref, flops=fwd_flops * 1.5, min_bytes=5 * tb + 2 * rb))
+                    f"attn_fwd[{tag},M{BM},N{BN}]", _attn_fwd,
+                    _signature(_attn_fwd, {**ptr("QKVO"), "LSE": "*fp32", **tables}, ce), ce, w, st,
+                    expects_mma=True, ref_shape=ref, flops=fwd_flops, min_bytes=4 * tb + rb))
+                for atomic in (False, True):
+                    spec = cfg["bwd_kv_atomic" if atomic else "bwd_kv"]
+                    if spec is None:
+                        continue
+                    BM, BN, w, st = spec
+                    ce = dict(common, ATOMIC_DQ=atomic, ROPE=rope, BLOCK_M=BM, BLOCK_N=BN)
+                    register(KernelConfig(
+                        f"attn_bwd_dkdv[{tag}{',atomic_dq' if atomic else ''},M{BM},N{BN}]", _attn_bwd_dkdv,
+                        _signature(_attn_bwd_dkdv, {**ptr(["Q", "K", "V", "DO", "DK", "DV"]),
+                                                    "DQ": "*fp32" if atomic else f"*{tname}",
+                                                    "LSE": "*fp32", "DELTA": "*fp32", **tables}, ce), ce, w, st,
+                        expects_mma=True, ref_shape=ref,
+                        # 4 of the 5 backward matmuls (the dQ one too when atomic): 2.0 / 2.5 x forward.
+                        flops=fwd_flops * (2.5 if atomic else 2.0),
+                        min_bytes=(6 * tb + (tb * 4 / el if atomic else 0)) + 2 * rb))
+                BM, BN, w, st = cfg["bwd_q"]
+                ce = dict(common, ROPE=rope, BLOCK_M=BM, BLOCK_N=BN)
+                register(KernelConfig(
+                    f"attn_bwd_dq[{tag},M{BM},N{BN}]", _attn_bwd_dq,
+                    _signature(_attn_bwd_dq, {**ptr(["Q", "K", "V", "DO", "DQ"]), "LSE": "*fp32",
+                                              "DELTA": "*fp32", **tables}, ce),
+                    ce, w, st, expects_mma=True, ref_shape=ref, flops=fwd_flops * 1.5, min_bytes=5 * tb + 2 * rb))
+            cfg = block_config(head_dim, dtype, interpret=False)
+            tag = f"hd{BD},{tname}"
             PM, pw = cfg["pointwise"]
             ce = dict(BLOCK_M=PM, BLOCK_D=BD)
             register(KernelConfig(
                 f"attn_bwd_preprocess[{tag}]", _attn_bwd_preprocess,
                 _signature(_attn_bwd_preprocess, {**ptr(["O", "DO"]), "DELTA": "*fp32"}, ce), ce, pw, 1,
                 ref_shape=ref, min_bytes=2 * tb + rb))
+            # The pre-pass rotates q, k (either fusion's backward transposes dq, dk); the fp32
+            # source is the atomic dQ accumulator (with or without the fused rotation).
             rope_variants = [("rotate", False, tname), ("transpose", True, tname)]
-            if cfg["bwd_kv_atomic"] is not None:
+            if (block_config(head_dim, dtype, interpret=False, rope=True)["bwd_kv_atomic"] is not None
+                    or cfg["bwd_kv_atomic"] is not None):
                 rope_variants.append(("transpose_from_fp32", True, "fp32"))
+            RM, rw = cfg["rope_pointwise"]
             for label, transpose, src in rope_variants:
-                ce = dict(TRANSPOSE=transpose, BLOCK_M=PM, BLOCK_D=BD)
+                ce = dict(TRANSPOSE=transpose, BLOCK_M=RM, BLOCK_D=BD)
                 register(KernelConfig(
-                    f"attn_rope_{label}[{tag}]", _rope_rotate,
-                    _signature(_rope_rotate, {"X": f"*{src}", "Y": f"*{tname}", **tables}, ce), ce, pw, 1,
+                    f"attn_rope_{label}[{tag},M{RM}]", _rope_rotate,
+                    _signature(_rope_rotate, {"X": f"*{src}", "Y": f"*{tname}", **tables}, ce), ce, rw, 1,
                     ref_shape=ref, min_bytes=tb * (1 + (4 / el if src == "fp32" else 1))))
 
 

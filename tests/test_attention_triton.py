@@ -77,20 +77,86 @@ def test_odd_lengths_and_head_dims(L, frame_len, mask, D):
     _run_and_compare(1, 1, L, D, torch.float32, frame_len, mask, deterministic=False)
 
 
+FUSIONS = ["kernel", "prepass"]
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize("rope", [
     Rope3D(grid_w=3, num_prefix=2),  # V-JEPA 2-AC layout: action + state tokens per frame
     Rope3D(grid_w=4, duplicated_freqs=False, spatial_scale=0.5, theta=100.0),
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_fused_rope_forward_backward(rope, dtype):
+def test_fused_rope_forward_backward(rope, dtype, fusion, monkeypatch):
+    monkeypatch.setenv(ta.ROPE_FUSION_ENV, fusion)
     frame_len = rope.num_prefix + 2 * rope.grid_w
+    # fp16 is not deterministic: dQ goes through the fp32 atomic accumulator.
     _run_and_compare(1, 2, 4 * frame_len, 32, dtype, frame_len, "frame_causal", rope=rope,
                      deterministic=dtype == torch.float32)
 
 
-def test_rope_head_dim_with_unrotated_channels():
-    # head_dim 40: 3 chunks of 12 rotated channels, 4 left as they are.
-    _run_and_compare(1, 1, 24, 40, torch.float32, 8, "causal", rope=Rope3D(grid_w=2, num_prefix=2))
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("D,frame_len,rope,dtype", [
+    # head_dim 40: 3 chunks of 12 rotated channels, 4 left as they are; quirk on.
+    (40, 8, Rope3D(grid_w=2, num_prefix=2), torch.float32),
+    # head_dim 80 (BLOCK_D 128: 2 unrotated + 48 padding channels), odd frame_len 7 with one
+    # prefix token, the textbook rotation; fp16 through the atomic dQ path.
+    (80, 7, Rope3D(grid_w=3, num_prefix=1, duplicated_freqs=False), torch.float16),
+])
+def test_rope_unrotated_channels_and_odd_frames(D, frame_len, rope, dtype, fusion, monkeypatch):
+    monkeypatch.setenv(ta.ROPE_FUSION_ENV, fusion)
+    _run_and_compare(1, 1, 3 * frame_len, D, dtype, frame_len, "causal" if D == 40 else "frame_causal", rope=rope,
+                     deterministic=dtype == torch.float32)
+
+
+def test_rope_fusions_agree_and_deterministic_mode_is_bit_identical():
+    # Both fusions round the rotated operand to the input dtype before the matmuls, so they
+    # feed the kernels the same values; the kernel fusion's deterministic backward repeats
+    # bit for bit.
+    D, F, rope = 40, 7, Rope3D(grid_w=2, num_prefix=1)
+    q, k, v = _inputs(1, 2, 3 * F, D, torch.float16)
+    do = torch.randn_like(q)
+    tables = ta.rope_position_tables(q.shape[2], F, D, rope, q.device)
+    kw = dict(frame_len=F, mask="frame_causal", scale=D**-0.5, rope_tables=tables)
+    results = {}
+    for fusion in FUSIONS:
+        out, lse = kernels.attention_forward(q, k, v, rope_fusion=fusion, **kw)
+        runs = [kernels.attention_backward(do, q, k, v, out, lse, rope_fusion=fusion, deterministic=True, **kw)
+                for _ in range(2)]
+        for a, b in zip(*runs):
+            assert torch.equal(a, b), f"{fusion}: deterministic backward differs between runs"
+        results[fusion] = (out, lse, *runs[0])
+    for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), results["kernel"], results["prepass"]):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_rope_rotate_kernel_and_its_transpose():
+    from fastlam.ops.rope import apply_rope_3d
+
+    F, D, rope = 7, 40, Rope3D(grid_w=3, num_prefix=1)
+    x = torch.randn(1, 2, 3 * F, D)
+    g = torch.randn_like(x)
+    tables = ta.rope_position_tables(x.shape[2], F, D, rope, x.device)
+    rx = kernels.rope_rotate(x, F, tables)
+    torch.testing.assert_close(rx.double(), apply_rope_3d(x.double(), F, rope), atol=1e-5, rtol=1e-5)
+    # The transpose is the adjoint, <R^T g, x> = <g, R x>, also when written in place.
+    rtg = kernels.rope_rotate(g.clone(), F, tables, transpose=True, out=None)
+    g_in_place = g.clone()
+    kernels.rope_rotate(g_in_place, F, tables, transpose=True, out=g_in_place)
+    assert torch.equal(rtg, g_in_place)
+    lhs = (rtg.double() * x.double()).sum()
+    rhs = (g.double() * apply_rope_3d(x.double(), F, rope)).sum()
+    assert abs(lhs - rhs) < 1e-4 * rhs.abs().clamp(min=1)
+
+
+def test_rope_fusion_bad_values(monkeypatch):
+    q, k, v = _inputs(1, 1, 16, 32, torch.float32)
+    tables = ta.rope_position_tables(16, 8, 32, Rope3D(grid_w=2), q.device)
+    with pytest.raises(ValueError, match="rope_fusion"):
+        kernels.attention_forward(q, k, v, frame_len=8, mask="full", scale=1.0, rope_tables=tables,
+                                  rope_fusion="epilogue")
+    monkeypatch.setenv(ta.ROPE_FUSION_ENV, "fused")
+    with pytest.raises(ValueError, match=ta.ROPE_FUSION_ENV):
+        st_attention(q, k, v, frame_len=8, rope=Rope3D(grid_w=2), backend="triton")
 
 
 def test_lse_gradient_flows():
@@ -263,7 +329,7 @@ def test_rope_tables_match_reference_bitwise():
         L = 5 * F
         cos, sin, axis, npre, gw = ta.rope_position_tables(L, F, D, rope, "cpu")
         rc, rs = rope_tables(L, F, D, rope)
-        # Gather the kernel's lookup in torch: same index maths as kernels._rope_tables.
+        # Gather the kernel's lookup in torch: same index maths as kernels._rope_positions.
         idx = torch.arange(L)
         t, j = idx // F, idx % F
         p = (j - npre).clamp(min=0)
@@ -318,10 +384,16 @@ def test_gpu_bf16_large(frame_len, D, mask, window):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("D,dtype", [(80, torch.bfloat16), (96, torch.float16), (32, torch.float32)])
-def test_gpu_head_dims_dtypes_rope(D, dtype):
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("D,dtype,deterministic", [
+    (80, torch.bfloat16, True), (96, torch.float16, True), (32, torch.float32, True),
+    (64, torch.bfloat16, False), (128, torch.bfloat16, False), (64, torch.float32, False),  # atomic dQ where it exists
+])
+def test_gpu_head_dims_dtypes_rope(D, dtype, deterministic, fusion, monkeypatch):
+    monkeypatch.setenv(ta.ROPE_FUSION_ENV, fusion)
     rope = Rope3D(grid_w=16, num_prefix=2)
-    _run_and_compare(2, 2, 4 * 258, D, dtype, 258, "frame_causal", rope=rope, device="cuda")
+    _run_and_compare(2, 2, 4 * 258, D, dtype, 258, "frame_causal", rope=rope, device="cuda",
+                     deterministic=deterministic)
 
 
 @pytest.mark.gpu

@@ -8,8 +8,11 @@ with fake (meta) implementations and ``register_autograd``, so the op is differe
 unit stride on the head dim (views of a packed qkv projection are read in place); a tensor
 whose head dim is strided is copied with ``.contiguous()`` first. Outputs and gradients are
 contiguous. The log-sum-exp output is differentiable too (its gradient folds into Delta).
-RoPE runs in fastlam's Triton rotation kernel around the attention kernels (q, k rotated
-once before; dQ, dK rotated back after), from position tables bit-identical to the reference.
+RoPE is fused into the attention kernels by default (q and k tiles rotated as they are
+loaded, positions from the token index); ``FASTLAM_ROPE_FUSION=prepass`` rotates q and k
+once by a separate Triton kernel instead (:func:`rope_fusion`). Either way dQ and dK are
+rotated back by one point-wise pass after the backward, from position tables bit-identical
+to the reference.
 
 ``flex``: FlexAttention with a block mask built from :func:`mask_allows` and cached per
 (L, frame_len, mask, window, device); compiled on CUDA. Its forward runs on CPU, its
@@ -38,6 +41,17 @@ except Exception as exc:  # pragma: no cover - exercised only where triton is ab
     _TRITON_ERROR = f"triton is not importable ({type(exc).__name__}: {exc})"
 
 MAX_HEAD_DIM = 128
+ROPE_FUSION_ENV = "FASTLAM_ROPE_FUSION"
+
+
+def rope_fusion() -> str:
+    """Where the Triton backend applies RoPE: ``kernel`` (default: inside the attention
+    kernels) or ``prepass`` (a rotation kernel before them), from $FASTLAM_ROPE_FUSION.
+    Read at call time, so a benchmark can compare both in one process."""
+    value = os.environ.get(ROPE_FUSION_ENV, "kernel").strip().lower() or "kernel"
+    if value not in ("kernel", "prepass"):
+        raise ValueError(f"{ROPE_FUSION_ENV}: expected 'kernel' or 'prepass', got {value!r}")
+    return value
 
 
 # ----------------------------------------------------------------------------- RoPE tables
@@ -92,19 +106,19 @@ def _kernel_args(q, frame_len, window_frames, rope_on, grid_w, num_prefix, dupli
 def st_attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_len: int, mask: str, scale: float, window_frames: int,
     deterministic: bool, rope_on: bool, grid_w: int, num_prefix: int, duplicated_freqs: bool, theta: float,
-    spatial_scale: float,
+    spatial_scale: float, rope_fusion: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused attention forward: (out (B,H,L,D) in q's dtype, lse (B,H,L) fp32). window_frames 0 = none."""
     q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
     window, tables = _kernel_args(q, frame_len, window_frames, rope_on, grid_w, num_prefix, duplicated_freqs, theta,
                                   spatial_scale)
     return _kernels.attention_forward(q, k, v, frame_len=frame_len, mask=mask, scale=scale, window_frames=window,
-                                      rope_tables=tables)
+                                      rope_tables=tables, rope_fusion=rope_fusion)
 
 
 @st_attention_fwd.register_fake
 def _(q, k, v, frame_len, mask, scale, window_frames, deterministic, rope_on, grid_w, num_prefix, duplicated_freqs,
-      theta, spatial_scale):
+      theta, spatial_scale, rope_fusion):
     B, H, L, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=torch.float32)
 
@@ -114,25 +128,25 @@ def st_attention_bwd(
     dout: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor, frame_len: int, mask: str, scale: float, window_frames: int,
     deterministic: bool, rope_on: bool, grid_w: int, num_prefix: int, duplicated_freqs: bool, theta: float,
-    spatial_scale: float,
+    spatial_scale: float, rope_fusion: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused attention backward: (dq, dk, dv). ``dlse`` (or None) is the gradient of the lse output."""
     q, k, v, out, dout = (_unit_stride(x) for x in (q, k, v, out, dout))
     window, tables = _kernel_args(q, frame_len, window_frames, rope_on, grid_w, num_prefix, duplicated_freqs, theta,
                                   spatial_scale)
     return _kernels.attention_backward(dout, q, k, v, out, lse, frame_len=frame_len, mask=mask, scale=scale,
-                                       window_frames=window, rope_tables=tables, deterministic=deterministic,
-                                       dlse=dlse)
+                                       window_frames=window, rope_tables=tables, rope_fusion=rope_fusion,
+                                       deterministic=deterministic, dlse=dlse)
 
 
 @st_attention_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, frame_len, mask, scale, window_frames, deterministic, rope_on, grid_w,
-      num_prefix, duplicated_freqs, theta, spatial_scale):
+      num_prefix, duplicated_freqs, theta, spatial_scale, rope_fusion):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 _PARAMS = ("frame_len", "mask", "scale", "window_frames", "deterministic", "rope_on", "grid_w", "num_prefix",
-           "duplicated_freqs", "theta", "spatial_scale")
+           "duplicated_freqs", "theta", "spatial_scale", "rope_fusion")
 
 
 def _setup_context(ctx, inputs, output):
@@ -159,6 +173,7 @@ def _op_args(req: AttentionRequest) -> tuple:
         req.frame_len, req.mask, req.scale, req.window_frames or 0, req.deterministic, rope is not None,
         rope.grid_w if rope else 1, rope.num_prefix if rope else 0, rope.duplicated_freqs if rope else True,
         float(rope.theta) if rope else 10000.0, float(rope.spatial_scale) if rope else 1.0,
+        rope_fusion() if rope else "kernel",
     )
 
 

@@ -456,6 +456,30 @@ def test_sprite_actions_readable_from_pixels_without_distractors():
     assert torch.equal(fg.sum((-1, -2)), torch.full((16, 15), 16))  # a whole 4x4 sprite
 
 
+def test_sprite_clips_pan_on_a_torus():
+    # Several sprites share every move; with wrap each step is exactly a roll of the frame
+    # (no flicker, no distractor), including sprites split across the edges.
+    video, actions, pos = make_sprite_clips(8, steps=5, tubelet=2, size=16, sprite=4, num_sprites=3,
+                                            wrap=True, max_step=3, flicker=0.0, distractor=False, seed=1,
+                                            return_positions=True)
+    assert pos.shape == (8, 5, 3, 2) and actions.shape == (8, 4, 2)
+    assert pos.min() >= 0 and pos.max() < 16
+    steps = (pos[:, 1:] - pos[:, :-1] + 8) % 16 - 8  # displacement modulo the torus
+    assert torch.equal(steps, actions.long()[:, :, None].expand_as(steps))
+    for i in range(8):
+        for t in range(4):
+            dy, dx = actions[i, t].long().tolist()
+            rolled = torch.roll(video[i, :, 2 * t], (dy, dx), dims=(1, 2))
+            assert torch.equal(rolled, video[i, :, 2 * t + 2])
+    # Sprites stand still within a step (the two raw frames of a tubelet are identical).
+    assert torch.equal(video[:, :, 0], video[:, :, 1])
+    # Without wrap, several sprites still stay inside the frame and share the move.
+    _, actions, pos = make_sprite_clips(16, steps=6, size=20, sprite=4, num_sprites=4, seed=2,
+                                        return_positions=True)
+    assert pos.min() >= 0 and pos.max() <= 16
+    assert torch.equal(pos[:, 1:] - pos[:, :-1], actions.long()[:, :, None].expand(-1, -1, 4, -1))
+
+
 def test_sprite_clips_bad_arguments():
     with pytest.raises(ValueError, match="sprite"):
         make_sprite_clips(2, size=8, sprite=8)
@@ -463,6 +487,8 @@ def test_sprite_clips_bad_arguments():
         make_sprite_clips(2, steps=1)
     with pytest.raises(ValueError, match="flicker"):
         make_sprite_clips(2, flicker=2.0)
+    with pytest.raises(ValueError, match="num_sprites"):
+        make_sprite_clips(2, num_sprites=0)
 
 
 # -------------------------------------------------------------------------------- samples

@@ -1,28 +1,31 @@
-"""Learning test: a tiny LatentActionWorldModel trained on CPU learns latent actions that carry
-the hidden transition of generated sprite clips.
+"""Learning test: a tiny LatentActionWorldModel trained on CPU learns latent actions from which a
+linear probe recovers the true 2-D actions of generated sprite clips.
 
-Set-up: 32x32 clips, 6 time steps (tubelet 2), an 8 px sprite moved by known random integer
-actions (|dy|, |dx| <= 3 px) plus a distractor sprite that wanders with its own random moves.
-The frozen encoder is the patch embedding + LayerNorm only (patch 8, depth 0), so a state is a
-4x4 grid of tokens; the IDM and predictor are 2-block transformers of width 64, trained on
-cached encoder states with the package's optimisers (Muon + AdamW, warmup + cosine).
+Set-up: 32x32 clips, 6 time steps (tubelet 2). Eight 4 px sprites on a torus all move by the
+same known random action a_t = (dy, dx), |dy|, |dx| <= 3 px, like a camera panning over a
+scene. Distractors: the background brightness flickers independently in every raw frame and
+a ninth, dimmer sprite wanders with its own random moves. The frozen encoder is the patch
+embedding + LayerNorm only (patch 8, depth 0), so a state is a 4x4 grid of tokens; the IDM and
+predictor are 2-block transformers of width 64 with a 16-d latent action and no regulariser,
+trained on cached encoder states with the package's optimisers (Muon + AdamW, warmup + cosine).
 
-What the latents encode (diagnosed while writing this test, see the report in the commit):
-with patch 8 and moves of at most 3 px almost every move is *inside* a patch, and a token's
-content depends only on where the sprite sits within the patch (its sub-patch phase). Given
-s_t, the phase of the next position, ``p_{t+1} mod 8``, fixes s_{t+1} exactly (|a| < 8/2 makes
-the patch crossing unambiguous), and the predictor can turn it into token content with one
-position-independent function, so that is the code the IDM learns: a linear probe recovers
-``p_{t+1} mod 8`` from z, while the displacement ``a_t`` itself (equivalent information given
-s_t, but not a linear function of z) is not linearly readable. The test asserts the former and
-prints the latter so the gap stays visible.
+Why a pan and not one sprite (diagnosed while writing this test): with one sprite and moves
+smaller than a patch, the IDM learns the sprite's *next sub-patch position*, which fixes the
+next frame just as well and is easier for the predictor to use; the displacement is then not
+linearly readable (R^2 ~0). When many sprites at different sub-patch positions share one move,
+the displacement is the only compact description of the transition, and that is what the
+latents learn (a first-order picture: s_{t+1} ~ s_t + a . grad s_t, linear in a).
 
 Figures asserted (ridge probe fitted on half of the held-out transitions, R^2 on the other
-half): trained R^2 >= 0.5, and >= 0.3 above both the shuffled-label baseline (same z, labels
-permuted) and the untrained baseline (the same probe on an untrained model's z, i.e. random
-features of (s_t, s_{t+1}) with no learning). The predictor must also use z: its L1 with z is
-at least 10% lower than with z taken from other clips. ``FASTLAM_LEARNING_SEED`` picks the seed
-(default 0; seeds 0, 1, 2 were checked).
+half): trained R^2 >= 0.35 and >= 0.3 above both the shuffled-label baseline (same z, labels
+permuted) and the untrained baseline (the same probe on an untrained IDM's z, i.e. random
+features of (s_t, s_{t+1})). A `deterministic` model has no latent action at all (the probe's
+R^2 from a constant feature is 0 by definition), so the untrained IDM is the stricter of the
+two "no learning" baselines. The predictor must also use z: its L1 with z is at least 10% lower
+than with z taken from other clips. Measured (2 threads, 600 steps, ~75 s): trained R^2 0.520 /
+0.564 / 0.576 / 0.467 / 0.467 on seeds 0-4; shuffled -0.047 to -0.014; untrained -0.050 to
+-0.009; predictor L1 with z 0.38-0.43 vs 0.60-0.64 with other clips' z.
+``FASTLAM_LEARNING_SEED`` picks the seed (default 0).
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ PATCH = 8
 STEPS_T = 6
 NUM_CLIPS = 768
 NUM_TRAIN = 512
-TRAIN_STEPS = 300
+TRAIN_STEPS = 600
 BATCH = 32
 
 
@@ -56,13 +59,13 @@ def ridge_r2(features: torch.Tensor, targets: torch.Tensor, lam: float = 1e-3) -
 
 
 @pytest.mark.slow
-def test_latent_actions_carry_the_transition():
+def test_linear_probe_recovers_true_actions():
     seed = int(os.environ.get("FASTLAM_LEARNING_SEED", "0"))
     torch.set_num_threads(min(2, torch.get_num_threads()))
     torch.manual_seed(seed)
-    video, actions, positions = make_sprite_clips(
-        NUM_CLIPS, steps=STEPS_T, tubelet=2, size=32, sprite=8, max_step=3, flicker=0.0, distractor=True,
-        seed=seed, return_positions=True)
+    video, actions = make_sprite_clips(
+        NUM_CLIPS, steps=STEPS_T, tubelet=2, size=32, sprite=4, num_sprites=8, wrap=True, max_step=3,
+        flicker=0.1, distractor=True, seed=seed)
     cfg = ModelConfig(
         image_size=32, frames=2 * STEPS_T, action_dim=16,
         encoder=EncoderConfig(size="tiny", patch_size=PATCH, width=64, heads=4, depth=0),
@@ -75,7 +78,7 @@ def test_latent_actions_carry_the_transition():
     with torch.no_grad():
         states = torch.cat([model.encode(video[i:i + 256]) for i in range(0, NUM_CLIPS, 256)])
 
-    ocfg = OptimConfig(adamw_lr=3e-3, muon_lr=0.02, warmup_frac=0.05)
+    ocfg = OptimConfig(adamw_lr=5e-3, muon_lr=0.03, warmup_frac=0.05)
     opts = build_optimizers(model, ocfg)
     scheds = build_schedulers(opts, TRAIN_STEPS, ocfg)
     gen = torch.Generator().manual_seed(seed)
@@ -93,28 +96,25 @@ def test_latent_actions_carry_the_transition():
 
     test_states = states[NUM_TRAIN:]
     test_actions = actions[NUM_TRAIN:]
-    next_phase = (positions[NUM_TRAIN:, 1:] % PATCH).float()
     z = model.infer_actions(states=test_states)
     z0 = untrained.infer_actions(states=test_states)
-    perm = torch.randperm(next_phase.shape[0] * next_phase.shape[1], generator=gen)
-    shuffled = next_phase.reshape(-1, 2)[perm]
+    perm = torch.randperm(test_actions.shape[0] * test_actions.shape[1], generator=gen)
+    shuffled = test_actions.reshape(-1, 2)[perm]
 
-    r2 = ridge_r2(z, next_phase)
+    r2 = ridge_r2(z, test_actions)
     r2_shuffled = ridge_r2(z, shuffled)
-    r2_untrained = ridge_r2(z0, next_phase)
-    r2_action = ridge_r2(z, test_actions)
+    r2_untrained = ridge_r2(z0, test_actions)
     with torch.no_grad():
         model.eval()
         target = test_states[:, 1:]
         l1_z = (model.predict(test_states[:, :-1], z) - target).abs().mean().item()
         other = torch.roll(z, 1, dims=0)  # every clip gets another clip's latents
         l1_other = (model.predict(test_states[:, :-1], other) - target).abs().mean().item()
-    print(f"\nseed {seed}: trained {TRAIN_STEPS} steps in {train_s:.1f}s; probe R^2 for the next sub-patch "
-          f"phase: trained {r2:.3f}, shuffled labels {r2_shuffled:.3f}, untrained model {r2_untrained:.3f}; "
-          f"R^2 for the displacement a_t: {r2_action:.3f}; predictor L1 with z {l1_z:.4f}, "
-          f"with other clips' z {l1_other:.4f}")
+    print(f"\nseed {seed}: trained {TRAIN_STEPS} steps in {train_s:.1f}s; linear probe R^2 for the true "
+          f"action a_t: trained {r2:.3f}, shuffled labels {r2_shuffled:.3f}, untrained model {r2_untrained:.3f}; "
+          f"predictor L1 with z {l1_z:.4f}, with other clips' z {l1_other:.4f}")
 
     assert l1_z <= 0.9 * l1_other, (l1_z, l1_other)
-    assert r2 >= 0.5, r2
+    assert r2 >= 0.35, r2
     assert r2 >= r2_shuffled + 0.3, (r2, r2_shuffled)
     assert r2 >= r2_untrained + 0.3, (r2, r2_untrained)

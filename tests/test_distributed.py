@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO training on CPU: 2 processes over gloo, against the single-process trainer.
+"""Data-parallel training on CPU (DeepSpeed ZeRO and torch DDP): 2 processes over gloo, against
+the single-process trainer.
 
 Every run trains the same tiny LAM on synthetic sprite clips with a constant learning rate
 (``optim.min_lr_frac=1``, ``warmup_frac=0``), so a run stopped early follows the same schedule as a shorter one,
@@ -230,6 +231,37 @@ def test_zero2_matches_one_process_and_resumes_exactly_after_kill9_mid_save(work
         assert torch.equal(w_full[k], w_resumed[k]), k
     # The consolidated export is the model a single process would have trained.
     _assert_same_training(w_resumed, _weights(tmp_path / "single" / "final"), workdir)
+
+
+def test_ddp_matches_one_process_and_resumes_exactly(workdir, tmp_path):
+    # Plain data parallelism (torch DDP, fastlam's own Muon + AdamW, gloo on CPU): the same
+    # trainer as one process, with gradients averaged over the two ranks' halves of a batch.
+    ddp = "distributed.backend=ddp"
+    full, short = tmp_path / "full", tmp_path / "short"
+    run_full = _launch(workdir, full, ddp)
+    run_short = _launch(workdir, short, ddp, "steps=2")  # stops after its step-2 checkpoint
+    single = _single(workdir, tmp_path / "single", steps=4)
+    _wait(run_full, full)
+    _wait(run_short, short)
+    got = _losses(full)
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in got:
+        assert got[step] == pytest.approx(single[step], rel=2e-3), (step, got, single)
+    assert got[4] < got[1]
+    # Two ranks really ran: rank 0's checkpoint carries both ranks' RNG states.
+    state = torch.load(full / "checkpoints" / "latest.pt", map_location="cpu", weights_only=True)
+    assert len(state["rng_ranks"]) == 2 and state["step"] == 4
+
+    # The constant schedule makes the 2-step run the first half of the 4-step one: resuming
+    # it to step 4 on the same world size reproduces the uninterrupted run bit for bit.
+    resumed = _launch(workdir, short, ddp, "steps=4", "--resume")
+    _wait(resumed, short)
+    again = _losses(short)
+    assert [again[s] for s in (1, 2, 3, 4)] == [got[s] for s in (1, 2, 3, 4)]
+    w_full, w_resumed = _weights(full / "final"), _weights(short / "final")
+    for k in w_full:
+        assert torch.equal(w_full[k], w_resumed[k]), k
+    _assert_same_training(w_full, _weights(tmp_path / "single" / "final"), workdir)
 
 
 def test_zero3_sharded_encoder_sigterm_checkpoint_and_export(workdir, tmp_path):

@@ -52,6 +52,9 @@ class DataConfig:
     cache_mb: float = 0.0  # keep whole decoded videos in memory (per process) up to this size
     decode_timeout_s: float = 60.0
     synthetic_clips: int = 512  # for source: synthetic (sprites moved by known actions)
+    # > 1 with wrap: a pan of sprites on a torus, all moved by the action (the learning test's data)
+    synthetic_sprites: int = 1
+    synthetic_wrap: bool = False
 
 
 @dataclass
@@ -128,9 +131,11 @@ class _SyntheticClips(torch.utils.data.Dataset):
         from fastlam.data.synthetic import make_sprite_clips
 
         m = cfg.model
+        if cfg.data.synthetic_sprites < 1:
+            raise ConfigError(f"data.synthetic_sprites: expected an int >= 1, got {cfg.data.synthetic_sprites!r}")
         self.video, self.actions = make_sprite_clips(
             cfg.data.synthetic_clips, steps=m.frames // m.encoder.tubelet, tubelet=m.encoder.tubelet,
-            size=m.image_size, seed=cfg.seed,
+            size=m.image_size, num_sprites=cfg.data.synthetic_sprites, wrap=cfg.data.synthetic_wrap, seed=cfg.seed,
         )
 
     def __len__(self):

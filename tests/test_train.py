@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastlam.config import load_config
+from fastlam.config import ConfigError, load_config
 from fastlam.models import LatentActionWorldModel
 from fastlam.train import TrainConfig, main, train
 
@@ -79,6 +79,14 @@ def test_cli_rejects_unknown_key(tmp_path, capsys):
     assert e.value.code == 2
     assert "model.predictor.widht" in capsys.readouterr().err
     assert not (tmp_path / "metrics.jsonl").exists(), "nothing runs on a bad config"
+
+
+def test_synthetic_pan_source_trains_and_bad_sprite_count_is_named(tmp_path):
+    summary = train(cfg_for(tmp_path / "pan", "steps=2", "data.synthetic_sprites=8", "data.synthetic_wrap=true"))
+    assert summary["steps"] == 2
+    with pytest.raises(ConfigError, match="data.synthetic_sprites"):
+        train(cfg_for(tmp_path / "bad", "steps=1", "data.synthetic_sprites=0"))
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()
 
 
 def test_empty_video_folder_is_a_clear_error(tmp_path):

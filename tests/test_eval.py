@@ -28,6 +28,7 @@ from fastlam.eval.planning import (
     ate_rpe,
     cem,
     delta_xyz,
+    SimulatorRollout,
     goal_cost,
     plan_arm,
 )
@@ -210,6 +211,31 @@ def test_plan_arm_recovers_actions_in_a_known_linear_world():
     assert zero > 5 * res["delta_xyz"]
 
 
+def test_simulator_oracle_plans_the_arm_near_perfectly(tmp_path):
+    """The true simulator re-rendered from the start state and encoded by a frozen random
+    encoder: the recorded actions cost exactly 0, and CEM with the paper's protocol must bring
+    Delta_xyz close to 0 (checks the planner, cost, clamping and metric without a learned model)."""
+    root = ad.generate_arm(tmp_path / "arm", episodes=2, steps=4, size=32, seed=3, mp4_fps=None)
+    torch.manual_seed(0)
+    enc = tiny_lam("noisy", frames=4, tubelet=1).encoder
+    eps = [ad.load_episode(p) for p in ad.list_episodes(root)]
+    video = torch.stack([e["frames"] for e in eps]).permute(0, 4, 1, 2, 3).float().div(255)
+    with torch.no_grad():
+        states = enc(video)
+    acts, prop = torch.stack([e["actions"] for e in eps]), torch.stack([e["proprio"] for e in eps])
+    worlds = [SimulatorRollout(ad.arm_renderer(root, e["path"]).render, enc, e["frames"][0]) for e in eps]
+    # The rebuilt scene is the recorded one, frame for frame.
+    assert torch.equal(worlds[1].render(prop[1, 2]), eps[1]["frames"][2])
+    assert float(goal_cost(worlds[0], states[0, 0], states[0, 3], prop[0, 0])(acts[:1])) == 0.0
+    res = plan_arm(worlds, states, acts, prop, horizon=3, cfg=CEMConfig(150, 10, 8))
+    zero = delta_xyz(torch.zeros_like(acts), acts)
+    assert res["delta_xyz"] < 0.25 * float(zero.mean()) and res["delta_xyz"] < 0.03, (res["per_episode"], zero)
+    with pytest.raises(ValueError, match="one per episode"):
+        plan_arm(worlds[:1], states, acts, prop, horizon=3, cfg=CEMConfig(4, 2, 1))
+    with pytest.raises(ValueError, match="generate arm"):
+        ad.arm_renderer(tmp_path, eps[0]["path"])
+
+
 # ---- controller ---------------------------------------------------------------------------
 def test_controller_beats_actions_only_on_camera_relative_latents():
     """Camera-relative latents: z = sign * a, where the sign (the camera facing forward or
@@ -384,13 +410,13 @@ def test_cli_end_to_end_planning_and_report(tmp_path, capsys):
         "--width", 16, "--depth", 1, "--heads", 2, "--batch-size", 4)
     run("plan", "arm", "--checkpoint", ck, "--data", data, "--out", out / "plan", "--controller",
         out / "ctrl" / "controller", "--ac-baseline", out / "ac" / "ac_baseline", "--episodes", 2,
-        "--samples", 12, "--top-k", 3, "--iterations", 2)
+        "--samples", 12, "--top-k", 3, "--iterations", 2, "--oracle")
     for task in ("capacity", "leakage", "transfer", "sample"):
         extra = ("--langevin-iterations", 5, "--samples", 20) if task == "sample" else ()
         run(task, "--checkpoint", ck, "--data", "synthetic", "--clips", 3, "--out", out / task, *extra)
     run("report", "--results", out)
     plan = json.loads((out / "plan" / "plan_arm.json").read_text())
-    for key in ("lam_controller", "ac_baseline"):
+    for key in ("lam_controller", "ac_baseline", "oracle"):
         assert plan[key]["episodes"] == 2 and math.isfinite(plan[key]["delta_xyz"])
         assert plan[key]["cem"] == {"samples": 12, "top_k": 3, "iterations": 2}
     report = (out / "report.md").read_text()

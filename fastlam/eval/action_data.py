@@ -284,14 +284,33 @@ def generate_arm(root: str | Path, *, episodes: int = 32, steps: int = 24, size:
     root = Path(root)
     gen = torch.Generator().manual_seed(seed)
     for e in range(episodes):
-        r = ArmRenderer(size, seed=seed * 100_003 + e)
+        r = ArmRenderer(size, seed=_arm_scene_seed(seed, e))
         states, actions = arm_trajectory(steps, gen)
         frames = torch.stack([r.render(s) for s in states]).numpy()
         write_episode(root / f"episode_{e:05d}", frames, actions.numpy(), states.numpy(), mp4_fps=mp4_fps)
     root.mkdir(parents=True, exist_ok=True)
+    # seed and size let arm_renderer() rebuild each episode's scene (the planning oracle).
     (root / "meta.json").write_text(json.dumps({"kind": "droid", "fps": mp4_fps or 4.0, "generator": "arm",
-                                                "action_names": ARM_ACTION_NAMES}, indent=2))
+                                                "action_names": ARM_ACTION_NAMES, "seed": seed, "size": size},
+                                               indent=2))
     return root
+
+
+def _arm_scene_seed(seed: int, episode: int) -> int:
+    return seed * 100_003 + episode
+
+
+def arm_renderer(root: str | Path, episode_path: str | Path) -> ArmRenderer:
+    """The renderer of one episode written by :func:`generate_arm` under ``root`` (its scene:
+    table, blocks and camera), rebuilt from meta.json's seed and the folder's episode number."""
+    meta = read_meta(root)
+    if meta.get("generator") != "arm" or "seed" not in meta or "size" not in meta:
+        raise ValueError(f"root: {root} was not written by 'generate arm' (meta.json needs generator 'arm', "
+                         f"seed and size; regenerate the data to rebuild its scenes)")
+    name = Path(episode_path).name
+    if not name.startswith("episode_") or not name[len("episode_"):].isdigit():
+        raise ValueError(f"episode_path: expected a folder named episode_<number>, got {name!r}")
+    return ArmRenderer(int(meta["size"]), seed=_arm_scene_seed(int(meta["seed"]), int(name[len("episode_"):])))
 
 
 # ---- simulated ego-camera navigation (RECON-style) ----------------------------------------

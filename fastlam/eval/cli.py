@@ -222,8 +222,10 @@ def run_plan(args) -> Path:
             raise ValueError(f"--data: {args.data} has no proprio.npy, which the action-conditioned baseline needs")
         worlds["ac_baseline"] = (ACRollout(ac, "droid" if arm else "recon"), states,
                                  proprio if arm else relative_poses(proprio))
+    if args.oracle:
+        worlds["oracle"] = (_oracle_worlds(model, args.data, ds, val, b, arm), states, proprio)
     if not worlds:
-        raise ValueError("plan: pass --controller (LAM + controller) and/or --ac-baseline")
+        raise ValueError("plan: pass --controller (LAM + controller), --ac-baseline and/or --oracle")
     for name, (world, st, pr) in worlds.items():
         if arm:
             res[name] = plan_arm(world, st, b["actions"], pr, horizon=horizon, cfg=cem_cfg, seed=args.seed)
@@ -247,6 +249,26 @@ def run_plan(args) -> Path:
                            integrate_actions(torch.zeros(gt.shape[0], 3), gt))
         res["mean_prior"] = {"ate": float(ate.mean()), "rpe": float(rpe.mean())}
     return write_json(Path(args.out) / ("plan_arm.json" if arm else "plan_nav.json"), res)
+
+
+def _oracle_worlds(model, data: str, ds, windows: list[int], batch: dict, arm: bool) -> list:
+    """One :class:`SimulatorRollout` per planning window: the window's own scene rendered from
+    its recorded start state and encoded by the LAM's frozen encoder."""
+    from .planning import SimulatorRollout
+
+    if not arm:
+        raise ValueError("--oracle: only the simulated arm ('plan arm') can be re-rendered")
+    if "proprio" not in batch:
+        raise ValueError(f"--data: {data} has no proprio.npy, which the oracle renders from")
+    worlds = []
+    for k, i in enumerate(windows):
+        r = action_data.arm_renderer(data, ds.episodes[ds.index[i][0]]["path"])
+        if r.size != model.cfg.image_size:
+            raise ValueError(f"--oracle: the data was rendered at {r.size} px, the LAM's encoder takes "
+                             f"{model.cfg.image_size} px")
+        worlds.append(SimulatorRollout(r.render, model.encode, batch["video"][k, :, 0],
+                                       tubelet=model.cfg.encoder.tubelet))
+    return worlds
 
 
 def run_sample(args) -> Path:
@@ -363,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("val", "all"), default="val",
                    help="val: the held-out last 20%% of the episodes (never seen by controller / baseline "
                         "training); all: every episode (for a separately generated test set)")
+    p.add_argument("--oracle", action="store_true",
+                   help="arm: also plan with the true simulator re-rendered and encoded by the frozen encoder "
+                        "(data from 'generate arm'): Delta_xyz near 0 shows that the planner and the cost work")
     p.add_argument("--horizon", type=int, default=None, help="arm: 3 steps; nav: 8 steps")
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--top-k", type=int, default=None)

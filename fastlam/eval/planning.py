@@ -11,8 +11,9 @@ Navigation (RECON protocol): one iteration of 120 samples of a single straight-l
 against the recorded one (:func:`ate_rpe`).
 
 World models (all vectorised over the CEM samples): :class:`LatentRollout` (LAM predictor +
-controller) and :class:`ACRollout` (the V-JEPA 2-AC-style predictor trained on the true
-actions, :func:`train_ac_baseline`).
+controller), :class:`ACRollout` (the V-JEPA 2-AC-style predictor trained on the true
+actions, :func:`train_ac_baseline`) and :class:`SimulatorRollout` (an oracle that renders the
+true simulator: the bound a perfect world model would reach).
 """
 from __future__ import annotations
 
@@ -137,6 +138,55 @@ class ACRollout:
         return F.layer_norm(states.float(), (states.shape[-1],))
 
 
+class SimulatorRollout:
+    """An oracle world model for a simulated episode: it advances the true proprioceptive state
+    by the candidate actions, renders each state with the episode's own renderer, and encodes
+    the clip (first recorded frame + rendered frames) with the same frozen encoder that made
+    the start and goal states. The recorded actions therefore reach the goal at cost 0, so CEM
+    with this world must plan Delta_xyz near 0: it checks the planner, the latent cost, the
+    clamping and the metric apart from any learned model.
+
+    Args:
+        render: state (P,) -> uint8 frame (H, W, 3), e.g. :meth:`ArmRenderer.render`.
+        encode: float video (B, 3, frames, H, W) in [0, 1] -> states (B, T, N, D).
+        first_frame: the episode's recorded start frame, uint8 (H, W, 3) or float (3, H, W).
+        update: how an action moves the state (the arm: ``p + a``).
+        tubelet: frames per encoder time step (each frame is repeated, as the data loader does).
+    """
+
+    def __init__(self, render: Callable[[torch.Tensor], torch.Tensor],
+                 encode: Callable[[torch.Tensor], torch.Tensor], first_frame: torch.Tensor, *,
+                 update: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 tubelet: int = 1, batch_size: int = 256):
+        if first_frame.dim() != 3:
+            raise ValueError(f"first_frame: expected uint8 (H, W, 3) or float (3, H, W), got {tuple(first_frame.shape)}")
+        self.render, self.encode, self.tubelet, self.batch_size = render, encode, tubelet, batch_size
+        self.first = self._to_float(first_frame) if first_frame.dtype == torch.uint8 else first_frame.float()
+        self.update = update or (lambda p, a: p + a)
+
+    @staticmethod
+    def _to_float(frame: torch.Tensor) -> torch.Tensor:
+        return frame.permute(2, 0, 1).float().div(255)
+
+    @torch.no_grad()
+    def rollout(self, start: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:
+        if proprio is None:
+            raise ValueError("proprio: the simulator oracle needs the start state (P,) to render from")
+        S, H, _ = actions.shape
+        p = proprio.float().expand(S, -1)
+        frames = [self.first.expand(S, *self.first.shape)]
+        for i in range(H):
+            p = self.update(p, actions[:, i])
+            frames.append(torch.stack([self._to_float(self.render(q)) for q in p]))
+        video = torch.stack(frames, 2).repeat_interleave(self.tubelet, dim=2)
+        states = torch.cat([self.encode(video[j:j + self.batch_size]).float()
+                            for j in range(0, S, self.batch_size)])
+        return states[:, 1:]
+
+    def cost_space(self, states: torch.Tensor) -> torch.Tensor:
+        return states
+
+
 def goal_cost(world, start: torch.Tensor, goal: torch.Tensor, proprio: torch.Tensor | None = None):
     """The L2 latent cost ``||s_goal - s_hat_{t+H}||_2`` as a function of candidates (S, H, A)."""
     target = world.cost_space(goal).flatten()
@@ -182,6 +232,7 @@ def plan_arm(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.
              low: torch.Tensor | None = None, high: torch.Tensor | None = None, seed: int = 0) -> dict:
     """The DROID protocol on episodes: states (E, T >= horizon + 1, N, D), actions (E, T-1, A).
     Start = state 0, goal = state ``horizon``; returns Delta_xyz per episode and its mean.
+    ``world`` is one world model, or a list of one per episode (:class:`SimulatorRollout`).
     CEM starts at mean 0 with, per action dimension, the std of the recorded actions unless
     ``action_std`` is given (a dimension that never moves, like the arm's roll, stays 0);
     samples are clamped to ``low`` / ``high``, by default the range of the recorded actions
@@ -190,6 +241,8 @@ def plan_arm(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.
     if states.shape[1] < horizon + 1 or actions.shape[:2] != (E, states.shape[1] - 1):
         raise ValueError(f"states/actions: expected (E, T >= {horizon + 1}, N, D) and (E, T - 1, A), got "
                          f"{tuple(states.shape)} and {tuple(actions.shape)}")
+    if isinstance(world, (list, tuple)) and len(world) != E:
+        raise ValueError(f"world: expected one world model or a list of one per episode ({E}), got {len(world)}")
     A = actions.shape[-1]
     flat = actions.flatten(0, 1)
     std = (flat.std(0) if action_std is None else action_std).expand(horizon, A)
@@ -199,7 +252,8 @@ def plan_arm(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.
     errs, plans = [], []
     for e in range(E):
         p0 = None if proprio is None else proprio[e, 0]
-        cost = goal_cost(world, states[e, 0], states[e, horizon], p0)
+        w = world[e] if isinstance(world, (list, tuple)) else world
+        cost = goal_cost(w, states[e, 0], states[e, horizon], p0)
         out = cem(cost, torch.zeros(horizon, A), std.clone(), cfg, low=low, high=high, generator=g)
         plans.append(out["plan"])
         errs.append(delta_xyz(out["plan"], actions[e, :horizon]))

@@ -25,10 +25,10 @@ from fastlam.eval.leakage import future_leakage, splice
 from fastlam.eval.planning import (
     ARM_CEM,
     CEMConfig,
+    SimulatorRollout,
     ate_rpe,
     cem,
     delta_xyz,
-    SimulatorRollout,
     goal_cost,
     plan_arm,
 )

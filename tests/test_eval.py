@@ -26,13 +26,16 @@ from fastlam.eval.controller import (
 from fastlam.eval.leakage import future_leakage, splice
 from fastlam.eval.planning import (
     ARM_CEM,
+    ACBaselineConfig,
     CEMConfig,
     SimulatorRollout,
+    StandardizedACPredictor,
     ate_rpe,
     cem,
     delta_xyz,
     goal_cost,
     plan_arm,
+    train_ac_baseline,
 )
 from fastlam.eval.sampling import langevin_sparse, sample_latents, sparse_energy
 from fastlam.eval.transfer import cycle_errors
@@ -236,6 +239,35 @@ def test_simulator_oracle_plans_the_arm_near_perfectly(tmp_path):
         plan_arm(worlds[:1], states, acts, prop, horizon=3, cfg=CEMConfig(4, 2, 1))
     with pytest.raises(ValueError, match="generate arm"):
         ad.arm_renderer(tmp_path, eps[0]["path"])
+
+
+def test_ac_baseline_does_not_depend_on_the_units_of_actions_and_proprio(tmp_path):
+    """Regression: the baseline embedded raw actions, so centimetre arm deltas next to a +-1
+    gripper barely reached it (simulated arm, 500 iterations: Delta_xyz 0.28 m raw vs 0.17 m
+    standardised). With standardised inputs, training on the same data in other units
+    (millimetres, with an offset) gives the same model; the statistics survive saving, and a
+    baseline saved without them loads with the identity (as it was trained)."""
+    g = torch.Generator().manual_seed(0)
+    B, T, N, D = 8, 3, 4, 8
+    states = torch.randn(B, T, N, D, generator=g)
+    a = torch.zeros(B, T - 1, 7)
+    a[..., :3] = (torch.rand(B, T - 1, 3, generator=g) * 2 - 1) * 0.05
+    a[..., 6] = (torch.rand(B, T - 1, generator=g) < 0.3).float()
+    p = torch.rand(B, T, 7, generator=g)
+    cfg = ACBaselineConfig(width=16, depth=1, heads=2, iterations=4, batch_size=4, warmup=1)
+    m, _ = train_ac_baseline(states, a, p, cfg)
+    mm, _ = train_ac_baseline(states, a * 1000, p * 1000 + 3, cfg)
+    out = m(states, torch.cat([a, a[:, :1]], 1), p)
+    torch.testing.assert_close(mm(states, torch.cat([a, a[:, :1]], 1) * 1000, p * 1000 + 3), out, atol=1e-4, rtol=1e-4)
+    assert m.action_scale[3] == 1 and torch.isfinite(m.action_scale).all()
+    loaded = StandardizedACPredictor.from_pretrained(m.save_pretrained(tmp_path / "ac"))
+    torch.testing.assert_close(loaded(states, torch.cat([a, a[:, :1]], 1), p), out)
+    (tmp_path / "ac" / StandardizedACPredictor.STATS_FILE).unlink()
+    legacy = StandardizedACPredictor.from_pretrained(tmp_path / "ac")
+    torch.testing.assert_close(legacy(states, torch.cat([a, a[:, :1]], 1), p),
+                               m.predictor(states, torch.cat([a, a[:, :1]], 1), p))
+    with pytest.raises(ValueError, match="action_scale"):
+        StandardizedACPredictor(m.predictor, action_scale=torch.ones(3))
 
 
 # ---- controller ---------------------------------------------------------------------------

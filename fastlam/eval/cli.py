@@ -182,12 +182,12 @@ def run_ac_baseline(args) -> Path:
 
 
 def run_plan(args) -> Path:
-    from ..models import ACPredictor
     from .controller import load_controller
     from .planning import (
         ACRollout,
         CEMConfig,
         LatentRollout,
+        StandardizedACPredictor,
         plan_arm,
         plan_nav,
         relative_poses,
@@ -215,7 +215,7 @@ def run_plan(args) -> Path:
             raise ValueError(f"--controller: trained for {ctrl.cfg.action_dim}-d actions, the data has {ds.action_dim}-d")
         worlds["lam_controller"] = (LatentRollout(model, ctrl), states, None)
     if args.ac_baseline:
-        ac = ACPredictor.from_pretrained(args.ac_baseline)
+        ac = StandardizedACPredictor.from_pretrained(args.ac_baseline)
         if ac.cfg.action_dim != ds.action_dim:
             raise ValueError(f"--ac-baseline: trained for {ac.cfg.action_dim}-d actions, the data has {ds.action_dim}-d")
         if proprio is None:

@@ -490,6 +490,7 @@ def test_cli_end_to_end_planning_and_report(tmp_path, capsys):
         assert plan[key]["cem"] == {"samples": 12, "top_k": 3, "iterations": 2}
     report = (out / "report.md").read_text()
     assert "LAM + controller" in report and "action-conditioned baseline" in report and "Delta_xyz" in report
+    assert "oracle: the simulator re-rendered" in report
     for heading in ("Capacity", "Future leakage", "Cycle consistency", "Controller", "Sampled latent actions"):
         assert heading in report
     assert (out / "ctrl" / "controller_loss.png").is_file() and (out / "sample" / "latent_embedding.png").is_file()

@@ -99,7 +99,8 @@ def write_report(results: str | Path, out: str | Path | None = None) -> Path:
         found = True
         lines += [f"## Planning, arm (DROID protocol) (`{rel(path)}`)", "",
                   "| method | Delta_xyz (m) | episodes |", "|---|---|---|"]
-        for key, label in (("lam_controller", "LAM + controller"), ("ac_baseline", "action-conditioned baseline (true actions)")):
+        for key, label in (("lam_controller", "LAM + controller"), ("ac_baseline", "action-conditioned baseline (true actions)"),
+                           ("oracle", "oracle: the simulator re-rendered (upper bound)")):
             if key in r:
                 lines.append(f"| {label} | {_fmt(r[key]['delta_xyz'])} | {r[key]['episodes']} |")
         if "zero_plan" in r:

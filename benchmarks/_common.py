@@ -20,6 +20,20 @@ def git_commit() -> str:
         return "unknown"
 
 
+def pyplot_or_none():
+    """matplotlib.pyplot on the Agg backend, or None (with a note) where it is not installed:
+    a missing plot must not fail a benchmark run whose numbers are already written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as exc:  # pragma: no cover - matplotlib is a dev dependency
+        print(f"no plot: {exc}")
+        return None
+    return plt
+
+
 def allow_many_compiles(limit: int = 256) -> None:
     """Benchmarks compile one graph per (shape, variant); raise dynamo's recompile cap so none
     silently falls back to eager (the attribute was renamed across torch versions)."""

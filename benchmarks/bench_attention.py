@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 try:  # run as a script (python benchmarks/bench_x.py) or as a module
-    from benchmarks._common import allow_many_compiles, git_commit
+    from benchmarks._common import allow_many_compiles, git_commit, pyplot_or_none
 except ImportError:  # pragma: no cover
-    from _common import allow_many_compiles, git_commit
+    from _common import allow_many_compiles, git_commit, pyplot_or_none
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -273,13 +273,8 @@ def speedup_summary(rows) -> str:
 
 
 def plot(rows, meta, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception as exc:  # pragma: no cover
-        print(f"no plot: {exc}")
+    plt = pyplot_or_none()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(15, 5), sharey=True)
     for ax, metric in zip(axes, ("fwd_tflops", "fwd_bwd_tflops")):
@@ -298,6 +293,7 @@ def plot(rows, meta, path: Path) -> None:
     fig.suptitle(f"st_attention bf16 on {meta['device']} ({meta['commit'][:10]}, {meta['date'][:10]})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 try:  # run as a script (python benchmarks/bench_x.py) or as a module
-    from benchmarks._common import allow_many_compiles, git_commit
+    from benchmarks._common import allow_many_compiles, git_commit, pyplot_or_none
 except ImportError:  # pragma: no cover
-    from _common import allow_many_compiles, git_commit
+    from _common import allow_many_compiles, git_commit, pyplot_or_none
 
 REPO = Path(__file__).resolve().parents[1]
 HBM_BYTES_PER_S = 3.0e12  # measured H100 copy bandwidth (kernels-and-env.md)
@@ -269,13 +269,8 @@ def summary(rows) -> str:
 
 
 def plot(rows, meta, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception as exc:  # pragma: no cover
-        print(f"no plot: {exc}")
+    plt = pyplot_or_none()
+    if plt is None:
         return
     groups = [(k, g) for k, g in _groups(rows).items() if "fastlam_triton" in g]
     fig, axes = plt.subplots(1, 2, figsize=(16, 6))
@@ -298,6 +293,7 @@ def plot(rows, meta, path: Path) -> None:
     fig.suptitle(f"fused losses / regularizers / AdaLN on {meta['device']} ({meta['commit'][:10]}, {meta['date'][:10]})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

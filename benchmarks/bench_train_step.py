@@ -74,9 +74,9 @@ from fastlam.ops import use_backend  # noqa: E402
 from fastlam.optim import OptimConfig, build_optimizers  # noqa: E402
 
 try:  # run as a script (python benchmarks/bench_x.py) or as a module
-    from benchmarks._common import allow_many_compiles, git_commit
+    from benchmarks._common import allow_many_compiles, git_commit, pyplot_or_none
 except ImportError:  # pragma: no cover
-    from _common import allow_many_compiles, git_commit
+    from _common import allow_many_compiles, git_commit, pyplot_or_none
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "train_step"
@@ -724,13 +724,8 @@ def plot(rows, meta, path: Path) -> Path | None:
     ok = [r for r in rows if r.get("status") == "ok"]
     if not ok:
         return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception as exc:  # pragma: no cover - matplotlib is a dev dependency
-        print(f"no plot: {exc}")
+    plt = pyplot_or_none()
+    if plt is None:
         return None
     cases = sorted({(r["size"], r["mode"]) for r in ok})
     backends = [b for b in VARIANTS if any(r["backend"] == b for r in ok)]

@@ -18,6 +18,7 @@ from .common import (
     has_latents,
     one_step_errors,
     pyplot,
+    save_figure,
     regularizer_kind,
     state_fingerprint,
     summary,
@@ -131,8 +132,4 @@ def plot_capacity_curve(result: dict, png: str | Path) -> Path:
     ax.set_title(f"capacity curve: {result['kind']}")
     ax.legend()
     fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    return save_figure(fig, png)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import action_data
-from .common import encode_batched, load_clips, load_lam, pyplot, write_json
+from .common import encode_batched, load_clips, load_lam, pyplot, save_figure, write_json
 
 
 def _traj(model, data: str, steps: int, stride: int | None = None):
@@ -150,11 +150,7 @@ def run_controller(args) -> Path:
     ax.set_ylabel("L2 to IDM latents")
     ax.legend()
     fig.tight_layout()
-    png = Path(args.out) / "controller_loss.png"
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    res["png"] = str(png)
+    res["png"] = str(save_figure(fig, Path(args.out) / "controller_loss.png"))
     res["checkpoint"] = args.checkpoint
     return write_json(Path(args.out) / "controller.json", res)
 

@@ -158,6 +158,16 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, png) -> Path:
+    """Write ``fig`` to ``png`` (parents created) and free it; returns the path."""
+    plt = pyplot()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
 def mean_of(xs: Iterable[float]) -> float:
     xs = list(xs)
     return sum(xs) / len(xs) if xs else float("nan")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .common import pyplot, regularizer_kind
+from .common import pyplot, regularizer_kind, save_figure
 
 
 def sparse_energy(z: torch.Tensor, l_l1: float, l_l2: float = 1.0) -> torch.Tensor:
@@ -72,11 +72,7 @@ def embedding_plot(sampled: torch.Tensor, inferred: torch.Tensor, png: str | Pat
     ax.set_title(title or "latent actions (PCA)")
     ax.legend()
     fig.tight_layout()
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
+    return save_figure(fig, png)
 
 
 def sampling_stats(sampled: torch.Tensor, inferred: torch.Tensor) -> dict:

@@ -559,6 +559,19 @@ def test_retained_graph_backward_twice_gives_the_same_gradient():
         torch.testing.assert_close(g1, 2.5 * torch.sign(pred.detach() - target) / pred.numel())
 
 
+def _assert_compiled_triton_matches_eager_torch(step, inputs):
+    """``step(*inputs, backend)`` traced by torch.compile(fullgraph=True) on the Triton backend
+    gives the eager torch backend's value and gradients."""
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    a = compiled(*inputs, "triton")
+    ga = torch.autograd.grad(a, inputs)
+    b = step(*inputs, "torch")
+    gb = torch.autograd.grad(b, inputs)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for p, q in zip(ga, gb):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
 def test_torch_compile_fullgraph_through_the_custom_ops():
     """The fused ops are torch.library custom ops with fake implementations: a compiled training
     step traces them without graph breaks and matches the reference."""
@@ -572,14 +585,7 @@ def test_torch_compile_fullgraph_through_the_custom_ops():
         out = frame_gated_residual(x, y.relu(), g, 2, backend=backend)
         return prediction_loss(out, target, kind="l2", backend=backend)
 
-    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
-    a = compiled(x, m, g, "triton")
-    ga = torch.autograd.grad(a, (x, m, g))
-    b = step(x, m, g, "torch")
-    gb = torch.autograd.grad(b, (x, m, g))
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    for p, q in zip(ga, gb):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+    _assert_compiled_triton_matches_eager_torch(step, (x, m, g))
 
 
 def test_torch_compile_fullgraph_regularizers():
@@ -594,11 +600,4 @@ def test_torch_compile_fullgraph_regularizers():
         z_q, _, cb_loss, commit = vector_quantize(z, codebook, check_finite=False, backend=backend)
         return sparse + kl + cb_loss + commit + z_q.square().mean()
 
-    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
-    a = compiled(z, codebook, h, "triton")
-    ga = torch.autograd.grad(a, (z, codebook, h))
-    b = step(z, codebook, h, "torch")
-    gb = torch.autograd.grad(b, (z, codebook, h))
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    for p, q in zip(ga, gb):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+    _assert_compiled_triton_matches_eager_torch(step, (z, codebook, h))

@@ -16,7 +16,7 @@ fi
 # DeepSpeed (a dev dependency, for the distributed tests) installs as pure Python without
 # building its CUDA/C++ ops; the one CPU op it needs is JIT-built on first use.
 export DS_BUILD_OPS=0
-"$VPY" -m pip install -q -e ".[dev]"
+"$VPY" -m pip install -q -c constraints.txt -e ".[dev]"
 # Build the csrc/ preprocessing extension now (JIT, cached under TORCH_EXTENSIONS_DIR) so the
 # first test run does not pay ~30-100 s for it; without a compiler the PyTorch path is used.
 "$VPY" -c "from fastlam.data.preprocess import load_extension, extension_status; load_extension(); print('preprocessing:', extension_status())" || true

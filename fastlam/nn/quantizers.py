@@ -407,12 +407,16 @@ class VectorQuantizer(nn.Module):
             self.init_codebook(flat)
         x = _l2norm(flat) if self.cosine else flat
         codes = self.codes()
+        if training and not self.frozen and not self.cosine:
+            # EMA updates and resets below edit the codebook in place; the fused backward reads
+            # the codes it searched, so it gets its own copy (gradients still reach the weight)
+            codes = codes.clone()
         counts = torch.zeros(self.num_codes, dtype=torch.long, device=h.device) if training else None
         z_q, idx, cb_loss, commit_loss = vector_quantize(x, codes, self.commitment, usage=counts,
                                                          check_finite=self.check_finite, backend=self.backend)
         learned = not self.ema and not self.frozen and self.codebook.weight.requires_grad
         loss = commit_loss + self.codebook_weight * cb_loss if learned else commit_loss
-        if self.rotation_trick and x.requires_grad:
+        if self.rotation_trick and training and x.requires_grad:
             z_q = _rotation_trick(x, z_q.detach())
         metrics = {"reg/codebook": cb_loss.detach(), "reg/commitment": commit_loss.detach()}
         if training:

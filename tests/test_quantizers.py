@@ -11,6 +11,14 @@ vqp = pytest.importorskip("vector_quantize_pytorch")  # a dev dependency (setup.
 
 # ----------------------------------------------------------------------------- our semantics
 
+def test_issue_reproduction_uses_hundreds_of_codes():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(1024, 128, backend="torch")
+    vq(0.1 * torch.randn(4096, 128))
+    assert (vq.usage > 0).sum() > 900  # was 2 with the randn codebook (measured 977)
+    assert vq.stats()["perplexity"] > 500
+
+
 def test_small_latents_use_hundreds_of_codes():
     """The collapse of fastlam < 0.2 (a randn codebook kept 2 of 1024 codes for 0.1 * randn
     latents) is gone for every init (here on 1024 latents to stay fast)."""
@@ -140,7 +148,7 @@ def test_bad_arguments_name_themselves():
 
 def test_fused_and_torch_modules_agree_with_ema_and_cosine():
     h = torch.randn(3, 5, 16)
-    for kw in (dict(ema=True), dict(cosine=True), dict(init="data")):
+    for kw in (dict(ema=True), dict(cosine=True), dict(init="data", reset_every_steps=1)):
         outs, books = [], []
         for backend in ("torch", "triton"):
             torch.manual_seed(0)
@@ -156,6 +164,31 @@ def test_fused_and_torch_modules_agree_with_ema_and_cosine():
         torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(books[0], books[1], rtol=1e-5, atol=1e-6)
+
+
+def test_lam_discrete_config_keys_train_and_validate():
+    from fastlam.models import EncoderConfig, LatentActionWorldModel, ModelConfig
+    from fastlam.models.lam import RegularizerConfig, TransformerConfig
+
+    reg = RegularizerConfig(kind="discrete", num_codes=8, codebook_init="data", ema=True, reset_every_steps=2, cosine=True)
+    cfg = ModelConfig(image_size=32, frames=8, action_dim=16, regularizer=reg,
+                      encoder=EncoderConfig(size="tiny", patch_size=8, width=32, heads=2),
+                      idm=TransformerConfig(width=32, depth=1, heads=2), predictor=TransformerConfig(width=48, depth=2, heads=4))
+    model = LatentActionWorldModel(cfg).train()
+    vq = model.regularizer
+    assert vq.ema and vq.cosine and vq.init == "data" and vq.reset_every_steps == 2 and vq.reset_every is None
+    video = torch.rand(3, 3, 8, 32, 32)
+    for _ in range(2):
+        out = model(video)
+        out.loss.backward()
+    assert bool(vq.initted) and "reg/perplexity" in out.metrics and "reg/codes_reset" in out.metrics
+    assert all(p is not vq.codebook.weight for p in model.parameters() if p.requires_grad)  # EMA: not optimised
+    paper = RegularizerConfig(kind="discrete", reset_every_videos=300_000, reset_every_steps=0).build(16, 7)
+    assert paper.reset_every == 2_100_000 and paper.reset_every_steps is None
+    for bad, match in ((dict(codebook_init="zeros"), "codebook_init"), (dict(reset_every_steps=-1), "reset_every_steps"),
+                       (dict(ema_decay=1.5), "ema_decay")):
+        with pytest.raises(ValueError, match=f"model.regularizer.{match}"):
+            RegularizerConfig(kind="discrete", **bad).build(16, 7)
 
 
 # ----------------------------------------------------------------------------- vector-quantize-pytorch

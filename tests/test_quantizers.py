@@ -111,6 +111,21 @@ def test_ema_moves_codes_to_cluster_means_and_keeps_them_off_the_optimiser():
     torch.testing.assert_close(out.loss, out.metrics["reg/commitment"])
 
 
+def test_ema_expires_codes_whose_cluster_size_falls_below_the_threshold():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 4, ema=True, decay=0.5, threshold_ema_dead_code=0.6, reset_every_steps=None, backend="torch")
+    with torch.no_grad():
+        vq.codebook.weight[4:] = 100.0
+        vq.embed_avg.copy_(vq.codebook.weight)
+    x = torch.randn(32, 4)
+    out = vq(x)
+    # unused codes: cluster size 0.5 * 1 + 0.5 * 0 < 0.6; used ones are >= 1
+    assert out.metrics["reg/codes_expired"].item() == 4
+    assert (vq.codebook.weight[4:, None] == x[None]).all(-1).any(-1).all()
+    torch.testing.assert_close(vq.cluster_size[4:], torch.full((4,), 0.6))
+    torch.testing.assert_close(vq.embed_avg[4:], 0.6 * vq.codebook.weight[4:])
+
+
 def test_stats_perplexity_and_indices_api():
     vq = VectorQuantizer(8, 3, reset_every_steps=None, backend="torch")
     with torch.no_grad():

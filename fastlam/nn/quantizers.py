@@ -189,8 +189,10 @@ class VectorQuantizer(nn.Module):
         reset_every: reset dead codes every this many latents seen in training (the paper: every
             300k videos x 7 latents); ``reset_every_steps``: every this many training calls.
             Either may be None/0 (off); the first one reached triggers. A code is dead when it
-            was chosen fewer than ``dead_code_threshold`` times since the last reset; dead codes
-            are re-initialised from rows of the current batch.
+            was chosen fewer than ``dead_code_threshold`` times since the last reset (1: never;
+            0: no code is ever dead); dead codes are re-initialised from rows of the current
+            batch, distinct rows first (the peer's rule), jittered repeats when there are more
+            dead codes than rows.
         init: ``uniform`` (U(-1/K, 1/K), as taming/Genie-style peers), ``data`` (random rows of
             the first training batch), ``kmeans`` (k-means++ + ``kmeans_iters`` Lloyd steps on
             the first training batch) or ``randn`` (fastlam < 0.2; norms ~sqrt(D) collapse
@@ -375,7 +377,7 @@ class VectorQuantizer(nn.Module):
         if not self.frozen or force:
             counts = self.usage.clone()
             _all_reduce_(counts)
-            n = self._replace(counts < max(self.dead_code_threshold, 1e-9), z.detach().reshape(-1, self.action_dim))
+            n = self._replace(counts < self.dead_code_threshold, z.detach().reshape(-1, self.action_dim))
         self.usage.zero_()
         self.seen_since_reset.zero_()
         self.steps_since_reset.zero_()

@@ -46,7 +46,7 @@ def sample_latents(model, n: int, *, generator: torch.Generator | None = None, l
     if kind == "noisy":
         return torch.randn(n, dim, generator=generator)
     if kind == "discrete":
-        book = model.regularizer.codebook.detach().float().cpu()
+        book = model.regularizer.codes().detach().float().cpu()
         return book[torch.randint(0, book.shape[0], (n,), generator=generator)]
     if kind == "sparse":
         r = model.cfg.regularizer

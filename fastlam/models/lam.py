@@ -36,10 +36,18 @@ class RegularizerConfig:
     mean_term: str = "signed"
     # noisy (3.2)
     beta: float = 5e-5
-    # discrete (3.3)
+    # discrete (3.3). The paper resets dead codes every 300k videos (configs/paper_vitl.yaml);
+    # a small run never sees that many, so by default the reset runs every reset_every_steps.
     num_codes: int = 1024
     commitment: float = 0.25
-    reset_every_videos: int = 300_000
+    reset_every_videos: int = 0  # 0: off
+    reset_every_steps: int = 100  # 0: off
+    dead_code_threshold: float = 1.0  # a code chosen fewer times since the last reset is dead
+    codebook_init: str = "kmeans"  # kmeans (k-means++ on the first batch) | data | uniform | randn
+    ema: bool = False  # EMA codebook updates instead of the codebook loss
+    ema_decay: float = 0.99
+    ema_eps: float = 1e-5
+    cosine: bool = False
 
     def build(self, action_dim: int, transitions_per_video: int):
         if self.kind not in REGULARIZERS:
@@ -50,8 +58,20 @@ class RegularizerConfig:
         elif self.kind == "noisy":
             kw = dict(beta=self.beta)
         elif self.kind == "discrete":
+            from ..nn.quantizers import VQ_INITS
+
+            if self.codebook_init not in VQ_INITS:
+                raise ValueError(f"model.regularizer.codebook_init: expected one of {VQ_INITS}, got {self.codebook_init!r}")
+            for name in ("num_codes", "reset_every_videos", "reset_every_steps"):
+                if getattr(self, name) < (1 if name == "num_codes" else 0):
+                    raise ValueError(f"model.regularizer.{name}: expected >= {1 if name == 'num_codes' else 0}, "
+                                     f"got {getattr(self, name)}")
+            if not 0.0 <= self.ema_decay < 1.0:
+                raise ValueError(f"model.regularizer.ema_decay: expected a value in [0, 1), got {self.ema_decay}")
             kw = dict(num_codes=self.num_codes, commitment=self.commitment,
-                      reset_every=self.reset_every_videos * transitions_per_video)
+                      reset_every=self.reset_every_videos * transitions_per_video or None,
+                      reset_every_steps=self.reset_every_steps or None, dead_code_threshold=self.dead_code_threshold,
+                      init=self.codebook_init, ema=self.ema, decay=self.ema_decay, eps=self.ema_eps, cosine=self.cosine)
         return build_regularizer(self.kind, action_dim=action_dim, **kw)
 
 

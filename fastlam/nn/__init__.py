@@ -2,6 +2,7 @@
 from .adaln import FrameAdaLN
 from .attention import STAttention
 from .losses import PredictionLoss
+from .quantizers import FSQ, LFQ, Codebook, ResidualVQ, VQOutput, kmeans_plus_plus
 from .regularizers import (
     REGULARIZERS,
     GaussianLatentRegularizer,
@@ -13,6 +14,12 @@ from .regularizers import (
 )
 
 __all__ = [
+    "FSQ",
+    "LFQ",
+    "Codebook",
+    "ResidualVQ",
+    "VQOutput",
+    "kmeans_plus_plus",
     "FrameAdaLN",
     "GaussianLatentRegularizer",
     "PredictionLoss",

@@ -18,7 +18,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..ops import gaussian_kl, gaussian_sample, gaussian_sample_kl, sparse_regularizer, vector_quantize
+from ..ops import gaussian_kl, gaussian_sample, gaussian_sample_kl, sparse_regularizer
+from .quantizers import VectorQuantizer
 
 
 class RegularizerOutput(NamedTuple):
@@ -113,68 +114,6 @@ class GaussianLatentRegularizer(nn.Module):
             z = gaussian_sample(mu, logvar, noise=noise, backend="torch") if self.training else mu
         z = z.reshape(*h.shape[:-1], self.action_dim)
         return RegularizerOutput(z, self.beta * kl, {"reg/kl": kl.detach()})
-
-
-class VectorQuantizer(nn.Module):
-    """Discrete latents (VQ-VAE): nearest code by L2, straight-through gradients, loss
-    ``||sg(z) - e||^2 + commitment * ||z - sg(e)||^2``, and dead-code reset.
-
-    A code is dead when no latent chose it since the last reset. Every ``reset_every``
-    latents seen in training, dead codes are re-initialised from random rows of the current
-    batch (the paper resets every 300k videos; the model converts videos to latents).
-
-    On CUDA (``backend="auto"``) the nearest-code search, losses and usage counts are fused
-    Triton kernels that never build the N x K distance matrix. NaN / Inf latents raise
-    (``check_finite``) instead of reaching the codebook statistics.
-
-    Example:
-        >>> vq = VectorQuantizer(num_codes=16, action_dim=8)
-        >>> out = vq(torch.randn(5, 8))
-        >>> bool((out.z.unsqueeze(1) == vq.codebook).all(-1).any(-1).all())
-        True
-    """
-
-    def __init__(self, num_codes: int = 1024, action_dim: int = 128, commitment: float = 0.25,
-                 reset_every: int | None = 300_000, backend: str = "auto", check_finite: bool = True):
-        super().__init__()
-        self.action_dim = action_dim
-        self.commitment = commitment
-        self.reset_every = reset_every
-        self.backend = backend
-        self.check_finite = check_finite
-        self.codebook = nn.Parameter(torch.randn(num_codes, action_dim))
-        self.register_buffer("usage", torch.zeros(num_codes, dtype=torch.long))
-        self.register_buffer("seen_since_reset", torch.zeros((), dtype=torch.long))
-
-    @staticmethod
-    def head_features(action_dim: int) -> int:
-        return action_dim
-
-    @torch.no_grad()
-    def reset_dead_codes(self, z: torch.Tensor) -> int:
-        """Re-initialise unused codes from random finite rows of ``z`` (N, D); returns how many."""
-        z = z.reshape(-1, self.action_dim)
-        z = z[torch.isfinite(z).all(dim=1)]
-        dead = (self.usage == 0).nonzero().flatten()
-        if dead.numel() and z.shape[0]:
-            pick = torch.randint(0, z.shape[0], (dead.numel(),), device=z.device)
-            self.codebook[dead] = z[pick].to(self.codebook.dtype)
-        self.usage.zero_()
-        self.seen_since_reset.zero_()
-        return int(dead.numel())
-
-    def forward(self, h: torch.Tensor) -> RegularizerOutput:
-        flat = _flat(h, self.action_dim)
-        z_q, idx, cb_loss, commit_loss = vector_quantize(
-            flat, self.codebook, self.commitment, usage=self.usage if self.training else None,
-            check_finite=self.check_finite, backend=self.backend)
-        metrics = {"reg/codebook": cb_loss.detach(), "reg/commitment": commit_loss.detach()}
-        if self.training:
-            self.seen_since_reset += flat.shape[0]
-            metrics["reg/codes_used"] = (self.usage > 0).sum().float()
-            if self.reset_every and int(self.seen_since_reset) >= self.reset_every:
-                metrics["reg/codes_reset"] = torch.tensor(float(self.reset_dead_codes(flat.detach())))
-        return RegularizerOutput(z_q.reshape(h.shape), cb_loss + commit_loss, metrics)
 
 
 REGULARIZERS = ("none", "deterministic", "sparse", "noisy", "discrete")

@@ -1,0 +1,634 @@
+"""The VQ family LAM codebases import: VectorQuantizer (plain / EMA / cosine), FSQ, LFQ and
+ResidualVQ, with the call and return shapes of ``vector-quantize-pytorch`` where that is
+sensible (differences are listed in each class's docstring and in the README).
+
+Only the nearest-code search of VectorQuantizer is a fused Triton kernel (it is the one part
+that scales with N x K x D); FSQ and LFQ are elementwise roundings and one small softmax, for
+which PyTorch's own kernels are already memory-bound, so they are plain torch.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import vector_quantize, vq_nearest
+
+VQ_INITS = ("uniform", "data", "kmeans", "randn")
+
+
+# ----------------------------------------------------------------------------- outputs
+
+class _VQFields(NamedTuple):
+    z: torch.Tensor
+    indices: torch.Tensor
+    loss: torch.Tensor
+
+
+class VQOutput(_VQFields):
+    """``(z, indices, loss)`` as ``vector-quantize-pytorch``'s ``VectorQuantize`` returns, so
+    ``z, idx, loss = vq(x)`` works; ``.metrics`` (a dict of detached tensors) rides along for
+    fastlam's trainer, which reads ``out.z``, ``out.loss`` and ``out.metrics``."""
+
+    def __new__(cls, z, indices, loss, metrics: dict | None = None):
+        self = super().__new__(cls, z, indices, loss)
+        self.metrics = {} if metrics is None else metrics
+        return self
+
+
+class FSQOutput(NamedTuple):
+    z: torch.Tensor
+    indices: torch.Tensor
+
+
+class LFQOutput(NamedTuple):
+    z: torch.Tensor
+    indices: torch.Tensor
+    loss: torch.Tensor
+
+
+class RVQOutput(NamedTuple):
+    z: torch.Tensor
+    indices: torch.Tensor  # (..., num_quantizers)
+    losses: torch.Tensor  # (num_quantizers,)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _broadcast_(*tensors: torch.Tensor) -> None:
+    """Codebook edits drawn from one rank's data must be the same on every rank."""
+    if _distributed():
+        import torch.distributed as dist
+
+        for t in tensors:
+            dist.broadcast(t, 0)
+
+
+def _all_reduce_(*tensors: torch.Tensor) -> None:
+    if _distributed():
+        import torch.distributed as dist
+
+        for t in tensors:
+            dist.all_reduce(t)
+
+
+def _l2norm(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, p=2, dim=-1, eps=1e-6)
+
+
+def _perplexity(counts: torch.Tensor) -> torch.Tensor:
+    """exp(entropy) of the code distribution given by counts (1 when nothing was counted)."""
+    p = counts.float() / counts.float().sum().clamp_min(1.0)
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+
+
+def _rotation_trick(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Rotation-trick estimator (Fifty et al. 2024, section 4.2): the forward value is q (up to
+    rounding); the gradient to x is rotated and rescaled like the map taking x onto q."""
+    eps = 1e-6
+    nx = x.norm(dim=-1, keepdim=True)
+    nq = q.norm(dim=-1, keepdim=True)
+    u = x / nx.clamp_min(eps)
+    qn = q / nq.clamp_min(eps)
+    w = _l2norm(u + qn).detach()
+    out = (x - 2 * (x * w).sum(-1, keepdim=True) * w
+           + 2 * (x * u.detach()).sum(-1, keepdim=True) * qn.detach())
+    return out * (nq / nx.clamp_min(eps)).detach()
+
+
+def _sample_rows(samples: torch.Tensor, num: int) -> torch.Tensor:
+    """``num`` rows of ``samples``: distinct rows while there are enough, then rows drawn again
+    with a small jitter, so that no two codes are exact duplicates (a duplicate never wins an
+    argmin and would be dead again at the next reset)."""
+    n = samples.shape[0]
+    perm = torch.randperm(n, device=samples.device)
+    if num <= n:
+        return samples[perm[:num]].clone()
+    extra = samples[torch.randint(0, n, (num - n,), device=samples.device)]
+    scale = samples.std(dim=0, keepdim=True) if n > 1 else samples.abs().clamp_min(1.0)
+    extra = extra + 0.01 * scale.nan_to_num(1.0).clamp_min(1e-6) * torch.randn_like(extra)
+    return torch.cat([samples[perm], extra])
+
+
+def kmeans_plus_plus(x: torch.Tensor, k: int, iters: int = 10, *, cosine: bool = False,
+                     backend: str = "auto") -> torch.Tensor:
+    """k-means++ seeding (D^2 sampling) of ``k`` centres from the rows of ``x`` (N, D), then
+    ``iters`` Lloyd steps whose assignments use fastlam's (fused on CUDA) nearest-code search.
+    Fewer rows than centres: every row becomes a centre and the rest are jittered rows."""
+    x = x.detach().float()
+    if cosine:
+        x = _l2norm(x)
+    n = x.shape[0]
+    if n <= k:
+        return _sample_rows(x, k)
+    centres = torch.empty(k, x.shape[1], device=x.device)
+    x_sq = x.pow(2).sum(1)
+
+    def sq_dist(c: torch.Tensor) -> torch.Tensor:  # a matrix-vector product, not an (N, D) temporary
+        return (x_sq - 2.0 * (x @ c) + c.dot(c)).clamp_min(0.0)
+
+    centres[0] = x[torch.randint(0, n, (), device=x.device)]
+    d2 = sq_dist(centres[0])
+    for i in range(1, k):
+        total = d2.sum()
+        pick = (torch.multinomial(d2 / total, 1)[0] if total > 0 else torch.randint(0, n, (), device=x.device))
+        centres[i] = x[pick]
+        d2 = torch.minimum(d2, sq_dist(centres[i]))
+    for _ in range(iters):
+        idx = vq_nearest(x, centres, backend=backend)
+        counts = torch.bincount(idx, minlength=k).float()
+        sums = torch.zeros_like(centres).index_add_(0, idx, x)
+        keep = counts > 0
+        centres[keep] = sums[keep] / counts[keep, None]
+        if cosine:
+            centres = _l2norm(centres)
+    return centres
+
+
+class Codebook(nn.Embedding):
+    """The code table: an ``nn.Embedding`` (peers call ``vq.codebook(idx)`` and read
+    ``vq.codebook.weight``). Indexing it (``vq.codebook[i]``, ``vq.codebook[i] = v``) reads and
+    writes ``weight``, as the bare Parameter of earlier fastlam versions did."""
+
+    def __getitem__(self, item):
+        return self.weight[item]
+
+    def __setitem__(self, item, value):
+        self.weight[item] = value
+
+    @property
+    def shape(self):
+        return self.weight.shape
+
+
+# ----------------------------------------------------------------------------- VectorQuantizer
+
+class VectorQuantizer(nn.Module):
+    """Discrete latents (VQ-VAE): nearest code by L2 (or cosine), a straight-through (or
+    rotation-trick) gradient, loss ``codebook_weight * ||sg(z) - e||^2 + commitment * ||z -
+    sg(e)||^2`` (the first term only while the codebook is learned by gradient), codebooks
+    initialised from the first training batch, dead-code resets on a reachable schedule and
+    optional EMA codebook updates.
+
+    Returns :class:`VQOutput` ``(z, indices, loss)`` plus ``.metrics``; ``z`` has the input's
+    shape and equals the chosen code (the normalised code with ``cosine``), ``indices`` the
+    input's leading shape. ``stats()`` gives codes used and perplexity as tensors.
+
+    Args:
+        num_codes, action_dim: codebook size K and code dimension D.
+        commitment: weight of the commitment term.
+        reset_every: reset dead codes every this many latents seen in training (the paper: every
+            300k videos x 7 latents); ``reset_every_steps``: every this many training calls.
+            Either may be None/0 (off); the first one reached triggers. A code is dead when it
+            was chosen fewer than ``dead_code_threshold`` times since the last reset (1: never;
+            0: no code is ever dead); dead codes are re-initialised from rows of the current
+            batch, distinct rows first (the peer's rule), jittered repeats when there are more
+            dead codes than rows.
+        init: ``uniform`` (U(-1/K, 1/K), as taming/Genie-style peers), ``data`` (random rows of
+            the first training batch), ``kmeans`` (k-means++ + ``kmeans_iters`` Lloyd steps on
+            the first training batch) or ``randn`` (fastlam < 0.2; norms ~sqrt(D) collapse
+            small-scale runs onto a handful of codes).
+        ema: update the codebook by exponential moving averages of assigned latents (decay,
+            Laplace smoothing ``eps``) instead of by gradient; ``threshold_ema_dead_code`` > 0
+            also replaces, every step, codes whose EMA cluster size fell below it (as
+            ``vector-quantize-pytorch``).
+        cosine: quantise l2-normalised latents against l2-normalised codes.
+        rotation_trick: the rotation-trick gradient instead of the straight-through one.
+        freeze_codebook: never change the codebook (no init, EMA or reset). A non-EMA codebook
+            whose ``weight.requires_grad`` is False counts as frozen too; ``reset_dead_codes(...,
+            force=True)`` overrides both.
+        backend: ``auto`` runs the fused Triton search on CUDA; ``torch`` the reference.
+        check_finite: NaN / Inf latents raise instead of reaching the codebook statistics.
+
+    Example:
+        >>> vq = VectorQuantizer(num_codes=16, action_dim=8)
+        >>> z, idx, loss = vq(torch.randn(5, 8))
+        >>> bool((z == vq.codebook(idx)).all()), idx.shape
+        (True, torch.Size([5]))
+    """
+
+    def __init__(self, num_codes: int = 1024, action_dim: int = 128, commitment: float = 0.25,
+                 reset_every: int | None = None, backend: str = "auto", check_finite: bool = True, *,
+                 reset_every_steps: int | None = 100, dead_code_threshold: float = 1.0,
+                 codebook_weight: float = 1.0, init: str = "uniform", kmeans_iters: int = 10,
+                 ema: bool = False, decay: float = 0.99, eps: float = 1e-5, threshold_ema_dead_code: float = 0.0,
+                 cosine: bool = False, rotation_trick: bool = False, freeze_codebook: bool = False):
+        super().__init__()
+        if num_codes < 1 or action_dim < 1:
+            raise ValueError(f"num_codes, action_dim: expected >= 1, got {num_codes}, {action_dim}")
+        if init not in VQ_INITS:
+            raise ValueError(f"init: expected one of {VQ_INITS}, got {init!r}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay: expected a value in [0, 1), got {decay}")
+        if eps <= 0 or commitment < 0 or codebook_weight < 0 or dead_code_threshold < 0 or threshold_ema_dead_code < 0:
+            raise ValueError("eps: expected > 0; commitment, codebook_weight, dead_code_threshold, "
+                             f"threshold_ema_dead_code: expected >= 0; got {eps}, {commitment}, {codebook_weight}, "
+                             f"{dead_code_threshold}, {threshold_ema_dead_code}")
+        for name, v in (("reset_every", reset_every), ("reset_every_steps", reset_every_steps)):
+            if v is not None and v < 0:
+                raise ValueError(f"{name}: expected None or >= 0, got {v}")
+        self.num_codes, self.action_dim = num_codes, action_dim
+        self.commitment, self.codebook_weight = commitment, codebook_weight
+        self.reset_every, self.reset_every_steps = reset_every, reset_every_steps
+        self.dead_code_threshold = dead_code_threshold
+        self.init, self.kmeans_iters = init, kmeans_iters
+        self.ema, self.decay, self.eps, self.threshold_ema_dead_code = ema, decay, eps, threshold_ema_dead_code
+        self.cosine, self.rotation_trick, self.freeze_codebook = cosine, rotation_trick, freeze_codebook
+        self.backend, self.check_finite = backend, check_finite
+        self.codebook = Codebook(num_codes, action_dim)
+        with torch.no_grad():
+            if init == "randn":
+                self.codebook.weight.normal_()
+            else:  # data / kmeans start uniform too, which is what eval sees before training
+                self.codebook.weight.uniform_(-1.0 / num_codes, 1.0 / num_codes)
+            if cosine:
+                self.codebook.weight.copy_(_l2norm(self.codebook.weight))
+        if ema:
+            self.codebook.weight.requires_grad_(False)
+            self.register_buffer("cluster_size", torch.ones(num_codes))
+            self.register_buffer("embed_avg", self.codebook.weight.detach().clone())
+        self.register_buffer("usage", torch.zeros(num_codes, dtype=torch.long))
+        self.register_buffer("seen_since_reset", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps_since_reset", torch.zeros((), dtype=torch.long))
+        self.register_buffer("initted", torch.tensor(init in ("uniform", "randn")))
+        self.register_buffer("batch_usage", torch.zeros(num_codes, dtype=torch.long), persistent=False)
+
+    @staticmethod
+    def head_features(action_dim: int) -> int:
+        return action_dim
+
+    @classmethod
+    def from_vector_quantize_kwargs(cls, dim: int, codebook_size: int, *, commitment_weight: float = 1.0,
+                                    decay: float = 0.8, eps: float = 1e-5, kmeans_init: bool = False,
+                                    kmeans_iters: int = 10, use_cosine_sim: bool = False,
+                                    threshold_ema_dead_code: float = 0, ema_update: bool = True,
+                                    learnable_codebook: bool = False, rotation_trick: bool = True,
+                                    freeze_codebook: bool = False, **kw) -> "VectorQuantizer":
+        """A VectorQuantizer configured as ``vector_quantize_pytorch.VectorQuantize(dim,
+        codebook_size, ...)`` with the same argument names and defaults (EMA, decay 0.8,
+        rotation trick, no schedule resets). Unsupported arguments raise."""
+        if kw:
+            raise ValueError(f"from_vector_quantize_kwargs: unsupported arguments {sorted(kw)}")
+        ema = ema_update and not learnable_codebook
+        return cls(codebook_size, dim, commitment=commitment_weight, reset_every=None, reset_every_steps=None,
+                   codebook_weight=commitment_weight, init="kmeans" if kmeans_init else "uniform",
+                   kmeans_iters=kmeans_iters, ema=ema, decay=decay, eps=eps,
+                   threshold_ema_dead_code=threshold_ema_dead_code, cosine=use_cosine_sim,
+                   rotation_trick=rotation_trick and dim > 1, freeze_codebook=freeze_codebook)
+
+    # ---- state ------------------------------------------------------------------------
+    @property
+    def frozen(self) -> bool:
+        return self.freeze_codebook or (not self.ema and not self.codebook.weight.requires_grad)
+
+    def codes(self) -> torch.Tensor:
+        """The codes the search uses (normalised with ``cosine``), differentiable."""
+        w = self.codebook.weight
+        return _l2norm(w) if self.cosine else w
+
+    def get_codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        return F.embedding(indices, self.codes())
+
+    get_output_from_indices = get_codes_from_indices
+
+    @torch.no_grad()
+    def stats(self) -> dict:
+        """Codes used and perplexity since the last reset, and for the last training batch (tensors)."""
+        return {"codes_used": (self.usage > 0).sum(), "perplexity": _perplexity(self.usage),
+                "batch_codes_used": (self.batch_usage > 0).sum(), "batch_perplexity": _perplexity(self.batch_usage)}
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        old = prefix + "codebook"
+        if old in state_dict and prefix + "codebook.weight" not in state_dict:
+            # fastlam < 0.2 stored the codebook as a bare Parameter; its codes were trained, so
+            # they count as initialised and start no new schedule.
+            cb = state_dict.pop(old)
+            if tuple(cb.shape) != (self.num_codes, self.action_dim):
+                error_msgs.append(f"{old}: the checkpoint's codebook has shape {tuple(cb.shape)}, this "
+                                  f"VectorQuantizer expects ({self.num_codes}, {self.action_dim}) (num_codes, action_dim)")
+                return
+            state_dict[prefix + "codebook.weight"] = cb
+            state_dict.setdefault(prefix + "initted", torch.tensor(True))
+            state_dict.setdefault(prefix + "steps_since_reset", torch.zeros((), dtype=torch.long))
+        if self.ema and prefix + "codebook.weight" in state_dict:
+            state_dict.setdefault(prefix + "cluster_size", torch.ones(self.num_codes))
+            state_dict.setdefault(prefix + "embed_avg", state_dict[prefix + "codebook.weight"].clone())
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    # ---- codebook edits ---------------------------------------------------------------
+    @torch.no_grad()
+    def init_codebook(self, z: torch.Tensor, force: bool = False) -> None:
+        """Initialise the codes from latents ``z`` (..., D) per ``init`` (``uniform`` / ``randn``
+        with ``force`` draw from ``data``'s rule)."""
+        if self.frozen and not force:
+            return
+        z = z.detach().reshape(-1, self.action_dim)
+        z = z[torch.isfinite(z).all(dim=1)].float()
+        if z.shape[0] == 0:
+            return
+        if self.cosine:
+            z = _l2norm(z)
+        if self.init == "kmeans":
+            codes = kmeans_plus_plus(z, self.num_codes, self.kmeans_iters, cosine=self.cosine, backend=self.backend)
+        else:
+            codes = _sample_rows(z, self.num_codes)
+        w = self.codebook.weight
+        w.copy_(codes.to(w.dtype))
+        if self.ema:
+            self.cluster_size.fill_(1.0)
+            self.embed_avg.copy_(w.float())
+            _broadcast_(self.cluster_size, self.embed_avg)
+        _broadcast_(w)
+        self.initted.fill_(True)
+
+    @torch.no_grad()
+    def _replace(self, dead: torch.Tensor, samples: torch.Tensor, cluster_size: float = 1.0) -> int:
+        dead = dead.nonzero().flatten()
+        samples = samples[torch.isfinite(samples).all(dim=1)].float()
+        if not dead.numel() or not samples.shape[0]:
+            return 0
+        if self.cosine:
+            samples = _l2norm(samples)
+        new = _sample_rows(samples, dead.numel())
+        w = self.codebook.weight
+        w[dead] = new.to(w.dtype)
+        _broadcast_(w)
+        if self.ema:
+            self.cluster_size[dead] = cluster_size
+            self.embed_avg[dead] = new * cluster_size
+            _broadcast_(self.cluster_size, self.embed_avg)
+        return int(dead.numel())
+
+    @torch.no_grad()
+    def reset_dead_codes(self, z: torch.Tensor, force: bool = False) -> int:
+        """Re-initialise codes chosen fewer than ``dead_code_threshold`` times since the last
+        reset from rows of ``z`` (..., D); returns how many. A frozen codebook is left alone
+        (returns 0) unless ``force``. Starts a new usage window either way."""
+        n = 0
+        if not self.frozen or force:
+            counts = self.usage.clone()
+            _all_reduce_(counts)
+            n = self._replace(counts < self.dead_code_threshold, z.detach().reshape(-1, self.action_dim))
+        self.usage.zero_()
+        self.seen_since_reset.zero_()
+        self.steps_since_reset.zero_()
+        return n
+
+    @torch.no_grad()
+    def _ema_update(self, x: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> None:
+        finite = torch.isfinite(x).all(dim=1)
+        xs = x.float() * finite[:, None]
+        embed_sum = torch.zeros(self.num_codes, self.action_dim, device=x.device).index_add_(0, idx, xs.nan_to_num(0.0))
+        counts = counts.float()
+        _all_reduce_(counts, embed_sum)
+        self.cluster_size.lerp_(counts, 1.0 - self.decay)
+        self.embed_avg.lerp_(embed_sum, 1.0 - self.decay)
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.eps) / (total + self.num_codes * self.eps) * total
+        w = self.embed_avg / smoothed[:, None]
+        if self.cosine:
+            w = _l2norm(w)
+        self.codebook.weight.copy_(w.to(self.codebook.weight.dtype))
+
+    # ---- forward ----------------------------------------------------------------------
+    def forward(self, h: torch.Tensor) -> VQOutput:
+        if h.dim() < 1 or h.shape[-1] != self.action_dim:
+            raise ValueError(f"h: expected shape (..., {self.action_dim}), got {tuple(h.shape)}")
+        flat = h.reshape(-1, self.action_dim)
+        training = self.training
+        if training and not bool(self.initted) and not self.frozen:
+            self.init_codebook(flat)
+        x = _l2norm(flat) if self.cosine else flat
+        codes = self.codes()
+        if training and not self.frozen and not self.cosine:
+            # EMA updates and resets below edit the codebook in place; the fused backward reads
+            # the codes it searched, so it gets its own copy (gradients still reach the weight)
+            codes = codes.clone()
+        counts = torch.zeros(self.num_codes, dtype=torch.long, device=h.device) if training else None
+        z_q, idx, cb_loss, commit_loss = vector_quantize(x, codes, self.commitment, usage=counts,
+                                                         check_finite=self.check_finite, backend=self.backend)
+        learned = not self.ema and not self.frozen and self.codebook.weight.requires_grad
+        loss = commit_loss + self.codebook_weight * cb_loss if learned else commit_loss
+        if self.rotation_trick and training and x.requires_grad:
+            z_q = _rotation_trick(x, z_q.detach())
+        metrics = {"reg/codebook": cb_loss.detach(), "reg/commitment": commit_loss.detach()}
+        if training:
+            self.batch_usage.copy_(counts)
+            self.usage += counts
+            self.seen_since_reset += flat.shape[0]
+            self.steps_since_reset += 1
+            if self.ema and not self.frozen:
+                self._ema_update(x.detach(), idx, counts)
+                if self.threshold_ema_dead_code > 0:
+                    n = self._replace(self.cluster_size < self.threshold_ema_dead_code, x.detach(),
+                                      cluster_size=self.threshold_ema_dead_code)
+                    metrics["reg/codes_expired"] = torch.tensor(float(n))
+            st = self.stats()
+            metrics.update({"reg/codes_used": st["codes_used"].float(), "reg/perplexity": st["perplexity"],
+                            "reg/batch_perplexity": st["batch_perplexity"]})
+            due = ((self.reset_every and int(self.seen_since_reset) >= self.reset_every)
+                   or (self.reset_every_steps and int(self.steps_since_reset) >= self.reset_every_steps))
+            if due:
+                metrics["reg/codes_reset"] = torch.tensor(float(self.reset_dead_codes(x.detach())))
+        z = z_q.reshape(*h.shape[:-1], self.action_dim)
+        return VQOutput(z, idx.reshape(h.shape[:-1]), loss, metrics)
+
+
+# ----------------------------------------------------------------------------- FSQ
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (x.round() - x).detach()
+
+
+class FSQ(nn.Module):
+    """Finite scalar quantization (Mentzer et al. 2023): each of ``len(levels)`` channels is
+    bounded by tanh and rounded to ``levels[i]`` values; the implicit codebook has
+    ``prod(levels)`` codes and no parameters (so nothing to collapse or reset). With ``dim`` !=
+    ``len(levels)`` a linear projection goes in and out (as ``vector_quantize_pytorch.FSQ``).
+
+    Returns :class:`FSQOutput` ``(z, indices)`` like the peer's ``(out, indices)``; inputs are
+    (..., dim) channel-last of any rank (the peer wants (B, N, D), or channel-first images);
+    indices are int64 (the peer: int32). Quantisation runs in fp32 for half inputs.
+    torch only: it is elementwise.
+
+    Example:
+        >>> fsq = FSQ([8, 5, 5, 5])
+        >>> z, idx = fsq(torch.randn(2, 7, 4))
+        >>> torch.equal(fsq.indices_to_codes(idx), z), int(idx.max()) < 1000
+        (True, True)
+    """
+
+    def __init__(self, levels, dim: int | None = None, projection_has_bias: bool = True):
+        super().__init__()
+        levels = [int(v) for v in levels]
+        if not levels or any(v < 3 for v in levels):
+            raise ValueError(f"levels: expected a non-empty list of ints >= 3, got {levels}")
+        self.levels = levels
+        self.register_buffer("_levels", torch.tensor(levels, dtype=torch.int32), persistent=False)
+        self.register_buffer("_basis", torch.cumprod(torch.tensor([1] + levels[:-1]), 0).to(torch.int64),
+                             persistent=False)
+        self.codebook_dim = len(levels)
+        self.codebook_size = math.prod(levels)
+        self.dim = dim if dim is not None else self.codebook_dim
+        proj = self.dim != self.codebook_dim
+        self.project_in = nn.Linear(self.dim, self.codebook_dim, bias=projection_has_bias) if proj else nn.Identity()
+        self.project_out = nn.Linear(self.codebook_dim, self.dim, bias=projection_has_bias) if proj else nn.Identity()
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        """Bounded, rounded codes in [-1, 1] (straight-through), same shape as z (..., len(levels))."""
+        lv = self._levels.to(z.dtype)
+        half_l = (lv - 1) * (1 + 1e-3) / 2
+        offset = torch.where(self._levels % 2 == 0, 0.5, 0.0).to(z.dtype)
+        shift = torch.atanh(offset / half_l)
+        bounded = torch.tanh(z + shift) * half_l - offset
+        return _round_ste(bounded) / (self._levels // 2).to(z.dtype)
+
+    def codes_to_indices(self, codes: torch.Tensor) -> torch.Tensor:
+        half = (self._levels // 2).to(codes.dtype)
+        return (codes * half + half).mul(self._basis.to(codes.dtype)).sum(-1).round().long()
+
+    def indices_to_codes(self, indices: torch.Tensor, project_out: bool = True) -> torch.Tensor:
+        level_idx = (indices.long()[..., None] // self._basis) % self._levels
+        half = self._levels // 2
+        codes = (level_idx - half).float() / half.float()
+        return self.project_out(codes) if project_out else codes
+
+    def forward(self, z: torch.Tensor) -> FSQOutput:
+        if z.dim() < 1 or z.shape[-1] != self.dim:
+            raise ValueError(f"z: expected shape (..., {self.dim}), got {tuple(z.shape)}")
+        zin = self.project_in(z)
+        dtype = zin.dtype
+        q = self.quantize(zin if dtype in (torch.float32, torch.float64) else zin.float())
+        idx = self.codes_to_indices(q)
+        return FSQOutput(self.project_out(q.to(dtype)), idx)
+
+
+# ----------------------------------------------------------------------------- LFQ
+
+class LFQ(nn.Module):
+    """Lookup-free quantization (Yu et al. 2023, MAGVIT-v2): each of log2(codebook_size)
+    channels becomes +-``codebook_scale`` by its sign (straight-through); the index is the bit
+    pattern (first channel = most significant bit). In training the loss is
+    ``entropy_loss_weight * (mean per-sample entropy - diversity_gamma * codebook entropy)``
+    of the softmax over all codes at ``inv_temperature``, plus an optional commitment term;
+    in eval it is 0 (as the peer).
+
+    Returns :class:`LFQOutput` ``(z, indices, loss)`` like ``vector_quantize_pytorch.LFQ``;
+    inputs (..., dim) channel-last of any rank; indices int64. The entropy terms build an
+    (N, codebook_size) matrix: meant for the small codebooks of latent actions (dim <= 16).
+    torch only: it is a sign and one softmax.
+
+    Example:
+        >>> lfq = LFQ(dim=8)
+        >>> z, idx, loss = lfq(torch.randn(2, 5, 8))
+        >>> torch.equal(lfq.indices_to_codes(idx), z.detach()), loss.dim()
+        (True, 0)
+    """
+
+    def __init__(self, *, dim: int | None = None, codebook_size: int | None = None, entropy_loss_weight: float = 0.1,
+                 commitment_loss_weight: float = 0.0, diversity_gamma: float = 1.0, codebook_scale: float = 1.0,
+                 projection_has_bias: bool = True):
+        super().__init__()
+        if dim is None and codebook_size is None:
+            raise ValueError("LFQ: pass dim or codebook_size")
+        if codebook_size is not None and (codebook_size < 2 or not math.log2(codebook_size).is_integer()):
+            raise ValueError(f"codebook_size: expected a power of 2, got {codebook_size}")
+        codebook_size = codebook_size if codebook_size is not None else 2 ** dim
+        self.codebook_size = codebook_size
+        self.codebook_dim = int(math.log2(codebook_size))
+        self.dim = dim if dim is not None else self.codebook_dim
+        proj = self.dim != self.codebook_dim
+        self.project_in = nn.Linear(self.dim, self.codebook_dim, bias=projection_has_bias) if proj else nn.Identity()
+        self.project_out = nn.Linear(self.codebook_dim, self.dim, bias=projection_has_bias) if proj else nn.Identity()
+        self.entropy_loss_weight, self.commitment_loss_weight = entropy_loss_weight, commitment_loss_weight
+        self.diversity_gamma, self.codebook_scale = diversity_gamma, codebook_scale
+        self.register_buffer("mask", 2 ** torch.arange(self.codebook_dim - 1, -1, -1), persistent=False)
+
+    def indices_to_codes(self, indices: torch.Tensor, project_out: bool = True) -> torch.Tensor:
+        bits = ((indices.long()[..., None] & self.mask) != 0).float()
+        codes = bits * (2 * self.codebook_scale) - self.codebook_scale
+        return self.project_out(codes) if project_out else codes
+
+    def all_codes(self) -> torch.Tensor:
+        return self.indices_to_codes(torch.arange(self.codebook_size, device=self.mask.device), project_out=False)
+
+    def forward(self, x: torch.Tensor, inv_temperature: float = 100.0) -> LFQOutput:
+        if x.dim() < 1 or x.shape[-1] != self.dim:
+            raise ValueError(f"x: expected shape (..., {self.dim}), got {tuple(x.shape)}")
+        x = self.project_in(x)
+        dtype = x.dtype
+        xf = x.float() if dtype not in (torch.float32, torch.float64) else x
+        q = torch.where(xf > 0, self.codebook_scale, -self.codebook_scale).to(xf.dtype)
+        idx = ((q > 0).long() * self.mask).sum(-1)
+        loss = xf.new_zeros(())
+        if self.training:
+            out = xf + (q - xf).detach()
+            flat = xf.reshape(-1, self.codebook_dim)
+            logits = (2 * inv_temperature) * flat @ self.all_codes().to(flat.dtype).T
+            prob = logits.softmax(-1)
+            per_sample = -(prob * prob.clamp_min(1e-5).log()).sum(-1).mean()
+            avg = prob.mean(0)
+            codebook_entropy = -(avg * avg.clamp_min(1e-5).log()).sum()
+            loss = self.entropy_loss_weight * (per_sample - self.diversity_gamma * codebook_entropy)
+            if self.commitment_loss_weight > 0:
+                loss = loss + self.commitment_loss_weight * F.mse_loss(xf, q.detach())
+        else:
+            out = q
+        return LFQOutput(self.project_out(out.to(dtype)), idx, loss)
+
+
+# ----------------------------------------------------------------------------- residual VQ
+
+class ResidualVQ(nn.Module):
+    """Residual VQ (Zeghidour et al. 2021): ``num_quantizers`` VectorQuantizers in sequence,
+    each quantising what the previous ones left (the residual passes on without gradient
+    through the codes); the output is the sum of the codes.
+
+    Returns :class:`RVQOutput` ``(z, indices (..., Q), losses (Q,))`` like
+    ``vector_quantize_pytorch.ResidualVQ``. ``vq_kwargs`` go to every :class:`VectorQuantizer`
+    (``ema``, ``cosine``, ``init``, ``commitment`` ...). No quantizer dropout or beam search.
+
+    Example:
+        >>> rvq = ResidualVQ(dim=16, num_quantizers=3, codebook_size=32)
+        >>> z, idx, losses = rvq(torch.randn(4, 16))
+        >>> idx.shape, losses.shape
+        (torch.Size([4, 3]), torch.Size([3]))
+    """
+
+    def __init__(self, *, dim: int, num_quantizers: int, codebook_size: int, **vq_kwargs):
+        super().__init__()
+        if num_quantizers < 1:
+            raise ValueError(f"num_quantizers: expected >= 1, got {num_quantizers}")
+        self.dim, self.num_quantizers, self.codebook_size = dim, num_quantizers, codebook_size
+        self.layers = nn.ModuleList(VectorQuantizer(codebook_size, dim, **vq_kwargs) for _ in range(num_quantizers))
+
+    @property
+    def codebooks(self) -> torch.Tensor:
+        return torch.stack([vq.codes().detach() for vq in self.layers])
+
+    def get_codes_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """(..., Q) indices -> (Q, ..., dim) codes."""
+        return torch.stack([vq.get_codes_from_indices(indices[..., i]) for i, vq in enumerate(self.layers)])
+
+    def get_output_from_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.get_codes_from_indices(indices).sum(0)
+
+    def forward(self, x: torch.Tensor) -> RVQOutput:
+        residual, out = x, torch.zeros_like(x)
+        indices, losses = [], []
+        for vq in self.layers:
+            q, idx, loss = vq(residual)
+            residual = residual - q.detach()
+            out = out + q
+            indices.append(idx)
+            losses.append(loss)
+        return RVQOutput(out, torch.stack(indices, -1), torch.stack(losses))

@@ -85,7 +85,7 @@ def test_noisy_actions_are_deterministic_in_eval():
     [
         ((3, 8, 32, 32), "B, C, frames, H, W"),
         ((1, 3, 7, 32, 32), "multiple of the tubelet"),
-        ((1, 3, 8, 30, 32), "divisible by the patch size"),
+        ((1, 3, 8, 30, 32), r"video: expected shape \(B, C, frames, 32, 32\)"),
         ((1, 4, 8, 32, 32), "channels"),
     ],
 )

@@ -152,6 +152,7 @@ def test_cli_bad_value_in_a_subprocess_has_no_traceback(tmp_path):
 
 
 # ---- the run folder -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_rerun_refuses_then_overwrite_moves_aside_and_resume_keeps_metrics_monotonic(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["--config", "configs/tiny_cpu.yaml", *TINY, f"out_dir={run}", "steps=4"]) == 0

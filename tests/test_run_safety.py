@@ -119,6 +119,7 @@ def test_optionals_lists_dicts_and_literals():
     ("precision=fp8", r"precision: expected one of auto, bf16, fp32"),
     ("device=gpu0", r"device: expected auto, cpu, cuda or cuda:N"),
     ("distributed.backend=mpi", r"distributed.backend: expected one of"),
+    ("model.encoder.checkpoint=no/such/vjepa2.pt", r"model.encoder.checkpoint: no file at no/such/vjepa2.pt"),
 ])
 def test_out_of_range_values_name_the_key(override, match):
     cfg = load_config(TrainConfig, "configs/tiny_cpu.yaml", [override])

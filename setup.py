@@ -53,7 +53,7 @@ setup(
     ],
     package_dir={"fastlam": "fastlam", "fastlam.kernels": "kernels"},
     install_requires=[
-        "torch>=2.6",
+        "torch>=2.9",  # torch.optim.Muon; fastlam.MIN_TORCH says the same (checked at import)
         "numpy",
         "pyyaml",
         "safetensors",

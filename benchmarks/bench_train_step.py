@@ -372,6 +372,7 @@ def build_model(size: Size, device: torch.device, seed: int, state: dict | None 
         model = ACPredictor(size.model) if size.kind == "ac" else LatentActionWorldModel(copy.deepcopy(size.model))
     if state is not None:
         model.load_state_dict(state)
+    model.check_video_range = False  # as fastlam.train sets it: no per-step [0, 1] check (a host sync)
     return model.train()
 
 

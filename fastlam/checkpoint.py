@@ -8,6 +8,7 @@ plain containers, and nothing a downloaded file contains can execute code.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -36,8 +37,23 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     return atomic_write(path, lambda p: torch.save(state, p))
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint fastlam can read (corrupt, truncated, foreign objects)."""
+
+
+def load_checkpoint(path: str | Path, map_location="cpu", *, expected: str = "a fastlam training checkpoint") -> dict:
+    """``torch.load(weights_only=True)``; a file it refuses (objects other than tensors and
+    plain containers, a corrupt or truncated file) is a :class:`CheckpointError` that names
+    ``path`` and what was expected, never PyTorch's advice to retry with ``weights_only=False``
+    (which would run whatever code the file carries)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no file at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError, TypeError) as e:
+        if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e):
+            reason = "it holds objects other than tensors and plain containers, which fastlam never unpickles"
+        else:
+            reason = "it is not a readable torch checkpoint (corrupt, truncated or another format)"
+        raise CheckpointError(f"checkpoint: {path} cannot be loaded: {reason}; expected {expected}") from None

@@ -3,6 +3,7 @@ that names the offending key for anything unknown or mistyped."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -19,36 +20,88 @@ def _is_dataclass_type(tp) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _coerce(value, tp, key: str):
+# YAML 1.1 (PyYAML) reads `5e-3` and `1e5` as strings (its floats need a dot): a float field
+# accepts these spellings, and nothing else that is a string.
+_FLOAT_STR = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _type_name(tp) -> str:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join("None" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = typing.get_args(tp)
+        inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args)
+        return f"{origin.__name__}[{inner}]" if args else origin.__name__
+    return getattr(tp, "__name__", str(tp))
+
+
+def _wrong(key: str, tp, value) -> ConfigError:
+    return ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _coerce(value, tp, key: str):
+    """``value`` checked against (and converted to) the annotation ``tp``; a mismatch is a
+    ConfigError naming ``key`` and the expected type."""
+    origin = typing.get_origin(tp)
+    if tp is typing.Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
         if value is None:
-            return None
+            if type(None) in args:
+                return None
+            raise _wrong(key, tp, value)
         for a in args:
+            if a is type(None):
+                continue
             try:
                 return _coerce(value, a, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: expected {tp}, got {value!r}")
+        raise _wrong(key, tp, value)
+    if origin is typing.Literal:
+        if any(value == a and type(value) is type(a) for a in typing.get_args(tp)):  # True is not 1
+            return value
+        raise _wrong(key, tp, value)
     if _is_dataclass_type(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return from_dict(tp, value, prefix=key)
-    if origin in (list, tuple):
+    if origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return origin(value)
+            raise _wrong(key, tp, value)
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {_type_name(tp)} ({len(args)} items), got {value!r}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        elem = args[0] if args else typing.Any
+        items = [_coerce(v, elem, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if (origin or tp) is tuple else items
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is int and isinstance(value, bool):
-        raise ConfigError(f"{key}: expected int, got {value!r}")
-    if tp in (int, str, bool) and not isinstance(value, tp):
-        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+        kt, vt = typing.get_args(tp) or (typing.Any, typing.Any)
+        return {_coerce(k, kt, f"{key} key {k!r}"): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool):
+            raise _wrong(key, tp, value)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_STR.fullmatch(value.strip()):
+            return float(value)
+        raise _wrong(key, tp, value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _wrong(key, tp, value)
+        return value
+    if tp in (str, bool) and not isinstance(value, tp):
+        raise _wrong(key, tp, value)
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise _wrong(key, tp, value)
     return value
 
 

@@ -44,7 +44,10 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
     opts: list[torch.optim.Optimizer] = []
     if cfg.use_muon and muon:
         if not hasattr(torch.optim, "Muon"):
-            raise RuntimeError("optim.use_muon: this torch has no torch.optim.Muon (needs torch >= 2.9); set optim.use_muon=false")
+            from fastlam import MIN_TORCH
+
+            raise RuntimeError(f"optim.use_muon: this torch ({torch.__version__}) has no torch.optim.Muon (needs torch "
+                               f">= {'.'.join(map(str, MIN_TORCH))}); set optim.use_muon=false")
         opts.append(torch.optim.Muon(muon, lr=cfg.muon_lr, weight_decay=cfg.weight_decay))
     else:
         adamw = muon + adamw

@@ -33,6 +33,8 @@ import yaml
 from fastlam.checkpoint import load_checkpoint, save_checkpoint
 from fastlam import distributed as fdist
 from fastlam.config import ConfigError, load_config, to_dict
+from fastlam.config_checks import validate_train_config
+from fastlam import run_folder
 from fastlam.distributed import DistributedConfig
 from fastlam.models import LatentActionWorldModel, ModelConfig
 from fastlam.optim import OptimConfig, build_optimizers, build_schedulers
@@ -327,7 +329,9 @@ class _LocalRunner:
                 state["rng_ranks"] = rngs
             save_checkpoint(path, state)
             save_checkpoint(ckpt_dir / "latest.pt", state)
-            for p in sorted(ckpt_dir.glob("step_*.pt"))[:-keep]:
+            # Prune the oldest, never the file just written (whose path is returned and printed).
+            older = [p for p in sorted(ckpt_dir.glob("step_*.pt")) if p != path]
+            for p in older[: max(len(older) - (keep - 1), 0)]:
                 p.unlink(missing_ok=True)
         fdist.barrier(self.env)
         return path
@@ -358,11 +362,20 @@ class _LocalRunner:
 
 
 # ---- the loop ----------------------------------------------------------------------------
-def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train ``cfg``; ``resume`` continues the run in ``cfg.out_dir``, ``overwrite`` moves a
+    run found there aside (``<out_dir>.old-<time>``) first. Without either, an ``out_dir``
+    that holds a run is a :class:`~fastlam.run_folder.RunFolderError`."""
+    validate_train_config(cfg)
     backend = fdist.resolve_backend(cfg.distributed)
     # Settle every configuration mismatch before a process group, a model or data exist.
     ds_config = fdist.preflight(cfg, backend, int(os.environ.get("WORLD_SIZE", "1") or 1),
                                 resolve_device(cfg.device).type)
+    # Every rank checks the folder before the process group forms (so before rank 0 writes).
+    moved = run_folder.prepare_out_dir(cfg.out_dir, resume=resume, overwrite=overwrite,
+                                       is_main=int(os.environ.get("RANK", "0") or 0) == 0)
+    if moved is not None:
+        print(f"--overwrite: moved the previous run in {cfg.out_dir} to {moved}")
     env = fdist.init_process_group(cfg.distributed, backend)
     try:
         summary = _train(cfg, env, resume, ds_config)
@@ -376,21 +389,24 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
 def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict | None) -> dict:
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     device = resolve_device(cfg.device)
     if device.type == "cuda" and env.distributed:
         device = torch.device("cuda", env.local_rank)
     torch.manual_seed(cfg.seed)
 
-    dataset = build_dataset(cfg)  # fails early (empty folder, unreadable files) before any work
+    try:
+        dataset = build_dataset(cfg)  # fails early (empty folder, unreadable files) before any work
+    except ValueError as e:
+        raise ConfigError(f"data.source: {e}") from None
+    if not use_dali(cfg, device) and len(dataset) < cfg.batch_size:
+        raise ConfigError(f"batch_size: expected at most the dataset's {len(dataset)} clips, got {cfg.batch_size}")
     model = LatentActionWorldModel(cfg.model)
     if cfg.model.encoder.checkpoint:
         from fastlam.models.vjepa2 import load_vjepa2_encoder
 
         load_vjepa2_encoder(model.encoder, cfg.model.encoder.checkpoint)
     model.predictor.checkpoint_blocks = cfg.activation_checkpointing
+    model.check_video_range = False  # the loaders give [0, 1] by construction: no per-step host sync
     model.to(device).train()
     if env.world_size > 1:
         # Same weights on every rank (seeded above), but each rank's own noise stream.
@@ -405,11 +421,19 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
         state = runner.load(ckpt_dir)
         step, position = int(state["step"]), int(state["data_position"])
         _set_rng_state(state["rng"])
+        if step > cfg.steps:
+            raise ConfigError(f"steps: the run in {out} is at step {step} already; pass steps=N with N >= {step} "
+                              "to continue it")
         if env.is_main:
             print(f"resumed from {ckpt_dir / state['tag']} at step {step}")
 
-    batches = iter_batches(cfg, dataset, device, env, position)
     metrics_file = out / "metrics.jsonl"
+    if env.is_main:  # the config is valid and the model built: now the run folder may be written
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if resume:
+            run_folder.truncate_metrics(metrics_file, step)
+    batches = iter_batches(cfg, dataset, device, env, position)
     model_config = json.dumps(to_dict(cfg.model))
 
     def checkpoint(at_step: int) -> Path:
@@ -446,7 +470,8 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
                 loss = sums[0]
                 first_loss = loss if first_loss is None else first_loss
                 last_loss = loss
-                if log is not None and (step % cfg.log_every == 0 or step == cfg.steps or stop_now):
+                # Step 1 is always logged: the run's first loss stays on record across resumes.
+                if log is not None and (step % cfg.log_every == 0 or step in (1, cfg.steps) or stop_now):
                     rates = speed.window()
                     row = {"step": step, "loss": loss, "pred_loss": sums[1], "reg_loss": sums[2],
                            "grad_norm": grad_norm, **rates, "lr": runner.lrs}
@@ -480,6 +505,12 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
         final_dir = runner.export(ckpt_dir, Path(final_ckpt).name, out / "final")
         summary["model"] = str(final_dir) if final_dir else None
     if env.is_main:
+        # A resumed run reports the whole run's first loss (and, when it had no step left to
+        # train, its last), not the first of this process.
+        rows = [r for r in run_folder.read_metrics(metrics_file) if "loss" in r]
+        if rows:
+            summary["first_loss"] = rows[0]["loss"]
+            summary["last_loss"] = last_loss if last_loss is not None else rows[-1]["loss"]
         png = plot_losses(metrics_file, out / "loss_curve.png")
         summary["loss_curve"] = str(png) if png else None
         if hasattr(dataset, "report"):
@@ -500,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fastlam.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="YAML config (see configs/)")
     ap.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoints/latest.pt")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="out_dir holds a run: move it aside to <out_dir>.old-<time> (never deleted) and start again")
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. steps=50 model.regularizer.kind=sparse")
     ap.add_argument("--deepspeed_config", default=None,
                     help="ZeRO JSON config (same as distributed.deepspeed_config=...); selects the DeepSpeed backend")
@@ -510,7 +543,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"distributed.deepspeed_config={args.deepspeed_config}")
     try:
         cfg = load_config(TrainConfig, args.config, overrides)
-        summary = train(cfg, resume=args.resume)
+        summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except run_folder.RunFolderError as e:
+        ap.exit(2, f"error: {e}\n")
     except ConfigError as e:
         ap.exit(2, f"config error: {e}\n")
     if int(os.environ.get("RANK", "0") or 0) != 0:
@@ -518,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     if summary["preempted"]:
         print(f"\nstopped at step {summary['steps']} by a signal; checkpoint: {summary['checkpoint']} (--resume continues)")
         return 0
-    print(f"\ntrained {summary['steps']} steps on {summary['device']}: loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f}")
+    fmt = lambda x: "n/a" if x is None else f"{x:.4f}"
+    print(f"\ntrained {summary['steps']} steps on {summary['device']}: loss {fmt(summary['first_loss'])} -> {fmt(summary['last_loss'])}")
     if summary.get("data_report"):
         print(summary["data_report"])
     print(f"checkpoint: {summary['checkpoint']}")

@@ -69,8 +69,9 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint"):
+    with pytest.raises(ConfigError, match="--resume: no checkpoint"):
         train(cfg_for(tmp_path, "steps=2"), resume=True)
+    assert not list(tmp_path.iterdir()), "nothing written"
 
 
 def test_cli_rejects_unknown_key(tmp_path, capsys):

@@ -72,7 +72,8 @@ class VideoEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1), persistent=False)
 
-    def check_video(self, video: torch.Tensor) -> None:
+    def check_video(self, video: torch.Tensor, check_range: bool = True) -> None:
+        """Shape, dtype and (``check_range``) value range of ``video``; errors name ``video``."""
         p, tub = self.cfg.patch_size, self.cfg.tubelet
         if not isinstance(video, torch.Tensor) or video.dim() != 5:
             shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
@@ -88,10 +89,22 @@ class VideoEncoder(nn.Module):
             raise ValueError(f"video: frames={F} must be a positive multiple of the tubelet ({tub})")
         if H % p or W % p:
             raise ValueError(f"video: image size {H}x{W} must be divisible by the patch size {p}")
+        weight_dtype = self.patch_embed.proj.weight.dtype
+        if video.dtype != weight_dtype and not torch.is_autocast_enabled(video.device.type):
+            raise TypeError(f"video: expected dtype {weight_dtype} (the encoder's weights), got {video.dtype}; "
+                            f"cast it with video.to({weight_dtype}) or run under torch.autocast")
+        if check_range and video.numel():
+            # One pass over the input (far cheaper than the encoder), but a host sync on CUDA:
+            # callers whose data is in range by construction (the training loaders) opt out.
+            lo, hi = (float(v) for v in torch.aminmax(video.detach()))
+            if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
+                raise ValueError(f"video: expected values in [0, 1], got min {lo:.4g}, max {hi:.4g} (divide 0..255 "
+                                 "frames by 255; check_range=False skips this check)")
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, C, frames, H, W) in [0, 1] -> states (B, T, N, width)."""
-        self.check_video(video)
+    def forward(self, video: torch.Tensor, check_range: bool = True) -> torch.Tensor:
+        """(B, C, frames, H, W) in [0, 1] -> states (B, T, N, width). ``check_range=False``
+        skips the check that the values are in [0, 1] (one pass over ``video``, a sync on CUDA)."""
+        self.check_video(video, check_range)
         B, _, F, H, W = video.shape
         grid_h, grid_w = H // self.cfg.patch_size, W // self.cfg.patch_size
         x = (video - self.mean.to(video.dtype)) / self.std.to(video.dtype)

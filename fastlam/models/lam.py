@@ -99,7 +99,11 @@ class LAMOutput(NamedTuple):
 class LatentActionWorldModel(nn.Module):
     """The latent action world model of Garrido et al. (2026).
 
-    Video tensors are float (B, C, frames, H, W) with values in [0, 1] (the encoder normalises).
+    Video tensors are float (B, C, frames, H, W), H = W = ``image_size``, in the model's dtype
+    (or under autocast), with values in [0, 1] (the encoder normalises). The value range is
+    checked on every call (one pass over the input; a host sync on CUDA): pass
+    ``check_range=False``, or set ``model.check_video_range = False``, to skip it where the data
+    is in range by construction (training does).
 
     Example:
         >>> model = LatentActionWorldModel(ModelConfig(image_size=32, frames=8,
@@ -132,6 +136,7 @@ class LatentActionWorldModel(nn.Module):
         p = cfg.predictor
         self.predictor = Predictor(self.encoder.width, p.width, p.depth, p.heads, cfg.action_dim, grid_w, p.mlp_ratio)
         self.loss_fn = PredictionLoss(cfg.loss, cfg.normalize_target)
+        self.check_video_range = True
 
     # The encoder is frozen: it stays in eval mode whatever mode the model is put in.
     def train(self, mode: bool = True):
@@ -140,9 +145,17 @@ class LatentActionWorldModel(nn.Module):
         return self
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
+    def encode(self, video: torch.Tensor, *, check_range: bool | None = None) -> torch.Tensor:
         """video (B, C, frames, H, W) in [0, 1] -> states (B, T, N, D) from the frozen encoder."""
-        return self.encoder(video)
+        s, tub = self.cfg.image_size, self.cfg.encoder.tubelet
+        if isinstance(video, torch.Tensor) and video.dim() == 5:
+            if tuple(video.shape[-2:]) != (s, s):
+                raise ValueError(f"video: expected shape (B, C, frames, {s}, {s}) (model.image_size={s}), "
+                                 f"got {tuple(video.shape)}")
+            if video.shape[2] < 2 * tub:
+                raise ValueError(f"video: expected at least {2 * tub} frames (two time steps of the tubelet {tub}), "
+                                 f"got shape {tuple(video.shape)}")
+        return self.encoder(video, check_range=self.check_video_range if check_range is None else check_range)
 
     def _actions(self, states: torch.Tensor):
         if self.idm is None:
@@ -151,15 +164,16 @@ class LatentActionWorldModel(nn.Module):
         return out.z, out.loss, out.metrics
 
     @torch.no_grad()
-    def infer_actions(self, video: torch.Tensor | None = None, *, states: torch.Tensor | None = None) -> torch.Tensor:
+    def infer_actions(self, video: torch.Tensor | None = None, *, states: torch.Tensor | None = None,
+                      check_range: bool | None = None) -> torch.Tensor:
         """Latent actions (B, T-1, action_dim) between consecutive states, in eval mode
-        (the noisy regularizer returns its mean)."""
+        (the noisy regularizer returns its mean). ``check_range``: see the class docstring."""
         if self.idm is None:
             raise RuntimeError("infer_actions: a 'deterministic' model has no latent actions")
         if (video is None) == (states is None):
             raise ValueError("infer_actions: pass exactly one of video or states")
         if states is None:
-            states = self.encode(video)
+            states = self.encode(video, check_range=check_range)
         was_training = self.training
         self.eval()
         try:
@@ -171,12 +185,13 @@ class LatentActionWorldModel(nn.Module):
         """Next-state predictions (B, T, N, D): output t predicts s_{t+1} from s_0..t and z_t."""
         return self.predictor(states, actions)
 
-    def forward(self, video: torch.Tensor | None = None, *, states: torch.Tensor | None = None) -> LAMOutput:
+    def forward(self, video: torch.Tensor | None = None, *, states: torch.Tensor | None = None,
+                check_range: bool | None = None) -> LAMOutput:
         """Teacher-forced training loss on a clip (or on cached encoder states)."""
         if (video is None) == (states is None):
             raise ValueError("forward: pass exactly one of video or states")
         if states is None:
-            states = self.encode(video)
+            states = self.encode(video, check_range=check_range)
         z, reg_loss, metrics = self._actions(states)
         pred = self.predict(states[:, :-1], z)
         pred_loss = self.loss_fn(pred.flatten(1, 2), states[:, 1:].flatten(1, 2))
@@ -200,27 +215,53 @@ class LatentActionWorldModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location="cpu") -> "LatentActionWorldModel":
         """Load from a directory written by :meth:`save_pretrained` (or by training's
-        ``final/``), or from a training checkpoint ``.pt``. Weights are read with safetensors or
-        ``torch.load(weights_only=True)``: no arbitrary objects are unpickled."""
+        ``final/``; its ``model.safetensors`` file is taken to mean the directory), or from a
+        training checkpoint ``.pt``. Weights are read with safetensors or
+        ``torch.load(weights_only=True)``: no arbitrary objects are unpickled. Errors say what
+        to pass instead."""
         from safetensors.torch import load_file
 
+        from ..checkpoint import load_checkpoint
+
         path = Path(path)
+        if path.is_file() and path.name in ("model.safetensors", "config.json"):
+            if not ((path.parent / "config.json").is_file() and (path.parent / "model.safetensors").is_file()):
+                raise FileNotFoundError(f"path: {path} has no config.json + model.safetensors pair beside it; "
+                                        f"pass {_WHAT_TO_PASS}")
+            path = path.parent
         if path.is_dir():
             cfg_file, weights = path / "config.json", path / "model.safetensors"
             if not cfg_file.is_file() or not weights.is_file():
-                raise FileNotFoundError(f"path: {path} must contain config.json and model.safetensors")
-            cfg = from_dict(ModelConfig, json.loads(cfg_file.read_text()))
-            cfg.encoder.checkpoint = None  # the encoder weights are in model.safetensors already
-            state = load_file(str(weights), device=str(map_location))
+                hint = ""
+                if (path / "final" / "model.safetensors").is_file():
+                    hint = f" (a training run folder: pass {path / 'final'})"
+                elif (path / "checkpoints" / "latest.pt").is_file():
+                    hint = f" (a training run folder without a final model: pass {path / 'checkpoints' / 'latest.pt'})"
+                raise FileNotFoundError(f"path: {path} has no config.json + model.safetensors{hint}; "
+                                        f"pass {_WHAT_TO_PASS}")
+            try:
+                cfg = from_dict(ModelConfig, json.loads(cfg_file.read_text()))
+                state = load_file(str(weights), device=str(map_location))
+            except Exception as e:  # corrupt JSON / safetensors, or a config of another version
+                raise ValueError(f"path: {path} cannot be loaded ({type(e).__name__}: {e}); "
+                                 f"pass {_WHAT_TO_PASS}") from None
         elif path.is_file():
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            ckpt = load_checkpoint(path, map_location, expected=_WHAT_TO_PASS)
             if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
-                raise ValueError(f"path: {path} is not a fastlam training checkpoint")
+                raise ValueError(f"path: {path} is not a fastlam training checkpoint (no 'model' and "
+                                 f"'model_config' entries); pass {_WHAT_TO_PASS}")
             cfg = from_dict(ModelConfig, json.loads(ckpt["model_config"]))
-            cfg.encoder.checkpoint = None
             state = ckpt["model"]
         else:
-            raise FileNotFoundError(f"path: no checkpoint at {path}")
+            raise FileNotFoundError(f"path: no file or folder at {path}; pass {_WHAT_TO_PASS}")
+        cfg.encoder.checkpoint = None  # the encoder weights are in the file already
         model = cls(cfg)
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"path: the weights in {path} do not match its config ({e})") from None
         return model
+
+
+_WHAT_TO_PASS = ("a folder holding model.safetensors + config.json (a training run's final/), or a training "
+                 "checkpoint .pt (a run's checkpoints/latest.pt)")

@@ -108,7 +108,7 @@ def _torch_load(path: Path) -> dict:
             f"checkpoint: {path} holds objects other than tensors and plain containers; fastlam only "
             f"loads checkpoints with torch.load(weights_only=True). Re-save its state dict "
             f"(torch.save(ckpt['encoder'], ...)) or use transformers' safetensors format."
-        ) from exc
+        ) from None  # not PyTorch's advice to retry with weights_only=False
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -3,11 +3,10 @@
 Each op has a readable plain-PyTorch reference here (the CPU path and the test oracle); the
 Triton kernels in ``fastlam.kernels`` are dispatched behind the same functions on CUDA.
 """
-from ._backend import use_backend
+from ._backend import available_backends, use_backend
 from .adaln import frame_adaln_modulate, frame_gated_residual
 from .attention import (
     MASKS,
-    available_backends,
     dense_mask,
     mask_allows,
     register_backend,
@@ -29,13 +28,19 @@ from .rope import Rope3D, apply_rope_3d, rope_chunk_dim, rope_tables, token_posi
 
 # Registers the accelerated st_attention backends (triton, flex, flash_attn, xformers). Each
 # reports through its `supports` why it cannot run (e.g. triton missing), so fastlam works
-# without triton; the guard only covers a torch too old for torch.library.custom_op.
+# without triton. Should the module itself fail to import, the error is kept: asking for one
+# of its backends by name raises it, and available_backends() reports it.
 try:
     from . import triton_attention  # noqa: F401
-except Exception as _exc:  # pragma: no cover - depends on the installed torch
+except Exception as _exc:
     import warnings as _warnings
 
-    _warnings.warn(f"fastlam: accelerated attention backends unavailable ({_exc})", RuntimeWarning)
+    from ._backend import record_import_error as _record
+
+    for _name in ("triton", "flex", "flash_attn", "xformers"):
+        _record(f"attention.{_name}", _exc)
+    _warnings.warn(f"fastlam: accelerated attention backends unavailable ({type(_exc).__name__}: {_exc}); "
+                   "see fastlam.ops.available_backends()", RuntimeWarning)
 
 __all__ = [
     "MASKS",

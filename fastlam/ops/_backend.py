@@ -14,7 +14,9 @@ without touching its modules. An explicit per-call or per-module backend always 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import warnings
 
 import torch
 
@@ -23,6 +25,12 @@ from ._checks import check_choice
 BACKENDS = ("auto", "torch", "triton")
 _triton_error: str | None = None
 _checked = False
+# Why a backend module failed to import ("attention.triton" -> reason), or a fused-op kernel
+# module ("fastlam.kernels.vq" -> reason): kept to be raised when that backend is asked for
+# by name and reported by available_backends(), never swallowed.
+_import_errors: dict[str, str] = {}
+_kernels_ok: set[str] = set()
+_warned: set[tuple] = set()
 # What "auto" resolves to (set by use_backend). A plain global, not a ContextVar: autograd runs
 # backward (and activation-checkpoint recomputation) on its own threads, which must see the
 # same choice as the forward.
@@ -65,6 +73,8 @@ def use_backend(name: str | None = None, *, attention: str | None = None, ops: s
     if att is None and ops_choice is None:
         raise ValueError("use_backend: pass a backend name, attention= or ops=")
     if att is not None:
+        if att not in available_backends() and import_error(f"attention.{att}"):
+            raise RuntimeError(f"attention backend {att!r} is unavailable: {import_error(f'attention.{att}')}")
         check_choice("attention", att, ["auto"] + available_backends())
     if ops_choice is not None:
         check_choice("ops", ops_choice, BACKENDS)
@@ -92,11 +102,45 @@ def triton_import_error() -> str | None:
     return _triton_error
 
 
-def use_triton(backend: str, *tensors: torch.Tensor, unsupported: str | None = None) -> bool:
+def record_import_error(name: str, exc: BaseException) -> None:
+    _import_errors[name] = f"{type(exc).__name__}: {exc}"
+
+
+def import_error(name: str) -> str | None:
+    return _import_errors.get(name)
+
+
+def kernel_import_error(kernel: str) -> str | None:
+    """None when triton and ``fastlam.kernels.<kernel>`` import, else why not (cached)."""
+    err = triton_import_error()
+    if err is not None:
+        return err
+    key = f"fastlam.kernels.{kernel}"
+    if key not in _import_errors and key not in _kernels_ok:
+        try:
+            importlib.import_module(key)
+            _kernels_ok.add(key)
+        except Exception as exc:  # a bug in a kernel module: reported, and raised when asked for
+            record_import_error(key, exc)
+    return import_error(key)
+
+
+def _say_torch_fallback(kernel: str | None, reason: str) -> None:
+    """Once per (op, reason): CUDA tensors that a fused op runs on torch are worth knowing about."""
+    key = (kernel, reason)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"fastlam.ops: backend 'auto' runs {kernel or 'a fused op'} on torch, not Triton, for CUDA "
+                      f"tensors ({reason})", RuntimeWarning, stacklevel=4)
+
+
+def use_triton(backend: str, *tensors: torch.Tensor, unsupported: str | None = None, kernel: str | None = None) -> bool:
     """Whether to run the Triton path for these tensors.
 
     ``unsupported`` is a reason the kernels cannot take this request (e.g. a width beyond the
-    tile limit): ``auto`` then falls back to torch, an explicit ``triton`` raises it.
+    tile limit): ``auto`` then falls back to torch (saying so once, on CUDA), an explicit
+    ``triton`` raises it. ``kernel`` names the ``fastlam.kernels`` module the op launches:
+    its import error is raised for an explicit ``triton`` and reported for ``auto``.
     """
     check_choice("backend", backend, BACKENDS)
     if backend == "auto":
@@ -105,10 +149,16 @@ def use_triton(backend: str, *tensors: torch.Tensor, unsupported: str | None = N
         return False
     on_cuda = all(t.is_cuda for t in tensors)
     if backend == "auto":
-        return on_cuda and unsupported is None and triton_import_error() is None
+        if not on_cuda:
+            return False
+        reason = unsupported or (kernel_import_error(kernel) if kernel else triton_import_error())
+        if reason is not None:
+            _say_torch_fallback(kernel, reason)
+            return False
+        return True
     if unsupported is not None:
         raise ValueError(f"backend='triton': {unsupported}")
-    err = triton_import_error()
+    err = kernel_import_error(kernel) if kernel else triton_import_error()
     if err is not None:
         raise RuntimeError(f"backend='triton' requested but {err}")
     if not on_cuda:
@@ -134,3 +184,43 @@ def kernel_limits(*tensors: torch.Tensor, max_d: int | None = None, same_dtype: 
     if max_d is not None and tensors[0].shape[-1] > max_d:
         return f"last dim {tensors[0].shape[-1]} exceeds the kernel limit of {max_d}"
     return None
+
+
+FUSED_KERNELS = ("prediction_loss", "frame_adaln", "sparse_reg", "gaussian", "vq")
+
+
+def available_backends() -> dict[str, str]:
+    """Every backend fastlam can dispatch to on this machine: ``"available"`` or why not.
+
+    Keys are ``attention.<name>`` (:func:`fastlam.ops.st_attention`'s backends) and
+    ``ops.<name>`` (the fused losses / regularizers / AdaLN). A backend's reason is what it
+    reports for a plain request (bf16 on CUDA when there is a GPU, else fp32 on CPU), or the
+    error its module raised on import.
+
+    Example:
+        >>> from fastlam.ops import available_backends
+        >>> available_backends()["attention.torch"]
+        'available'
+    """
+    from .attention import AttentionRequest, _BACKENDS
+
+    cuda = torch.cuda.is_available()
+    probe = torch.empty(1, 1, 16, 64, device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32)
+    req = AttentionRequest(frame_len=16, mask="full", rope=None, scale=0.125, window_frames=None, deterministic=False,
+                           return_lse=False)
+    status: dict[str, str] = {}
+    names = list(_BACKENDS) + [k.split(".", 1)[1] for k in _import_errors if k.startswith("attention.")]
+    for name in dict.fromkeys(names):
+        if name in _BACKENDS:
+            status[f"attention.{name}"] = _BACKENDS[name].supports(probe, req) or "available"
+        else:
+            status[f"attention.{name}"] = f"import failed ({import_error(f'attention.{name}')})"
+    status["ops.torch"] = "available"
+    errors = [f"{k}: {e}" for k in FUSED_KERNELS if (e := kernel_import_error(k))]
+    if errors:
+        status["ops.triton"] = "; ".join(dict.fromkeys(errors))
+    elif not cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        status["ops.triton"] = "no CUDA device (CPU tensors need TRITON_INTERPRET=1, the interpreter)"
+    else:
+        status["ops.triton"] = "available"
+    return status

@@ -53,7 +53,8 @@ def frame_adaln_modulate(
         if p is not None and tuple(p.shape) != (x.shape[-1],):
             raise ValueError(f"{name}: expected shape ({x.shape[-1]},), got {tuple(p.shape)}")
     present = [t for t in (x, shift, scale, weight, bias) if t is not None]
-    if use_triton(backend, *present, unsupported=kernel_limits(*present, max_d=16384)):
+    if use_triton(backend, *present, unsupported=kernel_limits(*present, max_d=16384),
+                  kernel="frame_adaln"):
         from .triton_adaln import triton_frame_adaln_modulate
 
         return triton_frame_adaln_modulate(x, shift, scale, frame_len, weight, bias, eps)
@@ -69,7 +70,8 @@ def frame_gated_residual(
     _check_frame_len(frame_len, x)
     if branch.shape != x.shape:
         raise ValueError(f"branch: expected the shape of x {tuple(x.shape)}, got {tuple(branch.shape)}")
-    if use_triton(backend, x, branch, gate, unsupported=kernel_limits(x, branch, gate, max_d=16384)):
+    if use_triton(backend, x, branch, gate, unsupported=kernel_limits(x, branch, gate, max_d=16384),
+                  kernel="frame_adaln"):
         _per_frame("gate", gate, x, frame_len)  # shape check only
         from .triton_adaln import triton_frame_gated_residual
 

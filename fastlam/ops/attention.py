@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._backend import auto_default
+from ._backend import auto_default, import_error
 from ._checks import check_choice, check_same, check_tensor
 from .rope import Rope3D, apply_rope_3d
 
@@ -152,6 +152,8 @@ def select_backend(q: torch.Tensor, req: AttentionRequest, backend: str = "auto"
         backend = auto_default("attention")
     if backend != "auto":
         if backend not in _BACKENDS:
+            if import_error(f"attention.{backend}"):  # its module failed to import: say why
+                raise RuntimeError(f"backend={backend!r} is unavailable: {import_error(f'attention.{backend}')}")
             raise ValueError(f"backend: expected one of {['auto'] + available_backends()}, got {backend!r}")
         reason = _BACKENDS[backend].supports(q, req)
         if reason:

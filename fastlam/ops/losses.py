@@ -39,7 +39,7 @@ def prediction_loss(
     from .triton_losses import GRAD_MODES, triton_prediction_loss
 
     check_choice("grad_mode", grad_mode, GRAD_MODES)
-    if use_triton(backend, pred, target, unsupported=kernel_limits(pred, max_d=16384)):
+    if use_triton(backend, pred, target, unsupported=kernel_limits(pred, max_d=16384), kernel="prediction_loss"):
         return triton_prediction_loss(pred, target, kind=kind, normalize_target=normalize_target, eps=eps,
                                       grad_mode=grad_mode)
     tgt = target.detach()

@@ -92,7 +92,7 @@ def sparse_regularizer(
     if z.shape[0] < 2:
         raise ValueError(f"z: VCM needs at least 2 rows (a batch of latents), got shape {tuple(z.shape)}")
     limit = kernel_limits(z, max_d=128) or (None if z.shape[1] >= 2 else "D must be at least 2 for the covariance")
-    if use_triton(backend, z, unsupported=limit):
+    if use_triton(backend, z, unsupported=limit, kernel="sparse_reg"):
         from .triton_regularizers import triton_sparse_regularizer
 
         return triton_sparse_regularizer(z, l_l1=l_l1, l_l2=l_l2, l_v=l_v, l_c=l_c, l_m=l_m, eps=eps,
@@ -115,7 +115,8 @@ def _check_gaussian(mu: torch.Tensor, logvar: torch.Tensor) -> None:
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)), summed over latent dims, averaged over rows."""
     _check_gaussian(mu, logvar)
-    if use_triton(backend, mu, logvar, unsupported=kernel_limits(mu, logvar, max_d=16384, same_dtype=True)):
+    if use_triton(backend, mu, logvar, unsupported=kernel_limits(mu, logvar, max_d=16384, same_dtype=True),
+                  kernel="gaussian"):
         from .triton_regularizers import triton_gaussian_kl
 
         return triton_gaussian_kl(mu, logvar)
@@ -146,7 +147,8 @@ def gaussian_sample_kl(mu: torch.Tensor, logvar: torch.Tensor, *, seed: int | No
     The kernel regenerates eps from the seed in the backward instead of storing it.
     """
     _check_gaussian(mu, logvar)
-    if use_triton(backend, mu, logvar, unsupported=kernel_limits(mu, logvar, max_d=16384, same_dtype=True)):
+    if use_triton(backend, mu, logvar, unsupported=kernel_limits(mu, logvar, max_d=16384, same_dtype=True),
+                  kernel="gaussian"):
         from .triton_regularizers import draw_seed, triton_gaussian_sample_kl
 
         return triton_gaussian_sample_kl(mu, logvar, draw_seed(generator) if seed is None else int(seed))
@@ -172,7 +174,7 @@ def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 4096, *, ba
     """Index of the nearest code (L2) for every row of z, computed in row chunks so the full
     N x K distance matrix never exists at once (the Triton path tiles codes as well)."""
     _check_vq(z, codebook)
-    if use_triton(backend, z, codebook, unsupported=kernel_limits(z, codebook, max_d=256)):
+    if use_triton(backend, z, codebook, unsupported=kernel_limits(z, codebook, max_d=256), kernel="vq"):
         from .triton_regularizers import triton_vector_quantize
 
         with torch.no_grad():
@@ -210,7 +212,7 @@ def vector_quantize(
     _check_vq(z, codebook)
     if usage is not None and tuple(usage.shape) != (codebook.shape[0],):
         raise ValueError(f"usage: expected shape ({codebook.shape[0]},) (one count per code), got {tuple(usage.shape)}")
-    if use_triton(backend, z, codebook, unsupported=kernel_limits(z, codebook, max_d=256)):
+    if use_triton(backend, z, codebook, unsupported=kernel_limits(z, codebook, max_d=256), kernel="vq"):
         from .triton_regularizers import triton_vector_quantize
 
         z_q, idx, codebook_loss, commitment_loss, counts, bad = triton_vector_quantize(z, codebook, commitment)

@@ -70,8 +70,10 @@ setup(
         # Pure Python with DS_BUILD_OPS=0 (its one CPU op is JIT-built on first use); tested version.
         "dist": ["deepspeed==0.19.8"],
         "gpu": ["flash-attn", "xformers"],
+        # TensorBoard dashboard of fastlam.train (logging.tensorboard: true).
+        "viz": ["tensorboard>=2.16"],
         # transformers: the peer implementation the V-JEPA 2 equivalence tests compare against.
-        "dev": ["pytest", "pytest-benchmark", "triton>=3.4", "av>=12", "transformers>=4.53", "deepspeed==0.19.8"],
+        "dev": ["pytest", "pytest-benchmark", "triton>=3.4", "av>=12", "transformers>=4.53", "deepspeed==0.19.8", "tensorboard>=2.16"],
     },
     ext_modules=_EXT_MODULES,
     cmdclass=_CMDCLASS,

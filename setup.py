@@ -70,10 +70,12 @@ setup(
         # Pure Python with DS_BUILD_OPS=0 (its one CPU op is JIT-built on first use); tested version.
         "dist": ["deepspeed==0.19.8"],
         "gpu": ["flash-attn", "xformers"],
+        # TensorBoard dashboard of fastlam.train (logging.tensorboard: true).
+        "viz": ["tensorboard>=2.16"],
         # transformers / vector-quantize-pytorch: the peers the V-JEPA 2 and VQ-family
         # equivalence tests compare against (the latter pulls einops, einx, loguru: pure Python).
         "dev": ["pytest", "pytest-benchmark", "triton>=3.4", "av>=12", "transformers>=4.53", "deepspeed==0.19.8",
-                "vector-quantize-pytorch==1.32.0"],
+                "vector-quantize-pytorch==1.32.0", "tensorboard>=2.16"],
     },
     ext_modules=_EXT_MODULES,
     cmdclass=_CMDCLASS,

@@ -35,6 +35,7 @@ from fastlam import distributed as fdist
 from fastlam.config import ConfigError, load_config, to_dict
 from fastlam.config_checks import validate_train_config
 from fastlam import run_folder
+from fastlam.dashboard import Dashboard, LoggingConfig
 from fastlam.distributed import DistributedConfig
 from fastlam.models import LatentActionWorldModel, ModelConfig
 from fastlam.optim import OptimConfig, build_optimizers, build_schedulers
@@ -77,6 +78,7 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches per optimizer step (per rank)
     activation_checkpointing: bool = False  # recompute predictor blocks in backward
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # TensorBoard / W&B (metrics.jsonl always)
 
 
 # ---- data --------------------------------------------------------------------------------
@@ -368,6 +370,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
     that holds a run is a :class:`~fastlam.run_folder.RunFolderError`."""
     validate_train_config(cfg)
     backend = fdist.resolve_backend(cfg.distributed)
+    cfg.logging.check()
     # Settle every configuration mismatch before a process group, a model or data exist.
     ds_config = fdist.preflight(cfg, backend, int(os.environ.get("WORLD_SIZE", "1") or 1),
                                 resolve_device(cfg.device).type)
@@ -446,11 +449,13 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
     speed = fdist.Throughput(model, device, env.world_size)
     first_loss, last_loss, preempted, measured = None, None, False, False
     log = metrics_file.open("a") if env.is_main else None
+    dash = Dashboard(cfg.logging, out, to_dict(cfg), enabled=env.is_main, log_every=cfg.log_every)
     try:
         with fdist.StopFlag() as stop:
             while step < cfg.steps:
                 video = next(batches)
                 position += 1
+                dash.remember_clip(video)
                 try:
                     sums, metrics, grad_norm = runner.train_step(video.to(device, non_blocking=True))
                 except FloatingPointError as e:
@@ -480,8 +485,10 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
                         row["bad_files"] = len(dataset.bad_files)
                     log.write(json.dumps(row) + "\n")
                     log.flush()
+                    dash.scalars(step, row)
                     bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{rates['clips_per_s']:.1f}")
                 bar.update(1)
+                dash.strip(step, model)
                 if env.backend == "deepspeed" and not measured:
                     _write_memory(out, env, runner)  # collective: every rank, once
                     measured = True
@@ -493,6 +500,7 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
     finally:
         if log is not None:
             log.close()
+        dash.close()
     bar.close()
     final_ckpt = checkpoint(step)
     summary = {"steps": step, "first_loss": first_loss, "last_loss": last_loss, "checkpoint": str(final_ckpt),

@@ -69,6 +69,32 @@ def run_sweep(args) -> Path:
     return Path(args.out) / "capacity_sweep.json"
 
 
+def _pixel_metric(args, model):
+    """(decoder, lpips_fn) from --decoder / --lpips-*; (None, None) when not both are given."""
+    if not args.decoder or not args.lpips_backbone:
+        if args.decoder or args.lpips_backbone:
+            print("LPIPS not computed: it needs both --decoder and --lpips-backbone")
+        return None, None
+    from ..nn.lpips import LPIPS
+
+    decoder = _load_decoder(args.decoder, model)
+    lp = LPIPS.from_files(args.lpips_backbone, args.lpips_linear, args.lpips_net)
+    return decoder.frames, lp.video
+
+
+def _load_decoder(path: str, model):
+    from ..models.decoder import StateDecoder
+
+    decoder = StateDecoder.from_checkpoint(path)
+    enc = model.cfg.encoder
+    if (decoder.cfg.state_dim, decoder.cfg.patch_size, decoder.cfg.image_size) != (
+            model.encoder.width, enc.patch_size, model.cfg.image_size):
+        raise ValueError(f"--decoder: {path} decodes {decoder.cfg.state_dim}-d states of {decoder.cfg.image_size} px "
+                         f"(patch {decoder.cfg.patch_size}); the LAM's encoder gives {model.encoder.width}-d states of "
+                         f"{model.cfg.image_size} px (patch {enc.patch_size}): train a decoder for this LAM")
+    return decoder
+
+
 def run_leakage(args) -> Path:
     from .leakage import future_leakage
 
@@ -76,9 +102,13 @@ def run_leakage(args) -> Path:
     video = load_clips(args.data, model.cfg, args.clips, seed=args.seed)
     if video.shape[0] < 2:
         raise ValueError("--clips: the splice needs at least 2 clips (the second scene comes from another clip)")
-    res = future_leakage(model, video, video.roll(1, dims=0), cut_step=args.cut_step)
+    decoder, lpips_fn = _pixel_metric(args, model)
+    res = future_leakage(model, video, video.roll(1, dims=0), cut_step=args.cut_step, decoder=decoder,
+                         lpips_fn=lpips_fn)
     res["checkpoint"] = args.checkpoint
     print(f"leakage ratio (latent L1): x{res['latent_l1']['ratio']:.3f}")
+    if res.get("lpips"):
+        print(f"leakage ratio (LPIPS):     x{res['lpips']['ratio']:.3f}")
     return write_json(Path(args.out) / "leakage.json", res)
 
 
@@ -87,10 +117,27 @@ def run_transfer(args) -> Path:
 
     model = load_lam(args.checkpoint, args.expect_regularizer)
     video = load_clips(args.data, model.cfg, args.clips, seed=args.seed)
-    res = cycle_transfer(model, video)
+    decoder, lpips_fn = _pixel_metric(args, model)
+    res = cycle_transfer(model, video, decoder=decoder, lpips_fn=lpips_fn)
     res["checkpoint"] = args.checkpoint
     print(f"cycle / own error: x{res['latent_l1']['ratio']:.3f}")
+    if res.get("lpips"):
+        print(f"cycle / own (LPIPS): x{res['lpips']['ratio']:.3f}")
     return write_json(Path(args.out) / "transfer.json", res)
+
+
+def run_visualize(args) -> Path:
+    from .visualize import visualize
+
+    model = load_lam(args.checkpoint, args.expect_regularizer)
+    decoder = _load_decoder(args.decoder, model)
+    video = load_clips(args.data, model.cfg, args.clips, seed=args.seed)
+    files = visualize(model, decoder, video, args.out, samples=args.samples, seed=args.seed)
+    files["checkpoint"], files["decoder"] = args.checkpoint, args.decoder
+    print(f"rollouts: {files['rollouts_sheet']}")
+    if "transfer" in files:
+        print(f"transfer: {files['transfer']['png']}")
+    return write_json(Path(args.out) / "visualize.json", files)
 
 
 def controller_data(model, data: str, steps: int | None = None):
@@ -343,7 +390,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--clips", type=int, default=16)
         if name == "leakage":
             p.add_argument("--cut-step", type=int, default=None, help="time step of the cut (default: the middle)")
+        p.add_argument("--decoder", default=None, help="pixel decoder (python -m fastlam.train_decoder's final/) for LPIPS")
+        p.add_argument("--lpips-backbone", default=None,
+                       help="local torchvision AlexNet/VGG16 state dict (.pth) for LPIPS (nothing is downloaded)")
+        p.add_argument("--lpips-linear", default=None, help="local lpips v0.1 per-layer weights (alex.pth / vgg.pth)")
+        p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"))
         p.set_defaults(fn=fn)
+
+    p = sub.add_parser("visualize", help="decoded rollouts, action transfer and sampled actions as MP4/GIF/PNG")
+    common(p)
+    p.add_argument("--decoder", required=True, help="pixel decoder: python -m fastlam.train_decoder's final/ folder")
+    p.add_argument("--clips", type=int, default=4, help="held-out clips (the first two also make the transfer strip)")
+    p.add_argument("--samples", type=int, default=4, help="rollouts with sampled latent actions (0: none)")
+    p.set_defaults(fn=run_visualize)
 
     p = sub.add_parser("controller", help="train the controller and the actions-only baseline against IDM latents")
     common(p)

@@ -7,10 +7,11 @@ A latent that copies the future explains the cut as well as any transition: its 
 near 1. The ratio ``error(cut) / error(no cut)`` of the same transition is the leakage
 measure (higher = less leakage).
 
-Errors are in latent space (L1 over tokens and channels). The paper also reports LPIPS through
-a pixel decoder; fastlam's models have no decoder, so ``lpips`` is reported only when a
-``decoder`` and an ``lpips_fn`` (e.g. the ``lpips`` package with weights already on disk) are
-passed in; nothing is downloaded.
+Errors are in latent space (L1 over tokens and channels) and, as in the paper, in LPIPS through
+a pixel decoder: ``lpips`` is reported when a ``decoder`` (``fastlam.models.decoder``, trained
+with ``python -m fastlam.train_decoder``) and an ``lpips_fn`` (``fastlam.nn.lpips.LPIPS`` with
+weights from local files) are passed in; nothing is downloaded, and without them the result
+says LPIPS was not computed.
 """
 from __future__ import annotations
 
@@ -75,7 +76,9 @@ def _lpips_pair(model, decoder, lpips_fn, s_a, s_cut, video_a, spliced, cut_step
     def one(states, video):
         z = latents(model, states)
         pred = model.predict(states[:, :cut_step], None if z is None else z[:, :cut_step])[:, -1:]
-        frames = decoder(pred)  # (B, 3, tubelet, H, W) in [0, 1]
+        # Decoded after the true past (the decoder is frame-causal): the cut step's frames only.
+        ctx = torch.cat([states[:, :cut_step], pred.to(states.dtype)], dim=1)
+        frames = decoder(ctx)[:, :, cut_step * tubelet:]  # (B, 3, tubelet, H, W) in [0, 1]
         target = video[:, :, cut_step * tubelet:(cut_step + 1) * tubelet]
         return torch.as_tensor(lpips_fn(frames, target)).float().flatten()
 

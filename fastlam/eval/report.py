@@ -29,6 +29,20 @@ def _fmt(x, digits=4) -> str:
     return str(x)
 
 
+def _lpips_cells(lp: dict | None, a: str, b: str) -> str:
+    if not lp:
+        return "not computed | not computed | - |"
+    return f"{_fmt(lp[a]['mean'])} | {_fmt(lp[b]['mean'])} | x{_fmt(lp['ratio'], 3)} |"
+
+
+def _lpips_note(rows) -> str:
+    if all(r.get("lpips") for _, r in rows):
+        return "LPIPS: decoded predictions against the real frames (fastlam.nn.lpips, local weights)."
+    return ("LPIPS not computed for some rows: it needs a pixel decoder (`--decoder`) and LPIPS weights on disk "
+            "(`--lpips-backbone`, `--lpips-linear`); fastlam downloads nothing and never reports a number "
+            "from random weights.")
+
+
 def write_report(results: str | Path, out: str | Path | None = None) -> Path:
     """Write ``report.md`` (default: inside ``results``) and return its path."""
     results = Path(results)
@@ -66,24 +80,25 @@ def write_report(results: str | Path, out: str | Path | None = None) -> Path:
     rows = _load(results, "leakage.json")
     if rows:
         found = True
-        lines += ["## Future leakage: scene-cut splice", "", "| model | regularizer | no cut | cut | ratio | LPIPS ratio |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["## Future leakage: scene-cut splice", "",
+                  "| model | regularizer | no cut (L1) | cut (L1) | ratio (L1) | no cut (LPIPS) | cut (LPIPS) | ratio (LPIPS) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for path, r in rows:
-            l1 = r["latent_l1"]
-            lp = r["lpips"]["ratio"] if r.get("lpips") else None
+            l1, lp = r["latent_l1"], r.get("lpips")
             lines.append(f"| `{rel(path.parent)}` | {r['regularizer']} | {_fmt(l1['no_cut']['mean'])} | "
-                         f"{_fmt(l1['cut']['mean'])} | x{_fmt(l1['ratio'], 3)} | {_fmt(lp)} |")
-        lines += ["", f"{PAPER['leakage']}. LPIPS needs a pixel decoder and local LPIPS weights.", ""]
+                         f"{_fmt(l1['cut']['mean'])} | x{_fmt(l1['ratio'], 3)} | " + _lpips_cells(lp, "no_cut", "cut"))
+        lines += ["", f"{PAPER['leakage']}.", _lpips_note(rows), ""]
     rows = _load(results, "transfer.json")
     if rows:
         found = True
-        lines += ["## Cycle consistency / transfer: A -> B -> A", "", "| model | regularizer | A own | cycle | ratio |",
-                  "|---|---|---|---|---|"]
+        lines += ["## Cycle consistency / transfer: A -> B -> A", "",
+                  "| model | regularizer | A own (L1) | cycle (L1) | ratio (L1) | A own (LPIPS) | cycle (LPIPS) | ratio (LPIPS) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for path, r in rows:
-            l1 = r["latent_l1"]
+            l1, lp = r["latent_l1"], r.get("lpips")
             lines.append(f"| `{rel(path.parent)}` | {r['regularizer']} | {_fmt(l1['own']['mean'])} | "
-                         f"{_fmt(l1['cycle']['mean'])} | x{_fmt(l1['ratio'], 3)} |")
-        lines += ["", PAPER["transfer"] + ".", ""]
+                         f"{_fmt(l1['cycle']['mean'])} | x{_fmt(l1['ratio'], 3)} | " + _lpips_cells(lp, "own", "cycle"))
+        lines += ["", PAPER["transfer"] + ".", _lpips_note(rows), ""]
     for path, r in _load(results, "controller.json"):
         found = True
         lines += [f"## Controller: real action -> latent action (`{rel(path)}`)", "",

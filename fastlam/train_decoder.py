@@ -1,0 +1,261 @@
+"""Train a pixel decoder on a LAM's frozen encoder states (for visualisation and LPIPS).
+
+    python -m fastlam.train_decoder --config configs/decoder_tiny_cpu.yaml [key.sub=value ...] [--resume]
+
+The LAM (``lam=``: its ``final/`` folder or a training ``.pt``) supplies the frozen encoder;
+the decoder (:class:`fastlam.models.decoder.StateDecoder`) learns states -> pixels with L1
+(+ LPIPS when ``lpips.weight > 0`` and local LPIPS weights are given). Nothing of the LAM
+changes. ``holdout_videos`` keeps the last videos of ``data.source`` out of training; the
+reconstruction PSNR on them is printed and written to ``summary.json``.
+
+The run folder mirrors the LAM trainer's: ``config.yaml``, ``metrics.jsonl``, atomic
+checkpoints (``checkpoints/latest.pt``), ``final/`` (``model.safetensors`` + ``config.json``,
+loadable with ``StateDecoder.from_checkpoint``), ``loss_curve.png`` and
+``reconstructions.png`` (held-out clips: ground truth over reconstruction). Single process:
+the decoder is a visualisation tool, small next to the LAM.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from fastlam.checkpoint import load_checkpoint, save_checkpoint
+from fastlam.config import ConfigError, load_config, to_dict
+from fastlam.models.decoder import DecoderConfig, StateDecoder
+from fastlam.optim import warmup_cosine
+
+
+@dataclass
+class DecoderArch:
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class DecoderData:
+    source: str = "data/samples"
+    fps: float = 4.0
+    clips_per_video: int = 64
+    cache_mb: float = 256.0
+    num_workers: int = 0
+
+
+@dataclass
+class LPIPSConfig:
+    weight: float = 0.0  # > 0 adds weight * LPIPS to the L1 loss (needs backbone)
+    backbone: str | None = None  # local torchvision AlexNet/VGG16 state dict
+    linear: str | None = None  # local lpips v0.1 per-layer weights (alex.pth / vgg.pth)
+    net: str = "alex"
+
+
+@dataclass
+class DecoderTrainConfig:
+    lam: str = "runs/tiny_cpu/final"
+    decoder: DecoderArch = field(default_factory=DecoderArch)
+    data: DecoderData = field(default_factory=DecoderData)
+    lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
+    holdout_videos: int = 1  # the last N videos of data.source never train; PSNR is measured on them
+    eval_clips: int = 8
+    batch_size: int = 8
+    steps: int = 300
+    lr: float = 1e-3
+    weight_decay: float = 0.04
+    warmup_frac: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    out_dir: str = "runs/decoder_tiny_cpu"
+    log_every: int = 10
+    ckpt_every: int = 100
+    device: str = "auto"
+    progress: bool = True
+
+    def validate(self) -> None:
+        for key in ("batch_size", "steps", "log_every", "ckpt_every", "eval_clips"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: expected an int >= 1, got {getattr(self, key)!r}")
+        if self.holdout_videos < 0:
+            raise ConfigError(f"holdout_videos: expected an int >= 0, got {self.holdout_videos!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr: expected a float > 0, got {self.lr!r}")
+        if self.lpips.weight < 0:
+            raise ConfigError(f"lpips.weight: expected >= 0, got {self.lpips.weight!r}")
+        if self.lpips.weight > 0 and not self.lpips.backbone:
+            raise ConfigError("lpips.backbone: lpips.weight > 0 needs local backbone weights "
+                              "(a torchvision AlexNet/VGG16 state dict; fastlam downloads nothing)")
+        if self.lpips.net not in ("alex", "vgg"):
+            raise ConfigError(f"lpips.net: expected alex or vgg, got {self.lpips.net!r}")
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of [0, 1] images (pred clamped to [0, 1])."""
+    mse = (pred.float().clamp(0, 1) - target.float()).pow(2).mean()
+    return float(10 * torch.log10(1.0 / mse.clamp_min(1e-12)))
+
+
+def split_videos(source: str, holdout: int) -> tuple[list[str], list[str]]:
+    from fastlam.data import list_videos
+
+    paths = list_videos(source)
+    if holdout and len(paths) <= holdout:
+        raise ConfigError(f"holdout_videos={holdout}: data.source {source!r} has only {len(paths)} videos; "
+                          "at least one must remain for training")
+    return (paths[:-holdout], paths[-holdout:]) if holdout else (paths, [])
+
+
+def _clips(paths, lam_cfg, data: DecoderData, seed: int, crop: str, clips_per_video: int):
+    from fastlam.data import VideoClipDataset
+
+    return VideoClipDataset(paths, num_frames=lam_cfg.frames, fps=data.fps, size=(lam_cfg.image_size,) * 2,
+                            crop=crop, seed=seed, clips_per_video=clips_per_video, cache_mb=data.cache_mb)
+
+
+def eval_clips(paths, lam_cfg, data: DecoderData, n: int) -> torch.Tensor:
+    """``n`` centre-cropped clips spread over ``paths`` (deterministic)."""
+    ds = _clips(paths, lam_cfg, data, seed=12345, crop="center", clips_per_video=max(1, math.ceil(n / len(paths))))
+    idx = torch.linspace(0, len(ds) - 1, min(n, len(ds))).round().long().unique()
+    return torch.stack([ds[int(i)] for i in idx])
+
+
+def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False) -> dict:
+    from fastlam.models import LatentActionWorldModel
+    from fastlam.train import ResumableBatches, _EpochIndexed, plot_losses, resolve_device
+
+    cfg.validate()
+    out = Path(cfg.out_dir)
+    ckpt_dir = out / "checkpoints"
+    if not resume and (ckpt_dir / "latest.pt").exists():
+        raise ConfigError(f"out_dir: {out} already holds a decoder run; pass --resume to continue it "
+                          "or a new out_dir=...")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    lam = LatentActionWorldModel.from_checkpoint(cfg.lam).to(device).eval()
+    train_paths, held_paths = split_videos(cfg.data.source, cfg.holdout_videos)
+    dataset = _clips(train_paths, lam.cfg, cfg.data, cfg.seed, "random", cfg.data.clips_per_video)
+    dcfg = DecoderConfig.for_lam(lam.cfg, width=cfg.decoder.width, depth=cfg.decoder.depth,
+                                 heads=cfg.decoder.heads, mlp_ratio=cfg.decoder.mlp_ratio)
+    decoder = StateDecoder(dcfg).to(device).train()
+    opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.steps, cfg.warmup_frac))
+    lpips_fn = None
+    if cfg.lpips.weight > 0:
+        from fastlam.nn.lpips import LPIPS
+
+        lpips_fn = LPIPS.from_files(cfg.lpips.backbone, cfg.lpips.linear, cfg.lpips.net).to(device)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    step = position = 0
+    if resume:
+        state = load_checkpoint(ckpt_dir / "latest.pt", map_location=device)
+        decoder.load_state_dict(state["decoder"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, position = int(state["step"]), int(state["data_position"])
+        torch.set_rng_state(state["rng"])
+    sampler = ResumableBatches(len(dataset), cfg.batch_size, cfg.seed, position=position)
+    batches = iter(torch.utils.data.DataLoader(_EpochIndexed(dataset), batch_sampler=sampler,
+                                               num_workers=cfg.data.num_workers,
+                                               generator=torch.Generator().manual_seed(cfg.seed)))
+    meta = {"lam": str(cfg.lam)}
+
+    def save(at: int) -> Path:
+        state = {"decoder": decoder.state_dict(), "decoder_config": json.dumps(to_dict(dcfg)),
+                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": at,
+                 "data_position": position, "rng": torch.get_rng_state(), **meta}
+        return save_checkpoint(ckpt_dir / "latest.pt", state)
+
+    from tqdm import tqdm
+
+    metrics_file = out / "metrics.jsonl"
+    bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, mininterval=2.0, file=sys.stdout)
+    first = last = None
+    with metrics_file.open("a") as log:
+        while step < cfg.steps:
+            video = next(batches).to(device)
+            position += 1
+            with torch.no_grad():
+                states = lam.encode(video)
+            recon = decoder(states)
+            l1 = (recon - video).abs().mean()
+            loss = l1
+            lp = None
+            if lpips_fn is not None:
+                lp = lpips_fn.video(recon, video).mean()
+                loss = loss + cfg.lpips.weight * lp
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                row = {"step": step, "loss": float(loss), "l1": float(l1), "psnr": psnr(recon.detach(), video),
+                       "lr": sched.get_last_lr()[0]}
+                if lp is not None:
+                    row["lpips"] = float(lp)
+                first = row["loss"] if first is None else first
+                last = row["loss"]
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr']:.1f}")
+            if step % cfg.ckpt_every == 0 and step < cfg.steps:
+                save(step)
+    bar.close()
+    ckpt = save(step)
+    final = decoder.save_pretrained(out / "final", extra=meta)
+    summary = {"steps": step, "first_loss": first, "last_loss": last, "checkpoint": str(ckpt), "model": str(final),
+               "train_videos": [Path(p).name for p in train_paths], "heldout_videos": [Path(p).name for p in held_paths]}
+    summary["loss_curve"] = str(plot_losses(metrics_file, out / "loss_curve.png"))
+    decoder.eval()
+    for name, paths in (("heldout", held_paths), ("train", train_paths)):
+        if not paths:
+            continue
+        video = eval_clips(paths, lam.cfg, cfg.data, cfg.eval_clips).to(device)
+        with torch.no_grad():
+            recon = decoder.frames(lam.encode(video))
+        summary[f"psnr_{name}"] = psnr(recon, video)
+        if name == "heldout" or not held_paths:
+            from fastlam.eval.visualize import contact_sheet
+
+            rows = [(f"ground truth {i}", video[i].cpu()) for i in range(min(3, video.shape[0]))]
+            rows = [r for i in range(len(rows)) for r in (rows[i], (f"decoded {i}", recon[i].cpu()))]
+            summary["reconstructions"] = str(contact_sheet(rows, out / "reconstructions.png",
+                                                           title=f"decoder reconstructions ({name} clips)"))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fastlam.train_decoder", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="YAML config (see configs/decoder_tiny_cpu.yaml)")
+    ap.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoints/latest.pt")
+    ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. steps=50 lam=runs/x/final")
+    args = ap.parse_intermixed_args(argv)
+    try:
+        cfg = load_config(DecoderTrainConfig, args.config, args.overrides)
+        s = train_decoder(cfg, resume=args.resume)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        ap.exit(2, f"error: {e}\n")
+    print(f"\ntrained the decoder {s['steps']} steps: loss {s['first_loss']:.4f} -> {s['last_loss']:.4f}")
+    for k in ("psnr_heldout", "psnr_train"):
+        if k in s:
+            print(f"{k.replace('_', ' ')}: {s[k]:.2f} dB")
+    print(f"decoder:         {s['model']}  (StateDecoder.from_checkpoint)")
+    if "reconstructions" in s:
+        print(f"reconstructions: {s['reconstructions']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

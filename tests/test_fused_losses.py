@@ -313,9 +313,14 @@ def test_vq_matches_reference(dtype, n, k, d):
 
 
 def test_vq_straight_through_ties_and_usage():
-    codebook = torch.randn(50, 24)
-    codebook[31] = codebook[7]  # exact duplicate: the lower index must win, as torch.argmin
-    z = torch.cat([codebook[7:8] + 1e-3 * torch.randn(1, 24), torch.randn(60, 24)]).requires_grad_()
+    # Small integers and quarter steps: every dot product is exact in fp32 whatever order the
+    # dot sums in (a BLAS may round identical rows at different positions differently), so the
+    # duplicate codes 7 and 31 tie exactly and the lower index must win, as torch.argmin.
+    codebook = torch.randint(-4, 5, (50, 24)).float()
+    codebook[31] = codebook[7]
+    near = codebook[7:8].clone()
+    near[0, 0] += 0.25
+    z = torch.cat([near, torch.randn(60, 24)]).requires_grad_()
     usage = torch.zeros(50, dtype=torch.long)
     z_q, idx, _, _ = vector_quantize(z, codebook, usage=usage, backend="triton")
     assert idx[0].item() == 7 and not (idx == 31).any()

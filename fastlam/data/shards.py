@@ -156,14 +156,25 @@ def write_shards(manifest, out, *, shard_bytes: int = 512 << 20, fps: Optional[f
         raise ValueError(f"short_side must be an int >= 2 or None (keep), got {short_side!r}")
     m = load_manifest(manifest)
     order = np.random.default_rng(seed).permutation(len(m))
-    labels = m.table["label"].to_numpy()
+    if str(manifest).endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        with open_binary(manifest) as f:
+            extra = pq.read_table(f, columns=["path", "ok", "label", "codec", "fps"])
+    else:
+        import pyarrow.json as pj
+
+        with open_binary(manifest) as f:
+            extra = pj.read_json(f).select(["path", "ok", "label", "codec", "fps"])
+    extra = extra.filter(extra["ok"])  # the same rows, in the same (path) order, as m
+    labels = extra["label"].to_numpy()
     jobs = []
     for i in order:
         meta = m.meta(int(i))
         jobs.append((len(jobs), m.paths[int(i)], int(labels[i]),
-                     {"duration_s": meta["duration_s"], "fps": float(m.table["fps"][int(i)].as_py()),
+                     {"duration_s": meta["duration_s"], "fps": float(extra["fps"][int(i)].as_py()),
                       "num_frames": meta["num_frames"], "width": meta["width"],
-                      "height": meta["height"], "codec": m.table["codec"][int(i)].as_py(),
+                      "height": meta["height"], "codec": extra["codec"][int(i)].as_py(),
                       "sar": [meta["sar"].numerator, meta["sar"].denominator]},
                      fps, short_side, max_seconds))
     out_s = str(out)

@@ -345,3 +345,39 @@ def test_local_http_server_manifest_and_shards(tmp_path, corpus):
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+# ------------------------------------------------------------------------------ training
+def test_train_on_shards_resumes_exactly(tmp_path, corpus, monkeypatch):
+    from fastlam.config import load_config
+    from fastlam.models import LatentActionWorldModel
+    from fastlam.train import TrainConfig, train
+
+    def cfg(out, *extra):
+        return load_config(TrainConfig, "configs/tiny_cpu.yaml", [
+            f"data.source={corpus['shards'] / 'shards.json'}", "data.shuffle_buffer=4",
+            "model.image_size=32", "model.frames=8", "model.encoder.patch_size=8",
+            "model.idm.width=32", "model.predictor.width=32", "batch_size=4", "progress=false",
+            "log_every=1", "steps=5", "ckpt_every=3", f"out_dir={out}", *extra])
+
+    train(cfg(tmp_path / "full"))
+    part = tmp_path / "part"
+    calls = {"n": 0}
+    real_forward = LatentActionWorldModel.forward
+
+    def crashing_forward(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated crash")
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(LatentActionWorldModel, "forward", crashing_forward)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(part))
+    monkeypatch.setattr(LatentActionWorldModel, "forward", real_forward)
+    state = json.loads((part / "checkpoints" / "data_state_0000003.json").read_text())
+    assert state["epoch"] == 0 and state["n"] == 12  # the whole first epoch (3 x 4 clips) consumed
+    train(cfg(part), resume=True)
+    loss = lambda run: [(r["step"], r["loss"]) for r in  # noqa: E731
+                        map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert loss(part) == loss(tmp_path / "full")

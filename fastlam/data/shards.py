@@ -47,7 +47,8 @@ import torch
 from .remote import FileCache, default_cache, is_remote, open_binary
 
 __all__ = ["write_shards", "ShardStream", "ShardLoader", "merge_states", "read_shard_index",
-           "clip_from_bytes", "expand_braces"]
+           "clip_from_bytes", "expand_braces", "is_shard_source", "save_stream_state",
+           "load_stream_state"]
 
 INDEX_NAME = "shards.json"
 
@@ -391,6 +392,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.base = np.zeros(self.n, dtype=bool)
         self.mine = np.zeros(self.n, dtype=bool)
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("loader_state", None)  # a training loop's hook, not for DataLoader workers
+        return state
+
     # The plan: pure function of (seed, epoch, consumed, world size, rank, workers).
     def canonical(self, epoch: int) -> np.ndarray:
         shard_order = _perm(len(self.urls), self.seed, epoch)
@@ -480,10 +486,13 @@ class ShardLoader:
     """
 
     def __init__(self, stream: ShardStream, batch_size: int, num_workers: int = 0,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, drop_last_batch: bool = False):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.stream, self.batch_size = stream, batch_size
+        # True: an epoch's short last batch is not yielded (static shapes); its clips are not
+        # counted as consumed, they simply wait for the next epoch's new order.
+        self.drop_last_batch = bool(drop_last_batch)
         self.num_workers, self.pin_memory = num_workers, pin_memory
         self.bad: Dict[int, str] = {}
         self.last_ids: List[int] = []  # global ids of the clips in the batch last yielded
@@ -494,7 +503,8 @@ class ShardLoader:
 
     def __len__(self) -> int:
         """Batches left in this epoch for this rank."""
-        return -(-len(self.stream.rank_share()) // self.batch_size)
+        n = len(self.stream.rank_share())
+        return n // self.batch_size if self.drop_last_batch else -(-n // self.batch_size)
 
     def state_dict(self) -> dict:
         """This rank's view: the plan's base plus what this rank handed out (merge ranks with
@@ -544,7 +554,7 @@ class ShardLoader:
                 self.last_ids = ids
                 yield torch.stack(clips)
                 clips, ids = [], []
-        if clips:
+        if clips and not self.drop_last_batch:
             s.mine[ids] = True
             self.last_ids = ids
             yield torch.stack(clips)
@@ -553,8 +563,10 @@ class ShardLoader:
 
 def merge_states(states: Sequence[dict]) -> dict:
     """One state from the states of all ranks (same epoch): the union of consumed clips."""
-    if not states:
-        raise ValueError("merge_states: no states given")
+    if not states or any(s is None for s in states):
+        if states and all(s is None for s in states):
+            return None  # nothing consumed yet and no state loaded: nothing to merge
+        raise ValueError("merge_states: no states given (or only some ranks have one)")
     epochs = {int(s["epoch"]) for s in states}
     ns = {int(s["n"]) for s in states}
     if len(epochs) != 1 or len(ns) != 1:
@@ -563,3 +575,38 @@ def merge_states(states: Sequence[dict]) -> dict:
     bits = np.bitwise_or.reduce([np.frombuffer(s["consumed"], dtype=np.uint8) for s in states])
     return {"epoch": epochs.pop(), "n": ns.pop(), "seed": int(states[0]["seed"]),
             "consumed": bits.tobytes()}
+
+
+def is_shard_source(source) -> bool:
+    """True for a ``shards.json`` index or a tar URL / brace pattern (``.../shard-{0..9}.tar``)."""
+    s = str(source)
+    return s.endswith(".json") or s.endswith(".tar") or ".tar" in s.rsplit("/", 1)[-1]
+
+
+def save_stream_state(ckpt_dir, step: int, state: dict, keep: int = 2) -> Path:
+    """Write a (merged) stream state next to the checkpoint of ``step`` as JSON (no pickle),
+    keeping the newest ``keep``."""
+    import base64
+
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"data_state_{int(step):07d}.json"
+    body = dict(state, consumed=base64.b64encode(state["consumed"]).decode("ascii"), step=int(step))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(body))
+    os.replace(tmp, path)
+    for old in sorted(ckpt_dir.glob("data_state_*.json"))[:-max(1, keep)]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_stream_state(ckpt_dir, step: int) -> dict:
+    import base64
+
+    path = Path(ckpt_dir) / f"data_state_{int(step):07d}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"resume: the shard stream state for step {step} ({path}) is "
+                                f"missing; it is written with every checkpoint of a shard source")
+    body = json.loads(path.read_text())
+    body["consumed"] = base64.b64decode(body["consumed"])
+    return body

@@ -201,6 +201,10 @@ def iter_batches(cfg: TrainConfig, dataset, device: torch.device, env, position:
     from fastlam.data.shards import ShardLoader, ShardStream
 
     if isinstance(dataset, ShardStream):
+        if dataset.n // env.world_size < per_rank:
+            raise ConfigError(f"batch_size={cfg.batch_size}: each of the {env.world_size} rank(s) "
+                              f"needs {per_rank} clips per batch but the shards hold {dataset.n} "
+                              f"(one clip per video per epoch)")
         dataset.rank, dataset.world_size = env.rank, env.world_size
         loader = ShardLoader(dataset, per_rank, num_workers=cfg.data.num_workers,
                              pin_memory=device.type == "cuda", drop_last_batch=True)

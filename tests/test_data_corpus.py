@@ -381,3 +381,30 @@ def test_train_on_shards_resumes_exactly(tmp_path, corpus, monkeypatch):
     loss = lambda run: [(r["step"], r["loss"]) for r in  # noqa: E731
                         map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
     assert loss(part) == loss(tmp_path / "full")
+
+
+# ------------------------------------------------------------------------------ DALI stream
+def test_dali_stream_loader_fallback_matches_pyav_and_resumes(corpus, monkeypatch):
+    """H.264 on the CPU is not DALI-decodable: every clip takes the per-file PyAV fallback
+    inside the pipeline's workers and must equal the dataset's clip; state_dict resumes."""
+    pytest.importorskip("nvidia.dali")
+    monkeypatch.setenv("FASTLAM_NO_EXT", "1")
+    from fastlam.data.dali_stream import DaliStreamLoader
+    from fastlam.data.sampler import ShardedClipSampler
+
+    kw = dict(batch_size=3, seed=4, device="cpu", py_workers=1, prefetch=2, **CLIP)
+    loader = DaliStreamLoader(corpus["manifest"], **kw)
+    assert len(loader) == 4
+    it = iter(loader)
+    first = next(it)
+    state = loader.state_dict()
+    assert state["sampler"]["consumed"] == 3
+    ds = VideoClipDataset(corpus["manifest"], seed=4, **CLIP)
+    order = ShardedClipSampler(len(ds), seed=4, drop_last=True).shard(0).tolist()
+    want = torch.stack([ds[i] for i in order[:3]])
+    assert torch.allclose(first, want, atol=1e-6)
+    del it
+    resumed = DaliStreamLoader(corpus["manifest"], **kw)
+    resumed.load_state_dict(state)
+    second = next(iter(resumed))
+    assert torch.allclose(second, torch.stack([ds[i] for i in order[3:6]]), atol=1e-6)

@@ -348,6 +348,7 @@ def test_local_http_server_manifest_and_shards(tmp_path, corpus):
 
 
 # ------------------------------------------------------------------------------ training
+@pytest.mark.slow
 def test_train_on_shards_resumes_exactly(tmp_path, corpus, monkeypatch):
     from fastlam.config import load_config
     from fastlam.models import LatentActionWorldModel
@@ -384,6 +385,7 @@ def test_train_on_shards_resumes_exactly(tmp_path, corpus, monkeypatch):
 
 
 # ------------------------------------------------------------------------------ DALI stream
+@pytest.mark.slow
 def test_dali_stream_loader_fallback_matches_pyav_and_resumes(corpus, monkeypatch):
     """H.264 on the CPU is not DALI-decodable: every clip takes the per-file PyAV fallback
     inside the pipeline's workers and must equal the dataset's clip; state_dict resumes."""

@@ -50,7 +50,8 @@ class DataConfig:
     clips_per_video: int = 1
     num_workers: int = 0
     # auto: the DALI loader (NVDEC decoding, per-codec routing, prefetch) on CUDA when DALI is
-    # installed, else the PyTorch DataLoader over VideoClipDataset (PyAV); dali | torch force one.
+    # installed, else the PyTorch DataLoader over VideoClipDataset (PyAV); dali | torch force one;
+    # dali_stream: DaliStreamLoader (planning in DALI workers, DALI prefetch and async execution).
     loader: str = "auto"
     cache_mb: float = 0.0  # keep whole decoded videos in memory (per process) up to this size
     decode_timeout_s: float = 60.0
@@ -171,18 +172,18 @@ def build_dataset(cfg: TrainConfig):
 
 
 def use_dali(cfg: TrainConfig, device: torch.device) -> bool:
-    if cfg.data.loader not in ("auto", "dali", "torch"):
-        raise ConfigError(f"data.loader: expected auto, dali or torch, got {cfg.data.loader!r}")
+    if cfg.data.loader not in ("auto", "dali", "dali_stream", "torch"):
+        raise ConfigError(f"data.loader: expected auto, dali, dali_stream or torch, got {cfg.data.loader!r}")
     from fastlam.data.shards import is_shard_source
 
     if cfg.data.source == "synthetic" or cfg.data.loader == "torch" or is_shard_source(cfg.data.source):
-        if cfg.data.loader == "dali":
-            raise ConfigError("data.loader=dali needs a folder, list or manifest of real video, "
+        if cfg.data.loader in ("dali", "dali_stream"):
+            raise ConfigError(f"data.loader={cfg.data.loader} needs a folder, list or manifest of real video, "
                               f"not data.source={cfg.data.source!r}")
         return False
     from fastlam.data.dali import dali_available
 
-    if cfg.data.loader == "dali":
+    if cfg.data.loader in ("dali", "dali_stream"):
         if not dali_available():
             raise ConfigError("data.loader=dali: NVIDIA DALI is not installed (pip install -e '.[dali]')")
         return True
@@ -215,9 +216,11 @@ def iter_batches(cfg: TrainConfig, dataset, device: torch.device, env, position:
             yield from loader
     if use_dali(cfg, device):
         from fastlam.data.dali import DaliVideoLoader
+        from fastlam.data.dali_stream import DaliStreamLoader
 
         m = cfg.model
-        loader = DaliVideoLoader(
+        # dali_stream: planning in DALI's worker processes, DALI prefetch + async execution.
+        loader = (DaliStreamLoader if cfg.data.loader == "dali_stream" else DaliVideoLoader)(
             cfg.data.source, batch_size=per_rank, num_frames=m.frames, fps=cfg.data.fps,
             size=(m.image_size, m.image_size), crop=cfg.data.crop, short_policy=cfg.data.short_policy,
             seed=cfg.seed, clips_per_video=cfg.data.clips_per_video, rank=env.rank, world_size=env.world_size,

@@ -157,7 +157,9 @@ class DaliStreamLoader:
             enc, frames, resized, anchor, raw, use_dali = fn.external_source(
                 source=src, num_outputs=6, parallel=True, batch=False,
                 dtype=[types.UINT8, types.INT32, types.FLOAT, types.INT32, types.UINT8, types.BOOL],
-                ndim=[1, 1, 1, 1, 4, 0])
+                ndim=[1, 1, 1, 1, 4, 0],
+                # The branches of the conditional merge into one batch: same layout as the decoder's.
+                layout=["", "", "", "", "FHWC", ""])
             if use_dali:
                 video = fn.decoders.video(enc, device="mixed" if gpu else "cpu", frames=frames)
                 video = fn.resize(video, size=resized, antialias=True, interp_type=types.INTERP_LINEAR)

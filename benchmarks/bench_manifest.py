@@ -61,11 +61,10 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    from fastlam.data.manifest import _write, build_manifest, load_manifest
+    from fastlam.data.manifest import _write, build_manifest
 
     work = Path(tempfile.mkdtemp(prefix="fastlam-manifest-bench-"))
-    real = build_manifest([args.videos], work / "real.parquet", workers=0, progress=False)
-    rows = load_manifest(work / "real.parquet").table.to_pylist()
+    build_manifest([args.videos], work / "real.parquet", workers=0, progress=False)
     import pyarrow.parquet as pq
 
     rows = pq.read_table(work / "real.parquet").to_pylist()

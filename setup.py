@@ -63,7 +63,10 @@ setup(
     extras_require={
         # triton ships with CUDA torch; on CPU machines it is installed for the interpreter.
         "kernels": ["triton>=3.4"],
-        "data": ["av>=12"],
+        # pyarrow: Parquet manifests (fastlam.data.manifest).
+        "data": ["av>=12", "pyarrow>=14"],
+        # fsspec URLs for manifests and shards (aiohttp: http(s)://; add s3fs / gcsfs for s3:// gs://).
+        "remote": ["fsspec>=2023.6", "aiohttp>=3.9"],
         # ~200 MB wheel (+ its small pure-Python deps): GPU decoding and the CPU VP8/VP9/MJPEG
         # decoder of fastlam.data.dali. Not in `dev` (large); scripts/test.sh installs it for CI.
         "dali": ["nvidia-dali-cuda130==2.4.0"],
@@ -73,9 +76,11 @@ setup(
         # TensorBoard dashboard of fastlam.train (logging.tensorboard: true).
         "viz": ["tensorboard>=2.16"],
         # transformers / vector-quantize-pytorch: the peers the V-JEPA 2 and VQ-family
-        # equivalence tests compare against (the latter pulls einops, einx, loguru: pure Python).
+        # equivalence tests compare against (the latter pulls einops, einx, loguru: pure Python);
+        # webdataset: the shard format's reference reader in the shard tests.
         "dev": ["pytest", "pytest-benchmark", "triton>=3.4", "av>=12", "transformers>=4.53", "deepspeed==0.19.8",
-                "vector-quantize-pytorch==1.32.0", "tensorboard>=2.16"],
+                "vector-quantize-pytorch==1.32.0", "tensorboard>=2.16",
+                "pyarrow>=14", "fsspec>=2023.6", "aiohttp>=3.9", "webdataset>=0.2.86"],
     },
     ext_modules=_EXT_MODULES,
     cmdclass=_CMDCLASS,

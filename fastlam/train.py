@@ -43,14 +43,18 @@ from fastlam.optim import OptimConfig, build_optimizers, build_schedulers
 
 @dataclass
 class DataConfig:
-    source: str = "data/samples"  # a directory, a text file of paths, or "synthetic"
+    # a directory, a text file of paths, a manifest (.parquet/.jsonl from `python -m
+    # fastlam.data index`), shards (shards.json or a tar URL pattern from `... shard`), or "synthetic"
+    source: str = "data/samples"
+    shuffle_buffer: int = 256  # shard sources: clips mixed in each loader worker's buffer
     fps: float = 4.0
     crop: str = "random"
     short_policy: str = "pad"
     clips_per_video: int = 1
     num_workers: int = 0
     # auto: the DALI loader (NVDEC decoding, per-codec routing, prefetch) on CUDA when DALI is
-    # installed, else the PyTorch DataLoader over VideoClipDataset (PyAV); dali | torch force one.
+    # installed, else the PyTorch DataLoader over VideoClipDataset (PyAV); dali | torch force one;
+    # dali_stream: DaliStreamLoader (planning in DALI workers, DALI prefetch and async execution).
     loader: str = "auto"
     cache_mb: float = 0.0  # keep whole decoded videos in memory (per process) up to this size
     decode_timeout_s: float = 60.0
@@ -155,8 +159,14 @@ def build_dataset(cfg: TrainConfig):
     if cfg.data.source == "synthetic":
         return _SyntheticClips(cfg)
     from fastlam.data import VideoClipDataset
+    from fastlam.data.shards import ShardStream, is_shard_source
 
     m = cfg.model
+    if is_shard_source(cfg.data.source):  # rank and world size are set by iter_batches
+        return ShardStream(cfg.data.source, num_frames=m.frames, fps=cfg.data.fps,
+                           size=(m.image_size, m.image_size), crop=cfg.data.crop,
+                           short_policy=cfg.data.short_policy, seed=cfg.seed,
+                           shuffle_buffer=cfg.data.shuffle_buffer, drop_last=True)
     return VideoClipDataset(
         cfg.data.source, num_frames=m.frames, fps=cfg.data.fps, size=(m.image_size, m.image_size),
         crop=cfg.data.crop, short_policy=cfg.data.short_policy, seed=cfg.seed,
@@ -166,32 +176,55 @@ def build_dataset(cfg: TrainConfig):
 
 
 def use_dali(cfg: TrainConfig, device: torch.device) -> bool:
-    if cfg.data.loader not in ("auto", "dali", "torch"):
-        raise ConfigError(f"data.loader: expected auto, dali or torch, got {cfg.data.loader!r}")
-    if cfg.data.source == "synthetic" or cfg.data.loader == "torch":
-        if cfg.data.loader == "dali":
-            raise ConfigError("data.loader=dali needs real video, not data.source=synthetic")
+    if cfg.data.loader not in ("auto", "dali", "dali_stream", "torch"):
+        raise ConfigError(f"data.loader: expected auto, dali, dali_stream or torch, got {cfg.data.loader!r}")
+    from fastlam.data.shards import is_shard_source
+
+    if cfg.data.source == "synthetic" or cfg.data.loader == "torch" or is_shard_source(cfg.data.source):
+        if cfg.data.loader in ("dali", "dali_stream"):
+            raise ConfigError(f"data.loader={cfg.data.loader} needs a folder, list or manifest of real video, "
+                              f"not data.source={cfg.data.source!r}")
         return False
     from fastlam.data.dali import dali_available
 
-    if cfg.data.loader == "dali":
+    if cfg.data.loader in ("dali", "dali_stream"):
         if not dali_available():
             raise ConfigError("data.loader=dali: NVIDIA DALI is not installed (pip install -e '.[dali]')")
         return True
     return device.type == "cuda" and dali_available()
 
 
-def iter_batches(cfg: TrainConfig, dataset, device: torch.device, env, position: int):
+def iter_batches(cfg: TrainConfig, dataset, device: torch.device, env, position: int,
+                 data_state: dict | None = None):
     """Endless batches for this rank, starting after ``position`` global batches.
 
-    ``position`` is the only data state a checkpoint keeps, whichever loader runs: the DALI
-    loader's (epoch, clips consumed) is derived from it, so a resume continues exactly."""
+    ``position`` is the only data state a checkpoint keeps for folders, lists and manifests,
+    whichever loader runs: the DALI loader's (epoch, clips consumed) is derived from it, so a
+    resume continues exactly. Shard sources resume from ``data_state`` (the merged consumed
+    bitmap saved beside the checkpoint), with any world size."""
     per_rank = cfg.batch_size // env.world_size
+    from fastlam.data.shards import ShardLoader, ShardStream
+
+    if isinstance(dataset, ShardStream):
+        if dataset.n // env.world_size < per_rank:
+            raise ConfigError(f"batch_size={cfg.batch_size}: each of the {env.world_size} rank(s) "
+                              f"needs {per_rank} clips per batch but the shards hold {dataset.n} "
+                              f"(one clip per video per epoch)")
+        dataset.rank, dataset.world_size = env.rank, env.world_size
+        loader = ShardLoader(dataset, per_rank, num_workers=cfg.data.num_workers,
+                             pin_memory=device.type == "cuda", drop_last_batch=True)
+        if data_state is not None:
+            loader.load_state_dict(data_state)
+        dataset.loader_state = loader.state_dict  # what checkpoint() saves
+        while True:
+            yield from loader
     if use_dali(cfg, device):
         from fastlam.data.dali import DaliVideoLoader
+        from fastlam.data.dali_stream import DaliStreamLoader
 
         m = cfg.model
-        loader = DaliVideoLoader(
+        # dali_stream: planning in DALI's worker processes, DALI prefetch + async execution.
+        loader = (DaliStreamLoader if cfg.data.loader == "dali_stream" else DaliVideoLoader)(
             cfg.data.source, batch_size=per_rank, num_frames=m.frames, fps=cfg.data.fps,
             size=(m.image_size, m.image_size), crop=cfg.data.crop, short_policy=cfg.data.short_policy,
             seed=cfg.seed, clips_per_video=cfg.data.clips_per_video, rank=env.rank, world_size=env.world_size,
@@ -429,17 +462,25 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
                               "to continue it")
         if env.is_main:
             print(f"resumed from {ckpt_dir / state['tag']} at step {step}")
+    from fastlam.data.shards import ShardStream, load_stream_state, merge_states, save_stream_state
 
+    shards = isinstance(dataset, ShardStream)
+    data_state = load_stream_state(ckpt_dir, step) if shards and resume else None
     metrics_file = out / "metrics.jsonl"
     if env.is_main:  # the config is valid and the model built: now the run folder may be written
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         if resume:
             run_folder.truncate_metrics(metrics_file, step)
-    batches = iter_batches(cfg, dataset, device, env, position)
+    batches = iter_batches(cfg, dataset, device, env, position, data_state)
     model_config = json.dumps(to_dict(cfg.model))
 
     def checkpoint(at_step: int) -> Path:
+        if shards:  # collective: every rank's consumed clips, merged (any world size resumes)
+            live = getattr(dataset, "loader_state", None)  # None before the first batch
+            merged = merge_states(fdist.all_gather_objects(env, live() if live else data_state))
+            if env.is_main and merged is not None:
+                save_stream_state(ckpt_dir, at_step, merged, keep=cfg.keep_checkpoints)
         return runner.save(ckpt_dir, at_step, position, {"rng": _rng_state(), "model_config": model_config},
                            cfg.keep_checkpoints)
 

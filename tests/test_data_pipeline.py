@@ -413,9 +413,11 @@ def test_dali_cpu_vs_pyav_on_real_vp9_samples():
 
 
 @needs_dali
-def test_training_uses_the_dali_loader_and_resumes_exactly(tmp_path, clips, monkeypatch):
+@pytest.mark.parametrize("loader", ["dali", "dali_stream"])
+def test_training_uses_the_dali_loader_and_resumes_exactly(tmp_path, clips, monkeypatch, loader):
     """data.loader=dali (CPU decoding here, NVDEC on a GPU): training runs on it, and a run
-    interrupted after its checkpoint resumes with exactly the batches it would have seen."""
+    interrupted after its checkpoint resumes with exactly the batches it would have seen.
+    dali_stream: the same with planning in DALI's workers and DALI's prefetch/async on."""
     import json
 
     import fastlam.train as ft
@@ -426,7 +428,7 @@ def test_training_uses_the_dali_loader_and_resumes_exactly(tmp_path, clips, monk
     src.mkdir()
     for key in ("vp9_25", "vp8_2997", "h264_25"):
         os.symlink(clips[key], src / os.path.basename(clips[key]))
-    base = [f"data.source={src}", "data.loader=dali", "data.fps=25", "data.clips_per_video=4",
+    base = [f"data.source={src}", f"data.loader={loader}", "data.fps=25", "data.clips_per_video=4",
             "model.image_size=32", "model.frames=8", "model.encoder.patch_size=8", "model.idm.width=32",
             "model.predictor.width=32", "batch_size=2", "progress=false", "log_every=1", "steps=4", "ckpt_every=2"]
     cfg = lambda out: load_config(ft.TrainConfig, "configs/tiny_cpu.yaml", base + [f"out_dir={out}"])

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .manifest import ManifestMeta, is_manifest, load_manifest
 from .video import (
     ClipTooShort,
     VideoDecodeError,
@@ -139,7 +140,16 @@ class VideoClipDataset(Dataset):
             raise ValueError(f"short_policy must be 'pad' or 'skip', got {short_policy!r}")
         if not isinstance(clips_per_video, int) or clips_per_video < 1:
             raise ValueError(f"clips_per_video must be a positive int, got {clips_per_video!r}")
-        self.paths = list_videos(source, extensions)
+        self.manifest = None
+        if is_manifest(source):
+            # Probed offline (`python -m fastlam.data index`): no file is listed or probed here.
+            self.manifest = load_manifest(source)
+            if not len(self.manifest):
+                raise ValueError(f"source {str(source)!r}: the manifest lists no usable video "
+                                 f"({self.manifest.bad} bad rows)")
+            self.paths = self.manifest.paths
+        else:
+            self.paths = list_videos(source, extensions)
         self.num_frames = num_frames
         self.fps = float(fps)
         self.size = (int(size[0]), int(size[1]))
@@ -157,7 +167,9 @@ class VideoClipDataset(Dataset):
         self.bad_file_log = str(bad_file_log) if bad_file_log is not None else None
         self.epoch = 0
         self._bad: Dict[str, str] = {}
-        self._meta: Dict[str, Tuple[float, int]] = {}  # path -> (header duration, est. bytes)
+        # path -> (header duration, est. bytes); read from the manifest when there is one.
+        self._meta = ({} if self.manifest is None
+                      else ManifestMeta(self.manifest, max(self.size)))
         self._cache: Dict[str, DecodedVideo] = {}
         self._cache_bytes = 0
         self._padded: Dict[str, int] = {}

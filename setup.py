@@ -52,6 +52,8 @@ setup(
         "fastlam.kernels",
     ],
     package_dir={"fastlam": "fastlam", "fastlam.kernels": "kernels"},
+    # Per-device tuned attention tiles (benchmarks/tune_tiles.py), read at launch.
+    package_data={"fastlam.kernels": ["tuned/*.json"]},
     install_requires=[
         "torch>=2.6",
         "numpy",

@@ -20,8 +20,9 @@ default tile's beyond rounding is never chosen.
 Writes ``DIR/tuned/<device>.json`` (the format ``fastlam.kernels.tile_tables`` reads: only the
 winning tiles; copy it to ``kernels/tuned/`` to use it) and ``DIR/tune_tiles.csv`` (every
 timing, with device, date, commit, triton and torch versions). ``--quick`` times the default and
-the first two candidates of each key, one shape per key, and stops starting new keys after
-``--budget-s`` (default 75 s; keys not reached keep the default and are listed as not timed);
+the first two candidates of each key (keys in the order training launches them), one shape
+per key, and starts no key after ``--budget-s`` (default 60 s, so the whole call stays near
+90 s on an H100; keys not reached keep the default and are listed as not timed);
 ``--dry-run`` runs the same code under the Triton interpreter on the CPU at tiny shapes (two
 keys, one candidate each, timings by the wall clock, meaningless as numbers).
 """
@@ -247,7 +248,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="default + 2 candidates per key, one shape, time budget")
     parser.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny shapes")
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="stop starting keys after this many seconds (default: 75 with --quick)")
+                        help="stop starting keys after this many seconds (default: 60 with --quick)")
     args = parser.parse_args(argv)
     if args.dry_run:
         if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
@@ -269,7 +270,7 @@ def main(argv=None) -> int:
             return 2
         device, device_name = torch.device("cuda"), torch.cuda.get_device_name()
         sync = torch.cuda.synchronize
-    budget = args.budget_s if args.budget_s is not None else (75.0 if args.quick else None)
+    budget = args.budget_s if args.budget_s is not None else (60.0 if args.quick else None)
     n_cand = 1 if args.dry_run else 2 if args.quick else None
     keys = list(tile_tables.SWEEP_CANDIDATES)
     if args.dry_run:

@@ -137,6 +137,7 @@ def _triton_minor(version: str) -> str:
     return ".".join(str(version).split(".")[:2])
 
 
+@functools.lru_cache(maxsize=None)
 def _cuda_device_name(index: int) -> str:
     import torch
 
@@ -208,12 +209,12 @@ class forced:
 # so the static check compiles it for sm_90 / sm_80; each is spill-free there under the pinned
 # triton (tests/test_tile_tables.py reads the committed report), and the sweep also drops any
 # candidate that the device's own compiler makes spill.
-SWEEP_CANDIDATES: dict = {
-    "fwd,bf16,hd64,rope": [(64, 64, 4, 3), (64, 32, 4, 2)],
-    "fwd,bf16,hd128,rope": [(64, 32, 4, 3), (128, 32, 8, 2)],
-    "bwd_kv,bf16,hd64,rope": [(64, 64, 8, 2), (32, 32, 4, 2)],
+SWEEP_CANDIDATES: dict = {  # in the order the sweep times them (what training launches first)
+    "fwd,bf16,hd64,rope": [(64, 64, 4, 3)],
+    "bwd_kv_atomic,bf16,hd64,rope": [(64, 32, 8, 2)],
+    "fwd,bf16,hd128,rope": [(64, 32, 4, 3)],
     "bwd_kv,bf16,hd128,rope": [(32, 32, 8, 1), (16, 32, 8, 2)],
-    "bwd_kv_atomic,bf16,hd64,rope": [(32, 32, 8, 2), (64, 32, 8, 2)],
-    "bwd_q,bf16,hd64,rope": [(32, 64, 4, 2), (32, 32, 4, 2)],
-    "bwd_q,bf16,hd128,rope": [(64, 32, 8, 2), (32, 64, 4, 2)],
+    "bwd_q,bf16,hd128,rope": [(64, 32, 8, 2)],
+    "bwd_kv,bf16,hd64,rope": [(64, 64, 8, 2)],
+    "bwd_q,bf16,hd64,rope": [(32, 64, 4, 2)],
 }

@@ -37,18 +37,19 @@ def render(out: Path, versions: list) -> str:
         "# Static check per triton release",
         "",
         "Written by `scripts/static_check_versions.sh` (one throwaway venv per release; "
-        "`python -m benchmarks.static_versions` makes this summary). Full reports: "
-        + ", ".join(f"[triton-{v}](triton-{v}/static_report.md)" for v in versions) + ".",
+        "`python -m benchmarks.static_versions` makes this summary). Reports: "
+        + ", ".join(f"[triton-{v}](triton-{v}/static_report.md)" for v in versions)
+        + "; a `--filter` in a command marks a partial report (only the configurations named).",
         "",
-        "| triton | made (UTC) | commit | compiles | failing | default configs that spill |",
-        "|---|---|---|---:|---:|---:|",
+        "| triton | made (UTC) | commit | compiles | failing | default configs that spill | command |",
+        "|---|---|---|---:|---:|---:|---|",
     ]
     for v in versions:
         meta, _ = data[v]
         if meta["triton"] != v:
             raise SystemExit(f"{out}/triton-{v} was made with triton {meta['triton']}, not {v}")
         lines.append(f"| {v} | {meta['date']} | {meta['commit'][:10]} | {meta['compiles']} | "
-                     f"{meta['failing']} | {len(meta['default_spills'])} |")
+                     f"{meta['failing']} | {len(meta['default_spills'])} | `{meta.get('command', '')}` |")
     bad = sorted({key for v in versions for key, r in data[v][1].items()
                   if r["verdict"] != "pass" or (r["stack"] not in ("", "0"))})
     lines += ["", "## Configurations that fail or spill under some release", ""]

@@ -570,7 +570,16 @@ _ROPE_TILES: dict = {
 # STACK figures: sm_90 / sm_80 under that release (benchmarks.static_check; every release's
 # report: benchmarks/results/static/versions.md, made by scripts/static_check_versions.sh).
 _TRITON_TILES: dict = {
-    "3.9": {},
+    "3.9": {
+        ("fwd", True, 64, False): (128, 64, 8, 3),  # 4 warps: 0 / 16 B
+        ("fwd", True, 128, True): (128, 32, 8, 2),  # 3 stages: 40 / 8 B
+        ("fwd", False, 32, True): (64, 32, 8, 1),  # 2 stages: 16 / 0 B
+        ("fwd", False, 128, True): (16, 16, 16, 1),  # 8 warps: 0 / 8 B; 32x16/16w: 0 / 8 B
+        ("bwd_kv", False, 64, True): (16, 32, 8, 1),  # 16x32/4w: 80 / 0 B; 8w/2 stages: 8 / 0 B
+        ("bwd_kv_atomic", True, 64, False): (32, 64, 8, 2),  # 64x64: 0 / 16 B
+        ("bwd_kv_atomic", False, 64, False): (32, 16, 8, 2),  # 32x32: 0 / 8 B
+        ("bwd_q", False, 32, True): (32, 32, 8, 2),  # 4 warps: 24 / 0 B
+    },
 }
 
 ROPE_FUSIONS = ("kernel", "prepass")

@@ -13,7 +13,7 @@
 # that triton wheel and an editable fastlam; torch and numpy come from the project's
 # environment through a .pth file, so nothing but the triton wheel is downloaded. The static
 # check imports triton, torch (the launchers' modules) and fastlam.kernels, nothing else.
-# Compiles run under `nice -n 10`, two processes per CPU-bound job (--jobs, default: all CPUs).
+# Compiles run under `nice -n 10`; JOBS=N sets --jobs (default: one compile process per CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)

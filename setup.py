@@ -52,6 +52,8 @@ setup(
         "fastlam.kernels",
     ],
     package_dir={"fastlam": "fastlam", "fastlam.kernels": "kernels"},
+    # Per-device tuned attention tiles (benchmarks/tune_tiles.py), read at launch.
+    package_data={"fastlam.kernels": ["tuned/*.json"]},
     install_requires=[
         "torch>=2.9",  # torch.optim.Muon; fastlam.MIN_TORCH says the same (checked at import)
         "numpy",

@@ -23,11 +23,19 @@ by the tests of this checker; ``--no-registry`` then leaves the package's kernel
 Results are cached per (kernel source and dependencies, signature, constexprs, alignment,
 warps, stages, arch, triton version) under ``benchmarks/results/tmp/static_cache`` so that an
 unchanged kernel is not compiled again; failures are never cached.
+
+Register usage and spills depend on the compiler: ``static_report.json`` records the triton
+(and torch, python) version, the date and the commit the report was made with, and
+tests/test_static_compile.py compares a fresh compile with the committed report only when the
+installed triton is the one the report was made with. ``scripts/static_check_versions.sh``
+runs this check under several triton releases (one report per release).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime
+import platform
 import hashlib
 import importlib
 import importlib.util
@@ -550,6 +558,47 @@ def render_markdown(rows: list, archs: list, n_configs: int, triton_version: str
 # --------------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------------
+META_NAME = "static_report.json"
+
+
+def report_meta(rows: list, archs: list, n_configs: int, argv: list) -> dict:
+    """What the report was made with (the versions that decide REG / STACK) and its verdict."""
+    import torch
+    import triton
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from benchmarks._common import git_commit
+
+    compiled = [r for r in rows if r.arch is not None]
+    return {
+        "triton": triton.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "commit": git_commit(),
+        "command": "python -m benchmarks.static_check" + "".join(f" {a}" for a in argv),
+        "archs": [f"sm_{a}" for a in archs],
+        "configs": n_configs,
+        "compiles": len(compiled),
+        "failing": sum(not r.passed for r in rows),
+        "default_spills": sorted(f"{r.config} (sm_{r.arch}) STACK {r.stack} B"
+                                 for r in compiled if r.default and r.stack),
+    }
+
+
+def read_report_triton(out_dir: Path) -> str | None:
+    """The triton version a report folder was made with (its json; older reports: the md)."""
+    meta = Path(out_dir) / META_NAME
+    if meta.exists():
+        return json.loads(meta.read_text()).get("triton")
+    md = Path(out_dir) / "static_report.md"
+    if md.exists():
+        m = re.search(r"with triton (\S+?);", md.read_text())
+        return m.group(1) if m else None
+    return None
+
+
 def _read_cache(cache_dir: Path | None, key: str) -> dict | None:
     if cache_dir is None:
         return None
@@ -705,6 +754,8 @@ def main(argv=None) -> int:
         note += "".join(f" --filter {f}" for f in args.filter)
     (args.out / "static_report.md").write_text(render_markdown(rows, args.arch, n_configs, triton.__version__, note))
     write_csv(rows, args.out / "static_report.csv")
+    meta = report_meta(rows, args.arch, n_configs, list(argv if argv is not None else sys.argv[1:]))
+    (args.out / META_NAME).write_text(json.dumps(meta, indent=1) + "\n")
     failing = [r for r in rows if not r.passed]
     print(f"static_check: {len(rows)} results, {len(failing)} failing; report in {args.out}")
     for r in failing:

@@ -17,6 +17,16 @@ TRITON_PTR = {
 }
 
 
+def triton_release(version: str | None = None) -> tuple:
+    """(major, minor) of a triton version string (the installed triton by default): register
+    allocation, hence the spill-free tiles, can change between releases."""
+    parts = []
+    for p in str(triton.__version__ if version is None else version).split(".")[:2]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
 def interpreting() -> bool:
     """True when kernels run in the Triton interpreter (CPU tensors, TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET") == "1"

@@ -68,6 +68,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import tile_tables
+from ._common import triton_release
 from .registry import KernelConfig, register
 
 MASKS = ("full", "causal", "frame_causal", "frame_local")
@@ -561,39 +563,88 @@ _ROPE_TILES: dict = {
     ("bwd_q", False, 64): (32, 16, 4, 2),  # 32x32: 488-496 B; 16x32: 32 B
 }
 
+# Register allocation differs between triton releases: a tile spill-free under one can spill
+# under another (triton 3.9 spilled 14 default builds that 3.7 did not). Entries here replace
+# the _TILES / _ROPE_TILES entry, keyed (kind, low precision, BLOCK_D, fused RoPE), for the
+# triton releases from the key's major.minor up to the next key (an empty table ends a range).
+# STACK figures: sm_90 / sm_80 under that release (benchmarks.static_check; every release's
+# report: benchmarks/results/static/versions.md, made by scripts/static_check_versions.sh).
+_TRITON_TILES: dict = {
+    "3.9": {
+        ("fwd", True, 64, False): (128, 64, 8, 3),  # 4 warps: 0 / 16 B
+        ("fwd", True, 128, True): (128, 32, 8, 2),  # 3 stages: 40 / 8 B
+        ("fwd", False, 32, True): (64, 32, 8, 1),  # 2 stages: 16 / 0 B
+        ("fwd", False, 128, True): (16, 16, 16, 1),  # 8 warps: 0 / 8 B; 32x16/16w: 0 / 8 B
+        ("bwd_kv", False, 64, True): (16, 32, 8, 1),  # 16x32/4w: 80 / 0 B; 8w/2 stages: 8 / 0 B
+        ("bwd_kv_atomic", True, 64, False): (32, 64, 8, 2),  # 64x64: 0 / 16 B
+        ("bwd_kv_atomic", False, 64, False): (32, 16, 8, 2),  # 32x32: 0 / 8 B
+        ("bwd_q", False, 32, True): (32, 32, 8, 2),  # 4 warps: 24 / 0 B
+    },
+}
+
 ROPE_FUSIONS = ("kernel", "prepass")
 
 
-def block_config(head_dim: int, dtype: torch.dtype, interpret: bool | None = None, rope: bool = False) -> dict:
+def triton_tiles(version: str | None = None) -> dict:
+    """The per-release replacements (:data:`_TRITON_TILES`) for a triton version (installed one
+    by default): the table of the greatest key <= its major.minor, else none."""
+    v = triton_release(version)
+    keys = [k for k in _TRITON_TILES if triton_release(k) <= v]
+    return _TRITON_TILES[max(keys, key=triton_release)] if keys else {}
+
+
+def block_config(head_dim: int, dtype: torch.dtype, interpret: bool | None = None, rope: bool = False,
+                 device: torch.device | None = None) -> dict:
     """Tile sizes and launch parameters for a head dim / dtype (a fixed table, no autotune).
 
     The head dim is padded to the next power of two (BLOCK_D, masked loads), so hd 80 and
     96 use the hd128 entries. Entries were picked from ahead-of-time compiles for sm_90 and
     sm_80 (see ``_TILES``): the largest query tile that compiles without spills, since a
-    spill costs more than a smaller tile. Every entry is registered below, so CI's static
+    spill costs more than a smaller tile; :data:`_TRITON_TILES` replaces the entries that
+    spill under a given triton release. Every entry is registered below, so CI's static
     check recompiles all of them. ``rope=True`` (the fused rotation) takes ``_ROPE_TILES``
     where the plain tile spilled with it. Point-wise kernels use 64 rows (the Delta
     preprocess 32 at BLOCK_D 128; the rotation 8 warps there). Under the interpreter every
     tile is 16 (the tl.dot minimum), so tiny test shapes still cross many tile boundaries.
+    ``device``: the launch's device; a tuned table for it, or ``FASTLAM_ATTN_TILES``, replaces
+    entries (:mod:`.tile_tables`). Without it (the registry): the default table.
     """
     block_d = max(16, triton.next_power_of_2(head_dim))
     if interpret is None:
         interpret = interpreting()
+    over = tile_tables.overrides(device) if device is not None else {}
     if interpret:
         t = (16, 16, 4, 1)
-        return dict(BLOCK_D=block_d, fwd=t, bwd_kv=t, bwd_kv_atomic=t, bwd_q=t, pointwise=(16, 4),
-                    rope_pointwise=(16, 4))
+        cfg = dict(BLOCK_D=block_d, fwd=t, bwd_kv=t, bwd_kv_atomic=t, bwd_q=t, pointwise=(16, 4),
+                   rope_pointwise=(16, 4))
+        return _apply_overrides(cfg, over, dtype, block_d, rope)
     if block_d > 128:
         raise ValueError(f"head_dim: the Triton attention kernel takes head dims up to 128, got {head_dim}")
     low = dtype != torch.float32
     cfg = {}
+    per_release = triton_tiles()
     for kind in ("fwd", "bwd_kv", "bwd_kv_atomic", "bwd_q"):
         key = (kind, low, block_d)
         cfg[kind] = _ROPE_TILES.get(key, _TILES.get(key)) if rope else _TILES.get(key)
+        if cfg[kind] is not None:
+            cfg[kind] = per_release.get((kind, low, block_d, rope), cfg[kind])
+    _apply_overrides(cfg, over, dtype, block_d, rope)
     # The rotation kernel at 64 rows x 128 channels: 4 warps spilled 168-432 B (32 rows
     # fit but staged through shared memory at 200-245 registers); 8 warps: 104-158, no spill.
     rope_pw = (64, 4) if block_d <= 64 else (64, 8)
     return dict(BLOCK_D=block_d, pointwise=(64 if block_d <= 64 else 32, 4), rope_pointwise=rope_pw, **cfg)
+
+
+def _apply_overrides(cfg: dict, over: dict, dtype: torch.dtype, block_d: int, rope: bool) -> dict:
+    """Tuned or forced tiles replace default entries; a kind with no default (atomic dQ at
+    hd128) stays off."""
+    if over:
+        name = _TRITON_DTYPE[dtype]
+        for kind in tile_tables.KINDS:
+            tile = over.get(tile_tables.tile_key(kind, name, block_d, rope))
+            if tile is not None and cfg[kind] is not None:
+                cfg[kind] = tile
+    return cfg
 
 
 def use_atomic_dq(head_dim: int, dtype: torch.dtype, deterministic: bool, rope: bool = False) -> bool:
@@ -695,7 +746,7 @@ def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, windo
         _check(name, x)
     B, H, L, D = q.shape
     fused = rope_tables is not None and rope_fusion == "kernel"
-    cfg = block_config(D, q.dtype, rope=fused)
+    cfg = block_config(D, q.dtype, rope=fused, device=q.device)
     BM, BN, warps, stages = cfg["fwd"]
     mask_frame, window = mask_frames(L, frame_len, mask, window_frames)
     if out is None:
@@ -742,7 +793,7 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
         _check(name, x)
     B, H, L, D = q.shape
     fused = rope_tables is not None and rope_fusion == "kernel"
-    cfg = block_config(D, q.dtype, rope=fused)
+    cfg = block_config(D, q.dtype, rope=fused, device=q.device)
     BD = cfg["BLOCK_D"]
     mask_frame, window = mask_frames(L, frame_len, mask, window_frames)
     dot_fp32 = _dot_fp32(q.dtype)
@@ -824,60 +875,86 @@ def _signature(fn, pointers: dict, constexprs: dict, floats=("qk_scale", "sm_sca
     return sig
 
 
-def _register_configs() -> None:
-    """Register every configuration the launchers above can pick on a GPU (see block_config).
+def _attn_kernel_config(kind: str, dtype: torch.dtype, head_dim: int, rope: bool, tile: tuple,
+                        default: bool = True) -> KernelConfig:
+    """The registry entry of one attention kernel launch (``kind`` as in :func:`block_config`).
 
     FLOPs / bytes refer to the frame-causal reference shape B=4, H=16, L=2048 (8 x 256),
     counting only the unmasked fraction (36/64 of the L^2 pairs), backward = 2.5 x forward.
+    Non-default tiles (the tile sweep's candidates) carry warps, stages and ``sweep`` in the name.
+    """
+    tname = _TRITON_DTYPE[dtype]
+    el = torch.finfo(dtype).bits // 8
+    BD = max(16, triton.next_power_of_2(head_dim))
+    frac = (_REF_L // _REF_F + 1) / (2 * (_REF_L // _REF_F))
+    tables = {"COS": "*fp32", "SIN": "*fp32", "AXIS": "*i32"}
+    ref = f"B={_REF_B},H={_REF_H},L={_REF_L},D={head_dim},frame_len={_REF_F},frame_causal"
+    fwd_flops = 4.0 * _REF_B * _REF_H * _REF_L * _REF_L * head_dim * frac
+    tb = float(_REF_B * _REF_H * _REF_L * head_dim * el)  # one (B, H, L, D) tensor
+    rb = float(_REF_B * _REF_H * _REF_L * 4)  # one fp32 (B, H, L) row vector
+    BM, BN, w, st = tile
+    tag = f"hd{BD},{tname}{',rope' if rope else ''}"
+    tail = f"M{BM},N{BN}" + ("" if default else f",w{w},s{st},sweep")
+    ce = dict(DOT_FP32=False, IEEE=dtype == torch.float32, BLOCK_D=BD, ROPE=rope, BLOCK_M=BM, BLOCK_N=BN)
+
+    def ptr(names):
+        return {n: f"*{tname}" for n in names}
+
+    common = dict(num_warps=w, num_stages=st, default=default, expects_mma=True, ref_shape=ref)
+    if kind == "fwd":
+        return KernelConfig(
+            f"attn_fwd[{tag},{tail}]", _attn_fwd,
+            _signature(_attn_fwd, {**ptr("QKVO"), "LSE": "*fp32", **tables}, ce), ce,
+            flops=fwd_flops, min_bytes=4 * tb + rb, **common)
+    if kind in ("bwd_kv", "bwd_kv_atomic"):
+        atomic = kind == "bwd_kv_atomic"
+        ce["ATOMIC_DQ"] = atomic
+        return KernelConfig(
+            f"attn_bwd_dkdv[{tag}{',atomic_dq' if atomic else ''},{tail}]", _attn_bwd_dkdv,
+            _signature(_attn_bwd_dkdv, {**ptr(["Q", "K", "V", "DO", "DK", "DV"]),
+                                        "DQ": "*fp32" if atomic else f"*{tname}",
+                                        "LSE": "*fp32", "DELTA": "*fp32", **tables}, ce), ce,
+            # 4 of the 5 backward matmuls (the dQ one too when atomic): 2.0 / 2.5 x forward.
+            flops=fwd_flops * (2.5 if atomic else 2.0),
+            min_bytes=(6 * tb + (tb * 4 / el if atomic else 0)) + 2 * rb, **common)
+    if kind == "bwd_q":
+        return KernelConfig(
+            f"attn_bwd_dq[{tag},{tail}]", _attn_bwd_dq,
+            _signature(_attn_bwd_dq, {**ptr(["Q", "K", "V", "DO", "DQ"]), "LSE": "*fp32",
+                                      "DELTA": "*fp32", **tables}, ce), ce,
+            flops=fwd_flops * 1.5, min_bytes=5 * tb + 2 * rb, **common)
+    raise ValueError(f"kind: expected one of {tile_tables.KINDS}, got {kind!r}")
+
+
+def _register_configs() -> None:
+    """Register every configuration the launchers above can pick on a GPU (see block_config)
+    and every candidate of the tile sweep (``tile_tables.SWEEP_CANDIDATES``, not default).
+
     Each attention kernel is registered with ROPE off and on (the fused rotation; tiles
     from ``_ROPE_TILES`` where they differ).
     """
-    frac = (_REF_L // _REF_F + 1) / (2 * (_REF_L // _REF_F))
     tables = {"COS": "*fp32", "SIN": "*fp32", "AXIS": "*i32"}
     for dtype, tname in _TRITON_DTYPE.items():
         el = torch.finfo(dtype).bits // 8
         for head_dim in (32, 64, 128):
             BD = max(16, triton.next_power_of_2(head_dim))
             ref = f"B={_REF_B},H={_REF_H},L={_REF_L},D={head_dim},frame_len={_REF_F},frame_causal"
-            fwd_flops = 4.0 * _REF_B * _REF_H * _REF_L * _REF_L * head_dim * frac
             tb = float(_REF_B * _REF_H * _REF_L * head_dim * el)  # one (B, H, L, D) tensor
             rb = float(_REF_B * _REF_H * _REF_L * 4)  # one fp32 (B, H, L) row vector
-            common = dict(DOT_FP32=False, IEEE=dtype == torch.float32, BLOCK_D=BD)
 
             def ptr(names, t=tname):
                 return {n: f"*{t}" for n in names}
 
             for rope in (False, True):
                 cfg = block_config(head_dim, dtype, interpret=False, rope=rope)
-                tag = f"hd{BD},{tname}{',rope' if rope else ''}"
-                BM, BN, w, st = cfg["fwd"]
-                ce = dict(common, ROPE=rope, BLOCK_M=BM, BLOCK_N=BN)
-                register(KernelConfig(
-                    f"attn_fwd[{tag},M{BM},N{BN}]", _attn_fwd,
-                    _signature(_attn_fwd, {**ptr("QKVO"), "LSE": "*fp32", **tables}, ce), ce, w, st,
-                    expects_mma=True, ref_shape=ref, flops=fwd_flops, min_bytes=4 * tb + rb))
-                for atomic in (False, True):
-                    spec = cfg["bwd_kv_atomic" if atomic else "bwd_kv"]
-                    if spec is None:
+                for kind in tile_tables.KINDS:
+                    if cfg[kind] is None:
                         continue
-                    BM, BN, w, st = spec
-                    ce = dict(common, ATOMIC_DQ=atomic, ROPE=rope, BLOCK_M=BM, BLOCK_N=BN)
-                    register(KernelConfig(
-                        f"attn_bwd_dkdv[{tag}{',atomic_dq' if atomic else ''},M{BM},N{BN}]", _attn_bwd_dkdv,
-                        _signature(_attn_bwd_dkdv, {**ptr(["Q", "K", "V", "DO", "DK", "DV"]),
-                                                    "DQ": "*fp32" if atomic else f"*{tname}",
-                                                    "LSE": "*fp32", "DELTA": "*fp32", **tables}, ce), ce, w, st,
-                        expects_mma=True, ref_shape=ref,
-                        # 4 of the 5 backward matmuls (the dQ one too when atomic): 2.0 / 2.5 x forward.
-                        flops=fwd_flops * (2.5 if atomic else 2.0),
-                        min_bytes=(6 * tb + (tb * 4 / el if atomic else 0)) + 2 * rb))
-                BM, BN, w, st = cfg["bwd_q"]
-                ce = dict(common, ROPE=rope, BLOCK_M=BM, BLOCK_N=BN)
-                register(KernelConfig(
-                    f"attn_bwd_dq[{tag},M{BM},N{BN}]", _attn_bwd_dq,
-                    _signature(_attn_bwd_dq, {**ptr(["Q", "K", "V", "DO", "DQ"]), "LSE": "*fp32",
-                                              "DELTA": "*fp32", **tables}, ce),
-                    ce, w, st, expects_mma=True, ref_shape=ref, flops=fwd_flops * 1.5, min_bytes=5 * tb + 2 * rb))
+                    register(_attn_kernel_config(kind, dtype, head_dim, rope, cfg[kind]))
+                    key = tile_tables.tile_key(kind, tname, BD, rope)
+                    for tile in tile_tables.SWEEP_CANDIDATES.get(key, ()):
+                        if tuple(tile) != tuple(cfg[kind]):
+                            register(_attn_kernel_config(kind, dtype, head_dim, rope, tile, default=False))
             cfg = block_config(head_dim, dtype, interpret=False)
             tag = f"hd{BD},{tname}"
             PM, pw = cfg["pointwise"]

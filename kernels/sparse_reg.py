@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import TRITON_PTR, interpreting, next_pow2, num_sms
+from ._common import TRITON_PTR, interpreting, next_pow2, num_sms, triton_release
 from .registry import KernelConfig, register
 
 MAX_D = 128
@@ -43,6 +43,9 @@ MEAN_KINDS = {"signed": 0, "abs": 1, "squared": 2}
 # Chosen from sm_90 builds (cuobjdump -res-usage): the 128 x 128 fp32 Gram accumulator needs
 # 16 warps to stay in registers; 8 warps or 64-row stats tiles spill.
 STATS_BLOCK_N = 32
+# triton >= 3.9 spills the fp32 (ieee) Gram at 32 rows on sm_80 (3320 B of STACK); 16 rows
+# (the tl.dot minimum) do not. The other dtypes and releases keep 32.
+STATS_BLOCK_N_FP32_TRITON_3_9 = 16
 BWD_BLOCK_N = 32  # 64 spills on sm_80
 NUM_WARPS = 16
 # fp32 inputs: the forward Gram in full fp32 ("tf32x3" spills, plain tf32 would cost ~1e-3 of
@@ -197,6 +200,13 @@ def _sparse_bwd_kernel(
              mask=mask)
 
 
+def stats_block_n(dtype: torch.dtype, version: str | None = None) -> int:
+    """Rows per tile of the stats kernel for a dtype under a triton release (installed one)."""
+    if dtype == torch.float32 and triton_release(version) >= (3, 9):
+        return STATS_BLOCK_N_FP32_TRITON_3_9
+    return STATS_BLOCK_N
+
+
 def _dot_f32(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 or interpreting()
 
@@ -207,7 +217,8 @@ def sparse_fwd(z: torch.Tensor, *, l_l1: float, l_l2: float, l_v: float, l_c: fl
     covariance, mean) in fp32, and (mu, cov) for the backward."""
     n, d = z.shape
     block_d = max(16, next_pow2(d))
-    nblk = triton.cdiv(n, STATS_BLOCK_N)
+    block_n = stats_block_n(z.dtype)
+    nblk = triton.cdiv(n, block_n)
     p = max(1, min(nblk, num_sms(z.device)))
     dev = z.device
     energy_part = torch.empty(p, device=dev, dtype=torch.float32)
@@ -215,7 +226,7 @@ def sparse_fwd(z: torch.Tensor, *, l_l1: float, l_l2: float, l_v: float, l_c: fl
     gram_part = torch.empty((p, block_d, block_d), device=dev, dtype=torch.float32)
     _sparse_stats_kernel[(p,)](
         z, energy_part, colsum_part, gram_part, n, d, z.stride(0), math.sqrt(d), l_l1, l_l2, p,
-        DOT_F32=_dot_f32(z.dtype), PRECISION=STATS_PRECISION, BLOCK_N=STATS_BLOCK_N, BLOCK_D=block_d,
+        DOT_F32=_dot_f32(z.dtype), PRECISION=STATS_PRECISION, BLOCK_N=block_n, BLOCK_D=block_d,
         num_warps=NUM_WARPS,
     )
     block_i = 4
@@ -259,7 +270,7 @@ def _register():
             signature={"z_ptr": ptr, "energy_part_ptr": "*fp32", "colsum_part_ptr": "*fp32",
                        "gram_part_ptr": "*fp32", "N": "i32", "D": "i32", "stride_z": "i32", "sqrt_d": "fp32",
                        "l_l1": "fp32", "l_l2": "fp32", "P": "i32"},
-            constexprs={"DOT_F32": f32, "PRECISION": STATS_PRECISION, "BLOCK_N": STATS_BLOCK_N, "BLOCK_D": d},
+            constexprs={"DOT_F32": f32, "PRECISION": STATS_PRECISION, "BLOCK_N": stats_block_n(dt), "BLOCK_D": d},
             num_warps=NUM_WARPS, num_stages=1, expects_mma=not f32, ref_shape=f"N={n},D={d}",
             flops=2.0 * n * d * d + 6.0 * n * d, min_bytes=n * d * es))
         register(KernelConfig(

@@ -420,3 +420,26 @@ def test_gpu_auto_picks_triton_and_compiles_without_graph_break():
     loss = torch.compile(f, fullgraph=True)(q, k, v)
     loss.backward()
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+def _per_release_tile_cases():
+    return [pytest.param(kind, low, block_d, rope_on, tile,
+                         id=f"triton{release}-{kind}-{'low' if low else 'fp32'}-hd{block_d}{'-rope' if rope_on else ''}")
+            for release, table in kernels._TRITON_TILES.items()
+            for (kind, low, block_d, rope_on), tile in table.items()]
+
+
+@pytest.mark.parametrize("kind,low,block_d,rope_on,tile", _per_release_tile_cases())
+def test_per_release_tiles_match_the_reference(kind, low, block_d, rope_on, tile):
+    """The tiles a triton release gets instead of the default ones (kernels._TRITON_TILES) give
+    the reference's results: forced here, since the interpreter otherwise runs 16 x 16 tiles."""
+    from fastlam.kernels import tile_tables
+
+    dtype = torch.float16 if low else torch.float32  # bf16 tl.dot is wrong in the interpreter
+    rope = Rope3D(grid_w=3, num_prefix=2) if rope_on else None
+    frame_len = 8
+    key = tile_tables.tile_key(kind, "fp16" if low else "fp32", block_d, rope_on)
+    with tile_tables.forced({key: tile}):
+        # head dim 8 under BLOCK_D: padded channels; 5 frames of 8: partial tiles.
+        _run_and_compare(1, 1, 5 * frame_len, block_d - 8, dtype, frame_len, "frame_causal", rope=rope,
+                         deterministic=kind != "bwd_kv_atomic", backward=kind != "fwd")

@@ -195,6 +195,21 @@ def test_sparse_regularizer_offset_columns_fp32():
     torch.testing.assert_close(go.double(), gr, rtol=1e-3, atol=1e-7)
 
 
+def test_sparse_regularizer_fp32_stats_tile_of_triton_3_9(monkeypatch):
+    """triton >= 3.9 builds the fp32 stats kernel with 16-row tiles (32 spill on sm_80): the
+    same results, here under the interpreter by asking for that release's tile."""
+    from fastlam.kernels import sparse_reg
+
+    assert sparse_reg.stats_block_n(torch.float32, "3.9.0") == 16
+    assert sparse_reg.stats_block_n(torch.float32, "3.7.1") == sparse_reg.stats_block_n(torch.bfloat16, "3.9.0") == 32
+    monkeypatch.setattr(sparse_reg, "stats_block_n", lambda dtype, version=None: 16)
+    z = (0.7 * torch.randn(97, 128) + 0.2 * torch.randn(128)).requires_grad_()
+    (o, p, r), (go, gp, gr) = run_three(_sparse_fn("signed"), [z], torch.float32)
+    for i, k in enumerate(TERMS):
+        assert_ratio(o[i], r[i], p[i], atol=ATOL[torch.float32] * 10, what=k)
+    assert_ratio(go, gr, gp, ratio=3.0, atol=ATOL[torch.float32] * 1e-2, what="dz")
+
+
 def test_sparse_parts_dispatch():
     z = torch.randn(40, 16)
     torch.testing.assert_close(sparse_energy(z, 0.05, backend="triton"), sparse_energy(z, 0.05, backend="torch"))

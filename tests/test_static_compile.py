@@ -8,6 +8,7 @@ The small kernels below exist only to test the checker; the subprocess loads the
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -148,6 +149,16 @@ def test_spills_fail_only_in_default_configurations(selftest):
     assert "REG at the 255 cap" in ok["notes"]
 
 
+def test_report_records_the_triton_date_and_commit_it_was_made_with(selftest):
+    _, root, _ = selftest
+    meta = json.loads((root / "out" / sc.META_NAME).read_text())
+    assert meta["triton"] == triton.__version__ and sc.read_report_triton(root / "out") == triton.__version__
+    assert meta["date"].endswith("Z") and meta["commit"] and meta["torch"] and meta["compiles"] == 12
+    spills = " ".join(meta["default_spills"])
+    assert "selftest_matmul[spills_default] (sm_90) STACK" in spills and "spills_not_default" not in spills
+    assert "with triton " + triton.__version__ in (root / "out" / "static_report.md").read_text()
+
+
 def test_report_is_regenerated_identically_from_cache(selftest, tmp_path):
     proc, root, _ = selftest
     again = _run_check("--no-registry", "--module", __file__, "--out", str(tmp_path),
@@ -182,19 +193,87 @@ def test_kernel_module_that_does_not_import_fails_the_check(selftest, tmp_path):
     assert _read_rows(tmp_path / "out")[("selftest_matmul[good]", "sm_90")]["verdict"] == "pass"
 
 
-def test_every_registered_kernel_config_compiles_for_sm90_and_sm80(tmp_path):
-    """The CI gate: the package's whole registry, both targets (cached by kernel source)."""
+COMMITTED = REPO / "benchmarks" / "results" / "static"
+# What a report row says about a build; the same sources under the same triton give the same.
+_COMPARED = ("regs", "stack", "shared_bytes", "mma", "verdict")
+
+
+@pytest.fixture(scope="module")
+def registry_check(tmp_path_factory):
+    """One run of the checker over the package's whole registry, both targets, under the
+    installed triton (cached by kernel source)."""
+    out = tmp_path_factory.mktemp("registry")
+    return _run_check("--out", str(out)), out
+
+
+def test_every_registered_kernel_config_compiles_for_sm90_and_sm80(registry_check):
+    """The CI gate: the package's whole registry, both targets, under the installed triton."""
     from fastlam.kernels.registry import all_configs
 
+    proc, out = registry_check
     names = {c.name for c in all_configs()}
-    proc = _run_check("--out", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    rows = _read_rows(tmp_path)
+    rows = _read_rows(out)
     assert set(rows) == {(n, a) for n in names for a in ("sm_90", "sm_80")}
     assert all(r["verdict"] == "pass" for r in rows.values())
+    meta = json.loads((out / sc.META_NAME).read_text())
+    assert meta["triton"] == triton.__version__ and meta["default_spills"] == [] and meta["failing"] == 0
+
+
+def test_committed_report_matches_a_fresh_compile_under_the_same_triton(registry_check):
+    """The committed report is what the sources compile to, compared only under the triton it
+    was made with (register allocation changes between releases)."""
+    proc, out = registry_check
+    if proc.returncode == 2:
+        pytest.skip("the compile gate could not run")
+    made_with = sc.read_report_triton(COMMITTED)
+    if made_with != triton.__version__:
+        pytest.skip(f"not compared: benchmarks/results/static/ was made with triton {made_with}, this "
+                    f"environment has triton {triton.__version__} (install the pinned one: pip install -c "
+                    f"constraints.txt triton); the compile gate above ran under triton {triton.__version__}")
+    fresh, committed = _read_rows(out), _read_rows(COMMITTED)
+    stale = sorted(set(fresh) ^ set(committed))
+    changed = sorted(k for k in set(fresh) & set(committed)
+                     if any(fresh[k][c] != committed[k][c] for c in _COMPARED))
+    assert not stale and not changed, (
+        f"benchmarks/results/static/ is stale (regenerate: python -m benchmarks.static_check): "
+        f"{len(stale)} configurations in only one of the two, e.g. {stale[:3]}; {len(changed)} differ, "
+        f"e.g. {[(k, {c: (committed[k][c], fresh[k][c]) for c in _COMPARED}) for k in changed[:2]]}")
+
+
+def test_pinned_triton_is_the_one_the_committed_report_was_made_with():
+    pins = [ln.split("==", 1)[1].strip() for ln in (REPO / "constraints.txt").read_text().splitlines()
+            if ln.strip().startswith("triton==")]
+    assert len(pins) == 1, "constraints.txt must pin triton=="
+    assert sc.read_report_triton(COMMITTED) == pins[0], (
+        f"constraints.txt pins triton {pins[0]} but benchmarks/results/static/ was made with "
+        f"{sc.read_report_triton(COMMITTED)}: regenerate it under the pinned version")
 
 
 # ---- pure helpers (no compiling) --------------------------------------------------------------
+def test_version_summary_lists_what_spills_under_which_release(tmp_path):
+    from benchmarks import static_versions
+
+    header = ",".join(sc.CSV_FIELDS)
+    for version, stack, verdict in (("3.6.0", "0", "pass"), ("3.9.0", "16", "FAIL")):
+        folder = tmp_path / f"triton-{version}"
+        folder.mkdir()
+        row = {k: "" for k in sc.CSV_FIELDS}
+        row.update(config="attn_fwd[x]", arch="sm_80", stack=stack, verdict=verdict, default="1")
+        ok = dict(row, config="ok[y]", stack="0", verdict="pass")
+        (folder / "static_report.csv").write_text(
+            header + "\n" + "\n".join(",".join(r[k] for k in sc.CSV_FIELDS) for r in (row, ok)) + "\n")
+        (folder / sc.META_NAME).write_text(json.dumps({
+            "triton": version, "date": "2026-01-01T00:00:00Z", "commit": "abc", "compiles": 2,
+            "failing": int(verdict != "pass"), "default_spills": [] if stack == "0" else ["attn_fwd[x] (sm_80)"]}))
+    text = static_versions.render(tmp_path, ["3.9.0", "3.6.0"])
+    assert "| 3.6.0 | 2026-01-01T00:00:00Z | abc | 2 | 0 | 0 |" in text
+    assert "| 3.9.0 | 2026-01-01T00:00:00Z | abc | 2 | 1 | 1 |" in text
+    assert "| `attn_fwd[x]` | sm_80 | yes | 0 | **16** |" in text and "ok[y]" not in text
+    (tmp_path / "triton-3.9.0" / sc.META_NAME).write_text(json.dumps({"triton": "3.7.1"}))
+    with pytest.raises(SystemExit, match="made with triton 3.7.1, not 3.9.0"):
+        static_versions.render(tmp_path, ["3.9.0"])
+
 _RES_USAGE = """
 Resource usage:
  Common:

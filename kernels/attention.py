@@ -707,6 +707,9 @@ def mask_variant_config(cfg: dict, masked: bool) -> dict:
         if out.get(kind) is not None and out[kind][2] == 4:
             BM, BN, _, st = out[kind]
             out[kind] = (BM, BN, 8, st)
+    # The atomic-dQ dK/dV pass at 64 queries x 64 keys (bf16 hd64): TEMPORAL 2 spilled 32 B on sm_80.
+    if out.get("bwd_kv_atomic") is not None and out["bwd_kv_atomic"][:2] == (64, 64):
+        out["bwd_kv_atomic"] = (32,) + out["bwd_kv_atomic"][1:]
     return out
 
 

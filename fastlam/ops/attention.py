@@ -296,11 +296,15 @@ def st_attention(
     check_same(("k", "v"), (k, v), what="shape")
     check_same(("q", "k", "v"), (q, k, v), what="dtype")
     check_same(("q", "k", "v"), (q, k, v), what="device")
+    if isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask: expected one of {MASKS}, got a tensor of shape {tuple(mask.shape)}; arbitrary "
+                        "tensor masks are not supported (key padding: key_lengths=(B,) valid key counts)")
     check_choice("mask", mask, MASKS)
     if not isinstance(frame_len, int) or frame_len <= 0:
         raise ValueError(f"frame_len: expected a positive int, got {frame_len!r}")
     L, D = q.shape[-2], q.shape[-1]
-    if L % frame_len:
+    if L % frame_len and not (rope_positions is not None and mask == "full"):
+        # (with explicit rope ids the tokens are a subset of a clip of frame_len-token frames)
         raise ValueError(f"frame_len: sequence length L={L} of q must be a multiple of frame_len={frame_len}")
     if key_lengths is not None:
         check_tensor("key_lengths", key_lengths, ndim=1, shape_doc="(B,)", dtypes=(torch.int32, torch.int64))

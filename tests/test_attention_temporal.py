@@ -169,3 +169,29 @@ def test_key_padding_reference_matches_sdpa_and_zero_rows():
     assert out[0, :, 8:].abs().max() == 0 and torch.isinf(lse[0, :, 8:]).all()
     out.sum().backward()
     assert torch.isfinite(q.grad).all()
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("mask", ["temporal_causal", "temporal"])
+def test_reference_backends_agree_on_temporal_masks(mask):
+    q, k, v = (torch.randn(1, 2, 32, 16) for _ in range(3))
+    ref = st_attention(q, k, v, frame_len=8, mask=mask, backend="math")
+    for backend in ("torch", "flex"):
+        torch.testing.assert_close(st_attention(q, k, v, frame_len=8, mask=mask, backend=backend), ref,
+                                   atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- GPU tier
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("frame_len", [256, 258])
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("mask,window,lengths", [("temporal_causal", None, None), ("temporal", None, None),
+                                                 ("temporal_causal", 3, None), ("frame_causal", None, [1500, 2064]),
+                                                 ("temporal_causal", None, [700, 2064])])
+def test_gpu_bf16_large(frame_len, D, mask, window, lengths):
+    if lengths is not None:
+        lengths = [min(n, 8 * frame_len) for n in lengths]
+    _compare(2, 2, 8 * frame_len, D, torch.bfloat16, frame_len, mask, window, key_lengths=lengths,
+             deterministic=False, device="cuda")

@@ -695,15 +695,17 @@ _ROPE_TILES: dict = {
 ROPE_FUSIONS = ("kernel", "prepass")
 
 
-def mask_variant_config(cfg: dict, masked: bool) -> dict:
+def mask_variant_config(cfg: dict, masked: bool, low_precision: bool = True) -> dict:
     """Launch parameters for the temporal masks / key padding (``masked``): the plain tiles,
     with 8 warps where they have 4. The always-live predicate and tile-run bookkeeping made
     bf16 hd64 forward 128x64 / 4 warps spill on sm_90 (TEMPORAL 1: 80 B, 2: 48 B, KEY_PAD:
-    8 B); more warps halve the registers per thread (benchmarks.static_check)."""
+    8 B); more warps halve the registers per thread (benchmarks.static_check). Except the
+    fp32 dQ pass: 32x32 with 8 warps spilled 8 B on sm_80 (TEMPORAL 1), with 4 none."""
     if not masked:
         return cfg
     out = dict(cfg)
-    for kind in ("fwd", "bwd_kv", "bwd_kv_atomic", "bwd_q"):
+    kinds = ("fwd", "bwd_kv", "bwd_kv_atomic") + (("bwd_q",) if low_precision else ())
+    for kind in kinds:
         if out.get(kind) is not None and out[kind][2] == 4:
             BM, BN, _, st = out[kind]
             out[kind] = (BM, BN, 8, st)
@@ -858,7 +860,8 @@ def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, windo
         _check(name, x)
     B, H, L, D = q.shape
     fused = rope_tables is not None and rope_fusion == "kernel"
-    cfg = mask_variant_config(block_config(D, q.dtype, rope=fused), mask in TEMPORAL_MODE or key_lengths is not None)
+    cfg = mask_variant_config(block_config(D, q.dtype, rope=fused), mask in TEMPORAL_MODE or key_lengths is not None,
+                              q.dtype != torch.float32)
     BM, BN, warps, stages = cfg["fwd"]
     mask_frame, window = mask_frames(L, frame_len, mask, window_frames)
     if out is None:
@@ -907,7 +910,8 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
         _check(name, x)
     B, H, L, D = q.shape
     fused = rope_tables is not None and rope_fusion == "kernel"
-    cfg = mask_variant_config(block_config(D, q.dtype, rope=fused), mask in TEMPORAL_MODE or key_lengths is not None)
+    cfg = mask_variant_config(block_config(D, q.dtype, rope=fused), mask in TEMPORAL_MODE or key_lengths is not None,
+                              q.dtype != torch.float32)
     BD = cfg["BLOCK_D"]
     mask_frame, window = mask_frames(L, frame_len, mask, window_frames)
     dot_fp32 = _dot_fp32(q.dtype)
@@ -1084,7 +1088,7 @@ def _register_mask_variants() -> None:
     for dtype, tname in _TRITON_DTYPE.items():
         for head_dim in (32, 64, 128):
             BD = max(16, triton.next_power_of_2(head_dim))
-            cfg = mask_variant_config(block_config(head_dim, dtype, interpret=False), True)
+            cfg = mask_variant_config(block_config(head_dim, dtype, interpret=False), True, dtype != torch.float32)
             common = dict(DOT_FP32=False, IEEE=dtype == torch.float32, BLOCK_D=BD, ROPE=False)
             t = {n: f"*{tname}" for n in ("Q", "K", "V", "O", "DO", "DK", "DV")}
             for label, extra in variants:

@@ -195,3 +195,18 @@ def test_gpu_bf16_large(frame_len, D, mask, window, lengths):
         lengths = [min(n, 8 * frame_len) for n in lengths]
     _compare(2, 2, 8 * frame_len, D, torch.bfloat16, frame_len, mask, window, key_lengths=lengths,
              deterministic=False, device="cuda")
+
+
+def test_bench_allowed_pairs_counts_temporal_masks():
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parents[1])
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
+    from benchmarks.bench_attention import allowed_pairs
+
+    idx = torch.arange(24)
+    for mask, window in (("temporal", None), ("temporal_causal", None), ("temporal_causal", 2)):
+        dense = mask_allows(idx[:, None], idx[None, :], 4, mask, window).sum().item()
+        assert allowed_pairs(24, 4, mask, window) == dense, mask

@@ -113,11 +113,13 @@ class STAttention(nn.Module):
             elif not any(b in state_dict for b in biases) and self.qkv.bias is not None:
                 state_dict[f"{prefix}qkv.bias"] = torch.zeros_like(self.qkv.bias)
         for out in _OUT_NAMES:
-            for p in ("weight", "bias"):
-                if f"{prefix}{out}.{p}" in state_dict:
-                    state_dict[f"{prefix}proj.{p}"] = state_dict.pop(f"{prefix}{out}.{p}")
-        if f"{prefix}proj.weight" in state_dict and f"{prefix}proj.bias" not in state_dict and self.proj.bias is not None:
-            state_dict[f"{prefix}proj.bias"] = torch.zeros_like(self.proj.bias)
+            if f"{prefix}{out}.weight" not in state_dict:
+                continue
+            state_dict[f"{prefix}proj.weight"] = state_dict.pop(f"{prefix}{out}.weight")
+            if f"{prefix}{out}.bias" in state_dict:
+                state_dict[f"{prefix}proj.bias"] = state_dict.pop(f"{prefix}{out}.bias")
+            elif self.proj.bias is not None:  # a bias-free peer projection: the same function
+                state_dict[f"{prefix}proj.bias"] = torch.zeros_like(self.proj.bias)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 

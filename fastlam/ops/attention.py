@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ._backend import auto_default
 from ._checks import check_choice, check_same, check_tensor
-from .rope import Rope1D, Rope3D, apply_rope, apply_rope_3d
+from .rope import Rope1D, Rope3D, apply_rope
 
 MASKS = ("full", "causal", "frame_causal", "frame_local", "temporal_causal", "temporal")
 WINDOW_MASKS = ("frame_causal", "temporal_causal")

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ._backend import kernel_limits, use_triton
-from ._checks import check_choice, check_same, check_tensor
+from ._checks import check_choice, check_tensor
 
 LOSS_KINDS = ("l1", "l2")
 
@@ -62,7 +62,8 @@ def prediction_loss(
         try:
             torch.broadcast_shapes(mask.shape, shape)
         except RuntimeError:
-            raise ValueError(f"mask: expected a shape broadcastable to {tuple(shape)}, got {tuple(mask.shape)}") from None
+            raise ValueError(f"mask: expected a shape broadcastable to {tuple(shape)}, "
+                             f"got {tuple(mask.shape)}") from None
     if loss_exp is not None and not float(loss_exp) > 0:
         raise ValueError(f"loss_exp: expected a positive number, got {loss_exp!r}")
     from .triton_losses import GRAD_MODES, triton_prediction_loss

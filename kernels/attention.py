@@ -699,13 +699,17 @@ def mask_variant_config(cfg: dict, masked: bool, low_precision: bool = True) -> 
     """Launch parameters for the temporal masks / key padding (``masked``): the plain tiles,
     with 8 warps where they have 4. The always-live predicate and tile-run bookkeeping made
     bf16 hd64 forward 128x64 / 4 warps spill on sm_90 (TEMPORAL 1: 80 B, 2: 48 B, KEY_PAD:
-    8 B); more warps halve the registers per thread (benchmarks.static_check). Except the
-    fp32 dQ pass: 32x32 with 8 warps spilled 8 B on sm_80 (TEMPORAL 1), with 4 none."""
+    8 B); more warps halve the registers per thread (benchmarks.static_check). The dQ pass
+    keeps its warps (fp32 32x32 with 8 warps spilled 8 B on sm_80, TEMPORAL 1; 4: none) and
+    takes key tiles of at most 32."""
     if not masked:
         return cfg
     out = dict(cfg)
-    kinds = ("fwd", "bwd_kv", "bwd_kv_atomic") + (("bwd_q",) if low_precision else ())
-    for kind in kinds:
+    if low_precision and out.get("bwd_q") is not None:
+        # bf16 hd32 dQ (TEMPORAL 2) on sm_80: 64x64 spilled with 4 or 8 warps (16-32 B), 64x32 did not.
+        BM, BN, w, st = out["bwd_q"]
+        out["bwd_q"] = (BM, min(BN, 32), w, st)
+    for kind in ("fwd", "bwd_kv", "bwd_kv_atomic"):
         if out.get(kind) is not None and out[kind][2] == 4:
             BM, BN, _, st = out[kind]
             out[kind] = (BM, BN, 8, st)

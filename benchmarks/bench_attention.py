@@ -49,7 +49,11 @@ def allowed_pairs(L: int, F: int, mask: str, window: int | None = None) -> int:
         return L * (L + 1) // 2
     if mask == "frame_local":
         return T * F * F
+    if mask == "temporal":
+        return L * T
     w = T if window is None else min(window, T)
+    if mask == "temporal_causal":
+        return F * sum(min(t + 1, w) for t in range(T))
     return F * F * sum(min(t + 1, w) for t in range(T))
 
 
@@ -91,6 +95,19 @@ def make_runners(mask: str, F: int, notes: list):
     if mask == "frame_causal":
         runners["sdpa_flash_causal"] = lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(
             q, k, v, is_causal=True)
+    if mask in ("temporal_causal", "temporal"):
+        # What Genie / UniVLA-style code does: reshape to (B*S, H, T, D), SDPA, reshape back.
+        def factorised(q, k, v):
+            B, H, L, D = q.shape
+
+            def fact(x):
+                return x.unflatten(2, (L // F, F)).permute(0, 3, 1, 2, 4).reshape(B * F, H, L // F, D)
+
+            o = torch.nn.functional.scaled_dot_product_attention(fact(q), fact(k), fact(v),
+                                                                 is_causal=mask == "temporal_causal")
+            return o.reshape(B, F, H, L // F, D).permute(0, 2, 3, 1, 4).reshape(B, H, L, D)
+
+        runners["sdpa_factorised"] = factorised
     return runners
 
 

@@ -10,6 +10,15 @@ four masks are one rule, frame-causal with a window over "mask frames" (:func:`m
     frame_causal  the video's frames, window   frame(q) - window < frame(k) <= frame(q)
     frame_local   the video's frames, window 1 frame(k) == frame(q)
 
+Two temporal masks (constexpr TEMPORAL, Genie / UniVLA temporal attention on the flattened
+layout): ``temporal_causal`` (the key at the query's spatial position in frames <= t, with
+the window) and ``temporal`` (same position, every frame): q - k = j * frame_len. Only a
+1/frame_len fraction of the pairs is allowed, so no tile is ever full: for a query tile the
+kernels visit, per frame shift j, the few key tiles covering [m0 - j*F, m1 - j*F) and skip
+the rest (the dK/dV pass likewise over query tiles). Key padding (constexpr KEY_PAD): keys
+at or past ``key_lengths[b]`` (an int32 (B,) tensor) are masked, tile ranges are clipped
+to them, and a row left with no key at all gets output 0 and lse -inf.
+
 For each query tile the kernel derives, from the tile's first and last index, the range of
 key tiles that may contain an allowed pair ``[lo, hi)`` and the sub-range whose every pair
 is allowed; it runs three loops: masked tiles below, unmasked tiles (no mask arithmetic),
@@ -72,7 +81,10 @@ from . import tile_tables
 from ._common import triton_release
 from .registry import KernelConfig, register
 
-MASKS = ("full", "causal", "frame_causal", "frame_local")
+MASKS = ("full", "causal", "frame_causal", "frame_local", "temporal_causal", "temporal")
+# TEMPORAL constexpr per mask: 0 = the frame rule below, 1 = same spatial position in frames
+# <= t (Genie / UniVLA temporal attention on the flattened layout), 2 = same position, all frames.
+TEMPORAL_MODE = {"temporal_causal": 1, "temporal": 2}
 HEAD_DIMS = (32, 64, 80, 96, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": a row masked in one tile never gives inf - inf
@@ -103,15 +115,61 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _allowed(q_idx, k_idx, L, MF, MW):
+def _allowed(q_idx, k_idx, L, KL, MF, MW, TEMPORAL: tl.constexpr):
     """Mask predicate on broadcast index tiles; out-of-range keys and queries are never allowed.
 
-    Every mask is frame-causal with a window over "mask frames" of MF tokens: frame(k) <=
-    frame(q) < frame(k) + MW (see :func:`mask_frames`).
+    TEMPORAL 0: every mask is frame-causal with a window over "mask frames" of MF tokens:
+    frame(k) <= frame(q) < frame(k) + MW (see :func:`mask_frames`). TEMPORAL 1 / 2 (MF = the
+    video's frame length): the key is at the query's spatial position, q - k = j * MF, with
+    0 <= j < MW (1) or any j (2). KL: keys at or past KL are padding (KL = L without it).
     """
-    fq = q_idx // MF
-    fk = k_idx // MF
-    return (k_idx < L) & (q_idx < L) & (fk <= fq) & (fq - fk < MW)
+    if TEMPORAL == 0:
+        fq = q_idx // MF
+        fk = k_idx // MF
+        ok = (k_idx < KL) & (q_idx < L) & (fk <= fq) & (fq - fk < MW)
+    else:
+        d = q_idx - k_idx
+        ok = (k_idx < KL) & (q_idx < L) & (d % MF == 0)
+        if TEMPORAL == 1:
+            ok = ok & (d >= 0) & (d < MW * MF)
+    return ok
+
+
+@triton.jit
+def _temporal_key_shifts(m0, L, MF, MW, BLOCK_M: tl.constexpr, TEMPORAL: tl.constexpr):
+    """Temporal masks, query tile at m0: keys are q - j*MF; returns (j_hi, number of shifts),
+    j runs j_hi, j_hi - 1, ... so the key intervals [m0 - j*MF, m1 - j*MF) ascend."""
+    m1 = tl.minimum(m0 + BLOCK_M, L)
+    j_hi = (m1 - 1) // MF
+    if TEMPORAL == 1:
+        j_hi = tl.minimum(j_hi, MW - 1)
+        n = j_hi + 1
+    else:
+        n = j_hi + (L - 1 - m0) // MF + 1
+    return j_hi, n
+
+
+@triton.jit
+def _temporal_query_shifts(n0, n1, L, MF, MW, TEMPORAL: tl.constexpr):
+    """Temporal masks, key tile [n0, n1): queries are k + j*MF; returns (j_lo, number of
+    shifts), j runs j_lo, j_lo + 1, ... so the query intervals ascend. n1 <= n0: none."""
+    j_top = (L - 1 - n0) // MF
+    if TEMPORAL == 1:
+        j_lo = n0 * 0
+        j_top = tl.minimum(j_top, MW - 1)
+    else:
+        j_lo = -((tl.maximum(n1, 1) - 1) // MF)
+    return j_lo, tl.where(n1 > n0, j_top - j_lo + 1, 0)
+
+
+@triton.jit
+def _shifted_run(a0, a1, off, lim, done, BLOCK: tl.constexpr):
+    """Tiles [r0, r1) (step BLOCK) covering the shifted interval [a0 + off, a1 + off) clipped
+    to [0, lim), starting at or after ``done`` (tiles an earlier shift already ran); returns
+    them and the new ``done``. Shifts come in ascending order, so no tile runs twice."""
+    r1 = tl.minimum(a1 + off, lim)
+    r0 = tl.maximum(tl.maximum(a0 + off, 0) // BLOCK * BLOCK, done)
+    return r0, r1, tl.maximum(done, r0 + tl.cdiv(tl.maximum(r1 - r0, 0), BLOCK) * BLOCK)
 
 
 @triton.jit
@@ -257,15 +315,20 @@ def _rope_rotate(
 def _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl, L, D, MF, MW, qk_scale,
               COS, SIN, AXIS, F, NPREFIX, GRID_W,
               MASKED: tl.constexpr, ROPE: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+              BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
+              KL=None, TEMPORAL: tl.constexpr = 0, KEY_PAD: tl.constexpr = False):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_qk(K, offs_n, offs_d, stride_kl, L, D, COS, SIN, AXIS, F, NPREFIX, GRID_W, ROPE, DOT_FP32)
     v = _load_rows(V, offs_n, offs_d, stride_vl, L, D, DOT_FP32)
     s = _dot(q, tl.trans(k), IEEE) * qk_scale
     if MASKED:
-        s = tl.where(_allowed(offs_m[:, None], offs_n[None, :], L, MF, MW), s, _NEG)
+        ok = _allowed(offs_m[:, None], offs_n[None, :], L, KL, MF, MW, TEMPORAL)
+        s = tl.where(ok, s, _NEG)
     m_new = tl.maximum(m_i, tl.max(s, 1))
     p = tl.math.exp2(s - m_new[:, None])
+    if MASKED and KEY_PAD:
+        # With padding a row may have no key at all (so far): exp2(_NEG - _NEG) = 1 must not count.
+        p = tl.where(ok, p, 0.0)
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
@@ -279,9 +342,10 @@ def _attn_fwd(
     stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl,
     stride_ob, stride_oh, stride_ol,
-    H, L, D, MF, MW, qk_scale, F, NPREFIX, GRID_W,
+    H, L, D, MF, MW, qk_scale, F, NPREFIX, GRID_W, KLEN,
     ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
+    TEMPORAL: tl.constexpr = 0, KEY_PAD: tl.constexpr = False,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -301,24 +365,50 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    lo, hi, a, b = _key_range(start_m, L, MF, MW, BLOCK_M)
-    lo, s, e, hi = _align_ranges(lo, hi, a, b, BLOCK_N)
-    for start_n in range(lo, s, BLOCK_N):
-        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                                  L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
-                                  True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
-    for start_n in range(s, e, BLOCK_N):
-        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                                  L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
-                                  False, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
-    for start_n in range(e, hi, BLOCK_N):
-        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                                  L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
-                                  True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+    KL = L
+    if KEY_PAD:
+        KL = tl.minimum(tl.load(KLEN + off_b), L)
+    if TEMPORAL == 0:
+        lo, hi, a, b = _key_range(start_m, L, MF, MW, BLOCK_M)
+        if KEY_PAD:
+            hi = tl.minimum(hi, KL)
+            b = tl.minimum(b, KL)
+        lo, s, e, hi = _align_ranges(lo, hi, a, b, BLOCK_N)
+        for start_n in range(lo, s, BLOCK_N):
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+                                      L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                                      True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE, KL, TEMPORAL, KEY_PAD)
+        for start_n in range(s, e, BLOCK_N):
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+                                      L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                                      False, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE, KL, TEMPORAL, KEY_PAD)
+        for start_n in range(e, hi, BLOCK_N):
+            acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+                                      L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                                      True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE, KL, TEMPORAL, KEY_PAD)
+    else:
+        # Only the key tiles holding q - j*MF for some query of the tile: one short run of
+        # tiles per shift j, in ascending order; `done` skips a tile two shifts share.
+        m1 = tl.minimum(start_m + BLOCK_M, L)
+        j_hi, n_j = _temporal_key_shifts(start_m, L, MF, MW, BLOCK_M, TEMPORAL)
+        done = start_m * 0
+        for t in range(0, n_j):
+            k0, k1, done = _shifted_run(start_m, m1, -(j_hi - t) * MF, KL, done, BLOCK_N)
+            for start_n in range(k0, k1, BLOCK_N):
+                acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+                                          L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                                          True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE, KL, TEMPORAL, KEY_PAD)
 
-    acc = acc / l_i[:, None]
     row_ok = offs_m < L
-    tl.store(LSE + offs_m, (m_i + tl.math.log2(l_i)) * _LN2, mask=row_ok)
+    if KEY_PAD:
+        # A row with no visible key: output 0, lse -inf (the reference's convention).
+        empty = l_i == 0.0
+        acc = acc / tl.where(empty, 1.0, l_i)[:, None]
+        lse_row = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * _LN2)
+    else:
+        acc = acc / l_i[:, None]
+        lse_row = (m_i + tl.math.log2(l_i)) * _LN2
+    tl.store(LSE + offs_m, lse_row, mask=row_ok)
     tl.store(O + offs_m[:, None] * stride_ol + offs_d[None, :], acc.to(O.dtype.element_ty),
              mask=row_ok[:, None] & (offs_d < D)[None, :])
 
@@ -352,7 +442,8 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d,
                stride_ql, stride_dol, stride_dql, L, D, MF, MW, qk_scale, sm_scale,
                COS, SIN, AXIS, F, NPREFIX, GRID_W,
                MASKED: tl.constexpr, ATOMIC_DQ: tl.constexpr, ROPE: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
+               KL=None, TEMPORAL: tl.constexpr = 0):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_qk(Q, offs_m, offs_d, stride_ql, L, D, COS, SIN, AXIS, F, NPREFIX, GRID_W, ROPE, DOT_FP32)
     do = _load_rows(DO, offs_m, offs_d, stride_dol, L, D, DOT_FP32)
@@ -362,7 +453,7 @@ def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d,
     # Work transposed (keys on rows) so dK and dV accumulate without transposing tiles.
     p_t = tl.math.exp2(_dot(k, tl.trans(q), IEEE) * qk_scale - lse2[None, :])
     if MASKED:
-        p_t = tl.where(_allowed(offs_m[None, :], offs_n[:, None], L, MF, MW), p_t, 0.0)
+        p_t = tl.where(_allowed(offs_m[None, :], offs_n[:, None], L, KL, MF, MW, TEMPORAL), p_t, 0.0)
     dv += _dot(p_t.to(do.dtype), do, IEEE)
     dp_t = _dot(v, tl.trans(do), IEEE)
     ds_t = p_t * (dp_t - delta[None, :])
@@ -385,10 +476,11 @@ def _attn_bwd_dkdv(
     stride_dkb, stride_dkh, stride_dkl,
     stride_dvb, stride_dvh, stride_dvl,
     stride_dqb, stride_dqh, stride_dql,
-    H, L, D, MF, MW, qk_scale, sm_scale, F, NPREFIX, GRID_W,
+    H, L, D, MF, MW, qk_scale, sm_scale, F, NPREFIX, GRID_W, KLEN,
     ATOMIC_DQ: tl.constexpr, ROPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
+    TEMPORAL: tl.constexpr = 0, KEY_PAD: tl.constexpr = False,
 ):
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
@@ -411,20 +503,40 @@ def _attn_bwd_dkdv(
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
 
-    lo, hi, a, b = _query_range(start_n, L, MF, MW, BLOCK_N)
-    lo, s, e, hi = _align_ranges(lo, hi, a, b, BLOCK_M)
-    for start_m in range(lo, s, BLOCK_M):
-        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql, stride_dol, stride_dql,
-                            L, D, MF, MW, qk_scale, sm_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
-                            True, ATOMIC_DQ, ROPE, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
-    for start_m in range(s, e, BLOCK_M):
-        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql, stride_dol, stride_dql,
-                            L, D, MF, MW, qk_scale, sm_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
-                            False, ATOMIC_DQ, ROPE, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
-    for start_m in range(e, hi, BLOCK_M):
-        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql, stride_dol, stride_dql,
-                            L, D, MF, MW, qk_scale, sm_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
-                            True, ATOMIC_DQ, ROPE, BLOCK_M, BLOCK_D, DOT_FP32, IEEE)
+    KL = L
+    if KEY_PAD:
+        KL = tl.minimum(tl.load(KLEN + off_b), L)
+    if TEMPORAL == 0:
+        lo, hi, a, b = _query_range(start_n, L, MF, MW, BLOCK_N)
+        if KEY_PAD:
+            # A key tile reaching into the padding masks every query tile; one wholly in it has none.
+            b = tl.where(start_n + BLOCK_N > KL, a, b)
+            hi = tl.where(start_n >= KL, lo, hi)
+        lo, s, e, hi = _align_ranges(lo, hi, a, b, BLOCK_M)
+        for start_m in range(lo, s, BLOCK_M):
+            dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql, stride_dol,
+                                stride_dql, L, D, MF, MW, qk_scale, sm_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                                True, ATOMIC_DQ, ROPE, BLOCK_M, BLOCK_D, DOT_FP32, IEEE, KL, TEMPORAL)
+        for start_m in range(s, e, BLOCK_M):
+            dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql, stride_dol,
+                                stride_dql, L, D, MF, MW, qk_scale, sm_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                                False, ATOMIC_DQ, ROPE, BLOCK_M, BLOCK_D, DOT_FP32, IEEE, KL, TEMPORAL)
+        for start_m in range(e, hi, BLOCK_M):
+            dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql, stride_dol,
+                                stride_dql, L, D, MF, MW, qk_scale, sm_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                                True, ATOMIC_DQ, ROPE, BLOCK_M, BLOCK_D, DOT_FP32, IEEE, KL, TEMPORAL)
+    else:
+        # Only the query tiles holding k + j*MF for some key of the tile (see the forward).
+        n1 = tl.minimum(start_n + BLOCK_N, KL)
+        j_lo, n_j = _temporal_query_shifts(start_n, n1, L, MF, MW, TEMPORAL)
+        done = start_n * 0
+        for t in range(0, n_j):
+            q0, q1, done = _shifted_run(start_n, n1, (j_lo + t) * MF, L, done, BLOCK_M)
+            for start_m in range(q0, q1, BLOCK_M):
+                dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, start_m, offs_n, offs_d, stride_ql,
+                                    stride_dol, stride_dql, L, D, MF, MW, qk_scale, sm_scale, COS, SIN, AXIS, F,
+                                    NPREFIX, GRID_W, True, ATOMIC_DQ, ROPE, BLOCK_M, BLOCK_D, DOT_FP32, IEEE, KL,
+                                    TEMPORAL)
 
     dk *= sm_scale
     ok = (offs_n < L)[:, None] & (offs_d < D)[None, :]
@@ -436,13 +548,14 @@ def _attn_bwd_dkdv(
 def _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl, L, D, MF, MW, qk_scale,
              COS, SIN, AXIS, F, NPREFIX, GRID_W,
              MASKED: tl.constexpr, ROPE: tl.constexpr, BLOCK_N: tl.constexpr,
-             BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr):
+             BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
+             KL=None, TEMPORAL: tl.constexpr = 0):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_qk(K, offs_n, offs_d, stride_kl, L, D, COS, SIN, AXIS, F, NPREFIX, GRID_W, ROPE, DOT_FP32)
     v = _load_rows(V, offs_n, offs_d, stride_vl, L, D, DOT_FP32)
     p = tl.math.exp2(_dot(q, tl.trans(k), IEEE) * qk_scale - lse2[:, None])
     if MASKED:
-        p = tl.where(_allowed(offs_m[:, None], offs_n[None, :], L, MF, MW), p, 0.0)
+        p = tl.where(_allowed(offs_m[:, None], offs_n[None, :], L, KL, MF, MW, TEMPORAL), p, 0.0)
     dp = _dot(do, tl.trans(v), IEEE)
     ds = p * (dp - delta[:, None])
     dq += _dot(ds.to(k.dtype), k, IEEE)
@@ -457,9 +570,10 @@ def _attn_bwd_dq(
     stride_vb, stride_vh, stride_vl,
     stride_dob, stride_doh, stride_dol,
     stride_dqb, stride_dqh, stride_dql,
-    H, L, D, MF, MW, qk_scale, sm_scale, F, NPREFIX, GRID_W,
+    H, L, D, MF, MW, qk_scale, sm_scale, F, NPREFIX, GRID_W, KLEN,
     ROPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr, IEEE: tl.constexpr,
+    TEMPORAL: tl.constexpr = 0, KEY_PAD: tl.constexpr = False,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -482,20 +596,37 @@ def _attn_bwd_dq(
     delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    lo, hi, a, b = _key_range(start_m, L, MF, MW, BLOCK_M)
-    lo, s, e, hi = _align_ranges(lo, hi, a, b, BLOCK_N)
-    for start_n in range(lo, s, BLOCK_N):
-        dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                      L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
-                      True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
-    for start_n in range(s, e, BLOCK_N):
-        dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                      L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
-                      False, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
-    for start_n in range(e, hi, BLOCK_N):
-        dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
-                      L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
-                      True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE)
+    KL = L
+    if KEY_PAD:
+        KL = tl.minimum(tl.load(KLEN + off_b), L)
+    if TEMPORAL == 0:
+        lo, hi, a, b = _key_range(start_m, L, MF, MW, BLOCK_M)
+        if KEY_PAD:
+            hi = tl.minimum(hi, KL)
+            b = tl.minimum(b, KL)
+        lo, s, e, hi = _align_ranges(lo, hi, a, b, BLOCK_N)
+        for start_n in range(lo, s, BLOCK_N):
+            dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+                          L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                          True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE, KL, TEMPORAL)
+        for start_n in range(s, e, BLOCK_N):
+            dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+                          L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                          False, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE, KL, TEMPORAL)
+        for start_n in range(e, hi, BLOCK_N):
+            dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+                          L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                          True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE, KL, TEMPORAL)
+    else:
+        m1 = tl.minimum(start_m + BLOCK_M, L)
+        j_hi, n_j = _temporal_key_shifts(start_m, L, MF, MW, BLOCK_M, TEMPORAL)
+        done = start_m * 0
+        for t in range(0, n_j):
+            k0, k1, done = _shifted_run(start_m, m1, -(j_hi - t) * MF, KL, done, BLOCK_N)
+            for start_n in range(k0, k1, BLOCK_N):
+                dq = _dq_tile(dq, q, do, lse2, delta, K, V, start_n, offs_m, offs_d, stride_kl, stride_vl,
+                              L, D, MF, MW, qk_scale, COS, SIN, AXIS, F, NPREFIX, GRID_W,
+                              True, ROPE, BLOCK_N, BLOCK_D, DOT_FP32, IEEE, KL, TEMPORAL)
 
     dq *= sm_scale
     tl.store(DQ + offs_m[:, None] * stride_dql + offs_d[None, :], dq.to(DQ.dtype.element_ty),
@@ -583,6 +714,30 @@ _TRITON_TILES: dict = {
 }
 
 ROPE_FUSIONS = ("kernel", "prepass")
+
+
+def mask_variant_config(cfg: dict, masked: bool, low_precision: bool = True) -> dict:
+    """Launch parameters for the temporal masks / key padding (``masked``): the plain tiles,
+    with 8 warps where they have 4. The always-live predicate and tile-run bookkeeping made
+    bf16 hd64 forward 128x64 / 4 warps spill on sm_90 (TEMPORAL 1: 80 B, 2: 48 B, KEY_PAD:
+    8 B); more warps halve the registers per thread (benchmarks.static_check). The dQ pass
+    keeps its warps (fp32 32x32 with 8 warps spilled 8 B on sm_80, TEMPORAL 1; 4: none) and
+    takes key tiles of at most 32."""
+    if not masked:
+        return cfg
+    out = dict(cfg)
+    if low_precision and out.get("bwd_q") is not None:
+        # bf16 hd32 dQ (TEMPORAL 2) on sm_80: 64x64 spilled with 4 or 8 warps (16-32 B), 64x32 did not.
+        BM, BN, w, st = out["bwd_q"]
+        out["bwd_q"] = (BM, min(BN, 32), w, st)
+    for kind in ("fwd", "bwd_kv", "bwd_kv_atomic"):
+        if out.get(kind) is not None and out[kind][2] == 4:
+            BM, BN, _, st = out[kind]
+            out[kind] = (BM, BN, 8, st)
+    # The atomic-dQ dK/dV pass at 64 queries x 64 keys (bf16 hd64): TEMPORAL 2 spilled 32 B on sm_80.
+    if out.get("bwd_kv_atomic") is not None and out["bwd_kv_atomic"][:2] == (64, 64):
+        out["bwd_kv_atomic"] = (32,) + out["bwd_kv_atomic"][1:]
+    return out
 
 
 def triton_tiles(version: str | None = None) -> dict:
@@ -710,6 +865,8 @@ def mask_frames(seq_len: int, frame_len: int, mask: str, window_frames: int | No
     if mask == "frame_local":
         return frame_len, 1
     n_frames = max(1, seq_len // frame_len)
+    if mask == "temporal":  # the predicate ignores the window (TEMPORAL=2)
+        return frame_len, n_frames + 1
     return frame_len, (n_frames + 1 if window_frames is None else int(window_frames))
 
 
@@ -732,21 +889,34 @@ def _rope_kernel_args(rope_tables, fused: bool, frame_len: int, dummy: torch.Ten
     return cos, sin, axis, frame_len, int(n_prefix), int(grid_w)
 
 
+def _key_pad_args(key_lengths, B: int, dummy: torch.Tensor):
+    """(KLEN pointer, KEY_PAD) for the kernels: int32 (B,) valid key counts, or a dummy."""
+    if key_lengths is None:
+        return dummy, False
+    if key_lengths.shape != (B,) or key_lengths.dtype != torch.int32 or key_lengths.device != dummy.device:
+        raise ValueError(f"key_lengths: expected an int32 tensor of shape ({B},) on {dummy.device}, got "
+                         f"{key_lengths.dtype} {tuple(key_lengths.shape)} on {key_lengths.device}")
+    return key_lengths.contiguous(), True
+
+
 def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, window_frames=None, rope_tables=None,
-                      rope_fusion: str = "kernel", out: torch.Tensor | None = None, lse: torch.Tensor | None = None):
+                      rope_fusion: str = "kernel", out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
+                      key_lengths: torch.Tensor | None = None):
     """Launch the forward. Returns (out (B,H,L,D) in q's dtype, lse (B,H,L) fp32, natural log).
 
     ``rope_tables``: None, or the tables of :func:`rope_rotate`. ``rope_fusion="kernel"``
     rotates q and k inside the attention kernel (the resident q tile once, each streamed
     k tile as it is loaded); ``"prepass"`` rotates them once by the rotation kernel into new
-    tensors first (see the module docstring).
+    tensors first (see the module docstring). ``key_lengths``: int32 (B,), keys at or past
+    ``key_lengths[b]`` are padding (a row left with no key gets out 0, lse -inf).
     """
     _check_fusion(rope_fusion)
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check(name, x)
     B, H, L, D = q.shape
     fused = rope_tables is not None and rope_fusion == "kernel"
-    cfg = block_config(D, q.dtype, rope=fused, device=q.device)
+    cfg = mask_variant_config(block_config(D, q.dtype, rope=fused, device=q.device), mask in TEMPORAL_MODE or key_lengths is not None,
+                              q.dtype != torch.float32)
     BM, BN, warps, stages = cfg["fwd"]
     mask_frame, window = mask_frames(L, frame_len, mask, window_frames)
     if out is None:
@@ -757,22 +927,24 @@ def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, windo
         q = rope_rotate(q, frame_len, rope_tables)
         k = rope_rotate(k, frame_len, rope_tables)
     cos, sin, axis, F, npre, gw = _rope_kernel_args(rope_tables, fused, frame_len, lse)
+    klen, key_pad = _key_pad_args(key_lengths, B, lse)
     _attn_fwd[(triton.cdiv(L, BM), B * H)](
         q, k, v, out, lse, cos, sin, axis,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
-        H, L, D, mask_frame, window, scale * _LOG2E_F, F, npre, gw,
+        H, L, D, mask_frame, window, scale * _LOG2E_F, F, npre, gw, klen,
         ROPE=fused, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=cfg["BLOCK_D"], DOT_FP32=_dot_fp32(q.dtype), IEEE=q.dtype == torch.float32,
-        num_warps=warps, num_stages=stages,
+        TEMPORAL=TEMPORAL_MODE.get(mask, 0), KEY_PAD=key_pad, num_warps=warps, num_stages=stages,
     )
     return out, lse
 
 
 def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scale: float, window_frames=None,
                        rope_tables=None, rope_fusion: str = "kernel", deterministic: bool = False,
-                       dlse: torch.Tensor | None = None, grads: tuple | None = None):
+                       dlse: torch.Tensor | None = None, grads: tuple | None = None,
+                       key_lengths: torch.Tensor | None = None):
     """Launch the backward. Returns (dq, dk, dv) in q's dtype, contiguous (B, H, L, D).
 
     ``deterministic=True`` computes dQ in its own pass (no atomics: bit-identical across
@@ -793,7 +965,8 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
         _check(name, x)
     B, H, L, D = q.shape
     fused = rope_tables is not None and rope_fusion == "kernel"
-    cfg = block_config(D, q.dtype, rope=fused, device=q.device)
+    cfg = mask_variant_config(block_config(D, q.dtype, rope=fused, device=q.device), mask in TEMPORAL_MODE or key_lengths is not None,
+                              q.dtype != torch.float32)
     BD = cfg["BLOCK_D"]
     mask_frame, window = mask_frames(L, frame_len, mask, window_frames)
     dot_fp32 = _dot_fp32(q.dtype)
@@ -821,6 +994,8 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
         delta = delta - dlse.to(torch.float32)
     atomic = use_atomic_dq(D, q.dtype, deterministic, rope=fused)
     cos, sin, axis, F, npre, gw = _rope_kernel_args(rope_tables, fused, frame_len, delta)
+    klen, key_pad = _key_pad_args(key_lengths, B, delta)
+    temporal = TEMPORAL_MODE.get(mask, 0)
     dq_acc = torch.zeros((B, H, L, D), device=q.device, dtype=torch.float32) if atomic else dq
 
     BM, BN, warps, stages = cfg["bwd_kv_atomic" if atomic else "bwd_kv"]
@@ -833,9 +1008,9 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
         dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
         dq_acc.stride(0), dq_acc.stride(1), dq_acc.stride(2),
-        H, L, D, mask_frame, window, scale * _LOG2E_F, scale, F, npre, gw,
+        H, L, D, mask_frame, window, scale * _LOG2E_F, scale, F, npre, gw, klen,
         ATOMIC_DQ=atomic, ROPE=fused, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
-        DOT_FP32=dot_fp32, IEEE=ieee, num_warps=warps, num_stages=stages,
+        DOT_FP32=dot_fp32, IEEE=ieee, TEMPORAL=temporal, KEY_PAD=key_pad, num_warps=warps, num_stages=stages,
     )
     if not atomic:
         BM, BN, warps, stages = cfg["bwd_q"]
@@ -846,9 +1021,9 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
             v.stride(0), v.stride(1), v.stride(2),
             do.stride(0), do.stride(1), do.stride(2),
             dq.stride(0), dq.stride(1), dq.stride(2),
-            H, L, D, mask_frame, window, scale * _LOG2E_F, scale, F, npre, gw,
+            H, L, D, mask_frame, window, scale * _LOG2E_F, scale, F, npre, gw, klen,
             ROPE=fused, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
-            DOT_FP32=dot_fp32, IEEE=ieee, num_warps=warps, num_stages=stages,
+            DOT_FP32=dot_fp32, IEEE=ieee, TEMPORAL=temporal, KEY_PAD=key_pad, num_warps=warps, num_stages=stages,
         )
     if rope_tables is not None:
         # The atomic accumulator is fp32: the transposed rotation also casts it into dq.
@@ -868,8 +1043,10 @@ _REF_B, _REF_H, _REF_L, _REF_F = 4, 16, 2048, 256  # V-JEPA-like: 8 frames of 25
 def _signature(fn, pointers: dict, constexprs: dict, floats=("qk_scale", "sm_scale")) -> dict:
     """Triton types of every non-constexpr argument: pointers as given, floats, the rest i32."""
     sig = {}
+    # Constexpr parameters left out of ``constexprs`` keep their defaults (TEMPORAL, KEY_PAD).
+    defaulted = {p.name for p in getattr(fn, "params", ()) if p.is_constexpr}
     for name in fn.arg_names:
-        if name in constexprs:
+        if name in constexprs or name in defaulted:
             continue
         sig[name] = pointers.get(name) or ("fp32" if name in floats else "i32")
     return sig
@@ -887,7 +1064,7 @@ def _attn_kernel_config(kind: str, dtype: torch.dtype, head_dim: int, rope: bool
     el = torch.finfo(dtype).bits // 8
     BD = max(16, triton.next_power_of_2(head_dim))
     frac = (_REF_L // _REF_F + 1) / (2 * (_REF_L // _REF_F))
-    tables = {"COS": "*fp32", "SIN": "*fp32", "AXIS": "*i32"}
+    tables = {"COS": "*fp32", "SIN": "*fp32", "AXIS": "*i32", "KLEN": "*i32"}
     ref = f"B={_REF_B},H={_REF_H},L={_REF_L},D={head_dim},frame_len={_REF_F},frame_causal"
     fwd_flops = 4.0 * _REF_B * _REF_H * _REF_L * _REF_L * head_dim * frac
     tb = float(_REF_B * _REF_H * _REF_L * head_dim * el)  # one (B, H, L, D) tensor
@@ -933,7 +1110,7 @@ def _register_configs() -> None:
     Each attention kernel is registered with ROPE off and on (the fused rotation; tiles
     from ``_ROPE_TILES`` where they differ).
     """
-    tables = {"COS": "*fp32", "SIN": "*fp32", "AXIS": "*i32"}
+    tables = {"COS": "*fp32", "SIN": "*fp32", "AXIS": "*i32", "KLEN": "*i32"}
     for dtype, tname in _TRITON_DTYPE.items():
         el = torch.finfo(dtype).bits // 8
         for head_dim in (32, 64, 128):
@@ -979,3 +1156,45 @@ def _register_configs() -> None:
 
 
 _register_configs()
+
+
+def _register_mask_variants() -> None:
+    """The temporal masks (TEMPORAL 1, 2) and key padding (KEY_PAD) of the attention kernels,
+    with the default tiles of :func:`block_config` and no fused RoPE: the same launches as
+    ``_register_configs`` plus the extra predicate / tile-run arithmetic, which must also
+    compile without spills."""
+    tables = {"COS": "*fp32", "SIN": "*fp32", "AXIS": "*i32", "KLEN": "*i32"}
+    variants = [("temporal_causal", dict(TEMPORAL=1)), ("temporal", dict(TEMPORAL=2)),
+                ("key_pad", dict(KEY_PAD=True))]
+    for dtype, tname in _TRITON_DTYPE.items():
+        for head_dim in (32, 64, 128):
+            BD = max(16, triton.next_power_of_2(head_dim))
+            cfg = mask_variant_config(block_config(head_dim, dtype, interpret=False), True, dtype != torch.float32)
+            common = dict(DOT_FP32=False, IEEE=dtype == torch.float32, BLOCK_D=BD, ROPE=False)
+            t = {n: f"*{tname}" for n in ("Q", "K", "V", "O", "DO", "DK", "DV")}
+            for label, extra in variants:
+                tag = f"hd{BD},{tname},{label}"
+                BM, BN, w, st = cfg["fwd"]
+                ce = dict(common, BLOCK_M=BM, BLOCK_N=BN, **extra)
+                register(KernelConfig(f"attn_fwd[{tag},M{BM},N{BN}]", _attn_fwd,
+                                      _signature(_attn_fwd, {**t, "LSE": "*fp32", **tables}, ce), ce, w, st,
+                                      expects_mma=True))
+                for atomic in (False, True):
+                    spec = cfg["bwd_kv_atomic" if atomic else "bwd_kv"]
+                    if spec is None:
+                        continue
+                    BM, BN, w, st = spec
+                    ce = dict(common, ATOMIC_DQ=atomic, BLOCK_M=BM, BLOCK_N=BN, **extra)
+                    register(KernelConfig(
+                        f"attn_bwd_dkdv[{tag}{',atomic_dq' if atomic else ''},M{BM},N{BN}]", _attn_bwd_dkdv,
+                        _signature(_attn_bwd_dkdv, {**t, "DQ": "*fp32" if atomic else f"*{tname}", "LSE": "*fp32",
+                                                    "DELTA": "*fp32", **tables}, ce), ce, w, st, expects_mma=True))
+                BM, BN, w, st = cfg["bwd_q"]
+                ce = dict(common, BLOCK_M=BM, BLOCK_N=BN, **extra)
+                register(KernelConfig(
+                    f"attn_bwd_dq[{tag},M{BM},N{BN}]", _attn_bwd_dq,
+                    _signature(_attn_bwd_dq, {**t, "DQ": f"*{tname}", "LSE": "*fp32", "DELTA": "*fp32", **tables},
+                               ce), ce, w, st, expects_mma=True))
+
+
+_register_mask_variants()

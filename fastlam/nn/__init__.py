@@ -1,4 +1,5 @@
 """fastlam.nn: drop-in torch.nn modules built on fastlam.ops (usable outside fastlam's models)."""
+from ..ops.rope import Rope1D, Rope3D
 from .adaln import FrameAdaLN
 from .attention import STAttention
 from .losses import PredictionLoss
@@ -25,6 +26,8 @@ __all__ = [
     "PredictionLoss",
     "REGULARIZERS",
     "RegularizerOutput",
+    "Rope1D",
+    "Rope3D",
     "STAttention",
     "SparseLatentRegularizer",
     "UnconstrainedLatent",

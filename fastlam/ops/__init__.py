@@ -24,7 +24,7 @@ from .regularizers import (
     vector_quantize,
     vq_nearest,
 )
-from .rope import Rope3D, apply_rope_3d, rope_chunk_dim, rope_tables, token_positions
+from .rope import Rope1D, Rope3D, apply_rope, apply_rope_3d, rope_chunk_dim, rope_tables, token_positions
 
 # Registers the accelerated st_attention backends (triton, flex, flash_attn, xformers). Each
 # reports through its `supports` why it cannot run (e.g. triton missing), so fastlam works
@@ -44,7 +44,9 @@ except Exception as _exc:
 
 __all__ = [
     "MASKS",
+    "Rope1D",
     "Rope3D",
+    "apply_rope",
     "apply_rope_3d",
     "available_backends",
     "dense_mask",

@@ -44,5 +44,8 @@ def check_same(names: Sequence[str], tensors: Sequence[torch.Tensor], *, what: s
 
 def check_choice(name: str, value, choices: Iterable) -> None:
     choices = tuple(choices)
+    if isinstance(value, torch.Tensor):  # never print a whole tensor into an error message
+        raise TypeError(f"{name}: expected one of {choices}, got a tensor of shape {tuple(value.shape)} "
+                        f"and dtype {str(value.dtype).replace('torch.', '')}")
     if value not in choices:
         raise ValueError(f"{name}: expected one of {choices}, got {value!r}")

@@ -8,6 +8,16 @@
 - ``frame_causal``: a token of frame t sees every token of frames <= t (block-causal, the
   predictor's teacher-forcing mask). With ``window_frames=k`` only frames t-k+1..t.
 - ``frame_local``: a token sees only its own frame (spatial attention).
+- ``temporal_causal``: a token sees the token at its own spatial position (index modulo
+  ``frame_len``) in frames <= its own (Genie / UniVLA temporal attention, without the
+  (B*S, T, E) reshape). With ``window_frames=k`` only the last k of those frames.
+- ``temporal``: the same position in every frame.
+
+Options: ``key_lengths`` (per-sample count of valid keys: key padding, computed in-kernel on
+Triton), cross-attention (k, v with another length than q; ``mask="full"``), ``dropout_p``
+with an optional seed (training only; the reference path), RoPE as :class:`Rope3D` or
+:class:`Rope1D` with optional explicit token ids ``rope_positions`` (the reference path for
+ids and Rope1D). A row left with no visible key (padding) gets output 0 and lse -inf.
 
 Backends (chosen in one place, :func:`select_backend`): ``math`` (explicit softmax, the test
 oracle, differentiable in float64), ``torch`` (PyTorch SDPA with the mask built vectorised
@@ -26,9 +36,10 @@ import torch.nn.functional as F
 
 from ._backend import auto_default, import_error
 from ._checks import check_choice, check_same, check_tensor
-from .rope import Rope3D, apply_rope_3d
+from .rope import Rope1D, Rope3D, apply_rope
 
-MASKS = ("full", "causal", "frame_causal", "frame_local")
+MASKS = ("full", "causal", "frame_causal", "frame_local", "temporal_causal", "temporal")
+WINDOW_MASKS = ("frame_causal", "temporal_causal")
 
 
 class AttentionRequest(NamedTuple):
@@ -41,6 +52,16 @@ class AttentionRequest(NamedTuple):
     window_frames: int | None
     deterministic: bool
     return_lse: bool
+    key_lengths: torch.Tensor | None = None  # (B,) integer count of valid keys per sample
+    dropout_p: float = 0.0
+    dropout_seed: int | None = None
+    rope_positions: torch.Tensor | None = None  # explicit token ids (L,) or (B, L)
+    kv_len: int | None = None  # cross-attention: the key / value length when it is not q's
+
+    @property
+    def plain_rope(self) -> bool:
+        """RoPE (if any) is a Rope3D at index positions: what the fused kernels implement."""
+        return self.rope is None or (isinstance(self.rope, Rope3D) and self.rope_positions is None)
 
 
 class Backend(NamedTuple):
@@ -82,6 +103,14 @@ def mask_allows(q_idx: torch.Tensor, k_idx: torch.Tensor, frame_len: int, mask: 
         return torch.ones_like(q_idx >= k_idx)
     if mask == "causal":
         return q_idx >= k_idx
+    if mask in ("temporal_causal", "temporal"):
+        d = q_idx - k_idx
+        allowed = d % frame_len == 0  # same spatial position
+        if mask == "temporal_causal":
+            allowed = allowed & (d >= 0)
+            if window_frames is not None:
+                allowed = allowed & (d < window_frames * frame_len)
+        return allowed
     fq, fk = q_idx // frame_len, k_idx // frame_len
     if mask == "frame_local":
         return fq == fk
@@ -99,20 +128,52 @@ def dense_mask(seq_len: int, frame_len: int, mask: str, window_frames: int | Non
 
 def _prepare(q, k, req: AttentionRequest):
     if req.rope is not None:
-        q = apply_rope_3d(q, req.frame_len, req.rope)
-        k = apply_rope_3d(k, req.frame_len, req.rope)
+        q = apply_rope(q, req.frame_len, req.rope, req.rope_positions)
+        k = apply_rope(k, req.frame_len, req.rope, req.rope_positions)
     return q, k
+
+
+def request_mask(req: AttentionRequest, q_len: int, k_len: int, device) -> torch.Tensor | None:
+    """Boolean mask of a request, True = allowed: (Lq, Lk), or (B, 1, Lq, Lk) with key
+    lengths; None when every pair is allowed."""
+    allowed = None
+    if req.mask != "full":
+        allowed = dense_mask(q_len, req.frame_len, req.mask, req.window_frames, device=device)
+    if req.key_lengths is not None:
+        valid = torch.arange(k_len, device=device) < req.key_lengths.to(device)[:, None]  # (B, Lk)
+        valid = valid[:, None, None, :]
+        allowed = valid if allowed is None else allowed & valid
+    return allowed
+
+
+def _dropout_generator(req: AttentionRequest, device):
+    if req.dropout_seed is None:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(req.dropout_seed))
+    return gen
 
 
 def attention_math(q, k, v, req: AttentionRequest):
     """Explicit softmax(QK^T * scale) V in the inputs' dtype: the reference and test oracle."""
     q, k = _prepare(q, k, req)
-    L = q.shape[-2]
     scores = torch.matmul(q, k.transpose(-1, -2)) * req.scale
-    allowed = dense_mask(L, req.frame_len, req.mask, req.window_frames, device=q.device)
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(scores.float() if scores.dtype != torch.float64 else scores, dim=-1)
-    probs = torch.exp(scores - lse.to(scores.dtype)[..., None])
+    allowed = request_mask(req, q.shape[-2], k.shape[-2], q.device)
+    empty = None
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        empty = ~allowed.any(-1, keepdim=True)  # rows with no visible key: output 0, lse -inf
+    s = scores.float() if scores.dtype != torch.float64 else scores
+    if empty is not None and bool(empty.any()):
+        lse = torch.logsumexp(s.masked_fill(empty, 0.0), dim=-1)
+        probs = torch.exp(scores - lse.to(scores.dtype)[..., None])  # exp(-inf) = 0 on empty rows
+        lse = lse.masked_fill(empty[..., 0], float("-inf"))
+    else:
+        lse = torch.logsumexp(s, dim=-1)
+        probs = torch.exp(scores - lse.to(scores.dtype)[..., None])
+    if req.dropout_p > 0:
+        keep = torch.rand(probs.shape, generator=_dropout_generator(req, q.device), device=q.device) >= req.dropout_p
+        probs = probs * keep.to(probs.dtype) / (1.0 - req.dropout_p)
     out = torch.matmul(probs, v)
     return (out, lse) if req.return_lse else out
 
@@ -120,21 +181,26 @@ def attention_math(q, k, v, req: AttentionRequest):
 def attention_sdpa(q, k, v, req: AttentionRequest):
     """PyTorch SDPA; frame masks are passed as a dense boolean mask (what V-JEPA 2-AC does)."""
     q, k = _prepare(q, k, req)
-    L = q.shape[-2]
-    kwargs: dict = {"scale": req.scale}
-    if req.mask == "causal":
+    kwargs: dict = {"scale": req.scale, "dropout_p": req.dropout_p}
+    if req.mask == "causal" and req.key_lengths is None:
         kwargs["is_causal"] = True
-    elif req.mask != "full":
-        kwargs["attn_mask"] = dense_mask(L, req.frame_len, req.mask, req.window_frames, device=q.device)
+    else:
+        allowed = request_mask(req, q.shape[-2], k.shape[-2], q.device)
+        if allowed is not None:
+            kwargs["attn_mask"] = allowed
     return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
+def _sdpa_supports(q, req: AttentionRequest):
+    if req.return_lse:
+        return "SDPA does not return the log-sum-exp"
+    if req.dropout_p > 0 and req.dropout_seed is not None:
+        return "SDPA dropout cannot be seeded per call"
+    return None
+
+
 register_backend("math", attention_math, lambda q, req: None)
-register_backend(
-    "torch",
-    attention_sdpa,
-    lambda q, req: "SDPA does not return the log-sum-exp" if req.return_lse else None,
-)
+register_backend("torch", attention_sdpa, _sdpa_supports)
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -188,20 +254,32 @@ def st_attention(
     backend: str = "auto",
     deterministic: bool = False,
     return_lse: bool = False,
+    key_lengths: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    dropout_seed: int | None = None,
+    rope_positions: torch.Tensor | None = None,
 ):
     """Spatio-temporal attention over (B, heads, L, head_dim) tensors, L = frames * frame_len.
 
     Args:
-        q, k, v: (B, heads, L, head_dim), same shape, dtype and device.
+        q, k, v: (B, heads, L, head_dim), same dtype and device; k and v may have another
+            length Lk than q (cross-attention, ``mask="full"`` only).
         frame_len: tokens per frame (including per-frame prefix tokens).
-        mask: one of ``full``, ``causal``, ``frame_causal``, ``frame_local``.
-        rope: optional :class:`Rope3D`; when given, q and k are rotated by their 3D positions
-            (fused into the kernel on the Triton backend).
+        mask: one of ``full``, ``causal``, ``frame_causal``, ``frame_local``,
+            ``temporal_causal``, ``temporal``.
+        rope: optional :class:`Rope3D` or :class:`Rope1D`; q and k are rotated by their
+            positions (Rope3D is fused into the kernel on the Triton backend).
         scale: softmax scale, default ``head_dim ** -0.5``.
-        window_frames: with ``frame_causal``, attend only to the last ``window_frames`` frames.
+        window_frames: with ``frame_causal`` / ``temporal_causal``, attend only to the last
+            ``window_frames`` frames.
         backend: ``auto``, ``math``, ``torch`` or a registered accelerated backend.
         deterministic: ask for a backward without atomics (Triton backend).
         return_lse: also return the natural-log log-sum-exp of the scaled scores, (B, heads, L) fp32.
+        key_lengths: optional integer (B,) tensor; keys at or past ``key_lengths[b]`` are padding.
+        dropout_p: attention-probability dropout (the caller passes 0 in eval); runs on the
+            reference backends. ``dropout_seed`` makes it reproducible (math backend).
+        rope_positions: explicit token ids (L,) or (B, L) for the RoPE positions (kept tokens
+            of a masked predictor); reference path.
 
     Returns:
         out with the shape and dtype of q (and the lse when ``return_lse``).
@@ -214,24 +292,45 @@ def st_attention(
     shape = "(B, heads, L, head_dim)"
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(name, t, ndim=4, shape_doc=shape)
-    check_same(("q", "k", "v"), (q, k, v), what="shape")
+    if q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1] or (k.shape[-2] != q.shape[-2] and mask != "full"):
+        raise ValueError(f"k: expected the same shape as q {tuple(q.shape)} (a different key length, "
+                         f"cross-attention, only with mask='full'), got {tuple(k.shape)} with mask={mask!r}")
+    check_same(("k", "v"), (k, v), what="shape")
     check_same(("q", "k", "v"), (q, k, v), what="dtype")
     check_same(("q", "k", "v"), (q, k, v), what="device")
+    if isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask: expected one of {MASKS}, got a tensor of shape {tuple(mask.shape)}; arbitrary "
+                        "tensor masks are not supported (key padding: key_lengths=(B,) valid key counts)")
     check_choice("mask", mask, MASKS)
     if not isinstance(frame_len, int) or frame_len <= 0:
         raise ValueError(f"frame_len: expected a positive int, got {frame_len!r}")
     L, D = q.shape[-2], q.shape[-1]
-    if L % frame_len:
+    if L % frame_len and not (rope_positions is not None and mask == "full"):
+        # (with explicit rope ids the tokens are a subset of a clip of frame_len-token frames)
         raise ValueError(f"frame_len: sequence length L={L} of q must be a multiple of frame_len={frame_len}")
+    if key_lengths is not None:
+        check_tensor("key_lengths", key_lengths, ndim=1, shape_doc="(B,)", dtypes=(torch.int32, torch.int64))
+        if key_lengths.shape[0] != q.shape[0]:
+            raise ValueError(f"key_lengths: expected shape ({q.shape[0]},), got {tuple(key_lengths.shape)}")
+        if not key_lengths.is_cuda and ((key_lengths < 0) | (key_lengths > k.shape[-2])).any():
+            raise ValueError(f"key_lengths: expected values in [0, {k.shape[-2]}]")
+    if rope_positions is not None and rope is None:
+        raise ValueError("rope_positions: only meaningful with rope=Rope3D(...) or Rope1D(...)")
+    if not 0.0 <= float(dropout_p) < 1.0:
+        raise ValueError(f"dropout_p: expected a float in [0, 1), got {dropout_p!r}")
     if window_frames is not None:
-        if mask != "frame_causal":
-            raise ValueError(f"window_frames: only valid with mask='frame_causal', got mask={mask!r}")
+        if mask not in WINDOW_MASKS:
+            raise ValueError(f"window_frames: only valid with mask in {WINDOW_MASKS}, got mask={mask!r}")
         if not isinstance(window_frames, int) or window_frames < 1:
             raise ValueError(f"window_frames: expected a positive int, got {window_frames!r}")
     if rope is not None:
-        if not isinstance(rope, Rope3D):
-            raise TypeError(f"rope: expected a fastlam.ops.Rope3D or None, got {type(rope).__name__}")
-        rope.grid_h(frame_len)
+        if not isinstance(rope, (Rope3D, Rope1D)):
+            raise TypeError(f"rope: expected a fastlam.ops.Rope3D, Rope1D or None, got {type(rope).__name__}")
+        if isinstance(rope, Rope3D):
+            rope.grid_h(frame_len)
+        if k.shape[-2] != L:
+            raise ValueError("rope: not supported with cross-attention (q and k lengths differ); rotate q and k "
+                             "yourself with fastlam.ops.apply_rope")
         if D % 2:
             raise ValueError(f"q: head_dim must be even when rope is used, got {D}")
     req = AttentionRequest(
@@ -242,6 +341,11 @@ def st_attention(
         window_frames=window_frames,
         deterministic=deterministic,
         return_lse=return_lse,
+        key_lengths=key_lengths,
+        dropout_p=float(dropout_p),
+        dropout_seed=dropout_seed,
+        rope_positions=rope_positions,
+        kv_len=k.shape[-2] if k.shape[-2] != L else None,
     )
     name = select_backend(q, req, backend)
     return _BACKENDS[name].run(q, k, v, req)

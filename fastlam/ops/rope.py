@@ -116,3 +116,86 @@ def apply_rope_3d(x: torch.Tensor, frame_len: int, rope: Rope3D) -> torch.Tensor
     xr = x[..., :d3].to(tdtype)
     rotated = xr * cos[:, :d3] + pair_swap(xr) * sin[:, :d3]
     return torch.cat([rotated.to(x.dtype), x[..., d3:]], dim=-1)
+
+
+@dataclass(frozen=True)
+class Rope1D:
+    """1-D rotary embedding over one axis of the flattened (frames x frame_len) layout.
+
+    Args:
+        axis: ``"time"`` (position = frame index, token // frame_len), ``"space"`` (position
+            inside the frame, token % frame_len) or ``"sequence"`` (the token index itself:
+            the factorised (B*S, T, E) or (B*T, S, E) layouts of Genie-style blocks).
+        theta: frequency base; channel pair i has frequency ``theta ** (-2i / head_dim)``.
+        interleaved: rotate adjacent channel pairs (2i, 2i+1) (True) or the two halves of
+            the head dim, GPT-NeoX / ``rotate_half`` style (False).
+    """
+
+    axis: str = "sequence"
+    theta: float = 10000.0
+    interleaved: bool = True
+
+    def __post_init__(self):
+        if self.axis not in ("time", "space", "sequence"):
+            raise ValueError(f"axis: expected 'time', 'space' or 'sequence', got {self.axis!r}")
+
+
+def _token_ids(x: torch.Tensor, positions) -> torch.Tensor:
+    """Token indices in the full layout: (L,) arange, or the explicit ids (L,) / (B, L)."""
+    L = x.shape[-2]
+    if positions is None:
+        return torch.arange(L, device=x.device)
+    if positions.dtype not in (torch.int32, torch.int64) or positions.shape[-1] != L or positions.dim() not in (1, 2):
+        raise ValueError(f"rope_positions: expected an integer (L,) or (B, L) tensor with L={L}, got "
+                         f"{positions.dtype} {tuple(positions.shape)}")
+    if positions.dim() == 2 and positions.shape[0] != x.shape[0]:
+        raise ValueError(f"rope_positions: expected batch {x.shape[0]}, got {positions.shape[0]}")
+    return positions.to(x.device).long()
+
+
+def apply_rope(x: torch.Tensor, frame_len: int, rope, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate q or k (B, heads, L, head_dim) by a :class:`Rope3D` or :class:`Rope1D`.
+
+    ``positions``: optional explicit token ids (L,) or (B, L) into the full (unmasked)
+    layout, e.g. the kept tokens of a masked predictor; by default token i has id i.
+    """
+    if isinstance(rope, Rope3D) and positions is None:
+        return apply_rope_3d(x, frame_len, rope)
+    ids = _token_ids(x, positions)
+    D = x.shape[-1]
+    tdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if isinstance(rope, Rope3D):
+        rope.grid_h(frame_len)
+        t = ids // frame_len
+        j = ids % frame_len
+        p = j - rope.num_prefix
+        is_patch = j >= rope.num_prefix
+        h = torch.where(is_patch, p // rope.grid_w, torch.zeros_like(p)).to(tdtype) * rope.spatial_scale
+        w = torch.where(is_patch, p % rope.grid_w, torch.zeros_like(p)).to(tdtype) * rope.spatial_scale
+        freqs, axis = channel_frequencies(D, rope, device=x.device, dtype=tdtype)
+        pos = torch.stack([t.to(tdtype), h, w, torch.zeros_like(h)], dim=-1)  # (..., L, 4)
+        angle = pos[..., axis % 4] * freqs
+        d3 = 3 * rope_chunk_dim(D)
+        if ids.dim() == 2:
+            angle = angle[:, None]  # (B, 1, L, D): per-sample ids, shared by the heads
+        cos, sin = angle.cos()[..., :d3], angle.sin()[..., :d3]
+        xr = x[..., :d3].to(tdtype)
+        rotated = xr * cos + pair_swap(xr) * sin
+        return torch.cat([rotated.to(x.dtype), x[..., d3:]], dim=-1)
+    if not isinstance(rope, Rope1D):
+        raise TypeError(f"rope: expected Rope3D or Rope1D, got {type(rope).__name__}")
+    if D % 2:
+        raise ValueError(f"q: head_dim must be even for rope, got {D}")
+    pos = {"time": ids // frame_len, "space": ids % frame_len, "sequence": ids}[rope.axis].to(tdtype)
+    base = rope.theta ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float64) / D)
+    freqs = (base.repeat_interleave(2) if rope.interleaved else base.repeat(2)).to(tdtype)
+    angle = pos[..., None] * freqs
+    if ids.dim() == 2:
+        angle = angle[:, None]
+    xr = x.to(tdtype)
+    if rope.interleaved:
+        swapped = pair_swap(xr)
+    else:
+        half = D // 2
+        swapped = torch.cat([-xr[..., half:], xr[..., :half]], dim=-1)
+    return (xr * angle.cos() + swapped * angle.sin()).to(x.dtype)

@@ -106,19 +106,20 @@ def _kernel_args(q, frame_len, window_frames, rope_on, grid_w, num_prefix, dupli
 def st_attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_len: int, mask: str, scale: float, window_frames: int,
     deterministic: bool, rope_on: bool, grid_w: int, num_prefix: int, duplicated_freqs: bool, theta: float,
-    spatial_scale: float, rope_fusion: str,
+    spatial_scale: float, rope_fusion: str, key_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused attention forward: (out (B,H,L,D) in q's dtype, lse (B,H,L) fp32). window_frames 0 = none."""
+    """Fused attention forward: (out (B,H,L,D) in q's dtype, lse (B,H,L) fp32). window_frames 0 = none.
+    ``key_lengths``: int32 (B,) valid keys per sample, or None."""
     q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
     window, tables = _kernel_args(q, frame_len, window_frames, rope_on, grid_w, num_prefix, duplicated_freqs, theta,
                                   spatial_scale)
     return _kernels.attention_forward(q, k, v, frame_len=frame_len, mask=mask, scale=scale, window_frames=window,
-                                      rope_tables=tables, rope_fusion=rope_fusion)
+                                      rope_tables=tables, rope_fusion=rope_fusion, key_lengths=key_lengths)
 
 
 @st_attention_fwd.register_fake
 def _(q, k, v, frame_len, mask, scale, window_frames, deterministic, rope_on, grid_w, num_prefix, duplicated_freqs,
-      theta, spatial_scale, rope_fusion):
+      theta, spatial_scale, rope_fusion, key_lengths=None):
     B, H, L, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=torch.float32)
 
@@ -128,7 +129,7 @@ def st_attention_bwd(
     dout: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor, frame_len: int, mask: str, scale: float, window_frames: int,
     deterministic: bool, rope_on: bool, grid_w: int, num_prefix: int, duplicated_freqs: bool, theta: float,
-    spatial_scale: float, rope_fusion: str,
+    spatial_scale: float, rope_fusion: str, key_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused attention backward: (dq, dk, dv). ``dlse`` (or None) is the gradient of the lse output."""
     q, k, v, out, dout = (_unit_stride(x) for x in (q, k, v, out, dout))
@@ -136,17 +137,17 @@ def st_attention_bwd(
                                   spatial_scale)
     return _kernels.attention_backward(dout, q, k, v, out, lse, frame_len=frame_len, mask=mask, scale=scale,
                                        window_frames=window, rope_tables=tables, rope_fusion=rope_fusion,
-                                       deterministic=deterministic, dlse=dlse)
+                                       deterministic=deterministic, dlse=dlse, key_lengths=key_lengths)
 
 
 @st_attention_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, frame_len, mask, scale, window_frames, deterministic, rope_on, grid_w,
-      num_prefix, duplicated_freqs, theta, spatial_scale, rope_fusion):
+      num_prefix, duplicated_freqs, theta, spatial_scale, rope_fusion, key_lengths=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 _PARAMS = ("frame_len", "mask", "scale", "window_frames", "deterministic", "rope_on", "grid_w", "num_prefix",
-           "duplicated_freqs", "theta", "spatial_scale", "rope_fusion")
+           "duplicated_freqs", "theta", "spatial_scale", "rope_fusion", "key_lengths")
 
 
 def _setup_context(ctx, inputs, output):
@@ -174,6 +175,7 @@ def _op_args(req: AttentionRequest) -> tuple:
         rope.grid_w if rope else 1, rope.num_prefix if rope else 0, rope.duplicated_freqs if rope else True,
         float(rope.theta) if rope else 10000.0, float(rope.spatial_scale) if rope else 1.0,
         rope_fusion() if rope else "kernel",
+        None if req.key_lengths is None else req.key_lengths.to(torch.int32).contiguous(),
     )
 
 
@@ -201,6 +203,17 @@ def triton_supports(q: torch.Tensor, req: AttentionRequest):
         return f"device {q.device} (the Triton kernel runs on CUDA)"
     if q.device.type == "cuda" and _interpreting():
         return "CUDA tensor while TRITON_INTERPRET=1 (the interpreter runs on CPU tensors)"
+    return _reference_only(req)
+
+
+def _reference_only(req: AttentionRequest):
+    """Options only the reference backends (math, torch SDPA) implement, with the reason."""
+    if req.dropout_p > 0:
+        return "attention dropout (runs on the reference path)"
+    if req.kv_len is not None:
+        return "cross-attention with another key length than the query's"
+    if not req.plain_rope:
+        return "Rope1D or explicit rope_positions (the kernel derives Rope3D positions from the token index)"
     return None
 
 
@@ -253,7 +266,9 @@ def flex_supports(q: torch.Tensor, req: AttentionRequest):
         return "FlexAttention has no backward on CPU"
     if q.device.type not in ("cpu", "cuda"):
         return f"device {q.device}"
-    return None
+    if req.key_lengths is not None:
+        return "key_lengths (the cached block mask is per (L, mask), not per batch)"
+    return _reference_only(req)
 
 
 register_backend("flex", flex_st_attention, flex_supports)
@@ -292,7 +307,9 @@ def _dense_lib_supports(q, req, name, available):
         return f"{name} has no {req.mask!r} mask (only full and causal)"
     if req.return_lse:
         return f"the {name} backend does not return the log-sum-exp"
-    return None
+    if req.key_lengths is not None:
+        return f"the {name} backend takes no key_lengths"
+    return _reference_only(req)
 
 
 register_backend("flash_attn", flash_attn_st_attention,

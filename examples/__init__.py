@@ -1,0 +1,1 @@
+"""Runnable adapters: peers' blocks rebuilt on fastlam modules (see each file's docstring)."""

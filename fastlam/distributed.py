@@ -338,6 +338,23 @@ def build_deepspeed_muon(model: nn.Module, cfg: OptimConfig, ns_method: str, mom
     return MuonWithAuxAdam(groups)
 
 
+def static_shape_compiles():
+    """Compile DeepSpeed's Muon (``muon_update``, Newton-Schulz: ``torch.compile``d functions)
+    for each matrix shape separately, never with dynamic shapes.
+
+    By default the second shape a compiled function sees recompiles it for dynamic shapes, and
+    every later call runs that kernel; the very first call ran a kernel specialised to its
+    shape, which rounds differently. So the first optimizer step of a process computes one
+    Muon update differently from any later step: a run resumed in a fresh process (its first
+    step is the original's step k+1) left the uninterrupted one after one step. With one
+    static kernel per shape the numbers no longer depend on what the process ran before.
+    (DeepSpeed orthogonalises in ``engine.step`` under ZeRO-3 and while reducing gradients
+    under ZeRO-1/2, hence around both.)"""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(automatic_dynamic_shapes=False)
+
+
 class TrainablePart(nn.Module):
     """The LAM without its frozen encoder, for an engine that must not own (or cast, or shard)
     the encoder: its submodules are the LAM's own, so the LAM's forward on cached ``states``
@@ -398,10 +415,11 @@ class DeepSpeedRunner:
                 out = self.engine(states.to(self.dtype))
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"loss became {out.loss.item()}")
-            self.engine.backward(out.loss)
-            if self._grads_measured is None and self.engine.is_gradient_accumulation_boundary():
-                self._grads_measured = rank_memory(self.engine)  # gradients peak here: step frees them
-            self.engine.step()
+            with static_shape_compiles():
+                self.engine.backward(out.loss)
+                if self._grads_measured is None and self.engine.is_gradient_accumulation_boundary():
+                    self._grads_measured = rank_memory(self.engine)  # gradients peak here: step frees them
+                self.engine.step()
             for i, v in enumerate((out.loss, out.pred_loss, out.reg_loss)):
                 sums[i] += v.item() / self.grad_accum
             for k, v in out.metrics.items():

@@ -298,6 +298,31 @@ def test_zero3_sharded_encoder_sigterm_checkpoint_and_export(workdir, tmp_path):
     _assert_same_training(w_ds, _weights(tmp_path / "single" / "final"), workdir)
 
 
+def test_zero3_muon_resumes_exactly_in_a_fresh_process(workdir, tmp_path):
+    # ZeRO-3 with DeepSpeed's Muon, resumed in a new process, against the uninterrupted run.
+    # Its torch.compile'd Newton-Schulz used to run a shape-specialised kernel on the first
+    # call of a process and dynamic-shape kernels after: the resumed run's first step rounded
+    # one update differently (fastlam.distributed.static_shape_compiles). The model has
+    # configs/tiny_cpu.yaml's widths, whose matrix shapes showed it; the shipped ZeRO-3 config
+    # keeps its small tensors whole (persistent) on every rank, as the report's run did.
+    z3 = ("distributed.deepspeed_config=configs/deepspeed/zero3.json", "model.image_size=64", "model.frames=16",
+          "model.action_dim=128", "model.idm.width=64", "model.idm.depth=2", "model.idm.heads=4",
+          "model.predictor.width=96", "model.predictor.heads=4")
+    full, short = tmp_path / "full", tmp_path / "short"
+    run_full = _launch(workdir, full, *z3)
+    run_short = _launch(workdir, short, *z3, "steps=2")  # its step-2 checkpoint is the full run's
+    _wait(run_full, full)
+    _wait(run_short, short)
+    got = _losses(full)
+    resumed = _launch(workdir, short, *z3, "steps=4", "--resume")
+    _wait(resumed, short)
+    again = _losses(short)
+    assert [again[s] for s in (1, 2, 3, 4)] == [got[s] for s in (1, 2, 3, 4)]
+    w_full, w_resumed = _weights(full / "final"), _weights(short / "final")
+    for k in w_full:
+        assert torch.equal(w_full[k], w_resumed[k]), k
+
+
 # ---- configuration errors, before anything starts ------------------------------------------
 def _cfg(workdir, *overrides):
     return load_config(TrainConfig, workdir / "tiny.yaml", list(overrides))

@@ -288,13 +288,18 @@ class VideoClipDataset(Dataset):
             # Strictly inside: the last sampled instant must fall before the video ends.
             room = max(0.0, duration - span - 1e-3)
             start = room * (clip_index + u) / self.clips_per_video
+            # Only the frames and the reason of a ClipTooShort are kept, never the exception:
+            # its traceback holds this frame (a reference cycle) and the decoder's frames, so
+            # the PyAV codec context, with its FFmpeg threads, would outlive the read until a
+            # garbage collection, which in a process forked meanwhile (the watchdog's child,
+            # DataLoader workers) joins threads that do not exist there and hangs forever.
             try:
                 return read(start, rewind=False)
             except ClipTooShort as e:
-                short = e
+                frames, reason = e.frames, e.reason
             # The header duration overstated the video (it can be off by frames, or be an
             # estimate): move the start back by what was missing, then to 0.
-            got = len(short.frames) if short.frames is not None else 0
+            got = len(frames) if frames is not None else 0
             for retry in (max(0.0, start - (self.num_frames - got) / self.fps), 0.0):
                 if retry >= start:
                     continue
@@ -302,14 +307,13 @@ class VideoClipDataset(Dataset):
                 try:
                     return read(start, rewind=True)
                 except ClipTooShort as e:
-                    short = e
-            got = len(short.frames) if short.frames is not None else 0
+                    frames, reason = e.frames, e.reason
+            got = len(frames) if frames is not None else 0
             if self.short_policy == "pad" and got > 0:
                 self._padded[path] = got
-                pad = short.frames[-1:].expand(self.num_frames - got, -1, -1, -1)
-                return torch.cat([short.frames, pad], 0)
-            self._mark_bad(path, short.reason if got else
-                           f"no decodable frames ({short.reason})")
+                pad = frames[-1:].expand(self.num_frames - got, -1, -1, -1)
+                return torch.cat([frames, pad], 0)
+            self._mark_bad(path, reason if got else f"no decodable frames ({reason})")
             return None
         except VideoDecodeError as e:
             self._mark_bad(path, e.reason)

@@ -18,6 +18,7 @@ DataLoader workers: every worker forks its own child. Linux/macOS only (``fork``
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import signal
@@ -37,6 +38,10 @@ class DecodeTimeout(VideoDecodeError):
 
 
 def _child_loop(conn, state):
+    # Nothing inherited from the parent is ever collected here: a finaliser of an object the
+    # parent left to the garbage collector (a PyAV codec context, which joins its FFmpeg
+    # threads) would wait for threads that fork did not copy, forever.
+    gc.freeze()
     torch.set_num_threads(1)  # a decode worker; the parent owns the cores
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     while True:
@@ -84,6 +89,9 @@ class Watchdog:
 
     def _start(self):
         ctx = mp.get_context("fork")
+        # Cyclic garbage is freed here, where its finalisers are safe, not inherited (see
+        # _child_loop).
+        gc.collect()
         parent, child = ctx.Pipe(duplex=True)
         proc = ctx.Process(target=_child_loop, args=(child, self.state), daemon=True)
         proc.start()

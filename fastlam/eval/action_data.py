@@ -172,6 +172,9 @@ def _write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
         s = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         s.options = {"crf": "12", "preset": "veryfast"}
+        # One encoder thread: with x264's default (one per core) the output bytes varied between
+        # identical runs, and the LAM trained on these files with them.
+        s.codec_context.thread_count = 1
         for f in frames:
             c.mux(s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
         c.mux(s.encode())

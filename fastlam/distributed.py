@@ -387,8 +387,11 @@ class DeepSpeedRunner:
 
     def train_step(self, video: torch.Tensor):
         """``video``: this rank's share of the global batch; returns the mean of the micro-batch
-        outputs (loss, pred_loss, reg_loss as floats, metrics) and the global grad norm."""
-        sums, metrics = [0.0, 0.0, 0.0], {}
+        outputs and the global grad norm as a :class:`fastlam.step_metrics.StepMetrics` (device
+        tensors: no host sync per micro-batch)."""
+        from fastlam.step_metrics import StepMetrics
+
+        acc = StepMetrics()
         for micro in video.chunk(self.grad_accum):
             if self.encoder_sharded:
                 out = self.engine(micro.to(self.device, self.dtype))
@@ -396,18 +399,14 @@ class DeepSpeedRunner:
                 with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     states = self.model.encode(micro.to(self.device))
                 out = self.engine(states.to(self.dtype))
-            if not torch.isfinite(out.loss):
-                raise FloatingPointError(f"loss became {out.loss.item()}")
             self.engine.backward(out.loss)
             if self._grads_measured is None and self.engine.is_gradient_accumulation_boundary():
                 self._grads_measured = rank_memory(self.engine)  # gradients peak here: step frees them
             self.engine.step()
-            for i, v in enumerate((out.loss, out.pred_loss, out.reg_loss)):
-                sums[i] += v.item() / self.grad_accum
-            for k, v in out.metrics.items():
-                metrics[k] = metrics.get(k, 0.0) + float(v) / self.grad_accum
+            acc.add_micro(out, self.grad_accum)
         norm = self.engine.get_global_grad_norm()
-        return sums, metrics, float(norm) if norm is not None else float("nan")
+        acc.grad_norm = torch.as_tensor(float("nan") if norm is None else norm, dtype=torch.float32).detach()
+        return acc
 
     # ---- checkpoints --------------------------------------------------------------------
     def save(self, ckpt_dir: Path, step: int, position: int, extra: dict, keep: int) -> Path:

@@ -1,6 +1,8 @@
 """LatentActionWorldModel: frozen encoder + IDM + regularizer + frame-causal predictor."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,8 +199,16 @@ class LatentActionWorldModel(nn.Module):
             if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
                 raise ValueError(f"path: {path} is not a fastlam training checkpoint")
             cfg = from_dict(ModelConfig, json.loads(ckpt["model_config"]))
-            cfg.encoder.checkpoint = None
             state = ckpt["model"]
+            if "encoder" in ckpt:  # written without the frozen encoder's weights: rebuild and verify it
+                from .encoder_record import load_without_encoder, rebuild_encoder
+
+                model = cls(cfg if cfg.encoder.checkpoint is None else dataclasses.replace(
+                    cfg, encoder=dataclasses.replace(cfg.encoder, checkpoint=None)))
+                rebuild_encoder(model, ckpt["encoder"])
+                load_without_encoder(model, state, f"path: {path}")
+                return model
+            cfg.encoder.checkpoint = None
         else:
             raise FileNotFoundError(f"path: no checkpoint at {path}")
         model = cls(cfg)

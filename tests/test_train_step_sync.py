@@ -76,3 +76,25 @@ def test_checkpoints_record_the_encoder_instead_of_its_weights(tmp_path):
         LatentActionWorldModel.from_checkpoint(tmp_path / "other.pt")
     # The same config resumes.
     assert train(cfg_for(tmp_path, "steps=3"), resume=True)["steps"] == 3
+
+
+@pytest.mark.parametrize("regularizer", ["noisy"])
+def test_full_lam_training_step_traces_without_graph_breaks(regularizer):
+    """dynamo.explain of forward + loss of the whole LAM (frozen encoder, IDM, regularizer,
+    frame-causal predictor) on fastlam's Triton ops: one graph, no break (the noisy
+    regularizer's seed used to be read with .item(): 2 breaks)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_train_step import tiny_config
+    from fastlam.ops import use_backend
+
+    torch.manual_seed(0)
+    model = LatentActionWorldModel(tiny_config(regularizer)).train()
+    video = torch.rand(2, 3, 6, 16, 16)
+    torch._dynamo.reset()
+    with use_backend("triton"):
+        ex = torch._dynamo.explain(lambda v: model(v).loss)(video)
+    assert ex.graph_break_count == 0, [b.reason for b in ex.break_reasons]
+    assert ex.graph_count == 1

@@ -587,42 +587,21 @@ def rank_memory(engine, extra_modules: tuple[nn.Module, ...] = ()) -> dict:
 
 
 # ---- throughput -----------------------------------------------------------------------------
-# Dense bf16 peak of the GPUs fastlam is run on, for the MFU estimate (no sparsity).
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
-
-
 def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 datasheet peak of this CUDA device by its exact name (fastlam.flops), else None."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, value in PEAK_BF16_FLOPS.items():
-        if key in name:
-            return value
-    return None
+    from fastlam.flops import datasheet_bf16_peak
+
+    return datasheet_bf16_peak(torch.cuda.get_device_name(device))
 
 
 def train_flops_per_clip(model: nn.Module) -> float:
-    """Model FLOPs of one training clip: 2 x params x tokens per forward matmul, plus attention
-    (QK^T and AV: 4 x tokens x keys x width per layer; the encoder and predictor are
-    frame-causal, half the clip's frames on average, the IDM attends to all); the frozen
-    encoder runs forward only, the trainable parts forward + backward (x3). Activation
-    recomputation is not counted (MFU convention)."""
-    cfg = model.cfg
-    grid = cfg.image_size // cfg.encoder.patch_size
-    n = grid * grid
-    t = cfg.frames // cfg.encoder.tubelet
+    """Model FLOPs of one training clip (video in: frozen encoder forward + 3 x IDM and
+    predictor forward), the FLOP model of fastlam.flops that the benchmarks use too."""
+    from fastlam.flops import lam_train_flops_per_clip
 
-    def part(module: nn.Module | None, tokens: int, depth: int, width: int, frames: int, causal: bool) -> float:
-        if module is None:
-            return 0.0
-        matmul = sum(p.numel() for p in module.parameters() if p.ndim >= 2)
-        keys = n * (frames + 1) / 2 if causal else n * frames
-        return 2.0 * matmul * tokens + 4.0 * depth * tokens * keys * width
-
-    enc = part(model.encoder, t * n, len(model.encoder.blocks), model.encoder.width, t, cfg.encoder.frame_causal)
-    idm = part(model.idm, t * n, cfg.idm.depth, cfg.idm.width, t, False)
-    pred = part(model.predictor, (t - 1) * n, cfg.predictor.depth, cfg.predictor.width, t - 1, True)
-    return enc + 3.0 * (idm + pred)
+    return lam_train_flops_per_clip(model, with_encoder=True)
 
 
 class Throughput:

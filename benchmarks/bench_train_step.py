@@ -10,6 +10,8 @@ Backends (same model weights, same data, same seed; switched with ``fastlam.ops.
 - ``reference_compiled``: the reference with every transformer block, the prediction loss and
   the regularizer under ``torch.compile`` (regional compilation: one compile serves all 24
   identical blocks, which keeps compile time inside the suite's budget).
+- ``fastlam_compiled``: fastlam's kernels with the same regional ``torch.compile`` (the custom
+  ops trace without graph breaks, so the elementwise work between them fuses).
 - ``flex_attention``: FlexAttention (compiled, block mask) for the attention alone; everything
   else as the reference. FlexAttention has no backward on CPU, so it is skipped there.
 
@@ -150,6 +152,7 @@ VARIANTS = {
     "reference": Variant("torch", "torch"),
     "reference_compiled": Variant("torch", "torch", compiled=True),
     "flex_attention": Variant("flex", "torch"),
+    "fastlam_compiled": Variant("triton", "triton", compiled=True),
 }
 
 
@@ -514,7 +517,7 @@ def run_size(size: Size, modes, backends, device, args, rows: list, notes: list,
         # the budget is better skipped than killed by the suite's timeout.
         for name in sorted(backends, key=lambda n: VARIANTS[n].compiled):
             left = args.budget_s - (time.time() - t_start)
-            if left <= 0 or (VARIANTS[name].compiled and device.type == "cuda" and left < COMPILE_RESERVE_S):
+            if left <= 0 or (VARIANTS[name].compiled and device.type == "cuda" and left < args.compile_reserve_s):
                 notes.append(f"time budget reached: skipped {size.name}/{mode}/{name}")
                 continue
             try:
@@ -554,6 +557,8 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_BUDGET_S", 230)),
                         help="start no new backend run after this many seconds")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--compile-reserve-s", type=float, default=COMPILE_RESERVE_S,
+                        help="start a compiled backend only with this much budget left (GPU)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
@@ -626,7 +631,7 @@ def comparisons(rows) -> list[dict]:
         if not ours:
             continue
         c = dict(size=key[0], mode=key[1])
-        for other in ("reference", "reference_compiled", "flex_attention"):
+        for other in ("reference", "reference_compiled", "flex_attention", "fastlam_compiled"):
             if other in group:
                 c[f"speedup_vs_{other}"] = round(ours["tokens_per_s"] / group[other]["tokens_per_s"], 3)
                 if ours.get("peak_mem_gb") and group[other].get("peak_mem_gb"):

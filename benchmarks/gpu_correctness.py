@@ -223,7 +223,7 @@ def plan(dry_run: bool):
     """[(group, name, dtype, fn)] in order of importance."""
     if dry_run:  # one case of each kind is enough to prove the script runs; the unit tests cover the rest
         att = dict(B=1, H=2, T=3)
-        plan_att = [(torch.float32, 18, 16, "kernel", True), (torch.float16, 16, 16, None, False)]
+        plan_att = [(torch.float16, 16, 16, None, False), (torch.float32, 18, 16, "kernel", True)]
         poison, dtypes = [(torch.float32, 18, 16)], [torch.float16]
         sizes = dict(B=2, T=3, N=7, D=40, latents=(13, 61))
     else:

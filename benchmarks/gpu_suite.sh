@@ -97,7 +97,7 @@ if [ "$MODE" = quick ]; then
 fi
 if [ "$MODE" = dry ]; then
   # What --quick runs, at tiny shapes on CPU: every step starts and writes its files.
-  run_step correctness "${SUITE_DRY_CORRECTNESS_S:-120}" python benchmarks/gpu_correctness.py --out "$OUT" \
+  run_step correctness "${SUITE_DRY_CORRECTNESS_S:-300}" python benchmarks/gpu_correctness.py --out "$OUT" \
     --dry-run --budget-s "${SUITE_DRY_CORRECTNESS_BUDGET_S:-20}"
   if [ -f benchmarks/tune_tiles.py ]; then
     run_step tune_tiles 120 python benchmarks/tune_tiles.py --out "$OUT" --quick --dry-run

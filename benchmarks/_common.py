@@ -42,3 +42,19 @@ def allow_many_compiles(limit: int = 256) -> None:
     for attr in ("cache_size_limit", "recompile_limit"):
         if hasattr(torch._dynamo.config, attr):
             setattr(torch._dynamo.config, attr, limit)
+
+
+def versions() -> dict:
+    """torch / triton / python versions and the CUDA runtime, for every result file."""
+    import platform
+
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except Exception:  # pragma: no cover - triton is a dependency
+        out["triton"] = None
+    return out

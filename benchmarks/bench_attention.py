@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 try:  # run as a script (python benchmarks/bench_x.py) or as a module
-    from benchmarks._common import allow_many_compiles, git_commit, pyplot_or_none
+    from benchmarks._common import allow_many_compiles, git_commit, pyplot_or_none, versions
 except ImportError:  # pragma: no cover
-    from _common import allow_many_compiles, git_commit, pyplot_or_none
+    from _common import allow_many_compiles, git_commit, pyplot_or_none, versions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,13 +66,33 @@ SHAPES = [
     (16, 16, 8, 256, 64),
     (1, 16, 32, 576, 64),
 ]
-QUICK_SHAPES = [(4, 16, 8, 256, 64), (4, 16, 8, 258, 128)]
+# The paper's predictor (8 frames of 256 tokens, 16 heads of 64) and V-JEPA 2-AC's (258-token
+# frames: 256 patches + action and proprio tokens, same heads), first: the quick suite's budget.
+QUICK_SHAPES = [(4, 16, 8, 256, 64), (4, 16, 8, 258, 64)]
+DRY_SHAPES = [(1, 2, 3, 18, 16)]  # --dry-run: CPU, Triton interpreter (2 prefix tokens, as 258)
 
 
-def make_runners(mask: str, F: int, notes: list):
+def frame_local_sdpa(sdpa_backend):
+    """frame_local is full attention within each frame: SDPA's own flash / memory-efficient
+    kernel on the (B*T, H, F, D) layout (the transposes to and from it included), the fair
+    baseline for that mask instead of a dense L x L mask."""
+    from torch.nn.attention import sdpa_kernel
+
+    def run(q, k, v, F):
+        B, H, L, D = q.shape
+        T = L // F
+        to = lambda x: x.view(B, H, T, F, D).transpose(1, 2).reshape(B * T, H, F, D)  # noqa: E731
+        with sdpa_kernel(sdpa_backend):
+            o = torch.nn.functional.scaled_dot_product_attention(to(q), to(k), to(v))
+        return o.view(B, T, H, F, D).transpose(1, 2).reshape(B, H, L, D)
+    return run
+
+
+def make_runners(mask: str, F: int, notes: list, device: str = "cuda"):
     """name -> fn(q, k, v) for every backend that can run this mask here."""
     from fastlam.ops import st_attention
     from fastlam.ops.attention import AttentionRequest, _BACKENDS
+    from torch.nn.attention import SDPBackend
 
     runners = {
         "fastlam_triton": lambda q, k, v: st_attention(q, k, v, frame_len=F, mask=mask, backend="triton"),
@@ -80,8 +100,17 @@ def make_runners(mask: str, F: int, notes: list):
                                                            deterministic=True),
         "sdpa_dense_mask" if mask != "full" else "sdpa": (
             lambda q, k, v: st_attention(q, k, v, frame_len=F, mask=mask, backend="torch")),
-        "flex": lambda q, k, v: st_attention(q, k, v, frame_len=F, mask=mask, backend="flex"),
     }
+    if mask == "frame_local":
+        for label, be in (("sdpa_flash_reshaped", SDPBackend.FLASH_ATTENTION),
+                          ("sdpa_efficient_reshaped", SDPBackend.EFFICIENT_ATTENTION),
+                          ("sdpa_math_reshaped", SDPBackend.MATH)):
+            if device == "cuda" or be == SDPBackend.MATH:
+                runners[label] = lambda q, k, v, f=frame_local_sdpa(be): f(q, k, v, F)
+    if device != "cuda":  # --dry-run: FlexAttention has no CPU backward, flash-attn no CPU kernels
+        runners.pop("fastlam_triton_det")  # one interpreted kernel pair is enough to prove the path
+        return runners
+    runners["flex"] = lambda q, k, v: st_attention(q, k, v, frame_len=F, mask=mask, backend="flex")
     probe = torch.empty(1, 1, F, 64, device="cuda", dtype=torch.bfloat16)
     req = AttentionRequest(F, "causal" if mask == "frame_causal" else mask, None, 0.125, None, False, False)
     reason = _BACKENDS["flash_attn"].supports(probe, req)
@@ -151,6 +180,24 @@ def rope_runners(F: int) -> dict:
     }
 
 
+def bench_one_cpu(fn, q, k, v, do, repeats: int = 1):
+    """--dry-run timing: wall-clock medians (CPU ops are synchronous); peak memory not measured."""
+    import statistics
+
+    def fwd_bwd():
+        fn(q, k, v).backward(do)
+
+    times = {}
+    for name, f in (("fwd", lambda: fn(q, k, v)), ("both", fwd_bwd)):
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            f()
+            ts.append((time.perf_counter() - t) * 1e3)
+        times[name] = statistics.median(ts)
+    return times["fwd"], times["both"], 0
+
+
 def bench_one(fn, q, k, v, do, quick: bool):
     import triton
 
@@ -177,14 +224,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "benchmarks/results/gpu")))
     parser.add_argument("--quick", action="store_true", help="two shapes, shorter timing")
-    parser.add_argument("--masks", nargs="+", default=["frame_causal", "full"])
+    parser.add_argument("--masks", nargs="+", default=None,
+                        help="default: frame_causal frame_local full (--quick: frame_causal frame_local)")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, Triton interpreter (suite test)")
     parser.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_BUDGET_S", 240)),
                         help="stop starting new shapes after this many seconds")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.masks is None:
+        args.masks = ["frame_causal", "frame_local"] + ([] if args.quick or args.dry_run else ["full"])
+    if not torch.cuda.is_available() and not args.dry_run:
         print("bench_attention: no CUDA device, nothing to measure (the CPU reference paths are timed by "
-              "benchmarks/test_bench_attention_cpu.py)")
+              "benchmarks/test_bench_attention_cpu.py; --dry-run runs this script at tiny shapes)")
         return 0
+    device = "cpu" if args.dry_run else "cuda"
+    if args.dry_run:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     args.out.mkdir(parents=True, exist_ok=True)
 
     # Every (shape, mask) is a new FlexAttention compile; keep them all compiled.
@@ -192,8 +246,8 @@ def main(argv=None) -> int:
     t_start = time.time()
     notes: list[str] = []
     rows = []
-    dtype = torch.bfloat16
-    for B, H, T, F, D in (QUICK_SHAPES if args.quick else SHAPES):
+    dtype = torch.float32 if args.dry_run else torch.bfloat16
+    for B, H, T, F, D in (DRY_SHAPES if args.dry_run else QUICK_SHAPES if args.quick else SHAPES):
         if time.time() - t_start > args.budget_s:
             notes.append(f"time budget reached: skipped shape B={B} H={H} T={T} F={F} D={D} and later")
             break
@@ -201,8 +255,8 @@ def main(argv=None) -> int:
         for mask in args.masks:
             pairs = allowed_pairs(L, F, mask)
             fwd_flops = 4.0 * B * H * D * pairs
-            runners = make_runners(mask, F, notes)
-            if mask == "frame_causal":
+            runners = make_runners(mask, F, notes, device)
+            if mask == "frame_causal" and not args.dry_run:
                 runners.update(rope_runners(F))
             for name, fn in runners.items():
                 if name.startswith("sdpa_dense") and L > 8192:
@@ -212,18 +266,20 @@ def main(argv=None) -> int:
                 if name in ("sdpa_flash_causal", "flash_attn_causal"):
                     counted = 4.0 * B * H * D * allowed_pairs(L, F, "causal")
                 torch.manual_seed(0)
-                q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
-                do = torch.randn(B, H, L, D, device="cuda", dtype=dtype)
+                q, k, v = (torch.randn(B, H, L, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+                do = torch.randn(B, H, L, D, device=device, dtype=dtype)
                 try:
-                    t_fwd, t_both, peak = bench_one(fn, q, k, v, do, args.quick)
+                    t_fwd, t_both, peak = (bench_one_cpu(fn, q, k, v, do) if args.dry_run
+                                           else bench_one(fn, q, k, v, do, args.quick))
                 except Exception as exc:  # report and go on: one backend failing must not hide the rest
                     notes.append(f"{name} failed on B={B} L={L} D={D} {mask}: {type(exc).__name__}: {str(exc)[:200]}")
                     continue
                 finally:
-                    torch.cuda.empty_cache()
+                    if device == "cuda":
+                        torch.cuda.empty_cache()
                 t_bwd = max(t_both - t_fwd, 1e-9)
                 row = dict(backend=name, mask=mask, B=B, H=H, frames=T, frame_len=F, L=L, head_dim=D,
-                           dtype="bf16", fwd_ms=round(t_fwd, 4), bwd_ms=round(t_bwd, 4),
+                           dtype=str(dtype).replace("torch.", ""), fwd_ms=round(t_fwd, 4), bwd_ms=round(t_bwd, 4),
                            fwd_bwd_ms=round(t_both, 4), fwd_tflops=round(counted / t_fwd / 1e9, 1),
                            bwd_tflops=round(2.5 * counted / t_bwd / 1e9, 1),
                            fwd_bwd_tflops=round(3.5 * counted / t_both / 1e9, 1),
@@ -240,11 +296,10 @@ def main(argv=None) -> int:
 
 def write_results(out: Path, rows, notes, final: bool = False) -> None:
     """(Re)write JSON / CSV (after every shape, so a timeout keeps what was measured) and the plot."""
-    import triton
-
     meta = dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", date=dt.datetime.now(dt.timezone.utc).isoformat(),
-                commit=git_commit(), torch=torch.__version__, triton=triton.__version__,
-                flops_rule="fwd 4*B*H*D*allowed_pairs, bwd 2.5x fwd", timing="triton.testing.do_bench median",
+                commit=git_commit(), **versions(),
+                flops_rule="fwd 4*B*H*D*allowed_pairs (unmasked pairs only), bwd 2.5x fwd",
+                timing="triton.testing.do_bench median" if torch.cuda.is_available() else "wall clock, one run (dry run)",
                 complete=final, notes=notes)
     (out / "attention.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     if not rows:

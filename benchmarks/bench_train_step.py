@@ -10,6 +10,8 @@ Backends (same model weights, same data, same seed; switched with ``fastlam.ops.
 - ``reference_compiled``: the reference with every transformer block, the prediction loss and
   the regularizer under ``torch.compile`` (regional compilation: one compile serves all 24
   identical blocks, which keeps compile time inside the suite's budget).
+- ``fastlam_compiled``: fastlam's kernels with the same regional ``torch.compile`` (the custom
+  ops trace without graph breaks, so the elementwise work between them fuses).
 - ``flex_attention``: FlexAttention (compiled, block mask) for the attention alone; everything
   else as the reference. FlexAttention has no backward on CPU, so it is skipped there.
 
@@ -29,8 +31,8 @@ the end of the regularizer's), so the parts sum to the step. The regularizer cou
 loss. For ``ac`` the loss is inline in the predictor (V-JEPA 2-AC's code path): only
 predictor / optimizer are split.
 
-Model FLOPs (for MFU) are counted analytically from the modules' shapes (:func:`lam_flops`,
-:func:`ac_flops`): 2 x in x out per token per linear layer (the tubelet conv as a linear),
+Model FLOPs (for MFU) are counted analytically from the modules' shapes by fastlam.flops (the
+model the training log's MFU uses too; :func:`ac_flops` here for V-JEPA 2-AC): 2 x in x out per token per linear layer (the tubelet conv as a linear),
 4 x width per query-key pair the mask allows for attention (QK^T and AV; masked pairs are
 not counted), elementwise work not counted; the trainable parts count forward + backward as
 3 x forward, the frozen encoder forward only; activation recomputation is not counted. MFU
@@ -70,6 +72,8 @@ from fastlam.models.ac_predictor import ACPredictor, ACPredictorConfig  # noqa: 
 from fastlam.models.blocks import AdaLNZeroBlock, Block  # noqa: E402
 from fastlam.models.encoder import EncoderConfig  # noqa: E402
 from fastlam.models.lam import LatentActionWorldModel, ModelConfig, RegularizerConfig, TransformerConfig  # noqa: E402
+from fastlam.flops import allowed_pairs, datasheet_bf16_peak, lam_flops  # noqa: E402,F401  (one FLOP model)
+from fastlam.flops import block_flops as _block, linear_flops as _linear  # noqa: E402
 from fastlam.ops import use_backend  # noqa: E402
 from fastlam.optim import OptimConfig, build_optimizers  # noqa: E402
 
@@ -84,8 +88,6 @@ GPU_SIZES = ("paper", "ac")
 # Seconds of budget a compiled run needs at GPU sizes (regional compile of the blocks, loss and
 # regularizer, forward and backward, plus the steps).
 COMPILE_RESERVE_S = 90
-# Dense bf16 tensor-core peaks from the datasheets (no sparsity), for the secondary MFU column.
-DATASHEET_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -150,65 +152,11 @@ VARIANTS = {
     "reference": Variant("torch", "torch"),
     "reference_compiled": Variant("torch", "torch", compiled=True),
     "flex_attention": Variant("flex", "torch"),
+    "fastlam_compiled": Variant("triton", "triton", compiled=True),
 }
 
 
 # ----------------------------------------------------------------------------- FLOP count
-
-
-def _linear(tokens: float, layer: torch.nn.Linear) -> float:
-    return 2.0 * tokens * layer.in_features * layer.out_features
-
-
-def _block(blk, seqs: int, seq_len: int, pairs: int, cond_rows: int = 0) -> float:
-    """One transformer block over ``seqs`` sequences of ``seq_len`` tokens whose mask allows
-    ``pairs`` query-key pairs each; ``cond_rows`` AdaLN modulation rows (one per frame)."""
-    tokens = seqs * seq_len
-    width = blk.attn.qkv.in_features
-    f = _linear(tokens, blk.attn.qkv) + _linear(tokens, blk.attn.proj)
-    f += _linear(tokens, blk.mlp.fc1) + _linear(tokens, blk.mlp.fc2)
-    f += 4.0 * seqs * pairs * width  # QK^T and AV over the allowed pairs, all heads
-    if isinstance(blk, AdaLNZeroBlock):
-        f += _linear(cond_rows, blk.adaLN_modulation[1])
-    return f
-
-
-def allowed_pairs(frames: int, frame_len: int, mask: str, dense: bool = False) -> int:
-    """Query-key pairs a mask allows over ``frames`` frames (``dense``: all L^2, as a dense
-    attention computes them)."""
-    L = frames * frame_len
-    if dense or mask == "full":
-        return L * L
-    if mask != "frame_causal":
-        raise ValueError(f"mask: expected 'full' or 'frame_causal', got {mask!r}")
-    return frame_len * frame_len * frames * (frames + 1) // 2
-
-
-def lam_flops(model: LatentActionWorldModel, dense: bool = False) -> dict:
-    """Forward FLOPs of one clip through each part (encoder, idm, predictor)."""
-    cfg = model.cfg
-    enc = cfg.encoder
-    grid = cfg.image_size // enc.patch_size
-    N, T = grid * grid, cfg.frames // enc.tubelet
-    mask = "frame_causal" if enc.frame_causal else "full"
-    conv = model.encoder.patch_embed.proj
-    patch_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] * conv.kernel_size[2]
-    encoder = 2.0 * T * N * patch_in * conv.out_channels
-    encoder += sum(_block(b, 1, T * N, allowed_pairs(T, N, mask, dense)) for b in model.encoder.blocks)
-    idm = 0.0
-    if model.idm is not None:
-        # T - 1 transitions, each two frames of (query token + N patches) under a full mask.
-        S, frame = T - 1, N + 1
-        idm = _linear(S * 2 * N, model.idm.embed)
-        idm += sum(_block(b, S, 2 * frame, allowed_pairs(2, frame, "full")) for b in model.idm.blocks)
-        idm += _linear(S, model.idm.head)
-    p = model.predictor
-    predictor = _linear((T - 1) * N, p.embed) + _linear((T - 1) * N, p.head)
-    if model.idm is not None:
-        predictor += _linear(T - 1, p.action_embed)
-    predictor += sum(_block(b, 1, (T - 1) * N, allowed_pairs(T - 1, N, "frame_causal", dense), cond_rows=T - 1)
-                     for b in p.blocks)
-    return {"encoder": encoder, "idm": idm, "predictor": predictor}
 
 
 def ac_flops(model: ACPredictor, frames: int, rollout_steps: int, dense: bool = False) -> float:
@@ -234,8 +182,9 @@ def train_flops_per_clip(model, size: Size, mode: str) -> float:
     trainable parts."""
     if size.kind == "ac":
         return 3.0 * ac_flops(model, size.ac_frames, size.ac_rollout)
-    f = lam_flops(model)
-    return (f["encoder"] if mode == "video" else 0.0) + 3.0 * (f["idm"] + f["predictor"])
+    from fastlam.flops import lam_train_flops_per_clip
+
+    return lam_train_flops_per_clip(model, with_encoder=mode == "video")
 
 
 def tokens_per_clip(size: Size) -> int:
@@ -497,8 +446,8 @@ def measured_bf16_peak(n: int = 8192, iters: int = 20) -> float:
 
 
 def datasheet_peak() -> float | None:
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in DATASHEET_BF16.items() if k in name), None)
+    """fastlam.flops' table, by the exact device name (an H100 PCIe is not an SXM)."""
+    return datasheet_bf16_peak(torch.cuda.get_device_name())
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -569,7 +518,7 @@ def run_size(size: Size, modes, backends, device, args, rows: list, notes: list,
         # the budget is better skipped than killed by the suite's timeout.
         for name in sorted(backends, key=lambda n: VARIANTS[n].compiled):
             left = args.budget_s - (time.time() - t_start)
-            if left <= 0 or (VARIANTS[name].compiled and device.type == "cuda" and left < COMPILE_RESERVE_S):
+            if left <= 0 or (VARIANTS[name].compiled and device.type == "cuda" and left < args.compile_reserve_s):
                 notes.append(f"time budget reached: skipped {size.name}/{mode}/{name}")
                 continue
             try:
@@ -609,6 +558,8 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_BUDGET_S", 230)),
                         help="start no new backend run after this many seconds")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--compile-reserve-s", type=float, default=COMPILE_RESERVE_S,
+                        help="start a compiled backend only with this much budget left (GPU)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
@@ -681,7 +632,7 @@ def comparisons(rows) -> list[dict]:
         if not ours:
             continue
         c = dict(size=key[0], mode=key[1])
-        for other in ("reference", "reference_compiled", "flex_attention"):
+        for other in ("reference", "reference_compiled", "flex_attention", "fastlam_compiled"):
             if other in group:
                 c[f"speedup_vs_{other}"] = round(ours["tokens_per_s"] / group[other]["tokens_per_s"], 3)
                 if ours.get("peak_mem_gb") and group[other].get("peak_mem_gb"):

@@ -7,6 +7,7 @@ plain containers, and nothing a downloaded file contains can execute code.
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -35,6 +36,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
     return atomic_write(path, lambda p: torch.save(state, p))
+
+
+def save_checkpoint_copies(paths: list[str | Path], state: dict) -> list[Path]:
+    """Write the same checkpoint to several paths (``step_N.pt`` and ``latest.pt``), pickling
+    it once: the state is serialised into memory, then each file is written atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getbuffer()
+    return [atomic_write(p, lambda tmp: tmp.write_bytes(data)) for p in paths]
 
 
 class CheckpointError(ValueError):

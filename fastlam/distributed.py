@@ -404,8 +404,11 @@ class DeepSpeedRunner:
 
     def train_step(self, video: torch.Tensor):
         """``video``: this rank's share of the global batch; returns the mean of the micro-batch
-        outputs (loss, pred_loss, reg_loss as floats, metrics) and the global grad norm."""
-        sums, metrics = [0.0, 0.0, 0.0], {}
+        outputs and the global grad norm as a :class:`fastlam.step_metrics.StepMetrics` (device
+        tensors: no host sync per micro-batch)."""
+        from fastlam.step_metrics import StepMetrics
+
+        acc = StepMetrics()
         for micro in video.chunk(self.grad_accum):
             if self.encoder_sharded:
                 out = self.engine(micro.to(self.device, self.dtype))
@@ -413,19 +416,15 @@ class DeepSpeedRunner:
                 with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     states = self.model.encode(micro.to(self.device))
                 out = self.engine(states.to(self.dtype))
-            if not torch.isfinite(out.loss):
-                raise FloatingPointError(f"loss became {out.loss.item()}")
             with static_shape_compiles():
                 self.engine.backward(out.loss)
                 if self._grads_measured is None and self.engine.is_gradient_accumulation_boundary():
                     self._grads_measured = rank_memory(self.engine)  # gradients peak here: step frees them
                 self.engine.step()
-            for i, v in enumerate((out.loss, out.pred_loss, out.reg_loss)):
-                sums[i] += v.item() / self.grad_accum
-            for k, v in out.metrics.items():
-                metrics[k] = metrics.get(k, 0.0) + float(v) / self.grad_accum
+            acc.add_micro(out, self.grad_accum)
         norm = self.engine.get_global_grad_norm()
-        return sums, metrics, float(norm) if norm is not None else float("nan")
+        acc.grad_norm = torch.as_tensor(float("nan") if norm is None else norm, dtype=torch.float32).detach()
+        return acc
 
     # ---- checkpoints --------------------------------------------------------------------
     def save(self, ckpt_dir: Path, step: int, position: int, extra: dict, keep: int) -> Path:
@@ -606,42 +605,21 @@ def rank_memory(engine, extra_modules: tuple[nn.Module, ...] = ()) -> dict:
 
 
 # ---- throughput -----------------------------------------------------------------------------
-# Dense bf16 peak of the GPUs fastlam is run on, for the MFU estimate (no sparsity).
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
-
-
 def peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 datasheet peak of this CUDA device by its exact name (fastlam.flops), else None."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, value in PEAK_BF16_FLOPS.items():
-        if key in name:
-            return value
-    return None
+    from fastlam.flops import datasheet_bf16_peak
+
+    return datasheet_bf16_peak(torch.cuda.get_device_name(device))
 
 
 def train_flops_per_clip(model: nn.Module) -> float:
-    """Model FLOPs of one training clip: 2 x params x tokens per forward matmul, plus attention
-    (QK^T and AV: 4 x tokens x keys x width per layer; the encoder and predictor are
-    frame-causal, half the clip's frames on average, the IDM attends to all); the frozen
-    encoder runs forward only, the trainable parts forward + backward (x3). Activation
-    recomputation is not counted (MFU convention)."""
-    cfg = model.cfg
-    grid = cfg.image_size // cfg.encoder.patch_size
-    n = grid * grid
-    t = cfg.frames // cfg.encoder.tubelet
+    """Model FLOPs of one training clip (video in: frozen encoder forward + 3 x IDM and
+    predictor forward), the FLOP model of fastlam.flops that the benchmarks use too."""
+    from fastlam.flops import lam_train_flops_per_clip
 
-    def part(module: nn.Module | None, tokens: int, depth: int, width: int, frames: int, causal: bool) -> float:
-        if module is None:
-            return 0.0
-        matmul = sum(p.numel() for p in module.parameters() if p.ndim >= 2)
-        keys = n * (frames + 1) / 2 if causal else n * frames
-        return 2.0 * matmul * tokens + 4.0 * depth * tokens * keys * width
-
-    enc = part(model.encoder, t * n, len(model.encoder.blocks), model.encoder.width, t, cfg.encoder.frame_causal)
-    idm = part(model.idm, t * n, cfg.idm.depth, cfg.idm.width, t, False)
-    pred = part(model.predictor, (t - 1) * n, cfg.predictor.depth, cfg.predictor.width, t - 1, True)
-    return enc + 3.0 * (idm + pred)
+    return lam_train_flops_per_clip(model, with_encoder=True)
 
 
 class Throughput:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from fastlam.checkpoint import load_checkpoint, save_checkpoint
+from fastlam.checkpoint import load_checkpoint, save_checkpoint_copies
 from fastlam import distributed as fdist
 from fastlam.config import ConfigError, load_config, to_dict
 from fastlam.config_checks import validate_train_config
@@ -38,7 +38,9 @@ from fastlam import run_folder
 from fastlam.dashboard import Dashboard, LoggingConfig
 from fastlam.distributed import DistributedConfig
 from fastlam.models import LatentActionWorldModel, ModelConfig
+from fastlam.models.encoder_record import encoder_record, load_without_encoder, strip_encoder, verify_encoder
 from fastlam.optim import OptimConfig, build_optimizers, build_schedulers
+from fastlam.step_metrics import NonFiniteWindow, StepMetrics
 
 
 @dataclass
@@ -123,14 +125,17 @@ class ResumableBatches(torch.utils.data.Sampler):
         self.per_epoch = n // batch_size
 
     def __iter__(self):
-        pos = self.position
+        # The epoch's permutation is drawn once per epoch (O(n) every n / batch_size batches),
+        # not per batch: O(batch) per step. Same order as before: a pure function of (seed, epoch).
+        pos, perm_epoch, perm = self.position, None, None
+        share = self.batch_size // self.world_size
         while True:
             epoch, b = divmod(pos, self.per_epoch)
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            perm = torch.randperm(self.n, generator=g)
-            share = self.batch_size // self.world_size
+            if epoch != perm_epoch:
+                g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                perm, perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
             start = b * self.batch_size + self.rank * share
-            yield [(epoch, int(i)) for i in perm[start : start + share]]
+            yield [(epoch, i) for i in perm[start : start + share]]
             pos += 1
 
 
@@ -313,6 +318,7 @@ class _LocalRunner:
         self.opts = build_optimizers(model, cfg.optim)
         self.scheds = build_schedulers(self.opts, cfg.steps, cfg.optim)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        self.encoder: dict | None = None  # encoder_record, computed at the first save
         self.net = model
         if env.backend == "ddp":
             ids = [device.index] if device.type == "cuda" else None
@@ -322,9 +328,10 @@ class _LocalRunner:
     def lrs(self) -> list[float]:
         return [g["lr"] for o in self.opts for g in o.param_groups][:2]
 
-    def train_step(self, video: torch.Tensor):
+    def train_step(self, video: torch.Tensor) -> StepMetrics:
+        """One optimizer step; its metrics stay on the device (no host sync: see StepMetrics)."""
         cfg, accum = self.cfg, self.cfg.grad_accum_steps
-        sums, metrics = [0.0, 0.0, 0.0], {}
+        acc = StepMetrics()
         chunks = video.chunk(accum) if accum > 1 else (video,)
         for i, micro in enumerate(chunks):
             last = i == len(chunks) - 1
@@ -332,27 +339,27 @@ class _LocalRunner:
             with sync:
                 with autocast_for(self.device, cfg.precision):
                     out = self.net(micro)
-                if not torch.isfinite(out.loss):
-                    raise FloatingPointError(f"loss became {out.loss.item()}")
                 (out.loss / accum if accum > 1 else out.loss).backward()
-            for j, v in enumerate((out.loss, out.pred_loss, out.reg_loss)):
-                sums[j] += v.item() / accum
-            for k, v in out.metrics.items():
-                metrics[k] = metrics.get(k, 0.0) + float(v) / accum
+            acc.add_micro(out, accum)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
         for o in self.opts:
             o.step()
             o.zero_grad(set_to_none=True)
         for s in self.scheds:
             s.step()
-        return sums, metrics, float(grad_norm)
+        acc.grad_norm = grad_norm.detach()
+        return acc
 
     def save(self, ckpt_dir: Path, step: int, position: int, extra: dict, keep: int) -> Path:
         rngs = fdist.all_gather_objects(self.env, extra["rng"])
         path = ckpt_dir / f"step_{step:07d}.pt"
         if self.env.is_main:
+            if self.encoder is None:  # hashed once: the encoder is frozen
+                self.encoder = encoder_record(self.model, self.cfg.seed)
             state = {
-                "model": self.model.state_dict(),
+                # The frozen encoder is recorded (kind, config, weights file or seed, sha256), not saved.
+                "model": strip_encoder(self.model.state_dict()),
+                "encoder": self.encoder,
                 "model_config": extra["model_config"],
                 "optimizers": [o.state_dict() for o in self.opts],
                 "schedulers": [s.state_dict() for s in self.scheds],
@@ -362,8 +369,7 @@ class _LocalRunner:
             }
             if self.env.distributed:
                 state["rng_ranks"] = rngs
-            save_checkpoint(path, state)
-            save_checkpoint(ckpt_dir / "latest.pt", state)
+            save_checkpoint_copies([path, ckpt_dir / "latest.pt"], state)
             # Prune the oldest, never the file just written (whose path is returned and printed).
             older = [p for p in sorted(ckpt_dir.glob("step_*.pt")) if p != path]
             for p in older[: max(len(older) - (keep - 1), 0)]:
@@ -377,7 +383,12 @@ class _LocalRunner:
             raise FileNotFoundError(f"--resume: no checkpoint at {latest}")
         try:
             state = load_checkpoint(latest, map_location=self.device)
-            self.model.load_state_dict(state["model"])
+            if "encoder" in state:  # the encoder was rebuilt from the config: check it is the same one
+                verify_encoder(self.model, state["encoder"], f"--resume: {latest}")
+                load_without_encoder(self.model, state["model"], f"--resume: {latest}")
+                self.encoder = state["encoder"]
+            else:  # a checkpoint that still carries the encoder's weights
+                self.model.load_state_dict(state["model"])
             for o, s in zip(self.opts, state["optimizers"]):
                 o.load_state_dict(s)
             for sc, s in zip(self.scheds, state["schedulers"]):
@@ -488,7 +499,8 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
 
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and env.is_main), mininterval=2.0, file=sys.stdout)
     speed = fdist.Throughput(model, device, env.world_size)
-    first_loss, last_loss, preempted, measured = None, None, False, False
+    first, last, preempted, measured = None, None, False, False
+    nonfinite = NonFiniteWindow()
     log = metrics_file.open("a") if env.is_main else None
     dash = Dashboard(cfg.logging, out, to_dict(cfg), enabled=env.is_main, log_every=cfg.log_every)
     try:
@@ -497,29 +509,32 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
                 video = next(batches)
                 position += 1
                 dash.remember_clip(video)
-                try:
-                    sums, metrics, grad_norm = runner.train_step(video.to(device, non_blocking=True))
-                except FloatingPointError as e:
-                    # Do not overwrite the last good checkpoint with a diverged state.
-                    raise FloatingPointError(f"{e} at step {step}; the last good checkpoint is in {ckpt_dir} (--resume)") from None
+                last = runner.train_step(video.to(device, non_blocking=True))
+                nonfinite.add(last.finite, step + 1)
+                first = last if first is None else first
                 step += 1
                 speed.add(cfg.batch_size)
                 stop_now = stop.requested
-                if env.distributed:
-                    # One collective per step: the global batch's mean losses for rank 0's log,
-                    # and whether any rank was asked to stop (so all stop at the same step).
-                    keys = sorted(metrics)
-                    red = fdist.all_reduce_sum(env, sums + [metrics[k] for k in keys] + [float(stop_now)])
-                    sums = [v / env.world_size for v in red[:3]]
-                    metrics = {k: v / env.world_size for k, v in zip(keys, red[3:-1])}
-                    stop_now = red[-1] > 0
-                loss = sums[0]
-                first_loss = loss if first_loss is None else first_loss
-                last_loss = loss
                 # Step 1 is always logged: the run's first loss stays on record across resumes.
-                if log is not None and (step % cfg.log_every == 0 or step in (1, cfg.steps) or stop_now):
+                at_log = step % cfg.log_every == 0 or step in (1, cfg.steps)
+                at_ckpt = step % cfg.ckpt_every == 0 and step < cfg.steps
+                if env.distributed:
+                    # Ranks must agree on stopping at the same step: one collective per step
+                    # (a single float; DDP runs synchronise in every backward anyway).
+                    stop_now = fdist.all_reduce_sum(env, [float(stop_now)])[0] > 0
+                if at_log or at_ckpt or stop_now:
+                    nonfinite.check(step, ckpt_dir)  # the only host sync of a step, every log_every
+                if (log is not None or env.distributed) and (at_log or stop_now):
+                    sums, metrics, grad_norm = last.read()
+                    if env.distributed:
+                        # The global batch's mean losses for rank 0's log (every rank joins).
+                        keys = sorted(metrics)
+                        red = fdist.all_reduce_sum(env, sums + [metrics[k] for k in keys])
+                        sums = [v / env.world_size for v in red[:3]]
+                        metrics = {k: v / env.world_size for k, v in zip(keys, red[3:])}
+                if log is not None and (at_log or stop_now):
                     rates = speed.window()
-                    row = {"step": step, "loss": loss, "pred_loss": sums[1], "reg_loss": sums[2],
+                    row = {"step": step, "loss": sums[0], "pred_loss": sums[1], "reg_loss": sums[2],
                            "grad_norm": grad_norm, **rates, "lr": runner.lrs}
                     row.update(metrics)
                     if hasattr(dataset, "bad_files"):
@@ -527,7 +542,7 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     dash.scalars(step, row)
-                    bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{rates['clips_per_s']:.1f}")
+                    bar.set_postfix(loss=f"{sums[0]:.4f}", clips_s=f"{rates['clips_per_s']:.1f}")
                 bar.update(1)
                 dash.strip(step, model)
                 if env.backend == "deepspeed" and not measured:
@@ -536,12 +551,15 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
                 if stop_now:
                     preempted = True
                     break
-                if step % cfg.ckpt_every == 0 and step < cfg.steps:
+                if at_ckpt:
                     checkpoint(step)
     finally:
         if log is not None:
             log.close()
         dash.close()
+    nonfinite.check(step, ckpt_dir)
+    first_loss = first.read()[0][0] if first is not None else None
+    last_loss = last.read()[0][0] if last is not None else None
     bar.close()
     final_ckpt = checkpoint(step)
     summary = {"steps": step, "first_loss": first_loss, "last_loss": last_loss, "checkpoint": str(final_ckpt),

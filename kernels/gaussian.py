@@ -4,6 +4,8 @@ Forward (one pass over mu, logvar): ``z = mu + exp(logvar / 2) * eps`` with
 ``eps = normal(seed, row * D + col)`` (Philox: reproducible for a seed, independent of the
 launch configuration), and per-program partial sums of
 ``0.5 * (mu^2 + exp(logvar) - 1 - logvar) / N`` (reduced by the caller).
+The seed is read from a one-element int64 tensor (``seed_ptr``), so the caller can draw it on
+the device without a ``.item()`` (a host sync, and a graph break under ``torch.compile``).
 Backward (one pass): eps is regenerated from the seed instead of being stored, so nothing but
 the inputs is kept for the backward; the KL's upstream gradient is read on device.
 
@@ -43,7 +45,7 @@ def _normal(seed, offsets, FAST_COS: tl.constexpr):
 
 @triton.jit
 def _gaussian_fwd_kernel(
-    mu_ptr, lv_ptr, z_ptr, part_ptr, N, D, stride_mu, stride_lv, stride_z, seed,
+    mu_ptr, lv_ptr, z_ptr, part_ptr, N, D, stride_mu, stride_lv, stride_z, seed_ptr,
     SAMPLE: tl.constexpr, FAST_COS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -56,14 +58,14 @@ def _gaussian_fwd_kernel(
     kl = tl.where(mask, 0.5 * (mu * mu + tl.exp(lv) - 1.0 - lv), 0.0)
     tl.store(part_ptr + pid, tl.sum(tl.sum(kl, axis=1), axis=0) / N)
     if SAMPLE:
-        eps = _normal(seed, rows[:, None] * D + cols[None, :], FAST_COS)
+        eps = _normal(tl.load(seed_ptr), rows[:, None] * D + cols[None, :], FAST_COS)
         z = mu + tl.exp(0.5 * lv) * eps
         tl.store(z_ptr + r64 * stride_z + cols[None, :], z.to(z_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _gaussian_bwd_kernel(
-    mu_ptr, lv_ptr, dz_ptr, gkl_ptr, dmu_ptr, dlv_ptr, N, D, stride_mu, stride_lv, stride_dz, stride_d, seed,
+    mu_ptr, lv_ptr, dz_ptr, gkl_ptr, dmu_ptr, dlv_ptr, N, D, stride_mu, stride_lv, stride_dz, stride_d, seed_ptr,
     SAMPLE: tl.constexpr, FAST_COS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -78,7 +80,7 @@ def _gaussian_bwd_kernel(
     dlv = gkl * 0.5 * (tl.exp(lv) - 1.0)
     if SAMPLE:
         dz = tl.load(dz_ptr + r64 * stride_dz + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        eps = _normal(seed, rows[:, None] * D + cols[None, :], FAST_COS)
+        eps = _normal(tl.load(seed_ptr), rows[:, None] * D + cols[None, :], FAST_COS)
         dmu += dz
         dlv += dz * 0.5 * tl.exp(0.5 * lv) * eps
     tl.store(dmu_ptr + r64 * stride_d + cols[None, :], dmu.to(dmu_ptr.dtype.element_ty), mask=mask)
@@ -91,21 +93,23 @@ def _params(d: int):
     return rows_per_block(block_d, 1024), block_d
 
 
-def gaussian_fwd(mu: torch.Tensor, logvar: torch.Tensor, seed: int, sample: bool):
-    """Returns (z or None, kl) for 2-D mu/logvar with unit stride along D."""
+def gaussian_fwd(mu: torch.Tensor, logvar: torch.Tensor, seed: torch.Tensor, sample: bool):
+    """Returns (z or None, kl) for 2-D mu/logvar with unit stride along D; ``seed`` a one-element
+    int64 tensor on mu's device holding a value in [0, 2**31)."""
     n, d = mu.shape
     block_m, block_d = _params(d)
     grid = (triton.cdiv(n, block_m),)
     part = torch.empty(grid[0], device=mu.device, dtype=torch.float32)
     z = torch.empty((n, d), device=mu.device, dtype=mu.dtype) if sample else part
     _gaussian_fwd_kernel[grid](
-        mu, logvar, z, part, n, d, mu.stride(0), logvar.stride(0), z.stride(0) if sample else 0, seed,
+        mu, logvar, z, part, n, d, mu.stride(0), logvar.stride(0), z.stride(0) if sample else 0,
+        seed,
         SAMPLE=sample, FAST_COS=not interpreting(), BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4,
     )
     return (z if sample else None), part.sum()
 
 
-def gaussian_bwd(mu, logvar, dz, gkl, seed: int):
+def gaussian_bwd(mu, logvar, dz, gkl, seed: torch.Tensor):
     """dmu, dlogvar; ``dz`` None when z was not sampled (KL only)."""
     n, d = mu.shape
     block_m, block_d = _params(d)
@@ -131,7 +135,7 @@ def _register():
             register(KernelConfig(
                 name=f"gaussian_fwd[{tag}]", fn=_gaussian_fwd_kernel,
                 signature={"mu_ptr": p, "lv_ptr": p, "z_ptr": p, "part_ptr": "*fp32", "N": "i32", "D": "i32",
-                           "stride_mu": "i32", "stride_lv": "i32", "stride_z": "i32", "seed": "i32"},
+                           "stride_mu": "i32", "stride_lv": "i32", "stride_z": "i32", "seed_ptr": "*i64"},
                 constexprs={"SAMPLE": sample, "FAST_COS": True, "BLOCK_M": block_m, "BLOCK_D": block_d},
                 num_warps=4, num_stages=1,
                 ref_shape=f"N={n},D={d}", flops=(20.0 if sample else 6.0) * n * d,
@@ -140,7 +144,7 @@ def _register():
                 name=f"gaussian_bwd[{tag}]", fn=_gaussian_bwd_kernel,
                 signature={"mu_ptr": p, "lv_ptr": p, "dz_ptr": p, "gkl_ptr": "*fp32", "dmu_ptr": p, "dlv_ptr": p,
                            "N": "i32", "D": "i32", "stride_mu": "i32", "stride_lv": "i32", "stride_dz": "i32",
-                           "stride_d": "i32", "seed": "i32"},
+                           "stride_d": "i32", "seed_ptr": "*i64"},
                 constexprs={"SAMPLE": sample, "FAST_COS": True, "BLOCK_M": block_m, "BLOCK_D": block_d},
                 num_warps=4, num_stages=1,
                 ref_shape=f"N={n},D={d}", flops=(24.0 if sample else 6.0) * n * d,

@@ -284,3 +284,18 @@ def test_bad_arguments_are_rejected():
         bench.main(["--sizes", "huge"])
     with pytest.raises(SystemExit):
         bench.main(["--sizes", "tiny", "--steps", "0"])
+
+
+def test_one_flop_model_for_the_training_log_and_the_benchmark():
+    """fastlam.distributed's MFU (the training log) and this benchmark count the same FLOPs."""
+    from fastlam import distributed as fdist
+    from fastlam.flops import datasheet_bf16_peak
+
+    model = bench.build_model(bench.SIZES["tiny"], torch.device("cpu"), 0)
+    assert fdist.train_flops_per_clip(model) == bench.train_flops_per_clip(model, bench.SIZES["tiny"], "video")
+    assert bench.train_flops_per_clip(model, bench.SIZES["tiny"], "states") < fdist.train_flops_per_clip(model)
+    # By exact device name: a PCIe H100 is not an SXM one, and an unknown card gets no MFU.
+    assert datasheet_bf16_peak("NVIDIA H100 80GB HBM3") == 989e12
+    assert datasheet_bf16_peak("NVIDIA H100 PCIe") == 756e12
+    assert datasheet_bf16_peak("NVIDIA H100 NVL") == 835e12
+    assert datasheet_bf16_peak("Some Future GPU H100X") is None

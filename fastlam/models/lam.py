@@ -1,6 +1,8 @@
 """LatentActionWorldModel: frozen encoder + IDM + regularizer + frame-causal predictor."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,6 +254,15 @@ class LatentActionWorldModel(nn.Module):
                                  f"'model_config' entries); pass {_WHAT_TO_PASS}")
             cfg = from_dict(ModelConfig, json.loads(ckpt["model_config"]))
             state = ckpt["model"]
+            if "encoder" in ckpt:  # written without the frozen encoder's weights: rebuild and verify it
+                from .encoder_record import load_without_encoder, rebuild_encoder
+
+                model = cls(cfg if cfg.encoder.checkpoint is None else dataclasses.replace(
+                    cfg, encoder=dataclasses.replace(cfg.encoder, checkpoint=None)))
+                rebuild_encoder(model, ckpt["encoder"])
+                load_without_encoder(model, state, f"path: {path}")
+                return model
+            cfg.encoder.checkpoint = None
         else:
             raise FileNotFoundError(f"path: no file or folder at {path}; pass {_WHAT_TO_PASS}")
         cfg.encoder.checkpoint = None  # the encoder weights are in the file already

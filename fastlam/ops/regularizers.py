@@ -151,7 +151,9 @@ def gaussian_sample_kl(mu: torch.Tensor, logvar: torch.Tensor, *, seed: int | No
                   kernel="gaussian"):
         from .triton_regularizers import draw_seed, triton_gaussian_sample_kl
 
-        return triton_gaussian_sample_kl(mu, logvar, draw_seed(generator) if seed is None else int(seed))
+        if seed is None:  # drawn on mu's device, never read back to the host
+            seed = draw_seed(generator, mu.device)
+        return triton_gaussian_sample_kl(mu, logvar, seed)
     if seed is not None and generator is None:
         generator = torch.Generator(device=mu.device).manual_seed(int(seed))
     return gaussian_sample(mu, logvar, generator=generator, backend="torch"), gaussian_kl(mu, logvar, backend="torch")

@@ -67,16 +67,33 @@ def triton_sparse_regularizer(z, *, l_l1, l_l2, l_v, l_c, l_m, eps, mean_term) -
 
 # ----------------------------------------------------------------------------- Gaussian
 
-def draw_seed(generator: torch.Generator | None = None) -> int:
-    """A Philox seed for the in-kernel RNG from torch's RNG (so torch.manual_seed reproduces it)."""
-    dev = generator.device if generator is not None else "cpu"
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=dev).item())
+def draw_seed(generator: torch.Generator | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+    """A Philox seed for the in-kernel RNG from torch's RNG (so torch.manual_seed reproduces it),
+    as a one-element int64 tensor on ``device`` (default: the generator's device, else CPU).
+
+    Drawn with ``torch.randint`` and never read back to the host: no ``.item()`` sync per
+    step, and ``torch.compile`` traces it without a graph break. With ``generator=None`` the
+    default generator of ``device`` draws it (CUDA's on a CUDA device)."""
+    if generator is not None:
+        seed = torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device, dtype=torch.int64)
+        return seed if device is None else seed.to(device)
+    return torch.randint(0, 2**31 - 1, (1,), device=device or "cpu", dtype=torch.int64)
+
+
+def seed_tensor(seed: int | torch.Tensor, device) -> torch.Tensor:
+    """An explicit seed (int or tensor) as the one-element int64 tensor the ops take."""
+    if isinstance(seed, torch.Tensor):
+        return seed.reshape(1).to(device=device, dtype=torch.int64)
+    if not 0 <= int(seed) < 2**31:
+        raise ValueError(f"seed: expected an int in [0, 2**31), got {seed!r}")
+    return torch.tensor([int(seed)], dtype=torch.int64, device=device)
 
 
 @torch.library.custom_op("fastlam::gaussian_fwd", mutates_args=())
-def gaussian_fwd(mu: torch.Tensor, logvar: torch.Tensor, seed: int, sample: bool
+def gaussian_fwd(mu: torch.Tensor, logvar: torch.Tensor, seed: torch.Tensor, sample: bool
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z = mu + exp(logvar / 2) * eps with in-kernel Philox eps (empty when not sampling), KL)."""
+    """(z = mu + exp(logvar / 2) * eps with in-kernel Philox eps (empty when not sampling), KL);
+    ``seed`` a one-element int64 tensor the kernel reads on the device."""
     from fastlam.kernels.gaussian import gaussian_fwd as launch
 
     z, kl = launch(_rows(mu), _rows(logvar), seed, sample)
@@ -89,8 +106,8 @@ def _(mu, logvar, seed, sample):
 
 
 @torch.library.custom_op("fastlam::gaussian_bwd", mutates_args=())
-def gaussian_bwd(mu: torch.Tensor, logvar: torch.Tensor, dz: torch.Tensor | None, grad_kl: torch.Tensor, seed: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussian_bwd(mu: torch.Tensor, logvar: torch.Tensor, dz: torch.Tensor | None, grad_kl: torch.Tensor,
+                 seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(dmu, dlogvar); eps is regenerated from the seed, ``dz`` None for the KL alone."""
     from fastlam.kernels.gaussian import gaussian_bwd as launch
 
@@ -105,29 +122,29 @@ def _(mu, logvar, dz, grad_kl, seed):
 def _gaussian_setup(ctx, inputs, output):
     mu, logvar, seed, sample = inputs
     # only the inputs and the seed are kept: eps is regenerated in the backward
-    ctx.save_for_backward(mu, logvar)
-    ctx.seed, ctx.sample = seed, sample
+    ctx.save_for_backward(mu, logvar, seed)
+    ctx.sample = sample
 
 
 def _gaussian_backward(ctx, dz, grad_kl):
-    mu, logvar = ctx.saved_tensors
+    mu, logvar, seed = ctx.saved_tensors
     if ctx.sample and dz is None:
         dz = torch.zeros_like(mu)
     if grad_kl is None:
         grad_kl = torch.zeros((), device=mu.device)
-    dmu, dlv = gaussian_bwd(mu, logvar, dz if ctx.sample else None, grad_kl, ctx.seed)
+    dmu, dlv = gaussian_bwd(mu, logvar, dz if ctx.sample else None, grad_kl, seed)
     return dmu, dlv, None, None
 
 
 gaussian_fwd.register_autograd(_gaussian_backward, setup_context=_gaussian_setup)
 
 
-def triton_gaussian_sample_kl(mu, logvar, seed: int):
-    return gaussian_fwd(mu, logvar, int(seed), True)
+def triton_gaussian_sample_kl(mu, logvar, seed: int | torch.Tensor):
+    return gaussian_fwd(mu, logvar, seed_tensor(seed, mu.device), True)
 
 
 def triton_gaussian_kl(mu, logvar):
-    return gaussian_fwd(mu, logvar, 0, False)[1]
+    return gaussian_fwd(mu, logvar, mu.new_zeros((1,), dtype=torch.int64), False)[1]
 
 
 # ----------------------------------------------------------------------------- vector quantizer

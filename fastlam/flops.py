@@ -1,0 +1,102 @@
+"""One FLOP model and one peak table for every MFU figure fastlam prints (the training log's
+``mfu`` and benchmarks/bench_train_step.py).
+
+Model FLOPs, counted from the modules' shapes: 2 x in x out per token per linear layer (the
+tubelet conv as a linear), 4 x width per query-key pair the mask allows for attention (QK^T
+and AV; masked pairs are not counted), elementwise work not counted; the trainable parts count
+forward + backward as 3 x forward, the frozen encoder forward only; recomputation not counted.
+The IDM is counted as it runs: T - 1 transitions of two frames (query token + N patches each)
+under a full mask.
+
+Peaks are datasheet dense bf16 tensor-core rates (no sparsity) keyed by the exact name
+``torch.cuda.get_device_name`` reports: an H100 PCIe (756 TFLOP/s) is not an SXM (989), and a
+device not in the table gets no MFU rather than a guessed one.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+# torch.cuda.get_device_name() -> dense bf16 FLOP/s (vendor datasheets, no sparsity).
+PEAK_BF16_FLOPS = {
+    "NVIDIA H100 80GB HBM3": 989e12,  # SXM5
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H100 NVL": 835e12,
+    "NVIDIA H200": 989e12,  # SXM
+    "NVIDIA H200 NVL": 835e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12,
+    "NVIDIA A100-PCIE-40GB": 312e12,
+    "NVIDIA L40S": 362e12,
+    "NVIDIA A10": 125e12,
+}
+
+
+def datasheet_bf16_peak(device_name: str) -> float | None:
+    """The dense bf16 peak of the device named exactly so, or None when it is not in the table."""
+    return PEAK_BF16_FLOPS.get(device_name.strip())
+
+
+def linear_flops(tokens: float, layer: nn.Linear) -> float:
+    return 2.0 * tokens * layer.in_features * layer.out_features
+
+
+def block_flops(blk, seqs: int, seq_len: int, pairs: int, cond_rows: int = 0) -> float:
+    """One transformer block over ``seqs`` sequences of ``seq_len`` tokens whose mask allows
+    ``pairs`` query-key pairs each; ``cond_rows`` AdaLN modulation rows (one per frame)."""
+    from fastlam.models.blocks import AdaLNZeroBlock
+
+    tokens = seqs * seq_len
+    width = blk.attn.qkv.in_features
+    f = linear_flops(tokens, blk.attn.qkv) + linear_flops(tokens, blk.attn.proj)
+    f += linear_flops(tokens, blk.mlp.fc1) + linear_flops(tokens, blk.mlp.fc2)
+    f += 4.0 * seqs * pairs * width  # QK^T and AV over the allowed pairs, all heads
+    if isinstance(blk, AdaLNZeroBlock):
+        f += linear_flops(cond_rows, blk.adaLN_modulation[1])
+    return f
+
+
+def allowed_pairs(frames: int, frame_len: int, mask: str, dense: bool = False) -> int:
+    """Query-key pairs a mask allows over ``frames`` frames (``dense``: all L^2, as a dense
+    attention computes them)."""
+    L = frames * frame_len
+    if dense or mask == "full":
+        return L * L
+    if mask != "frame_causal":
+        raise ValueError(f"mask: expected 'full' or 'frame_causal', got {mask!r}")
+    return frame_len * frame_len * frames * (frames + 1) // 2
+
+
+def lam_flops(model, dense: bool = False) -> dict:
+    """Forward FLOPs of one clip through each part of a LatentActionWorldModel (encoder, idm,
+    predictor)."""
+    cfg = model.cfg
+    enc = cfg.encoder
+    grid = cfg.image_size // enc.patch_size
+    N, T = grid * grid, cfg.frames // enc.tubelet
+    mask = "frame_causal" if enc.frame_causal else "full"
+    conv = model.encoder.patch_embed.proj
+    patch_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] * conv.kernel_size[2]
+    encoder = 2.0 * T * N * patch_in * conv.out_channels
+    encoder += sum(block_flops(b, 1, T * N, allowed_pairs(T, N, mask, dense)) for b in model.encoder.blocks)
+    idm = 0.0
+    if model.idm is not None:
+        # T - 1 transitions, each two frames of (query token + N patches) under a full mask.
+        S, frame = T - 1, N + 1
+        idm = linear_flops(S * 2 * N, model.idm.embed)
+        idm += sum(block_flops(b, S, 2 * frame, allowed_pairs(2, frame, "full")) for b in model.idm.blocks)
+        idm += linear_flops(S, model.idm.head)
+    p = model.predictor
+    predictor = linear_flops((T - 1) * N, p.embed) + linear_flops((T - 1) * N, p.head)
+    if model.idm is not None:
+        predictor += linear_flops(T - 1, p.action_embed)
+    predictor += sum(block_flops(b, 1, (T - 1) * N, allowed_pairs(T - 1, N, "frame_causal", dense), cond_rows=T - 1)
+                     for b in p.blocks)
+    return {"encoder": encoder, "idm": idm, "predictor": predictor}
+
+
+def lam_train_flops_per_clip(model, with_encoder: bool = True) -> float:
+    """Model FLOPs of one training clip: the frozen encoder's forward (``with_encoder``; off
+    when training from cached states) + 3 x forward of the IDM and predictor."""
+    f = lam_flops(model)
+    return (f["encoder"] if with_encoder else 0.0) + 3.0 * (f["idm"] + f["predictor"])

@@ -210,8 +210,7 @@ def _merge_write(path: Path, result: dict, kind: str) -> None:
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = path.with_suffix(".lock")
-    with open(lock_path, "w") as lock:
+    with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         merged = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
         rows = merged.get("rows", {})
@@ -219,7 +218,6 @@ def _merge_write(path: Path, result: dict, kind: str) -> None:
         merged.update({k: v for k, v in result.items() if k != "rows"})
         merged["rows"] = rows
         write_json(path, merged)
-    lock_path.unlink(missing_ok=True)  # a later writer recreates it; nothing is left in the results
 
 
 def _fmt(x, nd=3):

@@ -83,6 +83,7 @@ class TrainConfig:
     progress: bool = True
     grad_accum_steps: int = 1  # micro-batches per optimizer step (per rank)
     activation_checkpointing: bool = False  # recompute predictor blocks in backward
+    diagnostics_clips: int = 8  # fixed held-out clips for the diag/* latent-use metrics (0: off)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)  # TensorBoard / W&B (metrics.jsonl always)
 
@@ -281,7 +282,13 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
     rows = [r for r in rows if "loss" in r]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
+    from fastlam.diagnostics import plot_diagnostics
+
+    has_diag = any("diag/l1_own" in r for r in rows)
+    fig, axes = plt.subplots(1, 2 if has_diag else 1, figsize=(13 if has_diag else 7, 4), squeeze=False)
+    ax = axes[0, 0]
+    if has_diag:
+        plot_diagnostics(axes[0, 1], rows)
     steps = [r["step"] for r in rows]
     for key in ("loss", "pred_loss", "reg_loss"):
         ax.plot(steps, [r[key] for r in rows], label=key)
@@ -503,6 +510,7 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
     nonfinite = NonFiniteWindow()
     log = metrics_file.open("a") if env.is_main else None
     dash = Dashboard(cfg.logging, out, to_dict(cfg), enabled=env.is_main, log_every=cfg.log_every)
+    diag = _diagnostics(cfg, env)
     try:
         with fdist.StopFlag() as stop:
             while step < cfg.steps:
@@ -539,10 +547,15 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
                     row.update(metrics)
                     if hasattr(dataset, "bad_files"):
                         row["bad_files"] = len(dataset.bad_files)
+                    if diag is not None:
+                        from fastlam.diagnostics import progress_postfix
+
+                        row.update(diag(model))
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     dash.scalars(step, row)
-                    bar.set_postfix(loss=f"{sums[0]:.4f}", clips_s=f"{rates['clips_per_s']:.1f}")
+                    bar.set_postfix(loss=f"{sums[0]:.4f}", clips_s=f"{rates['clips_per_s']:.1f}",
+                                    **(progress_postfix(row) if diag is not None else {}))
                 bar.update(1)
                 dash.strip(step, model)
                 if env.backend == "deepspeed" and not measured:
@@ -584,6 +597,22 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
             summary["data_report"] = dataset.report()
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _diagnostics(cfg: TrainConfig, env: fdist.DistEnv):
+    """The latent-use diagnostics (fastlam.diagnostics) on rank 0, or None: off when
+    ``diagnostics_clips`` is 0 and under DeepSpeed (ZeRO-3 shards the weights rank 0 would need)."""
+    if cfg.diagnostics_clips < 0:
+        raise ConfigError(f"diagnostics_clips: expected an int >= 0, got {cfg.diagnostics_clips}")
+    if not env.is_main or cfg.diagnostics_clips == 0 or env.backend == "deepspeed":
+        return None
+    from fastlam.diagnostics import TrainDiagnostics
+
+    try:
+        return TrainDiagnostics.for_config(cfg, cfg.diagnostics_clips)
+    except (ValueError, RuntimeError) as e:  # never stop a run for its diagnostics
+        print(f"diagnostics off: no held-out clips from data.source ({type(e).__name__}: {e})")
+        return None
 
 
 def _write_memory(out: Path, env: fdist.DistEnv, runner) -> None:

@@ -330,6 +330,22 @@ def run_sample(args) -> Path:
                        "png": str(png), "checkpoint": args.checkpoint})
 
 
+def run_study(args) -> Path:
+    from .study import KINDS, StudyConfig, run_study
+
+    torch.set_num_threads(args.threads)
+    cfg = StudyConfig(world=args.world, kinds=tuple(args.kinds or KINDS), train_steps=args.train_steps,
+                      train_clips=args.train_clips, test_clips=args.test_clips, seed=args.seed,
+                      source=None if args.source == "procedural" else args.source)
+    return run_study(cfg, args.out)
+
+
+def run_study_report(args) -> Path:
+    from .study import write_study_report
+
+    return write_study_report(args.results, args.out)
+
+
 def run_report(args) -> Path:
     from .report import write_report
 
@@ -455,6 +471,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=256)
     p.add_argument("--langevin-iterations", type=int, default=500)
     p.set_defaults(fn=run_sample)
+
+    p = sub.add_parser("study", help="small-scale study: train each regularizer on a held-out world, probe the true action")
+    p.add_argument("--world", default="pan", choices=("pan", "agent", "agent_multi"))
+    p.add_argument("--kinds", nargs="*", default=None,
+                   help="regularizer kinds (default: deterministic none noisy sparse discrete); rows merge into "
+                        "OUT/study_WORLD.json, so one kind can be re-run alone")
+    p.add_argument("--out", required=True)
+    p.add_argument("--source", default="data/samples", help="background videos, or 'procedural' for textures")
+    p.add_argument("--train-steps", type=int, default=300)
+    p.add_argument("--train-clips", type=int, default=384)
+    p.add_argument("--test-clips", type=int, default=192)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=run_study)
+
+    p = sub.add_parser("study-report", help="study.md + capacity_vs_leakage.png from the study_*.json files")
+    p.add_argument("--results", required=True)
+    p.add_argument("--out", default=None)
+    p.set_defaults(fn=run_study_report)
 
     p = sub.add_parser("report", help="write report.md from the JSON files under a results folder")
     p.add_argument("--results", required=True)

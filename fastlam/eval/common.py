@@ -98,6 +98,9 @@ def state_fingerprint(model) -> str | None:
     if enc is None:
         return None
     h = hashlib.sha1()
+    ecfg = getattr(enc, "cfg", None)
+    if getattr(ecfg, "kind", "vit") == "pixels":  # weight-free: its settings are its identity
+        h.update(repr((ecfg.patch_size, ecfg.tubelet, ecfg.pool, ecfg.projection, ecfg.width)).encode())
     for k, v in sorted(enc.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes())

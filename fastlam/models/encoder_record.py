@@ -27,8 +27,15 @@ def encoder_sha256(encoder: nn.Module) -> str:
 
 
 def encoder_record(model: nn.Module, seed: int) -> dict:
-    """kind (``vjepa2`` weights file or ``random`` init from ``seed``), config, path, hash."""
+    """kind (``vjepa2`` weights file or ``random`` init from ``seed``), config, path, hash.
+
+    A ``pixels`` encoder has no weights to rebuild from a seed, but its PCA projection is fitted
+    on the first batch: its (small) buffers are kept in the record itself (kind ``pixels``)."""
     enc_cfg = model.cfg.encoder
+    if getattr(enc_cfg, "kind", "vit") == "pixels":
+        return {"kind": "pixels", "config": dataclasses.asdict(enc_cfg), "checkpoint": None, "seed": None,
+                "state": {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()},
+                "sha256": encoder_sha256(model.encoder)}
     path = enc_cfg.checkpoint
     return {"kind": "vjepa2" if path else "random", "config": dataclasses.asdict(enc_cfg),
             "checkpoint": str(path) if path else None, "seed": None if path else int(seed),
@@ -40,7 +47,10 @@ def strip_encoder(state: dict) -> dict:
 
 
 def verify_encoder(model: nn.Module, record: dict, where: str) -> None:
-    """Raise ValueError when ``model.encoder`` is not the encoder ``record`` describes."""
+    """Raise ValueError when ``model.encoder`` is not the encoder ``record`` describes (a
+    ``pixels`` record first restores its fitted buffers into ``model.encoder``)."""
+    if record.get("kind") == "pixels":
+        model.encoder.load_state_dict(record["state"])
     got = encoder_sha256(model.encoder)
     if got != record.get("sha256"):
         src = record.get("checkpoint") or f"random init, seed {record.get('seed')}"
@@ -59,7 +69,9 @@ def load_without_encoder(model: nn.Module, state: dict, where: str) -> None:
 
 def rebuild_encoder(model: nn.Module, record: dict) -> None:
     """Recreate the recorded encoder in ``model`` (weights file or seeded init), then verify it."""
-    if record.get("kind") == "vjepa2":
+    if record.get("kind") == "pixels":
+        pass  # verify_encoder restores the recorded buffers
+    elif record.get("kind") == "vjepa2":
         from fastlam.models.vjepa2 import load_vjepa2_encoder
 
         load_vjepa2_encoder(model.encoder, record["checkpoint"])

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..config import from_dict, to_dict
 from ..nn import REGULARIZERS, PredictionLoss, build_regularizer
-from .encoder import EncoderConfig, VideoEncoder
+from .encoder import EncoderConfig, build_encoder
 from .idm import InverseDynamicsModel
 from .predictor import Predictor
 
@@ -123,7 +123,7 @@ class LatentActionWorldModel(nn.Module):
             raise ValueError(f"model.image_size={cfg.image_size} must be divisible by model.encoder.patch_size={enc.patch_size}")
         if cfg.frames % enc.tubelet or cfg.frames < 2 * enc.tubelet:
             raise ValueError(f"model.frames={cfg.frames} must be a multiple of the tubelet {enc.tubelet} and >= {2 * enc.tubelet}")
-        self.encoder = VideoEncoder(enc)
+        self.encoder = build_encoder(enc)
         self.encoder.requires_grad_(False)
         grid_w = cfg.image_size // enc.patch_size
         steps = cfg.frames // enc.tubelet

@@ -1,0 +1,52 @@
+"""Probes fitted on some videos and scored on others, and the small-scale study command."""
+import json
+
+import pytest
+import torch
+
+from fastlam.eval.cli import main
+from fastlam.eval.probes import group_split, mlp_r2, pca_features, r2_score, ridge_r2
+
+
+def test_group_split_keeps_groups_apart():
+    groups = torch.tensor([3, 1, 1, 2, 3, 0, 2, 0])
+    fit, score = group_split(groups)
+    assert fit.any() and score.any() and not (fit & score).any()
+    assert not set(groups[fit].tolist()) & set(groups[score].tolist())
+    with pytest.raises(ValueError, match="groups"):
+        group_split(torch.zeros(4, dtype=torch.long))
+
+
+def test_probes_find_known_maps_and_not_noise():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 6, generator=g)
+    linear = x[:, :2] @ torch.tensor([[1.0, -2.0], [0.5, 1.0]]) + 0.05 * torch.randn(600, 2, generator=g)
+    product = (x[:, 0] * x[:, 1])[:, None]  # relative to the "state" x1: linear probes cannot, an MLP can
+    noise = torch.randn(600, 2, generator=g)
+    assert ridge_r2(x[:400], linear[:400], x[400:], linear[400:]) > 0.99
+    assert ridge_r2(x[:400], product[:400], x[400:], product[400:]) < 0.1
+    assert mlp_r2(x[:400], product[:400], x[400:], product[400:], iterations=300) > 0.7
+    assert ridge_r2(x[:400], noise[:400], x[400:], noise[400:]) < 0.05
+    assert r2_score(linear[400:].mean(0).expand(200, 2), linear[400:]) == pytest.approx(0.0, abs=0.02)
+    a, b = pca_features(x[:400], x[400:], 3)
+    assert a.shape == (400, 3) and b.shape == (200, 3)
+    with pytest.raises(ValueError, match="x"):
+        ridge_r2(x[:10], linear[:10], x[10:20, :3], linear[10:20])
+
+
+def test_study_command_writes_rows_and_report(tmp_path):
+    out = tmp_path / "study"
+    args = ["study", "--world", "agent", "--source", "procedural", "--train-steps", "2", "--train-clips", "16",
+            "--test-clips", "24", "--out", str(out)]
+    assert main(args + ["--kinds", "deterministic", "noisy"]) == 0
+    assert main(args + ["--kinds", "discrete"]) == 0  # merges into the same file
+    res = json.loads((out / "study_agent.json").read_text())
+    assert set(res["rows"]) == {"deterministic", "noisy", "discrete"}
+    noisy = res["rows"]["noisy"]
+    for key in ("ridge_trained", "ridge_shuffled", "ridge_untrained", "mlp_trained", "mlp_untrained",
+                "distractor_ridge", "diag/action_dependence", "leakage_ratio"):
+        assert key in noisy, key
+    assert "ridge_trained" not in res["rows"]["deterministic"]
+    assert main(["study-report", "--results", str(out)]) == 0
+    md = (out / "study.md").read_text()
+    assert "| noisy" in md and "x2.50" in md and (out / "capacity_vs_leakage.png").is_file()

@@ -140,7 +140,7 @@ def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False) -> dict:
     lam = LatentActionWorldModel.from_checkpoint(cfg.lam).to(device).eval()
     train_paths, held_paths = split_videos(cfg.data.source, cfg.holdout_videos)
     dataset = _clips(train_paths, lam.cfg, cfg.data, cfg.seed, "random", cfg.data.clips_per_video)
-    dcfg = DecoderConfig.for_lam(lam.cfg, width=cfg.decoder.width, depth=cfg.decoder.depth,
+    dcfg = DecoderConfig.for_lam(lam, width=cfg.decoder.width, depth=cfg.decoder.depth,
                                  heads=cfg.decoder.heads, mlp_ratio=cfg.decoder.mlp_ratio)
     decoder = StateDecoder(dcfg).to(device).train()
     opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

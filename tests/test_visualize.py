@@ -23,7 +23,7 @@ def tiny_lam(kind: str = "noisy") -> LatentActionWorldModel:
 
 
 def tiny_decoder(model) -> StateDecoder:
-    return StateDecoder(DecoderConfig.for_lam(model.cfg, width=32, depth=1, heads=2)).eval()
+    return StateDecoder(DecoderConfig.for_lam(model, width=32, depth=1, heads=2)).eval()
 
 
 def test_decoder_shapes_frame_causality_and_round_trip(tmp_path):
@@ -51,7 +51,7 @@ def test_decoder_learns_to_reconstruct():
     """A few hundred steps on fixed clips must lower the L1 error a lot (the unpatchify is right)."""
     torch.manual_seed(0)
     model = tiny_lam()
-    dec = StateDecoder(DecoderConfig.for_lam(model.cfg, width=48, depth=1, heads=2))
+    dec = StateDecoder(DecoderConfig.for_lam(model, width=48, depth=1, heads=2))
     video = torch.rand(4, 3, 8, 32, 32).round()  # high-contrast blocks
     video = torch.nn.functional.interpolate(video[:, :, :, ::8, ::8], scale_factor=(1, 8, 8))
     states = model.encode(video)
@@ -222,7 +222,7 @@ def test_visualize_and_leakage_cli(tmp_path, capsys):
     # A decoder made for another LAM is refused with a message naming --decoder.
     other = LatentActionWorldModel(ModelConfig(image_size=32, frames=8, action_dim=8,
                                                encoder=EncoderConfig(patch_size=8, width=48, heads=4)))
-    StateDecoder(DecoderConfig.for_lam(other.cfg, width=32, depth=1, heads=2)).save_pretrained(tmp_path / "dec2")
+    StateDecoder(DecoderConfig.for_lam(other, width=32, depth=1, heads=2)).save_pretrained(tmp_path / "dec2")
     with pytest.raises(SystemExit):
         main(["visualize", "--checkpoint", str(tmp_path / "lam"), "--decoder", str(tmp_path / "dec2"),
               "--data", "synthetic", "--out", str(tmp_path / "viz2"), "--clips", "2"])

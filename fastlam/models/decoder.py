@@ -47,13 +47,12 @@ class DecoderConfig:
             raise ValueError(f"decoder.image_size={self.image_size} must be divisible by decoder.patch_size={self.patch_size}")
 
     @classmethod
-    def for_lam(cls, lam_cfg, **overrides) -> "DecoderConfig":
-        """A decoder shaped for a LAM's encoder (state width, patch, tubelet, image size)."""
-        from .encoder import EncoderConfig
-
-        enc: EncoderConfig = lam_cfg.encoder
-        base = dict(state_dim=enc.dims()[0], patch_size=enc.patch_size, tubelet=enc.tubelet,
-                    image_size=lam_cfg.image_size, out_chans=enc.in_chans)
+    def for_lam(cls, lam, **overrides) -> "DecoderConfig":
+        """A decoder shaped for a LAM's frozen encoder (state width, patch, tubelet, image size);
+        ``lam`` is a :class:`~fastlam.models.LatentActionWorldModel` (any encoder kind)."""
+        enc = lam.cfg.encoder
+        base = dict(state_dim=int(lam.encoder.width), patch_size=enc.patch_size, tubelet=enc.tubelet,
+                    image_size=lam.cfg.image_size, out_chans=enc.in_chans)
         base.update(overrides)
         return cls(**base)
 

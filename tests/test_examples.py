@@ -122,3 +122,35 @@ def test_vjepa2_predictor_block_equals_peer_on_kept_tokens():
     full = torch.randn(2, T * H * W, dim, dtype=D64)
     every = torch.arange(T * H * W).expand(2, -1)
     torch.testing.assert_close(block(full, None, frame_len=H * W), peer(full, every), rtol=1e-10, atol=1e-10)
+
+
+def test_vq_action_head_equals_the_peers_plain_vq_in_float64():
+    """The head's tokens, actions, loss and every gradient equal the VQ-VAE head written out
+    from the peers' description (nearest code by L2, straight-through, codebook + beta * commitment)."""
+    from examples.vq_action_head import LatentActionVQHead
+
+    torch.manual_seed(3)
+    head = LatentActionVQHead(24, code_dim=16, num_codes=8, commitment=0.25, backend="torch").to(D64).train()
+    proj = nn.Linear(24, 16).to(D64)
+    proj.load_state_dict(head.proj.state_dict())
+    codebook = head.vq.codebook.weight.detach().clone().requires_grad_()
+    feats = torch.randn(3, 5, 24, dtype=D64, requires_grad=True)
+    feats_ref = feats.detach().clone().requires_grad_()
+
+    z, idx, loss = head(feats)
+    h = proj(feats_ref)
+    d = (h.unsqueeze(-2) - codebook).pow(2).sum(-1)
+    idx_ref = d.argmin(-1)
+    e = codebook[idx_ref]
+    z_ref = h + (e - h).detach()
+    loss_ref = (h.detach() - e).pow(2).mean() + 0.25 * (h - e.detach()).pow(2).mean()
+    assert torch.equal(idx, idx_ref)
+    torch.testing.assert_close(z, z_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(z)
+    ((z * g).sum() + loss).backward()
+    ((z_ref * g).sum() + loss_ref).backward()
+    torch.testing.assert_close(feats.grad, feats_ref.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(head.proj.weight.grad, proj.weight.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(head.vq.codebook.weight.grad, codebook.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(head.actions_from_tokens(idx), e.detach())

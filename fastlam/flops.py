@@ -75,9 +75,13 @@ def lam_flops(model, dense: bool = False) -> dict:
     grid = cfg.image_size // enc.patch_size
     N, T = grid * grid, cfg.frames // enc.tubelet
     mask = "frame_causal" if enc.frame_causal else "full"
-    conv = model.encoder.patch_embed.proj
-    patch_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] * conv.kernel_size[2]
-    encoder = 2.0 * T * N * patch_in * conv.out_channels
+    conv = getattr(getattr(model.encoder, "patch_embed", None), "proj", None)
+    if conv is not None:  # a ViT: the tubelet patch embedding
+        patch_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] * conv.kernel_size[2]
+        encoder = 2.0 * T * N * patch_in * conv.out_channels
+    else:  # the weight-free pixels encoder: at most one fixed projection per token
+        proj = getattr(model.encoder, "proj", None)
+        encoder = 2.0 * T * N * proj.shape[0] * proj.shape[1] if proj is not None else 0.0
     encoder += sum(block_flops(b, 1, T * N, allowed_pairs(T, N, mask, dense)) for b in model.encoder.blocks)
     idm = 0.0
     if model.idm is not None:

@@ -290,8 +290,9 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
     if has_diag:
         plot_diagnostics(axes[0, 1], rows)
     steps = [r["step"] for r in rows]
-    for key in ("loss", "pred_loss", "reg_loss"):
-        ax.plot(steps, [r[key] for r in rows], label=key)
+    for key in ("loss", "pred_loss", "reg_loss", "l1", "lpips"):  # l1 / lpips: train_decoder's terms
+        if all(key in r for r in rows):
+            ax.plot(steps, [r[key] for r in rows], label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")

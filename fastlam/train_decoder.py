@@ -200,10 +200,10 @@ def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False) -> dict:
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                row = {"step": step, "loss": float(loss), "l1": float(l1), "psnr": psnr(recon.detach(), video),
+                row = {"step": step, "loss": float(loss.detach()), "l1": float(l1.detach()), "psnr": psnr(recon.detach(), video),
                        "lr": sched.get_last_lr()[0]}
                 if lp is not None:
-                    row["lpips"] = float(lp)
+                    row["lpips"] = float(lp.detach())
                 first = row["loss"] if first is None else first
                 last = row["loss"]
                 log.write(json.dumps(row) + "\n")

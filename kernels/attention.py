@@ -737,6 +737,18 @@ def mask_variant_config(cfg: dict, masked: bool, low_precision: bool = True) -> 
     # The atomic-dQ dK/dV pass at 64 queries x 64 keys (bf16 hd64): TEMPORAL 2 spilled 32 B on sm_80.
     if out.get("bwd_kv_atomic") is not None and out["bwd_kv_atomic"][:2] == (64, 64):
         out["bwd_kv_atomic"] = (32,) + out["bwd_kv_atomic"][1:]
+    if not low_precision:
+        # fp32 (ieee dots, twice the registers per element) at the plain tiles spilled 8-24 B in
+        # 12 masked configs under triton 3.7.1 (fwd hd32/64, dQ hd64/128, dK/dV hd64 atomic and
+        # hd128): half the query tile, and key tiles of 16 at hd128.
+        for kind in ("fwd", "bwd_q", "bwd_kv", "bwd_kv_atomic"):
+            if out.get(kind) is not None:
+                BM, BN, w, st = out[kind]
+                out[kind] = (max(16, BM // 2), 16 if out["BLOCK_D"] >= 128 else BN, w, st)
+    elif out["BLOCK_D"] <= 32 and out.get("fwd") is not None:
+        # bf16 / fp16 hd32 forward 128 x 64 with key padding: 8 B on sm_80.
+        BM, BN, w, st = out["fwd"]
+        out["fwd"] = (min(BM, 64), BN, w, st)
     return out
 
 

@@ -266,3 +266,37 @@ def test_logging_config_errors_name_the_key(tmp_path):
         LoggingConfig(tensorboard=True, decoder=str(tmp_path / "missing")).check()
     with pytest.raises(ConfigError, match="logging.image_every"):
         LoggingConfig(image_every=-1).check()
+
+
+def test_train_decoder_end_to_end_holds_out_a_video_and_resumes(tmp_path):
+    """python -m fastlam.train_decoder on generated videos: held-out PSNR reported, final/ loads,
+    a second start in the same folder is refused, --resume continues to more steps."""
+    import numpy as np
+
+    from fastlam.train_decoder import main as train_decoder_main
+    from test_data import write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    rng = np.random.default_rng(0)
+    for v in range(3):
+        base = rng.integers(0, 255, (4, 4, 3), dtype=np.uint8).repeat(8, 0).repeat(8, 1)
+        write_video(videos / f"v{v}.mp4", num_frames=40, rate=8, size=(32, 32),
+                    image=lambda i, b=base: np.roll(b, i, axis=1))
+    lam = tiny_lam()
+    lam.save_pretrained(tmp_path / "lam")
+    args = ["--config", "configs/decoder_tiny_cpu.yaml", f"lam={tmp_path / 'lam'}", f"data.source={videos}",
+            "data.clips_per_video=4", "data.cache_mb=0", "decoder.width=32", "decoder.depth=1", "decoder.heads=2",
+            "batch_size=2", "steps=4", "log_every=2", "ckpt_every=2", "eval_clips=2", "progress=false",
+            f"out_dir={tmp_path / 'dec'}"]
+    assert train_decoder_main(args) == 0
+    summary = json.loads((tmp_path / "dec" / "summary.json").read_text())
+    assert summary["heldout_videos"] == ["v2.mp4"] and summary["train_videos"] == ["v0.mp4", "v1.mp4"]
+    assert summary["psnr_heldout"] > 0 and (tmp_path / "dec" / "reconstructions.png").is_file()
+    dec = StateDecoder.from_checkpoint(tmp_path / "dec" / "final")
+    assert dec.cfg.state_dim == lam.encoder.width
+    with pytest.raises(SystemExit):
+        train_decoder_main(args)  # the folder holds a run: refused, nothing overwritten
+    assert train_decoder_main(args[:-2] + ["steps=6", f"out_dir={tmp_path / 'dec'}", "--resume"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "dec" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]

@@ -210,3 +210,21 @@ def test_bench_allowed_pairs_counts_temporal_masks():
     for mask, window in (("temporal", None), ("temporal_causal", None), ("temporal_causal", 2)):
         dense = mask_allows(idx[:, None], idx[None, :], 4, mask, window).sum().item()
         assert allowed_pairs(24, 4, mask, window) == dense, mask
+
+
+def test_spilling_mask_variants_are_neither_registered_nor_launched_on_cuda():
+    """fp32 masked variants and 16-bit hd32 key padding spilled in the static check: they run on
+    the reference backends on CUDA (with the reason), and no registry entry claims them."""
+    import torch
+
+    from fastlam.kernels import attention as K
+    from fastlam.kernels.registry import all_configs
+
+    names = [c.name for c in all_configs()]
+    assert not [n for n in names if ",fp32," in n and any(v in n for v in ("temporal", "key_pad"))]
+    assert not [n for n in names if "hd32,bf16,key_pad" in n or "hd32,fp16,key_pad" in n]
+    assert [n for n in names if "hd64,bf16,temporal_causal" in n]  # the bf16 variants stay fused
+    assert "fp32" in K.mask_variant_gap(torch.float32, 64, "temporal")
+    assert "head_dim <= 32" in K.mask_variant_gap(torch.float16, 32, "key_pad")
+    assert K.mask_variant_gap(torch.bfloat16, 64, "key_pad") is None
+    assert K.mask_variant_gap(torch.bfloat16, 32, "temporal_causal") is None

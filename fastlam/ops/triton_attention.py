@@ -203,6 +203,13 @@ def triton_supports(q: torch.Tensor, req: AttentionRequest):
         return f"device {q.device} (the Triton kernel runs on CUDA)"
     if q.device.type == "cuda" and _interpreting():
         return "CUDA tensor while TRITON_INTERPRET=1 (the interpreter runs on CPU tensors)"
+    if q.device.type == "cuda":
+        variants = ([req.mask] if req.mask in _kernels.TEMPORAL_MODE else []) + (
+            ["key_pad"] if req.key_lengths is not None else [])
+        for variant in variants:
+            gap = _kernels.mask_variant_gap(q.dtype, D, variant)
+            if gap is not None:
+                return gap
     return _reference_only(req)
 
 

@@ -231,7 +231,9 @@ def test_simulator_oracle_plans_the_arm_near_perfectly(tmp_path):
     worlds = [SimulatorRollout(ad.arm_renderer(root, e["path"]).render, enc, e["frames"][0]) for e in eps]
     # The rebuilt scene is the recorded one, frame for frame.
     assert torch.equal(worlds[1].render(prop[1, 2]), eps[1]["frames"][2])
-    assert float(goal_cost(worlds[0], states[0, 0], states[0, 3], prop[0, 0])(acts[:1])) == 0.0
+    # The recorded actions reach the goal: cost 0 up to the encoder's last bits (the episode batch
+    # and the candidate batch are encoded in different batch sizes, so float sums may differ).
+    assert float(goal_cost(worlds[0], states[0, 0], states[0, 3], prop[0, 0])(acts[:1])) < 1e-4
     res = plan_arm(worlds, states, acts, prop, horizon=3, cfg=CEMConfig(150, 10, 8))
     zero = delta_xyz(torch.zeros_like(acts), acts)
     assert res["delta_xyz"] < 0.25 * float(zero.mean()) and res["delta_xyz"] < 0.03, (res["per_episode"], zero)

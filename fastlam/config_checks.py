@@ -54,7 +54,7 @@ def _rules() -> dict[str, Rule]:
         "precision": one_of("auto", "bf16", "fp32"),
         "data.source": NON_EMPTY, "data.fps": above(0), "data.crop": one_of("random", "center"),
         "data.short_policy": one_of("pad", "skip"), "data.clips_per_video": at_least(1),
-        "data.num_workers": at_least(0), "data.loader": one_of("auto", "dali", "torch"),
+        "data.num_workers": at_least(0), "data.loader": one_of("auto", "dali", "dali_stream", "torch"),
         "data.cache_mb": at_least(0), "data.decode_timeout_s": above(0), "data.synthetic_clips": at_least(1),
         "data.synthetic_sprites": at_least(1),
         "optim.muon_lr": above(0), "optim.adamw_lr": above(0), "optim.weight_decay": at_least(0),

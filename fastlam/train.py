@@ -453,7 +453,7 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
         dataset = build_dataset(cfg)  # fails early (empty folder, unreadable files) before any work
     except ValueError as e:
         raise ConfigError(f"data.source: {e}") from None
-    if not use_dali(cfg, device) and len(dataset) < cfg.batch_size:
+    if not use_dali(cfg, device) and hasattr(dataset, "__len__") and len(dataset) < cfg.batch_size:
         raise ConfigError(f"batch_size: expected at most the dataset's {len(dataset)} clips, got {cfg.batch_size}")
     model = LatentActionWorldModel(cfg.model)
     if cfg.model.encoder.checkpoint:

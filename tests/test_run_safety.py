@@ -16,7 +16,7 @@ from fastlam.train import TrainConfig, main, train
 
 TINY = [
     "data.source=synthetic", "data.synthetic_clips=8", "model.image_size=16", "model.frames=4",
-    "model.encoder.patch_size=8", "model.encoder.width=16", "model.encoder.depth=1", "model.encoder.heads=2",
+    "model.encoder.kind=vit", "model.encoder.patch_size=8", "model.encoder.width=16", "model.encoder.depth=1", "model.encoder.heads=2",
     "model.idm.width=16", "model.idm.depth=1", "model.idm.heads=2",
     "model.predictor.width=16", "model.predictor.depth=1", "model.predictor.heads=2", "model.action_dim=8",
     "batch_size=2", "progress=false", "log_every=2", "ckpt_every=2", "keep_checkpoints=1",

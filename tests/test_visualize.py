@@ -250,7 +250,7 @@ def test_tensorboard_events_written_and_readable(tmp_path):
     acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0}).Reload()
     tags = acc.Tags()
     assert {"loss", "pred_loss", "reg_loss", "grad_norm", "lr/0"} <= set(tags["scalars"])
-    assert [e.step for e in acc.Scalars("loss")] == [2, 4]
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 4]  # step 1 is always logged
     jsonl = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [round(e.value, 5) for e in acc.Scalars("loss")] == [round(r["loss"], 5) for r in jsonl]
     assert "rollout_strip" in tags["images"] and [e.step for e in acc.Images("rollout_strip")] == [2, 4]

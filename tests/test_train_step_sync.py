@@ -69,13 +69,13 @@ def test_checkpoints_record_the_encoder_instead_of_its_weights(tmp_path):
         torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
     # A different encoder (another seed) is refused on resume and by from_checkpoint.
     with pytest.raises(ValueError, match="frozen encoder differs"):
-        train(cfg_for(tmp_path, "steps=3", "seed=1"), resume=True)
+        train(cfg_for(tmp_path, "steps=3", "seed=1", "model.encoder.kind=vit"), resume=True)
     state["encoder"] = dict(rec, seed=1)
     torch.save(state, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="frozen encoder differs"):
         LatentActionWorldModel.from_checkpoint(tmp_path / "other.pt")
     # The same config resumes.
-    assert train(cfg_for(tmp_path, "steps=3"), resume=True)["steps"] == 3
+    assert train(cfg_for(tmp_path, "steps=3", "model.encoder.kind=vit"), resume=True)["steps"] == 3
 
 
 @pytest.mark.parametrize("regularizer", ["noisy"])

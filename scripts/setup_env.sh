@@ -32,7 +32,9 @@ step 3 "fastlam (editable) with its dev extras: triton, av, pytest, transformers
 # Build the csrc/ preprocessing extension now (JIT, cached under TORCH_EXTENSIONS_DIR) so the
 # first test run does not pay ~30-100 s for it; without a compiler the PyTorch path is used.
 step 4 "preprocessing extension (JIT build; falls back to PyTorch without a compiler)"
-"$VPY" -c "from fastlam.data.preprocess import load_extension, extension_status; load_extension(); print('  preprocessing:', extension_status())" >&2 || true
+# A build killed midway leaves torch's lock file behind and the next build waits on it forever:
+# bounded, so set-up never hangs (the PyTorch path is used until the extension builds).
+timeout 600 "$VPY" -c "from fastlam.data.preprocess import load_extension, extension_status; load_extension(); print('  preprocessing:', extension_status())" >&2 || true
 echo "[setup] done: activate with '. .venv/bin/activate' for python -m fastlam... commands" >&2
 # NVIDIA DALI (GPU decoding; CPU decoding of VP8/VP9/MJPEG) is the optional `dali` extra
 # (~200 MB): pip install -c constraints.txt -e ".[dali]". The tests that need it skip without it.

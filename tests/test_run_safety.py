@@ -107,7 +107,7 @@ def test_optionals_lists_dicts_and_literals():
     ("optim.adamw_betas=[0.9, 1.0]", r"optim.adamw_betas\[1\]: expected in \[0, 1\)"),
     ("data.fps=0", r"data.fps: expected > 0"),
     ("data.crop=middle", r"data.crop: expected one of random, center, got 'middle'"),
-    ("data.loader=fast", r"data.loader: expected one of auto, dali, torch"),
+    ("data.loader=fast", r"data.loader: expected one of auto, dali, dali_stream, torch, got .fast."),
     ("data.num_workers=-1", r"data.num_workers: expected >= 0"),
     ("model.regularizer.kind=sparce", r"model.regularizer.kind: expected one of .*sparse.*, got 'sparce'"),
     ("model.regularizer.mean_term=odd", r"model.regularizer.mean_term: expected one of signed"),

@@ -67,11 +67,12 @@ def load_extension(build: bool = True):
     remembered and warned about once; callers fall back to :func:`preprocess_reference`.
     """
     global _ext, _ext_error
+    if os.environ.get("FASTLAM_NO_EXT") == "1":
+        # Read on every call and not remembered as a failure: a process (or a test) that sets
+        # it for a while gets the extension back once it is unset.
+        return None
     if _ext is not None:
         return _ext
-    if os.environ.get("FASTLAM_NO_EXT") == "1":
-        _ext_error = "disabled by FASTLAM_NO_EXT=1"
-        return None
     with _ext_lock:
         if _ext is not None:
             return _ext
@@ -101,6 +102,8 @@ def load_extension(build: bool = True):
 
 def extension_status() -> str:
     """One line saying which preprocessing backend is in use and why."""
+    if os.environ.get("FASTLAM_NO_EXT") == "1":
+        return "PyTorch reference (disabled by FASTLAM_NO_EXT=1)"
     if _ext is not None:
         cuda = " with CUDA kernel" if _ext.has_cuda_kernel() else " (CPU only)"
         return f"C++ extension {_ext.__name__}{cuda}"

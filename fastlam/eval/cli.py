@@ -336,6 +336,8 @@ def run_study(args) -> Path:
     torch.set_num_threads(args.threads)
     cfg = StudyConfig(world=args.world, kinds=tuple(args.kinds or KINDS), train_steps=args.train_steps,
                       train_clips=args.train_clips, test_clips=args.test_clips, seed=args.seed,
+                      batch_size=args.batch_size, width=args.width, depth=args.depth,
+                      flicker=args.flicker, distractors=args.distractors,
                       source=None if args.source == "procedural" else args.source)
     return run_study(cfg, args.out)
 
@@ -482,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=int, default=300)
     p.add_argument("--train-clips", type=int, default=384)
     p.add_argument("--test-clips", type=int, default=192)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--width", type=int, default=48, help="IDM and predictor width")
+    p.add_argument("--depth", type=int, default=2, help="IDM and predictor depth")
+    p.add_argument("--flicker", type=float, default=0.03, help="per-frame brightness flicker amplitude (0: none)")
+    p.add_argument("--distractors", type=int, default=2, help="independently moving distractor squares")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=run_study)

@@ -70,6 +70,10 @@ class StudyConfig:
     action_dim: int = 128
     source: str | None = "data/samples"
     seed: int = 0
+    # World nuisances (the ablations of the README's diagnosis): per-frame brightness flicker
+    # and the number of independently moving distractors.
+    flicker: float = 0.03
+    distractors: int = 2
     strengths: dict = field(default_factory=lambda: copy.deepcopy(STRENGTHS))
 
     def model_config(self, kind: str) -> ModelConfig:
@@ -85,7 +89,7 @@ def _world(cfg: StudyConfig, n: int, seed: int, backgrounds, src):
         raise ValueError(f"world: expected one of {tuple(WORLDS)}, got {cfg.world!r}")
     p = WORLDS[cfg.world]
     return make_world(p["kind"], n, steps=cfg.steps_t, tubelet=2, size=cfg.size, agent=6, distractor_size=5,
-                      max_step=p["max_step"], distractors=2, backgrounds=backgrounds, background_source=src, seed=seed)
+                      max_step=p["max_step"], distractors=cfg.distractors, flicker=cfg.flicker, backgrounds=backgrounds, background_source=src, seed=seed)
 
 
 @torch.no_grad()
@@ -135,8 +139,9 @@ def _probes(z, z0, states, actions, distractor, groups, seed: int) -> dict:
         if name == "trained":
             out["ridge_shuffled"] = ridge_r2(x[fit], y[fit][perm], x[score], y[score])
             out["mlp_shuffled"] = mlp_r2(xm_fit, y[fit][perm], xm_score, y[score], seed=seed)
-            d = rows(distractor)
-            out["distractor_ridge"] = ridge_r2(x[fit], d[fit], x[score], d[score])
+            if distractor is not None:
+                d = rows(distractor)
+                out["distractor_ridge"] = ridge_r2(x[fit], d[fit], x[score], d[score])
     return out
 
 
@@ -191,7 +196,8 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, log=print) -> Path:
         row.update(latent_diagnostics(model, s_test))
         if model.idm is not None:
             z, z0 = model.infer_actions(states=s_test), untrained.infer_actions(states=s_test)
-            row.update(_probes(z, z0, s_test, test_w.actions, test_w.distractor_moves[:, :, 0], test_w.groups, cfg.seed))
+            first_distractor = test_w.distractor_moves[:, :, 0] if cfg.distractors else None
+            row.update(_probes(z, z0, s_test, test_w.actions, first_distractor, test_w.groups, cfg.seed))
         leak = future_leakage(model, leak_a, leak_b)
         row["leakage_ratio"] = leak["latent_l1"]["ratio"]
         row["leakage_no_cut"] = leak["latent_l1"]["no_cut"]["mean"]

@@ -90,6 +90,7 @@ def use_backend(name: str | None = None, *, attention: str | None = None, ops: s
         _auto_default.update(saved)
 
 
+@torch.compiler.assume_constant_result  # cached per process, as kernel_import_error below
 def triton_import_error() -> str | None:
     """None when ``fastlam.kernels`` (and so triton) imports, else why not."""
     global _checked, _triton_error
@@ -110,6 +111,10 @@ def import_error(name: str) -> str | None:
     return _import_errors.get(name)
 
 
+# Constant for a process (the result is cached): under torch.compile the first call runs
+# eagerly at trace time instead of tracing importlib, which dynamo skips (a graph break in the
+# first compiled step of any op whose kernel module was not imported yet).
+@torch.compiler.assume_constant_result
 def kernel_import_error(kernel: str) -> str | None:
     """None when triton and ``fastlam.kernels.<kernel>`` import, else why not (cached)."""
     err = triton_import_error()

@@ -50,3 +50,20 @@ def test_study_command_writes_rows_and_report(tmp_path):
     assert main(["study-report", "--results", str(out)]) == 0
     md = (out / "study.md").read_text()
     assert "| noisy" in md and "x2.50" in md and (out / "capacity_vs_leakage.png").is_file()
+
+
+def test_mlp_probe_early_stopping_on_fit_groups():
+    """With ``groups_fit`` the iteration count is chosen on fit-side groups: a real map relative
+    to the state is still found, shuffled labels still score near 0 (never chosen by the
+    held-out rows), and the groups must match the fit rows."""
+    g = torch.Generator().manual_seed(0)
+    groups = torch.arange(16).repeat_interleave(40)
+    x = torch.randn(640, 6, generator=g)
+    product = (x[:, 0] * x[:, 1])[:, None]
+    fit, score = group_split(groups)
+    assert mlp_r2(x[fit], product[fit], x[score], product[score], iterations=300, groups_fit=groups[fit]) > 0.7
+    perm = torch.randperm(int(fit.sum()), generator=g)
+    assert mlp_r2(x[fit], product[fit][perm], x[score], product[score], iterations=300,
+                  groups_fit=groups[fit]) < 0.1
+    with pytest.raises(ValueError, match="groups_fit"):
+        mlp_r2(x[fit], product[fit], x[score], product[score], groups_fit=groups[:3])

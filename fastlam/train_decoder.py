@@ -125,16 +125,19 @@ def eval_clips(paths, lam_cfg, data: DecoderData, n: int) -> torch.Tensor:
     return torch.stack([ds[int(i)] for i in idx])
 
 
-def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False) -> dict:
+def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
     from fastlam.models import LatentActionWorldModel
+    from fastlam.run_folder import prepare_out_dir
     from fastlam.train import ResumableBatches, _EpochIndexed, plot_losses, resolve_device
 
     cfg.validate()
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
-    if not resume and (ckpt_dir / "latest.pt").exists():
-        raise ConfigError(f"out_dir: {out} already holds a decoder run; pass --resume to continue it "
-                          "or a new out_dir=...")
+    # The LAM trainer's rule: a folder that holds a run is refused unless --resume continues it
+    # or --overwrite moves it aside (never deleted).
+    moved = prepare_out_dir(out, resume=resume, overwrite=overwrite)
+    if moved is not None:
+        print(f"moved the previous run in {out} to {moved}")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     lam = LatentActionWorldModel.from_checkpoint(cfg.lam).to(device).eval()
@@ -240,11 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fastlam.train_decoder", description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="YAML config (see configs/decoder_tiny_cpu.yaml)")
     ap.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoints/latest.pt")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="out_dir holds a run: move it to <out_dir>.old-<time> and start again")
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. steps=50 lam=runs/x/final")
     args = ap.parse_intermixed_args(argv)
     try:
         cfg = load_config(DecoderTrainConfig, args.config, args.overrides)
-        s = train_decoder(cfg, resume=args.resume)
+        s = train_decoder(cfg, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         ap.exit(2, f"error: {e}\n")
     print(f"\ntrained the decoder {s['steps']} steps: loss {s['first_loss']:.4f} -> {s['last_loss']:.4f}")

@@ -300,3 +300,7 @@ def test_train_decoder_end_to_end_holds_out_a_video_and_resumes(tmp_path):
     assert train_decoder_main(args[:-2] + ["steps=6", f"out_dir={tmp_path / 'dec'}", "--resume"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "dec" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]
+    # --overwrite moves the finished run aside (never deletes it) and starts again.
+    assert train_decoder_main(args + ["--overwrite"]) == 0
+    old = list(tmp_path.glob("dec.old-*"))
+    assert len(old) == 1 and (old[0] / "final").is_dir()

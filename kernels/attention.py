@@ -701,6 +701,15 @@ _ROPE_TILES: dict = {
 # STACK figures: sm_90 / sm_80 under that release (benchmarks.static_check; every release's
 # report: benchmarks/results/static/versions.md, made by scripts/static_check_versions.sh).
 _TRITON_TILES: dict = {
+    # 3.6: the GPU image's release (13 default builds spilled 8-296 B that 3.7 compiles clean).
+    "3.6": {
+        ("fwd", True, 128, True): (128, 32, 8, 2),  # 3 stages: 8 / 0 B
+        ("bwd_kv", False, 64, True): (16, 32, 8, 1),  # 2 stages: 16 / 0 B
+        ("bwd_kv_atomic", True, 64, False): (32, 64, 8, 2),  # 64x64: 0 / 8 B
+        ("bwd_q", True, 128, True): (64, 32, 8, 2),  # 64x64: 8 / 48 B
+        ("bwd_q", False, 128, True): (16, 16, 8, 1),  # 16x32: 296 / 280 B
+    },
+    "3.7": {},  # 3.7 and 3.8: the tables above
     "3.9": {
         ("fwd", True, 64, False): (128, 64, 8, 3),  # 4 warps: 0 / 16 B
         ("fwd", True, 128, True): (128, 32, 8, 2),  # 3 stages: 40 / 8 B

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import TRITON_PTR, next_pow2, num_sms, rows_per_block
+from ._common import TRITON_PTR, next_pow2, num_sms, rows_per_block, triton_release
 from .registry import KernelConfig, register
 
 MAX_D = 16384
@@ -181,11 +181,14 @@ def _launch_params(frames: int, frame_len: int, d: int, device: torch.device):
     return block_m, block_d, chunk, triton.cdiv(frame_len, chunk), num_warps
 
 
-def _bwd_tile(block_m: int, block_d: int):
+def _bwd_tile(block_m: int, block_d: int, version: str | None = None):
     """Rows and warps of the AdaLN backward: half the forward's rows (it holds x, dy, xhat and
     the LayerNorm-output gradient per element) with 4 warps; found spill-free on sm_80 and
-    sm_90 for D = 512..2048 where 8 warps left a small STACK on one of them."""
-    return max(1, block_m // 2), (4 if block_d <= 2048 else 8)
+    sm_90 for D = 512..2048 where 8 warps left a small STACK on one of them. Under triton
+    releases before 3.7 (the GPU image's 3.6) a quarter of the rows: the fp32-input, bf16-
+    modulation build at D 1024 with 2 rows spilled 8 B on sm_90."""
+    rows = block_m // 4 if triton_release(version) < (3, 7) else block_m // 2
+    return max(1, rows), (4 if block_d <= 2048 else 8)
 
 
 def adaln_fwd(x2d, shift2d, scale2d, weight, bias, frame_len: int, eps: float, out_dtype=None):

@@ -261,6 +261,16 @@ class _DaliDecoder:
         return t
 
 
+def check_batch_and_device(batch_size, device: str) -> None:
+    """The loaders' shared argument checks (this module's and :mod:`.dali_stream`'s)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but CUDA is not available (use device='cpu')")
+
+
 class DaliVideoLoader:
     """Batches ``(B, C, num_frames, H, W)`` of clips from ``source`` for one rank.
 
@@ -283,12 +293,7 @@ class DaliVideoLoader:
                  tubelet: int = 2, patch: int = 16, backend: str = "auto", num_threads: int = 2,
                  prefetch: int = 2, extensions: Sequence[str] = VIDEO_EXTENSIONS,
                  bad_file_log=None, decode_timeout_s: Optional[float] = 60.0):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if device not in ("cuda", "cpu"):
-            raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device='cuda' but CUDA is not available (use device='cpu')")
+        check_batch_and_device(batch_size, device)
         if backend not in ("auto", "dali", "pyav"):
             raise ValueError(f"backend must be 'auto', 'dali' or 'pyav', got {backend!r}")
         if backend == "dali" and not dali_available():

@@ -29,7 +29,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from .dali import DALI_CPU_CODECS, DALI_GPU_CODECS, DaliVideoLoader, index_video, cut_stream
+from .dali import DALI_CPU_CODECS, DALI_GPU_CODECS, DaliVideoLoader, check_batch_and_device, cut_stream, index_video
 from .dataset import VIDEO_EXTENSIONS, VideoClipDataset
 from .preprocess import preprocess_frames
 from .sampler import ShardedClipSampler
@@ -102,12 +102,7 @@ class DaliStreamLoader:
                  dtype: Optional[torch.dtype] = None, num_threads: int = 2, py_workers: int = 2,
                  prefetch: int = 2, extensions: Sequence[str] = VIDEO_EXTENSIONS,
                  bad_file_log=None, decode_timeout_s: Optional[float] = 60.0, **pre):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if device not in ("cuda", "cpu"):
-            raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device='cuda' but CUDA is not available (use device='cpu')")
+        check_batch_and_device(batch_size, device)
         for name, v in (("py_workers", py_workers), ("prefetch", prefetch), ("num_threads", num_threads)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")

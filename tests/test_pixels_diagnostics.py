@@ -36,6 +36,24 @@ def test_pooling_averages_inside_the_patch():
     torch.testing.assert_close(pooled.flatten(), want)
 
 
+def test_token_norm_ignores_brightness_and_contrast():
+    video = torch.rand(2, 3, 4, 16, 16) * 0.5 + 0.25
+    enc = PixelEncoder(_pixels(pool=2, token_norm=True))
+    s = enc(video)
+    assert s.shape == (2, 2, 4, 3 * 2 * 4 * 4)
+    torch.testing.assert_close(s.mean(-1), torch.zeros(2, 2, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(s.var(-1, unbiased=False), torch.ones(2, 2, 4), atol=1e-3, rtol=0)
+    # A brightness/contrast flicker per clip and time step (constant within a tubelet, so it
+    # scales whole tokens) leaves the states as they were; values stay inside [0, 1].
+    a = (torch.rand(2, 1, 2, 1, 1) * 0.6 + 0.7).repeat_interleave(2, 2)
+    b = ((torch.rand(2, 1, 2, 1, 1) - 0.5) * 0.1).repeat_interleave(2, 2)
+    flickered = (video - 0.5) * a + 0.5 + b
+    assert flickered.min() >= 0 and flickered.max() <= 1
+    torch.testing.assert_close(enc(flickered), s, atol=1e-3, rtol=1e-3)  # fp32 rounding
+    plain = PixelEncoder(_pixels(pool=2))  # without token_norm the states move with it
+    assert (plain(flickered) - plain(video)).abs().max() > 0.1
+
+
 def test_orthogonal_and_pca_projections():
     video = torch.rand(4, 3, 4, 16, 16)
     orth = PixelEncoder(_pixels(pool=2, projection="orthogonal", width=10))
@@ -72,6 +90,7 @@ def test_lam_with_pixels_round_trips(tmp_path):
     (dict(kind="pixels", projection="pca"), "model.encoder.width"),
     (dict(kind="pixels", projection="random", width=4), "model.encoder.projection"),
     (dict(kind="pixels", checkpoint="w.safetensors"), "model.encoder.checkpoint"),
+    (dict(kind="pixels", token_norm="yes"), "model.encoder.token_norm"),
 ])
 def test_bad_pixel_settings_name_the_key(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -337,7 +337,7 @@ def run_study(args) -> Path:
     cfg = StudyConfig(world=args.world, kinds=tuple(args.kinds or KINDS), train_steps=args.train_steps,
                       train_clips=args.train_clips, test_clips=args.test_clips, seed=args.seed,
                       batch_size=args.batch_size, width=args.width, depth=args.depth,
-                      flicker=args.flicker, distractors=args.distractors,
+                      flicker=args.flicker, distractors=args.distractors, token_norm=args.token_norm,
                       source=None if args.source == "procedural" else args.source)
     return run_study(cfg, args.out)
 
@@ -489,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=2, help="IDM and predictor depth")
     p.add_argument("--flicker", type=float, default=0.03, help="per-frame brightness flicker amplitude (0: none)")
     p.add_argument("--distractors", type=int, default=2, help="independently moving distractor squares")
+    p.add_argument("--token-norm", action="store_true",
+                   help="pixels encoder with per-token standardisation (model.encoder.token_norm)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=run_study)

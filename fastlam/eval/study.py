@@ -74,13 +74,16 @@ class StudyConfig:
     # and the number of independently moving distractors.
     flicker: float = 0.03
     distractors: int = 2
+    # The pixels encoder's per-token standardisation (EncoderConfig.token_norm).
+    token_norm: bool = False
     strengths: dict = field(default_factory=lambda: copy.deepcopy(STRENGTHS))
 
     def model_config(self, kind: str) -> ModelConfig:
         reg = RegularizerConfig(kind=kind, **self.strengths.get(kind, {}))
         t = TransformerConfig(width=self.width, depth=self.depth, heads=4)
         return ModelConfig(image_size=self.size, frames=2 * self.steps_t, action_dim=self.action_dim,
-                           encoder=EncoderConfig(kind="pixels", patch_size=self.patch, tubelet=2, pool=self.pool),
+                           encoder=EncoderConfig(kind="pixels", patch_size=self.patch, tubelet=2, pool=self.pool,
+                                                       token_norm=self.token_norm),
                            idm=t, predictor=copy.deepcopy(t), regularizer=reg)
 
 

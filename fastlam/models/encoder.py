@@ -59,6 +59,10 @@ class EncoderConfig:
     pool: int = 1
     projection: str = "none"  # none | orthogonal | pca
     projection_seed: int = 0
+    # kind: pixels only. Standardise each token's pooled pixels to mean 0, variance 1 (like MAE's
+    # per-patch normalised targets): a brightness or contrast change (lighting, flicker, exposure)
+    # then leaves the states unchanged, so the latent action is not spent on it.
+    token_norm: bool = False
 
     def validate(self) -> None:
         if self.kind not in ENCODER_KINDS:
@@ -76,6 +80,8 @@ class EncoderConfig:
         if not isinstance(self.pool, int) or self.pool < 1 or self.patch_size % self.pool:
             raise ValueError(f"model.encoder.pool: expected an int >= 1 dividing patch_size={self.patch_size}, "
                              f"got {self.pool!r}")
+        if not isinstance(self.token_norm, bool):
+            raise ValueError(f"model.encoder.token_norm: expected true or false, got {self.token_norm!r}")
         if self.projection not in PIXEL_PROJECTIONS:
             raise ValueError(f"model.encoder.projection: expected one of {PIXEL_PROJECTIONS}, got {self.projection!r}")
         raw = self.pixel_features()
@@ -192,13 +198,19 @@ class PixelEncoder(nn.Module):
         self.check_video(video, check_range)
         c, p, tub, pool = self.cfg.in_chans, self.cfg.patch_size, self.cfg.tubelet, self.cfg.pool
         B, _, F, H, W = video.shape
-        x = (video - self.mean.to(video.dtype)) / self.std.to(video.dtype)
+        # token_norm standardises each token anyway; skipping the per-channel ImageNet affine
+        # makes the states exactly invariant to a brightness/contrast change a * video + b.
+        x = video if self.cfg.token_norm else (video - self.mean.to(video.dtype)) / self.std.to(video.dtype)
         if pool > 1:
             x = torch.nn.functional.avg_pool3d(x, (1, pool, pool))
         q = p // pool
         gh, gw, T = H // p, W // p, F // tub
         x = x.reshape(B, c, T, tub, gh, q, gw, q).permute(0, 2, 4, 6, 1, 3, 5, 7)
-        return x.reshape(B, T, gh * gw, c * tub * q * q)
+        x = x.reshape(B, T, gh * gw, c * tub * q * q)
+        if self.cfg.token_norm:
+            # eps 1e-6 as in MAE: a flat patch maps to zeros instead of amplified noise
+            x = torch.nn.functional.layer_norm(x, x.shape[-1:], eps=1e-6)
+        return x
 
     @torch.no_grad()
     def fit_pca(self, feats: torch.Tensor) -> None:

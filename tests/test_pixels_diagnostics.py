@@ -198,3 +198,13 @@ def test_backgrounds_fall_back_and_scene_cuts_change_group(tmp_path):
         make_world("maze", 2)
     with pytest.raises(ValueError, match="max_step"):
         make_world("agent", 2, max_step=0)
+
+
+def test_state_fingerprint_tells_pixel_encoders_apart():
+    from fastlam.eval.common import state_fingerprint
+
+    def fp(**kw):
+        return state_fingerprint(LatentActionWorldModel(ModelConfig(image_size=16, frames=4, encoder=_pixels(**kw))))
+
+    assert fp(pool=2) == fp(pool=2)
+    assert len({fp(pool=2), fp(pool=4), fp(pool=2, token_norm=True)}) == 3

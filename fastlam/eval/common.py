@@ -101,6 +101,8 @@ def state_fingerprint(model) -> str | None:
     ecfg = getattr(enc, "cfg", None)
     if getattr(ecfg, "kind", "vit") == "pixels":  # weight-free: its settings are its identity
         h.update(repr((ecfg.patch_size, ecfg.tubelet, ecfg.pool, ecfg.projection, ecfg.width)).encode())
+        if getattr(ecfg, "token_norm", False):  # only when on: older fingerprints stay valid
+            h.update(b"token_norm")
     for k, v in sorted(enc.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes())

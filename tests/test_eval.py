@@ -34,6 +34,7 @@ from fastlam.eval.planning import (
     cem,
     delta_xyz,
     goal_cost,
+    cost_landscape,
     plan_arm,
     train_ac_baseline,
 )
@@ -214,6 +215,16 @@ def test_plan_arm_recovers_actions_in_a_known_linear_world():
     assert res["delta_xyz"] < 0.01, res["per_episode"]
     zero = float(delta_xyz(torch.zeros(2, 3, 7), acts).mean())
     assert zero > 5 * res["delta_xyz"]
+    # The exact world's cost points at the recorded actions; a world blind to them cannot tell.
+    land = cost_landscape(Linear(), states, acts, horizon=3, samples=16)
+    assert land["true_below_zero"] == 1.0 and land["random_below_true"] == 0.0 and land["windows"] == 2
+
+    class Blind(Linear):
+        def rollout(self, start, actions, proprio=None):
+            return super().rollout(start, torch.zeros_like(actions))
+
+    land = cost_landscape(Blind(), states, acts, horizon=3, samples=16)
+    assert land["true_below_zero"] == 0.5 and land["random_below_true"] == 0.5
 
 
 def test_simulator_oracle_plans_the_arm_near_perfectly(tmp_path):
@@ -490,9 +501,13 @@ def test_cli_end_to_end_planning_and_report(tmp_path, capsys):
     for key in ("lam_controller", "ac_baseline", "oracle"):
         assert plan[key]["episodes"] == 2 and math.isfinite(plan[key]["delta_xyz"])
         assert plan[key]["cem"] == {"samples": 12, "top_k": 3, "iterations": 2}
+        land = plan[key]["cost_landscape"]
+        assert land["windows"] == 2 and 0 <= land["true_below_zero"] <= 1 and 0 <= land["random_below_true"] <= 1
+    # the oracle re-renders the recorded actions exactly: they beat doing nothing in every window
+    assert plan["oracle"]["cost_landscape"]["true_below_zero"] == 1.0
     report = (out / "report.md").read_text()
     assert "LAM + controller" in report and "action-conditioned baseline" in report and "Delta_xyz" in report
-    assert "oracle: the simulator re-rendered" in report
+    assert "oracle: the simulator re-rendered" in report and "cost < zero plan's" in report
     for heading in ("Capacity", "Future leakage", "Cycle consistency", "Controller", "Sampled latent actions"):
         assert heading in report
     assert (out / "ctrl" / "controller_loss.png").is_file() and (out / "sample" / "latent_embedding.png").is_file()

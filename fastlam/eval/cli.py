@@ -231,6 +231,7 @@ def run_plan(args) -> Path:
         CEMConfig,
         LatentRollout,
         StandardizedACPredictor,
+        cost_landscape,
         plan_arm,
         plan_nav,
         relative_poses,
@@ -272,7 +273,11 @@ def run_plan(args) -> Path:
     for name, (world, st, pr) in worlds.items():
         if arm:
             res[name] = plan_arm(world, st, b["actions"], pr, horizon=horizon, cfg=cem_cfg, seed=args.seed)
-            print(f"{name}: Delta_xyz {res[name]['delta_xyz']:.4f} m over {res[name]['episodes']} episodes")
+            res[name]["cost_landscape"] = cost_landscape(world, st, b["actions"], pr, horizon=horizon, seed=args.seed)
+            cl = res[name]["cost_landscape"]
+            print(f"{name}: Delta_xyz {res[name]['delta_xyz']:.4f} m over {res[name]['episodes']} episodes; recorded "
+                  f"actions cost less than zero in {cl['true_below_zero']:.0%} of windows, "
+                  f"{cl['random_below_true']:.0%} of other recorded sequences cost less than them")
         else:
             res[name] = plan_nav(world, st, b["actions"], pr, steps=horizon, cfg=cem_cfg, seed=args.seed)
             print(f"{name}: ATE {res[name]['ate']:.3f}  RPE {res[name]['rpe']:.3f}")

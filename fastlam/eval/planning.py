@@ -264,6 +264,37 @@ def goal_cost(world, start: torch.Tensor, goal: torch.Tensor, proprio: torch.Ten
     return cost
 
 
+@torch.no_grad()
+def cost_landscape(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor | None = None, *,
+                   horizon: int = 3, samples: int = 64, seed: int = 0) -> dict:
+    """Does the world model's goal cost point at the recorded actions? Per window: the cost of
+    the recorded actions against the zero plan's and against ``samples`` sequences of recorded
+    actions drawn from other windows. CEM can only beat the zero plan where the first wins;
+    a perfect world model (the oracle) scores the recorded actions 0, below everything.
+
+    Returns ``true_below_zero`` (fraction of windows where the recorded actions cost less than
+    doing nothing) and ``random_below_true`` (mean fraction of the drawn sequences that cost
+    less than the recorded ones); ties count half, so a cost blind to the actions scores 0.5
+    on both, a perfect one 1 and 0."""
+    E, A = states.shape[0], actions.shape[-1]
+    pool = actions[:, :horizon].flatten(0, 1)
+    owner = torch.arange(E).repeat_interleave(horizon)
+    g = torch.Generator().manual_seed(seed)
+    below_zero, below_true = [], []
+    for e in range(E):
+        w = world[e] if isinstance(world, (list, tuple)) else world
+        cost = goal_cost(w, states[e, 0], states[e, horizon], None if proprio is None else proprio[e, 0])
+        others = pool[owner != e] if E > 1 else pool  # a permutation of its own actions would tie
+        drawn = others[torch.randint(0, others.shape[0], (samples, horizon), generator=g)]
+        c = cost(torch.cat([actions[e, :horizon][None], actions.new_zeros(1, horizon, A), drawn]))
+        # ties count half: a cost blind to the actions scores 0.5 on both
+        below = lambda other: (other < c[0]).float() + 0.5 * (other == c[0]).float()
+        below_zero.append(1.0 - float(below(c[1:2])))
+        below_true.append(float(below(c[2:]).mean()))
+    return {"true_below_zero": sum(below_zero) / E, "random_below_true": sum(below_true) / E,
+            "samples": samples, "windows": E}
+
+
 # ---- metrics ------------------------------------------------------------------------------
 def delta_xyz(plan: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """``|| sum_i plan[..., i, :3] - sum_i truth[..., i, :3] ||_1`` over (..., H, A) actions."""

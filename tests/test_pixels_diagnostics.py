@@ -41,12 +41,13 @@ def test_token_norm_ignores_brightness_and_contrast():
     enc = PixelEncoder(_pixels(pool=2, token_norm=True))
     s = enc(video)
     assert s.shape == (2, 2, 4, 3 * 2 * 4 * 4)
-    torch.testing.assert_close(s.mean(-1), torch.zeros(2, 2, 4), atol=1e-5, rtol=0)
-    torch.testing.assert_close(s.var(-1, unbiased=False), torch.ones(2, 2, 4), atol=1e-3, rtol=0)
-    # A brightness/contrast flicker per clip and time step (constant within a tubelet, so it
-    # scales whole tokens) leaves the states as they were; values stay inside [0, 1].
-    a = (torch.rand(2, 1, 2, 1, 1) * 0.6 + 0.7).repeat_interleave(2, 2)
-    b = ((torch.rand(2, 1, 2, 1, 1) - 0.5) * 0.1).repeat_interleave(2, 2)
+    per_frame = s.view(2, 2, 4, 3, 2, 16).transpose(-2, -3)  # (c, t, y, x): each frame of the tubelet
+    torch.testing.assert_close(per_frame.mean((-2, -1)), torch.zeros(2, 2, 4, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(per_frame.var((-2, -1), unbiased=False), torch.ones(2, 2, 4, 2), atol=1e-3, rtol=0)
+    # A brightness/contrast flicker in every raw frame (also between the two frames of a
+    # tubelet) leaves the states as they were; values stay inside [0, 1].
+    a = torch.rand(2, 1, 4, 1, 1) * 0.6 + 0.7
+    b = (torch.rand(2, 1, 4, 1, 1) - 0.5) * 0.1
     flickered = (video - 0.5) * a + 0.5 + b
     assert flickered.min() >= 0 and flickered.max() <= 1
     torch.testing.assert_close(enc(flickered), s, atol=1e-3, rtol=1e-3)  # fp32 rounding

@@ -59,9 +59,10 @@ class EncoderConfig:
     pool: int = 1
     projection: str = "none"  # none | orthogonal | pca
     projection_seed: int = 0
-    # kind: pixels only. Standardise each token's pooled pixels to mean 0, variance 1 (like MAE's
-    # per-patch normalised targets): a brightness or contrast change (lighting, flicker, exposure)
-    # then leaves the states unchanged, so the latent action is not spent on it.
+    # kind: pixels only. Standardise each token's pooled pixels, frame by frame, to mean 0 and
+    # variance 1 (like MAE's per-patch normalised targets): a brightness or contrast change
+    # (lighting, flicker, exposure) then leaves the states unchanged, so the latent action is
+    # not spent on it.
     token_norm: bool = False
 
     def validate(self) -> None:
@@ -205,12 +206,13 @@ class PixelEncoder(nn.Module):
             x = torch.nn.functional.avg_pool3d(x, (1, pool, pool))
         q = p // pool
         gh, gw, T = H // p, W // p, F // tub
-        x = x.reshape(B, c, T, tub, gh, q, gw, q).permute(0, 2, 4, 6, 1, 3, 5, 7)
-        x = x.reshape(B, T, gh * gw, c * tub * q * q)
+        x = x.reshape(B, c, T, tub, gh, q, gw, q).permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, T, gh, gw, c, tub, q, q)
         if self.cfg.token_norm:
-            # eps 1e-6 as in MAE: a flat patch maps to zeros instead of amplified noise
-            x = torch.nn.functional.layer_norm(x, x.shape[-1:], eps=1e-6)
-        return x
+            # Each frame of the tubelet on its own: a flicker between the two frames of a
+            # tubelet is removed too. eps 1e-6 as in MAE: a flat patch maps to zeros.
+            var, mean = torch.var_mean(x, dim=(4, 6, 7), unbiased=False, keepdim=True)
+            x = (x - mean) * torch.rsqrt(var + 1e-6)
+        return x.reshape(B, T, gh * gw, c * tub * q * q)
 
     @torch.no_grad()
     def fit_pca(self, feats: torch.Tensor) -> None:

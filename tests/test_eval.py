@@ -32,9 +32,9 @@ from fastlam.eval.planning import (
     StandardizedACPredictor,
     ate_rpe,
     cem,
+    cost_landscape,
     delta_xyz,
     goal_cost,
-    cost_landscape,
     plan_arm,
     train_ac_baseline,
 )

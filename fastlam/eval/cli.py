@@ -273,8 +273,8 @@ def run_plan(args) -> Path:
     for name, (world, st, pr) in worlds.items():
         if arm:
             res[name] = plan_arm(world, st, b["actions"], pr, horizon=horizon, cfg=cem_cfg, seed=args.seed)
-            res[name]["cost_landscape"] = cost_landscape(world, st, b["actions"], pr, horizon=horizon, seed=args.seed)
-            cl = res[name]["cost_landscape"]
+            cl = res[name]["cost_landscape"] = cost_landscape(world, st, b["actions"], pr, horizon=horizon,
+                                                              seed=args.seed)
             print(f"{name}: Delta_xyz {res[name]['delta_xyz']:.4f} m over {res[name]['episodes']} episodes; recorded "
                   f"actions cost less than zero in {cl['true_below_zero']:.0%} of windows, "
                   f"{cl['random_below_true']:.0%} of other recorded sequences cost less than them")
@@ -495,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flicker", type=float, default=0.03, help="per-frame brightness flicker amplitude (0: none)")
     p.add_argument("--distractors", type=int, default=2, help="independently moving distractor squares")
     p.add_argument("--token-norm", action="store_true",
-                   help="pixels encoder with per-token standardisation (model.encoder.token_norm)")
+                   help="pixels encoder standardising each frame of every token (model.encoder.token_norm)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=run_study)

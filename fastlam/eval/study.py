@@ -74,7 +74,7 @@ class StudyConfig:
     # and the number of independently moving distractors.
     flicker: float = 0.03
     distractors: int = 2
-    # The pixels encoder's per-token standardisation (EncoderConfig.token_norm).
+    # The pixels encoder's per-frame standardisation of every token (EncoderConfig.token_norm).
     token_norm: bool = False
     strengths: dict = field(default_factory=lambda: copy.deepcopy(STRENGTHS))
 
@@ -83,7 +83,7 @@ class StudyConfig:
         t = TransformerConfig(width=self.width, depth=self.depth, heads=4)
         return ModelConfig(image_size=self.size, frames=2 * self.steps_t, action_dim=self.action_dim,
                            encoder=EncoderConfig(kind="pixels", patch_size=self.patch, tubelet=2, pool=self.pool,
-                                                       token_norm=self.token_norm),
+                                                 token_norm=self.token_norm),
                            idm=t, predictor=copy.deepcopy(t), regularizer=reg)
 
 

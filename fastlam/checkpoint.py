@@ -61,7 +61,11 @@ def load_checkpoint(path: str | Path, map_location="cpu", *, expected: str = "a 
         raise FileNotFoundError(f"checkpoint: no file at {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError, TypeError) as e:
+    # Random or truncated bytes reach many corners of the unpickler: besides its own errors,
+    # a legacy-format header can fail to decode (UnicodeDecodeError, a ValueError), index or
+    # size fields can be out of range.
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError, TypeError, ValueError,
+            KeyError, IndexError, OverflowError) as e:
         if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e):
             reason = "it holds objects other than tensors and plain containers, which fastlam never unpickles"
         else:

@@ -86,6 +86,17 @@ def _assert_no_weights_only_advice(excinfo):
     assert "weights_only" not in shown and "UnpicklingError" not in shown
 
 
+def test_random_bytes_are_always_a_checkpoint_error(tmp_path):
+    """Many seeded noise files (os.urandom once hit a UnicodeDecodeError in the legacy header)."""
+    f = tmp_path / "noise.pt"
+    for seed in range(300):
+        g = torch.Generator().manual_seed(seed)
+        f.write_bytes(bytes(torch.randint(0, 256, (int(torch.randint(1, 3000, (1,), generator=g)),),
+                                          generator=g, dtype=torch.uint8).tolist()))
+        with pytest.raises(CheckpointError, match="not a readable torch checkpoint"):
+            load_checkpoint(f)
+
+
 def test_foreign_or_corrupt_checkpoint_files_say_what_to_pass(tmp_path):
     evil, noise = tmp_path / "evil.pt", tmp_path / "noise.pt"
     torch.save({"model": _Payload()}, evil)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ctypes
 import datetime
 import platform
 import hashlib
@@ -44,6 +45,7 @@ import json
 import os
 import pkgutil
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -283,7 +285,18 @@ def compile_one(cfg, arch: int) -> dict:
 _WORKER_CONFIGS: dict = {}
 
 
-def _worker_init(use_registry: bool, module_files: tuple) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """A compile worker ends when the checker does, however the checker ends (a SIGKILL, a
+    test's guard, Ctrl-C): without this, killed checkers left ~600 MB workers compiling on."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the checker died before the line above took effect
+        os._exit(1)
+
+
+def _worker_init(use_registry: bool, module_files: tuple, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     os.environ.pop("TRITON_INTERPRET", None)
     configs, _ = load_configs(use_registry, module_files)
     _WORKER_CONFIGS.update({c.name: c for c in configs})
@@ -687,7 +700,7 @@ def run_check(archs, filters=(), use_registry=True, module_files=(), jobs=None, 
 
         # spawn, not fork: each worker imports triton afresh with TRITON_INTERPRET unset.
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_init, initargs=(use_registry, module_files)) as pool:
+                                 initializer=_worker_init, initargs=(use_registry, module_files, os.getpid())) as pool:
             futures = {pool.submit(_worker_compile, cfg.name, arch): (cfg, arch, key) for cfg, arch, key in todo}
             for i, fut in enumerate(as_completed(futures), 1):
                 cfg, arch, key = futures[fut]

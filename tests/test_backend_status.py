@@ -1,13 +1,13 @@
 """No silent fallbacks: fastlam.ops.available_backends() says which backends can run and why
 not; a Triton backend whose module fails to import raises that error when asked for by name;
 on CUDA, backend 'auto' says once why a fused op runs on torch. CUDA is simulated (no GPU)."""
-import subprocess
 import sys
 import textwrap
 import warnings
 
 import pytest
 import torch
+from subprocess_guard import run_guarded
 
 import fastlam.ops as ops
 from fastlam.ops import _backend, available_backends
@@ -104,5 +104,5 @@ def test_attention_module_import_error_is_kept_and_raised_when_asked_for():
                 raise AssertionError("no error")
         print("ok")
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = run_guarded([sys.executable, "-c", code])
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr

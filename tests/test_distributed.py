@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from subprocess_guard import ChildStalled, StallWatch, wait_guarded
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed: DS_BUILD_OPS=0 pip install deepspeed==0.19.8")
 psutil = pytest.importorskip("psutil")
@@ -42,7 +43,6 @@ from fastlam.models import LatentActionWorldModel  # noqa: E402
 from fastlam.train import ResumableBatches, TrainConfig, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-TIMEOUT = 600  # seconds for one launch on a loaded 2-core machine
 
 TINY = textwrap.dedent("""
     model:
@@ -115,7 +115,8 @@ def _launch(workdir: Path, out: Path, *overrides: str, env_extra: dict | None = 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            str(workdir / "worker.py"), "--config", str(workdir / "tiny.yaml"), f"out_dir={out}", *overrides]
     log = open(out.parent / f"{out.name}.log", "w")
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # A session of its own: the stall guard watches, and kills, the launcher and both ranks together.
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _log(out: Path) -> str:
@@ -123,7 +124,10 @@ def _log(out: Path) -> str:
 
 
 def _wait(proc: subprocess.Popen, out: Path) -> None:
-    rc = proc.wait(timeout=TIMEOUT)
+    try:
+        rc = wait_guarded(proc)  # no wall-clock limit: only a launch that stopped working is killed
+    except ChildStalled as e:
+        raise AssertionError(f"{e}:\n{_log(out)}") from None
     assert rc == 0, f"launch failed (rc={rc}):\n{_log(out)}"
 
 
@@ -138,13 +142,14 @@ def _kill9(proc: subprocess.Popen) -> None:
 
 
 def _wait_for(cond, proc: subprocess.Popen, out: Path, what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
+    watch = StallWatch(proc)
     while not cond():
         if proc.poll() is not None:
             raise AssertionError(f"run ended (rc={proc.returncode}) before {what}:\n{_log(out)}")
-        if time.monotonic() > deadline:
-            _kill9(proc)
-            raise AssertionError(f"timed out waiting for {what}:\n{_log(out)}")
+        try:
+            watch.check()
+        except ChildStalled as e:
+            raise AssertionError(f"waiting for {what}: {e}:\n{_log(out)}") from None
         time.sleep(0.2)
 
 

@@ -4,13 +4,13 @@ ranges and every set-up pip install uses it, and the newcomer script's plan and 
 import ast
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from packaging.requirements import Requirement
 from packaging.version import Version
+from subprocess_guard import run_guarded
 
 import fastlam
 from fastlam.models import LatentActionWorldModel, ModelConfig
@@ -90,12 +90,11 @@ NEWCOMER = REPO / "scripts" / "newcomer_check.sh"
 
 @pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout")
 def test_newcomer_check_dry_run_clones_and_finds_the_readme_commands():
-    proc = subprocess.run(["bash", str(NEWCOMER), "--dry-run"], capture_output=True, text=True, timeout=120)
+    proc = run_guarded(["bash", str(NEWCOMER), "--dry-run"])
     assert proc.returncode == 0, proc.stderr
     assert "./scripts/train_tiny.sh" in proc.stdout and "./scripts/test.sh" in proc.stdout
     assert "dry run: the clone of" in proc.stdout
-    only = subprocess.run(["bash", str(NEWCOMER), "--dry-run", "--only", "test"], capture_output=True, text=True,
-                          timeout=120)
+    only = run_guarded(["bash", str(NEWCOMER), "--dry-run", "--only", "test"])
     assert only.returncode == 0 and "train_tiny.sh" not in only.stdout.split("dry run:")[0]
 
 
@@ -104,5 +103,5 @@ def test_newcomer_check_dry_run_clones_and_finds_the_readme_commands():
                                            (["--python"], "--python needs an interpreter"),
                                            (["--python", "no-such-python3"], "'no-such-python3' not found")])
 def test_newcomer_check_rejects_bad_arguments(args, message):
-    proc = subprocess.run(["bash", str(NEWCOMER), *args], capture_output=True, text=True, timeout=60)
+    proc = run_guarded(["bash", str(NEWCOMER), *args])
     assert proc.returncode == 2 and message in proc.stderr

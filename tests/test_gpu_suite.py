@@ -4,11 +4,11 @@ has: deepspeed, DALI, PyAV, transformers and flash-attn imports are made to fail
 import csv
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from subprocess_guard import run_guarded
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = REPO / "benchmarks" / "gpu_suite.sh"
@@ -44,8 +44,7 @@ def test_dry_run_end_to_end_without_the_gpu_image_extras(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), PYTHONPATH=f"{block}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                SUITE_DRY_CORRECTNESS_BUDGET_S="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    res = subprocess.run(["bash", str(SUITE), "--dry-run"], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=900)
+    res = run_guarded(["bash", str(SUITE), "--dry-run"], cwd=REPO, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     steps = {r["step"]: r["status"] for r in csv.DictReader(open(out / "steps.csv"))}
     assert list(steps) == ["correctness", "tune_tiles", "attention", "train_step"]

@@ -3,11 +3,11 @@ checked up front (errors name the key, exit code 2, no traceback), an out_dir ho
 refused unless --resume / --overwrite says what to do, --overwrite moves the old run aside,
 metrics never go backwards, printed paths exist, a resumed run reports its true first loss."""
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from subprocess_guard import run_guarded
 
 from fastlam.config import ConfigError, load_config
 from fastlam.config_checks import validate_train_config
@@ -144,9 +144,8 @@ def test_cli_user_error_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, 
 
 
 def test_cli_bad_value_in_a_subprocess_has_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "fastlam.train", "--config", "configs/tiny_cpu.yaml",
-                           f"out_dir={tmp_path / 'run'}", "batch_size=0"], capture_output=True, text=True,
-                          timeout=300)
+    proc = run_guarded([sys.executable, "-m", "fastlam.train", "--config", "configs/tiny_cpu.yaml",
+                           f"out_dir={tmp_path / 'run'}", "batch_size=0"])
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "batch_size: expected >= 1, got 0" in proc.stderr
     assert not (tmp_path / "run").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import triton
+from subprocess_guard import run_guarded
 
 from fastlam.kernels import attention as A
 from fastlam.kernels import tile_tables as tt
@@ -191,8 +191,8 @@ def test_every_sweep_candidate_is_registered_and_spill_free_in_the_pinned_report
 def test_tile_sweep_dry_run_writes_a_loadable_table_and_csv(tmp_path):
     """benchmarks/tune_tiles.py end to end on the CPU: interpreter, tiny shapes, two keys."""
     env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "benchmarks/tune_tiles.py", "--out", str(tmp_path), "--dry-run"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_guarded([sys.executable, "benchmarks/tune_tiles.py", "--out", str(tmp_path), "--dry-run"],
+                          cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     tables = list((tmp_path / "tuned").glob("*.json"))
     assert [p.name for p in tables] == ["cpu-triton-interpreter-dry-run.json"]

@@ -37,10 +37,9 @@ def has_checkpoint(out: Path) -> bool:
     return any((out / "checkpoints" / name).is_file() for name in ("latest.pt", "latest"))
 
 
-def prepare_out_dir(out_dir: str | Path, *, resume: bool, overwrite: bool, is_main: bool = True) -> Path | None:
-    """Check ``out_dir`` against the request before anything is written; with ``overwrite``
-    move an existing run to ``<out_dir>.old-<UTC time>`` (on the main process only) and
-    return where it went."""
+def check_out_dir(out_dir: str | Path, *, resume: bool, overwrite: bool) -> bool:
+    """Check ``out_dir`` against the request, writing nothing; True when a run there is to be
+    moved aside (``overwrite``)."""
     out = Path(out_dir)
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite: pass one (--resume continues the run in out_dir, "
@@ -49,15 +48,23 @@ def prepare_out_dir(out_dir: str | Path, *, resume: bool, overwrite: bool, is_ma
         if not has_checkpoint(out):
             raise RunFolderError(f"--resume: no checkpoint in {out / 'checkpoints'} (latest.pt, or latest for "
                                  "DeepSpeed); drop --resume to start a new run there")
-        return None
+        return False
     if not holds_run(out):
-        return None
+        return False
     if not overwrite:
         raise RunFolderError(
             f"out_dir {out} already holds a run{_describe(out)}; pass --resume to continue it, "
             f"out_dir=<another folder> to start a new one, or --overwrite to move it aside "
             f"(to {out}.old-<time>) and start again")
-    if not is_main:
+    return True
+
+
+def prepare_out_dir(out_dir: str | Path, *, resume: bool, overwrite: bool, is_main: bool = True) -> Path | None:
+    """Check ``out_dir`` against the request before anything is written; with ``overwrite``
+    move an existing run to ``<out_dir>.old-<UTC time>`` (on the main process only) and
+    return where it went."""
+    out = Path(out_dir)
+    if not check_out_dir(out, resume=resume, overwrite=overwrite) or not is_main:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     dest = out.with_name(f"{out.name}.old-{stamp}")

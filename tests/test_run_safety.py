@@ -159,7 +159,9 @@ def test_rerun_refuses_then_overwrite_moves_aside_and_resume_keeps_metrics_monot
     out = capsys.readouterr().out
     printed = [line.split(":", 1)[1].split("(")[0].strip() for line in out.splitlines()
                if line.startswith(("checkpoint:", "model:", "loss curve:"))]
-    assert len(printed) == 3 and all(Path(p).exists() for p in printed), out
+    assert len(printed) == 3 and all(Path(p).is_absolute() and Path(p).exists() for p in printed), out
+    # Where the run goes is the first thing printed, absolute, before any set-up.
+    assert out.splitlines()[0] == f"run folder: {run.resolve()} (new run)", out[:300]
     assert steps_logged(run) == [1, 2, 4]
     model_bytes = (run / "final" / "model.safetensors").read_bytes()
     first = json.loads((run / "summary.json").read_text())["first_loss"]
@@ -193,6 +195,41 @@ def test_rerun_refuses_then_overwrite_moves_aside_and_resume_keeps_metrics_monot
     assert (old[0] / "final" / "model.safetensors").read_bytes() != model_bytes  # the resumed run's weights
     with pytest.raises(RunFolderError, match="pass one"):
         train(tiny(run, "steps=2"), resume=True, overwrite=True)
+
+
+def test_check_flag_judges_config_and_run_folder_and_writes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--config", "configs/tiny_cpu.yaml", *TINY, f"out_dir={run}"]
+    assert main([*args, "--check"]) == 0
+    assert capsys.readouterr().out.strip() == f"config ok; run folder: {run.resolve()}"
+    assert not run.exists()
+    for extra, message in ((["batch_size=0"], "batch_size: expected >= 1"),
+                           (["--resume"], "--resume: no checkpoint")):
+        with pytest.raises(SystemExit) as e:
+            main([*args, *extra, "--check"])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("steps: 4\n")
+    snapshot = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--check"])
+    assert e.value.code == 2 and "already holds a run" in capsys.readouterr().err
+    assert main([*args, "--check", "--overwrite"]) == 0  # would move it aside: --check moves nothing
+    assert sorted(p.name for p in tmp_path.rglob("*")) == snapshot
+
+
+def test_train_tiny_refuses_an_existing_run_before_any_set_up(tmp_path):
+    """scripts/train_tiny.sh runs the --check first when the environment exists: a rerun into a
+    finished run is refused without the set-up's pip and extension steps."""
+    repo = Path(__file__).resolve().parents[1]
+    if Path(sys.executable).resolve() != (repo / ".venv" / "bin" / "python").resolve():
+        pytest.skip("the suite does not run in the repository's .venv, which train_tiny.sh uses")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("steps: 4\n")
+    proc = run_guarded(["bash", str(repo / "scripts" / "train_tiny.sh"), f"out_dir={run}"])
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr, proc.stderr[-2000:]
+    assert "[setup" not in proc.stderr and "sample videos" not in proc.stdout
 
 
 def test_resume_after_a_crash_drops_rows_logged_after_the_checkpoint(tmp_path):

@@ -101,7 +101,7 @@ class LAMOutput(NamedTuple):
 class LatentActionWorldModel(nn.Module):
     """The latent action world model of Garrido et al. (2026).
 
-    Video tensors are float (B, C, frames, H, W), H = W = ``image_size``, in the model's dtype
+    Video tensors are float (B, C, frames, H, W), H = W = ``cfg.image_size``, in ``model.dtype``
     (or under autocast), with values in [0, 1] (the encoder normalises). The value range is
     checked on every call (one pass over the input; a host sync on CUDA): pass
     ``check_range=False``, or set ``model.check_video_range = False``, to skip it where the data
@@ -140,6 +140,11 @@ class LatentActionWorldModel(nn.Module):
         self.loss_fn = PredictionLoss(cfg.loss, cfg.normalize_target)
         self.check_video_range = True
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the trained weights, which video and states must have outside autocast."""
+        return next(self.predictor.parameters()).dtype
+
     # The encoder is frozen: it stays in eval mode whatever mode the model is put in.
     def train(self, mode: bool = True):
         super().train(mode)
@@ -157,6 +162,13 @@ class LatentActionWorldModel(nn.Module):
             if video.shape[2] < 2 * tub:
                 raise ValueError(f"video: expected at least {2 * tub} frames (two time steps of the tubelet {tub}), "
                                  f"got shape {tuple(video.shape)}")
+            want = self.dtype
+            if (video.is_floating_point() and video.dtype != want
+                    and not torch.is_autocast_enabled(video.device.type)):
+                # Checked here, not only in the ViT: the weight-free pixels encoder would pass any
+                # float through and the IDM would fail deep inside a matmul.
+                raise TypeError(f"video: expected dtype {want} (the model's weights), got {video.dtype}; pass "
+                                f"video.to({want}), cast the model with model.to(dtype), or run under torch.autocast")
         return self.encoder(video, check_range=self.check_video_range if check_range is None else check_range)
 
     def _actions(self, states: torch.Tensor):

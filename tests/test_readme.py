@@ -73,8 +73,12 @@ def test_what_the_readme_says_to_pass_instead_works(tiny_final):
     model.check_video_range = False
     model.encode(video * 255)
     model.check_video_range = True
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # "(or autocast)"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # "float32 or the autocast dtype"
         assert model.infer_actions(video.bfloat16()).shape == (2, 7, 128)
+        assert model.infer_actions(video).shape == (2, 7, 128)
+        for dtype in (torch.float64, torch.float16):  # "other dtypes ... an error naming video"
+            with pytest.raises(TypeError, match=r"^video: expected dtype torch.float32 or torch.bfloat16"):
+                model.infer_actions(video.to(dtype))
     for dtype in (torch.float64, torch.bfloat16, torch.float16):  # "the dtype the model's"
         cast = _claims_model(tiny_final).to(dtype)
         assert cast.infer_actions(video.to(dtype)).dtype == dtype

@@ -162,13 +162,18 @@ class LatentActionWorldModel(nn.Module):
             if video.shape[2] < 2 * tub:
                 raise ValueError(f"video: expected at least {2 * tub} frames (two time steps of the tubelet {tub}), "
                                  f"got shape {tuple(video.shape)}")
-            want = self.dtype
-            if (video.is_floating_point() and video.dtype != want
-                    and not torch.is_autocast_enabled(video.device.type)):
+            want = [self.dtype]
+            dev = video.device.type
+            if torch.is_autocast_enabled(dev):
+                want.append(torch.get_autocast_dtype(dev))
+            if video.is_floating_point() and video.dtype not in want:
                 # Checked here, not only in the ViT: the weight-free pixels encoder would pass any
-                # float through and the IDM would fail deep inside a matmul.
-                raise TypeError(f"video: expected dtype {want} (the model's weights), got {video.dtype}; pass "
-                                f"video.to({want}), cast the model with model.to(dtype), or run under torch.autocast")
+                # float through and the IDM would fail deep inside a matmul (autocast does not
+                # make float64 or a second 16-bit type usable either).
+                names = " or ".join(str(d) for d in dict.fromkeys(want))
+                raise TypeError(f"video: expected dtype {names} (the model's weights"
+                                f"{' or the autocast dtype' if len(want) > 1 else ''}), got {video.dtype}; pass "
+                                f"video.to({want[-1]}), cast the model with model.to(dtype), or run under torch.autocast")
         return self.encoder(video, check_range=self.check_video_range if check_range is None else check_range)
 
     def _actions(self, states: torch.Tensor):

@@ -2,6 +2,7 @@
 that names the offending key for anything unknown or mistyped."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import types
@@ -13,7 +14,8 @@ import yaml
 
 
 class ConfigError(ValueError):
-    pass
+    """A setting the user gave (a config key, an override, a file named on the command line)
+    that cannot be used. Command lines print it as one line and exit with status 2."""
 
 
 def _is_dataclass_type(tp) -> bool:
@@ -137,17 +139,56 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def read_config_file(path: str | Path, name: str = "--config") -> dict:
+    """The mapping in the YAML file ``path``; a ConfigError naming ``name`` and the path when
+    it is missing, a folder, binary, empty, not YAML, or not a mapping."""
+    path = Path(path)
+    what = "a YAML config file (see configs/)"
+    if not path.exists():
+        raise ConfigError(f"{name}: file not found: {path}; pass {what}")
+    if not path.is_file():
+        raise ConfigError(f"{name}: {path} is a folder, not a file; pass {what}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}: {path} is a binary file, not YAML text (a checkpoint or a video?); "
+                          f"pass {what}") from None
+    if not text.strip():
+        raise ConfigError(f"{name}: {path} is an empty file; pass {what}")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"{name}: {path} is not valid YAML ({problem}{where}); pass {what}") from None
+    if data is None:  # only comments: every setting at its default
+        return {}
+    if not isinstance(data, dict):
+        first = text.strip().splitlines()[0].strip()
+        shown = first if len(first) <= 40 else first[:37] + "..."
+        kind = "plain text" if isinstance(data, str) else f"a YAML {type(data).__name__}"
+        raise ConfigError(f"{name}: {path} holds {kind} (first line: {shown!r}), not a mapping of settings "
+                          f"(key: value lines); pass {what}")
+    return data
+
+
 def load_config(cls, path: str | Path | None, overrides: list[str] | None = None):
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"--config: file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"--config: {path} must hold a mapping at the top level")
-    apply_overrides(data, overrides or [])
-    return from_dict(cls, data)
+    """``cls`` from the YAML file ``path`` (``--config``) with ``overrides`` applied. An error
+    caused by the file itself (not by an override) names the file."""
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
+    try:
+        return from_dict(cls, apply_overrides(copy.deepcopy(data), overrides or []))
+    except ConfigError:
+        if path is None or not data:
+            raise
+        try:  # the error path only: is the file wrong on its own?
+            from_dict(cls, data)
+        except ConfigError as file_error:
+            raise ConfigError(f"--config {path}: {file_error}") from None
+        except Exception:  # noqa: BLE001 - the file alone may be incomplete; the first error stands
+            pass
+        raise
 
 
 def to_dict(cfg) -> dict:

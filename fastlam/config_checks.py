@@ -7,9 +7,9 @@ regularizers, ``image_size`` divisible by the patch, ...). Each error is a
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, NamedTuple
 
+from .checkpoint import check_weights_path
 from .config import ConfigError
 
 
@@ -101,9 +101,12 @@ def validate_train_config(cfg) -> None:
         if not 0 <= beta < 1:
             raise _fail(f"optim.adamw_betas[{i}]", "in [0, 1)", beta)
     _check_device(cfg.device)
-    if cfg.model.encoder.checkpoint and not Path(cfg.model.encoder.checkpoint).is_file():
-        raise ConfigError(f"model.encoder.checkpoint: no file at {cfg.model.encoder.checkpoint} (a local V-JEPA 2 "
-                          ".pt or .safetensors; fastlam never downloads weights)")
+    if cfg.model.encoder.checkpoint:
+        # Headers only (a ViT-g file costs nothing here): a text file, a truncated download or
+        # a folder without weights stops the run now, with one line, not in the middle of set-up.
+        check_weights_path(cfg.model.encoder.checkpoint, name="model.encoder.checkpoint",
+                           expected="local V-JEPA 2 weights: a .pt / .pth, a .safetensors file or a transformers "
+                                    "folder (fastlam never downloads weights)")
     m, enc = cfg.model, cfg.model.encoder
     if m.image_size % enc.patch_size:
         raise ConfigError(f"model.image_size: expected a multiple of model.encoder.patch_size={enc.patch_size}, "

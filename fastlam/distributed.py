@@ -36,6 +36,7 @@ The DeepSpeed backend:
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -52,6 +53,7 @@ from torch import nn
 
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import ConfigError
+from .inputs import output_folder, read_json, require_folder
 from .optim import OptimConfig, is_hidden_matrix, warmup_cosine
 
 BACKENDS = ("auto", "none", "ddp", "deepspeed")
@@ -240,14 +242,7 @@ def build_deepspeed_config(path: str | Path, *, batch_size: int, world_size: int
     """Read a ZeRO JSON config and fill its ``"auto"`` values from the training config; an
     explicit value that disagrees with the training config is a ConfigError."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"distributed.deepspeed_config: file not found: {path}")
-    try:
-        ds = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"distributed.deepspeed_config: {path} is not valid JSON: {e}") from e
-    if not isinstance(ds, dict):
-        raise ConfigError(f"distributed.deepspeed_config: {path} must hold a JSON object")
+    ds = read_json(path, "distributed.deepspeed_config", "a DeepSpeed JSON config (see configs/deepspeed/)")
     micro = check_batch_split(batch_size, world_size, grad_accum_steps)
 
     def settle(key: str, want, where: dict, label: str):
@@ -507,18 +502,20 @@ class DeepSpeedRunner:
         return report
 
 
-def read_latest(ckpt_dir: Path) -> tuple[str, dict]:
+def read_latest(ckpt_dir: Path, name: str = "--resume") -> tuple[str, dict]:
+    """(tag, fastlam state) of the checkpoint DeepSpeed's ``latest`` file names; errors start
+    with ``name``, the argument that led here."""
     latest = ckpt_dir / LATEST
     if not latest.is_file():
-        raise FileNotFoundError(f"--resume: no DeepSpeed checkpoint: {latest} does not exist")
-    tag = latest.read_text().strip()
+        raise FileNotFoundError(f"{name}: no DeepSpeed checkpoint: {latest} does not exist")
+    tag = latest.read_text(errors="replace").strip()  # a binary file names no tag: reported below
     state_file = ckpt_dir / tag / STATE_FILE
     if not tag or not state_file.is_file():
-        raise FileNotFoundError(f"--resume: {latest} names {tag!r}, which has no {STATE_FILE} (incomplete or deleted)")
+        raise FileNotFoundError(f"{name}: {latest} names {tag[:80]!r}, which has no {STATE_FILE} (incomplete or deleted)")
     try:
         state = load_checkpoint(state_file)
     except Exception as e:
-        raise ValueError(f"--resume: {state_file} is corrupt ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{name}: {state_file} is corrupt ({type(e).__name__}: {e})") from e
     return tag, state
 
 
@@ -647,24 +644,35 @@ class Throughput:
         return row
 
 
-def _main(argv: list[str] | None = None) -> int:
-    import argparse
-
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m fastlam.distributed",
                                  description="Tools for DeepSpeed checkpoints written by fastlam.train")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{export}",
+                            help="export: consolidated fp32 weights of a DeepSpeed checkpoint")
     ex = sub.add_parser("export", help="consolidated fp32 weights of a checkpoint, for from_checkpoint")
     ex.add_argument("checkpoint", help="a tag directory (runs/x/checkpoints/step_0000100) or the checkpoints "
                                        "directory (its latest tag is used)")
     ex.add_argument("out", help="output directory (config.json + model.safetensors)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
-    path = Path(args.checkpoint)
-    if (path / LATEST).is_file():
-        path = path / read_latest(path)[0]
-    _import_deepspeed()
-    print(export_consolidated(path, args.out))
+    try:
+        path = require_folder(args.checkpoint, "checkpoint",
+                              "a DeepSpeed tag folder (RUN/checkpoints/step_NNNNNNN) or the checkpoints folder "
+                              "holding 'latest'")
+        output_folder(args.out, "out")
+        if (path / LATEST).is_file():
+            path = path / read_latest(path, "checkpoint")[0]
+        _import_deepspeed()
+        print(export_consolidated(path, args.out))
+    # InputError, CheckpointError and ConfigError (DeepSpeed missing) are ValueErrors.
+    except (ValueError, FileNotFoundError) as e:
+        ap.exit(2, f"error: {e}\n")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(_main())
+    raise SystemExit(main())

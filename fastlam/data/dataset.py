@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..inputs import InputError, check_path_list, describe_path
 from .manifest import ManifestMeta, is_manifest, load_manifest
 from .video import (
     ClipTooShort,
@@ -70,9 +71,9 @@ def list_videos(source, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> List[st
             return [str(src)]  # a single video
         try:
             lines = src.read_text().splitlines()
-        except UnicodeDecodeError as e:
-            raise ValueError(f"source {str(src)!r} is neither a directory nor a text file "
-                             f"listing video paths (it is not UTF-8 text: {e})") from e
+        except UnicodeDecodeError:
+            raise InputError(f"source {str(src)!r} is {describe_path(src)}, neither a directory nor a text file "
+                             f"listing video paths") from None
         # Relative entries are relative to the list file, so a list travels with its data.
         paths = []
         for line in lines:
@@ -82,8 +83,10 @@ def list_videos(source, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> List[st
             p = Path(line).expanduser()
             paths.append(str(p if p.is_absolute() else src.parent / p))
         if not paths:
-            raise ValueError(f"source {str(src)!r}: the file list has no paths "
-                             f"(one path per line; blank lines and '#' comments are ignored)")
+            raise InputError(f"source {str(src)!r}: the file list has no paths ({describe_path(src)}; "
+                             f"one path per line, blank lines and '#' comments are ignored)")
+        check_path_list(src, paths, "source", "a directory of videos, or a text file listing video paths "
+                                              "(one per line, relative to the list's folder)")
         return paths
     if isinstance(source, Iterable):
         paths = [str(p) for p in source]

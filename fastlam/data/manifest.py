@@ -36,6 +36,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+from ..inputs import InputError, MissingInputError, check_path_list, describe_path
 from .remote import is_remote, open_binary
 
 __all__ = ["scan_sources", "probe_file", "build_manifest", "load_manifest", "Manifest",
@@ -55,7 +56,12 @@ def is_manifest(source) -> bool:
 def _read_list(src: str, csv: bool) -> Iterator[Tuple[str, int]]:
     base = os.path.dirname(src) if not is_remote(src) else src.rsplit("/", 1)[0]
     with open_binary(src) as f:
-        text = f.read().decode("utf-8")
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"source {src!r} is {describe_path(src) if not is_remote(src) else 'binary data'}, not a "
+                         f"text list of video paths; pass {_SOURCES}") from None
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -114,9 +120,17 @@ def scan_sources(sources: Sequence[Union[str, os.PathLike]],
         elif p.suffix.lower() in exts:
             add(str(p.absolute()), -1)
         else:
-            for path, lab in _read_list(str(p), csv=p.suffix.lower() == ".csv"):
+            listed = list(_read_list(str(p), csv=p.suffix.lower() == ".csv"))
+            if not listed:
+                raise InputError(f"source {s!r} is {describe_path(p)} that lists no paths (one per line; blank "
+                                 f"lines and '#' comments are ignored); pass {_SOURCES}")
+            check_path_list(p, [path for path, _ in listed], "source", _SOURCES)
+            for path, lab in listed:
                 add(path, lab)
     return out
+
+
+_SOURCES = "a directory of videos, a text file of paths, a 'path label' .csv list, or a video"
 
 
 # ---- probing -------------------------------------------------------------------------------
@@ -260,8 +274,11 @@ def build_manifest(sources: Sequence[Union[str, os.PathLike]], out: Union[str, o
         raise ValueError(f"out must end in {' or '.join(MANIFEST_SUFFIXES)}, got {str(out)!r}")
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise ValueError(f"workers must be an int >= 0 (0: probe in this process), got {workers!r}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     items = scan_sources(sources, extensions)
+    if not items:  # before anything is written: an empty manifest helps nobody
+        raise InputError(f"sources: no video files in {[str(s) for s in sources]} (folders are searched "
+                         f"recursively by extension); pass {_SOURCES}")
+    out.parent.mkdir(parents=True, exist_ok=True)
     journal = _journal(out)
     done = _read_journal(journal)
     todo = [it for it in items if it[0] not in done]
@@ -347,23 +364,38 @@ class Manifest:
         import pyarrow as pa
 
         self.source = str(path)
+        what = "a manifest written by 'python -m fastlam.data index' (.parquet or .jsonl)"
+        if not is_remote(self.source):
+            if not os.path.exists(self.source):
+                raise MissingInputError(f"manifest {self.source!r}: no such file; pass {what}")
+            if not os.path.isfile(self.source):
+                raise InputError(f"manifest {self.source!r} is {describe_path(self.source)}, not a file; pass {what}")
         # Only what a loader needs (reasons, codecs, labels stay on disk).
         cols = ["path", "ok", "duration_s", "num_frames", "width", "height", "sar_num", "sar_den"]
-        if self.source.endswith(".parquet"):
-            import pyarrow.parquet as pq
+        if not self.source.endswith((".parquet", ".jsonl")):
+            found = describe_path(self.source) if not is_remote(self.source) else "a file"
+            raise InputError(f"manifest {self.source!r} is {found}, not a .parquet or .jsonl manifest; pass {what}")
+        try:
+            if self.source.endswith(".parquet"):
+                import pyarrow.parquet as pq
 
-            # One thread: arrow's reader pool costs more than it saves for a few columns (and
-            # ~50 MiB of resident memory), measured on 100k rows.
-            # ParquetFile, not read_table(path): that one imports pyarrow.dataset (~1-3 s).
-            with open_binary(self.source) as f:
-                table = pq.ParquetFile(f).read(columns=cols, use_threads=False)
-        elif self.source.endswith(".jsonl"):
-            import pyarrow.json as pj
+                # One thread: arrow's reader pool costs more than it saves for a few columns (and
+                # ~50 MiB of resident memory), measured on 100k rows.
+                # ParquetFile, not read_table(path): that one imports pyarrow.dataset (~1-3 s).
+                with open_binary(self.source) as f:
+                    table = pq.ParquetFile(f).read(columns=cols, use_threads=False)
+            else:
+                import pyarrow.json as pj
 
-            with open_binary(self.source) as f:
-                table = pj.read_json(f).select(cols)
-        else:
-            raise ValueError(f"manifest {self.source!r}: expected a .parquet or .jsonl file")
+                with open_binary(self.source) as f:
+                    table = pj.read_json(f).select(cols)
+        # pyarrow's errors (ArrowInvalid, KeyError for a missing column, OSError) span lines and
+        # never name the file: a text, empty, truncated or foreign file gets one line instead.
+        except Exception as e:  # noqa: BLE001
+            found = describe_path(self.source) if not is_remote(self.source) else "unreadable"
+            why = " ".join(str(e).split())[:200]
+            raise InputError(f"manifest {self.source!r} is {found}, not a readable manifest ({why}); "
+                             f"pass {what}") from None
         import numpy as np
 
         n_all = table.num_rows

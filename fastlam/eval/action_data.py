@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..inputs import read_json, require_folder
+
 ACTION_DIMS = {"droid": 7, "recon": 3}
 ARM_ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "dgripper")
 NAV_ACTION_NAMES = ("dx", "dy", "dyaw")
@@ -39,9 +41,7 @@ NAV_ACTION_NAMES = ("dx", "dy", "dyaw")
 
 # ---- loading ------------------------------------------------------------------------------
 def list_episodes(root: str | Path) -> list[Path]:
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"root: {root} is not a directory of episode folders")
+    root = require_folder(root, "root", "a folder of episode folders, as 'python -m fastlam.eval generate' writes")
     eps = sorted({p.parent for pat in ("frames.npy", "frames.mp4") for p in root.rglob(pat)})
     if not eps:
         raise ValueError(f"root: no episodes under {root} (expected folders with frames.npy or frames.mp4)")
@@ -50,7 +50,7 @@ def list_episodes(root: str | Path) -> list[Path]:
 
 def read_meta(root: str | Path) -> dict:
     f = Path(root) / "meta.json"
-    return json.loads(f.read_text()) if f.is_file() else {}
+    return read_json(f, "root", "the meta.json that 'python -m fastlam.eval generate' writes") if f.is_file() else {}
 
 
 def load_episode(path: str | Path, *, require_actions: bool = True, size: int | None = None) -> dict:

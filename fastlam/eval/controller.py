@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import load_safetensors
+from ..inputs import InputError, MissingInputError, read_json, require_folder
 from ..models.blocks import MLP, Block
 
 
@@ -241,19 +243,31 @@ def save_controller(model: nn.Module, directory: str | Path) -> Path:
     return directory
 
 
-def load_controller(directory: str | Path) -> nn.Module:
-    from safetensors.torch import load_file
+CONTROLLER_EXPECTED = "a controller folder written by 'python -m fastlam.eval controller' (OUT/controller or OUT/controller_mlp)"
 
-    directory = Path(directory)
+
+def load_controller(directory: str | Path) -> nn.Module:
+    directory = require_folder(directory, "controller", CONTROLLER_EXPECTED)
     if not (directory / "config.json").is_file() or not (directory / "model.safetensors").is_file():
-        raise FileNotFoundError(f"controller: {directory} must contain config.json and model.safetensors")
-    model = build_controller(ControllerConfig(**json.loads((directory / "config.json").read_text())))
-    state = load_file(str(directory / "model.safetensors"))
+        raise MissingInputError(f"controller: {directory} must contain config.json and model.safetensors; "
+                                f"pass {CONTROLLER_EXPECTED}")
+    raw = read_json(directory / "config.json", "controller", CONTROLLER_EXPECTED)
+    try:
+        cfg = ControllerConfig(**raw)
+    except TypeError as e:  # unknown or missing fields
+        raise InputError(f"controller: {directory / 'config.json'} is not a controller config ({e}); "
+                         f"pass {CONTROLLER_EXPECTED}") from None
+    model = build_controller(cfg)
+    state = load_safetensors(directory / "model.safetensors", expected=CONTROLLER_EXPECTED, name="controller")
     # Controllers saved before action standardisation existed were trained on raw actions:
     # the default buffers (mean 0, scale 1) reproduce exactly that.
     legacy = {"action_mean", "action_scale"} - set(state)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches; torch's message spans lines
+        raise InputError(f"controller: {directory}/model.safetensors does not match its config.json "
+                         f"({' '.join(str(e).split())})") from None
     if set(missing) - legacy or unexpected:
-        raise ValueError(f"controller: {directory}/model.safetensors does not match its config.json "
+        raise InputError(f"controller: {directory}/model.safetensors does not match its config.json "
                          f"(missing {sorted(set(missing) - legacy)}, unexpected {sorted(unexpected)})")
     return model.eval()

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..inputs import read_json
 from ..models import ACPredictor, ACPredictorConfig
 from .action_data import compose_pose, integrate_actions
 
@@ -170,7 +171,12 @@ class StandardizedACPredictor(nn.Module):
         identity standardisation, i.e. exactly as it was trained."""
         predictor = ACPredictor.from_pretrained(directory)
         f = Path(directory) / cls.STATS_FILE
-        return cls(predictor, **json.loads(f.read_text())) if f.is_file() else cls(predictor)
+        if not f.is_file():
+            return cls(predictor)
+        keys = ("action_mean", "action_scale", "proprio_mean", "proprio_scale")
+        stats = read_json(f, "--ac-baseline", "the ac_baseline folder written by 'python -m fastlam.eval ac-baseline'",
+                          keys=keys)
+        return cls(predictor, **{k: stats[k] for k in keys})
 
 
 class ACRollout:

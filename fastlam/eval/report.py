@@ -6,8 +6,9 @@ protocol next to the paper's reference figures, and links the PNGs it finds.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from ..inputs import read_json, require_folder
 
 PAPER = {
     "leakage": "paper (Kinetics, LPIPS): sparse-high 0.20 -> 0.50, noisy-high 0.21 -> 0.54, discrete-high 0.29 -> 0.68 (x2.0-2.5)",
@@ -17,8 +18,16 @@ PAPER = {
 }
 
 
+# The top-level entries each task's JSON file must have for its table (a file of that name
+# from somewhere else is named in the error instead of failing deep inside the table code).
+_KEYS = {"capacity.json": ("models",), "capacity_sweep.json": ("kind", "param", "points"),
+         "leakage.json": ("latent_l1", "regularizer"), "transfer.json": ("latent_l1", "regularizer"),
+         "controller.json": (), "plan_arm.json": (), "plan_nav.json": (), "sampling.json": ("regularizer", "stats")}
+
+
 def _load(results: Path, name: str) -> list[tuple[Path, dict]]:
-    return [(p, json.loads(p.read_text())) for p in sorted(results.rglob(name))]
+    expected = f"the {name} that python -m fastlam.eval writes (or move this file out of the results folder)"
+    return [(p, read_json(p, "--results", expected, keys=_KEYS[name])) for p in sorted(results.rglob(name))]
 
 
 def _fmt(x, digits=4) -> str:
@@ -45,9 +54,7 @@ def _lpips_note(rows) -> str:
 
 def write_report(results: str | Path, out: str | Path | None = None) -> Path:
     """Write ``report.md`` (default: inside ``results``) and return its path."""
-    results = Path(results)
-    if not results.is_dir():
-        raise FileNotFoundError(f"results: {results} is not a directory")
+    results = require_folder(results, "--results", "the folder holding the evaluations' --out folders")
     out = Path(out) if out else results / "report.md"
     rel = lambda p: Path(p).resolve().relative_to(out.parent.resolve()) if Path(p).resolve().is_relative_to(
         out.parent.resolve()) else Path(p).resolve()
@@ -142,7 +149,7 @@ def write_report(results: str | Path, out: str | Path | None = None) -> Path:
             lines += ["", f"![sampled vs inferred]({rel(r['png'])})"]
         lines.append("")
     if not found:
-        raise FileNotFoundError(f"results: no evaluation JSON files under {results}")
+        raise FileNotFoundError(f"--results: no evaluation JSON files under {results}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     return out

@@ -24,7 +24,6 @@ capacity-vs-leakage PNG and writes ``study.md`` with the paper's figures alongsi
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 
 from ..data.worlds import load_backgrounds, make_world, other_scene
 from ..diagnostics import latent_diagnostics
+from ..inputs import read_json, require_folder
 from ..models import EncoderConfig, LatentActionWorldModel, ModelConfig, RegularizerConfig, TransformerConfig
 from ..optim import OptimConfig, build_optimizers, build_schedulers
 from .common import pyplot, save_figure, write_json
@@ -228,12 +228,17 @@ def _merge_write(path: Path, result: dict, kind: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        merged = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
+        merged = (read_json(path, "--out", f"a study file to merge into (or move {path} aside)")
+                  if path.is_file() else {"rows": {}})
         rows = merged.get("rows", {})
         rows[kind] = result["rows"][kind]
         merged.update({k: v for k, v in result.items() if k != "rows"})
         merged["rows"] = rows
         write_json(path, merged)
+
+
+# What the report reads from every study file (rows are checked one by one as they are drawn).
+STUDY_KEYS = ("world", "world_preset", "background_source", "config", "encoder_probe", "rows")
 
 
 def _fmt(x, nd=3):
@@ -242,11 +247,13 @@ def _fmt(x, nd=3):
 
 def write_study_report(results: str | Path, out: str | Path | None = None) -> Path:
     """``study.md`` and ``capacity_vs_leakage.png`` from the ``study_*.json`` files in ``results``."""
-    results = Path(results)
+    expected = "the --out folder of 'python -m fastlam.eval study' (holding study_*.json)"
+    results = require_folder(results, "--results", expected)
     files = sorted(results.glob("study_*.json"))
     if not files:
         raise FileNotFoundError(f"--results: no study_*.json in {results} (run 'python -m fastlam.eval study' first)")
-    studies = [json.loads(f.read_text()) for f in files]
+    studies = [read_json(f, "--results", f"a study_WORLD.json written by 'python -m fastlam.eval study' (or move "
+                                          f"this file out of {results})", keys=STUDY_KEYS) for f in files]
     plt = pyplot()
     fig, axes = plt.subplots(1, len(studies), figsize=(5 * len(studies), 4), squeeze=False)
     colours = {"deterministic": "black", "none": "gray", "noisy": "tab:blue", "sparse": "tab:green",

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..inputs import InputError, MissingInputError, read_json, require_folder
 from ..ops import Rope3D
 from .blocks import Block
 
@@ -216,15 +217,19 @@ class ACPredictor(nn.Module):
         """Inverse of :meth:`save_pretrained`."""
         from .vjepa2 import load_vjepa2_ac_predictor
 
-        directory = Path(directory)
+        what = "a folder written by ACPredictor.save_pretrained (config.json + model.safetensors)"
+        directory = require_folder(directory, "directory", what)
         cfg_file = directory / "config.json"
         if not cfg_file.is_file():
-            raise FileNotFoundError(f"directory: {directory} has no config.json (written by save_pretrained)")
-        data = json.loads(cfg_file.read_text())
+            raise MissingInputError(f"directory: {directory} has no config.json; pass {what}")
+        data = read_json(cfg_file, "directory", what)
         known = set(ACPredictorConfig.__dataclass_fields__)
         if unknown := sorted(set(data) - known):
-            raise ValueError(f"{cfg_file}: unknown ACPredictorConfig fields {unknown}")
-        model = cls(ACPredictorConfig(**data))
+            raise InputError(f"{cfg_file}: unknown ACPredictorConfig fields {unknown}; pass {what}")
+        try:
+            model = cls(ACPredictorConfig(**data))
+        except (TypeError, ValueError) as e:  # a config.json of the right keys with values no model has
+            raise InputError(f"{cfg_file}: not a usable ACPredictorConfig ({e}); pass {what}") from None
         load_vjepa2_ac_predictor(model, directory / "model.safetensors")
         return model
 

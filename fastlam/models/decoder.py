@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import from_dict, to_dict
+from ..checkpoint import load_checkpoint, load_safetensors
+from ..config import ConfigError, from_dict, to_dict
+from ..inputs import InputError, MissingInputError, read_json
 from ..ops import Rope3D
 from .blocks import Block
 from .encoder import IMAGENET_MEAN, IMAGENET_STD
@@ -127,33 +129,51 @@ class StateDecoder(nn.Module):
     def from_checkpoint(cls, path: str | Path, map_location="cpu") -> "StateDecoder":
         """Load a decoder folder written by :meth:`save_pretrained` (``train_decoder``'s
         ``final/``) or a decoder training checkpoint ``.pt``; safetensors or
-        ``torch.load(weights_only=True)`` only."""
-        from safetensors.torch import load_file
-
+        ``torch.load(weights_only=True)`` only. Anything else is an
+        :class:`~fastlam.inputs.InputError` naming the path and what is there."""
         path = Path(path)
         if path.is_dir():
             cfg_file, weights = path / "config.json", path / "model.safetensors"
             if not cfg_file.is_file() or not weights.is_file():
-                raise FileNotFoundError(f"decoder: {path} must contain config.json and model.safetensors "
-                                        "(the final/ folder of python -m fastlam.train_decoder)")
-            meta = json.loads(cfg_file.read_text())
+                raise MissingInputError(f"decoder: {path} must contain config.json and model.safetensors; "
+                                        f"pass {DECODER_EXPECTED}")
+            meta = read_json(cfg_file, "decoder", DECODER_EXPECTED)
             if "decoder" not in meta:
-                raise ValueError(f"decoder: {cfg_file} is not a decoder config (is {path} a LAM folder?)")
-            cfg = from_dict(DecoderConfig, meta["decoder"])
-            state = load_file(str(weights), device=str(map_location))
+                raise InputError(f"decoder: {cfg_file} is not a decoder config (is {path} a LAM folder?); "
+                                 f"pass {DECODER_EXPECTED}")
+            cfg = _config(meta["decoder"], cfg_file)
+            state = load_safetensors(weights, map_location, expected=DECODER_EXPECTED, name="decoder")
         elif path.is_file():
-            try:
-                ckpt = torch.load(path, map_location=map_location, weights_only=True)
-            except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-                raise ValueError(f"decoder: {path} is not a readable decoder checkpoint ({type(e).__name__}); pass "
-                                 "the final/ folder of python -m fastlam.train_decoder") from None
+            ckpt = load_checkpoint(path, map_location, expected=DECODER_EXPECTED, name="decoder")
             if not isinstance(ckpt, dict) or "decoder" not in ckpt or "decoder_config" not in ckpt:
-                raise ValueError(f"decoder: {path} is not a decoder training checkpoint; pass the final/ folder "
-                                 "of python -m fastlam.train_decoder")
-            cfg = from_dict(DecoderConfig, json.loads(ckpt["decoder_config"]))
+                raise InputError(f"decoder: {path} is not a decoder training checkpoint (no 'decoder' and "
+                                 f"'decoder_config' entries); pass {DECODER_EXPECTED}")
+            try:
+                raw = json.loads(ckpt["decoder_config"])
+            except (TypeError, ValueError):
+                raise InputError(f"decoder: {path}: its 'decoder_config' entry is not JSON text; "
+                                 f"pass {DECODER_EXPECTED}") from None
+            cfg = _config(raw, path)
             state = ckpt["decoder"]
         else:
-            raise FileNotFoundError(f"decoder: no decoder at {path}")
+            raise MissingInputError(f"decoder: no decoder at {path}; pass {DECODER_EXPECTED}")
         model = cls(cfg)
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as e:  # torch's message spans lines: keep it to one
+            raise InputError(f"decoder: the weights in {path} do not match its config ({' '.join(str(e).split())})") from None
         return model.eval()
+
+
+DECODER_EXPECTED = "the final/ folder of python -m fastlam.train_decoder (or a checkpoint .pt from its checkpoints/)"
+
+
+def _config(raw, where: Path) -> DecoderConfig:
+    if not isinstance(raw, dict):
+        raise InputError(f"decoder: {where}: the decoder config is not a mapping; pass {DECODER_EXPECTED}")
+    try:
+        cfg = from_dict(DecoderConfig, raw)
+        cfg.validate()
+    except (ConfigError, ValueError, TypeError) as e:
+        raise InputError(f"decoder: {where}: {e}") from None
+    return cfg

@@ -44,8 +44,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import json
-import pickle
 import re
 import sys
 import warnings
@@ -53,8 +51,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
+from ..checkpoint import load_checkpoint, load_safetensors
+from ..config import ConfigError
+from ..inputs import InputError, MissingInputError, describe_path, output_folder, read_json
 from .encoder import ENCODER_SIZES
 
 __all__ = [
@@ -94,41 +96,29 @@ class LoadReport:
 
 
 # ---- reading files -----------------------------------------------------------------------
+EXPECTED = ("a V-JEPA 2 checkpoint: an official .pt / .pth of tensors only (read with torch.load(weights_only=True)), "
+            "a transformers .safetensors file or folder, or a file from 'python -m fastlam.models.vjepa2 convert'")
+
+
 def _torch_load(path: Path) -> dict:
-    try:
-        try:
-            # mmap keeps a multi-GB ViT-g checkpoint (with optimizer state) out of RAM.
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc) and "zipfile" not in str(exc):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except pickle.UnpicklingError as exc:
-        raise ValueError(
-            f"checkpoint: {path} holds objects other than tensors and plain containers; fastlam only "
-            f"loads checkpoints with torch.load(weights_only=True). Re-save its state dict "
-            f"(torch.save(ckpt['encoder'], ...)) or use transformers' safetensors format."
-        ) from None  # not PyTorch's advice to retry with weights_only=False
+    # mmap keeps a multi-GB ViT-g checkpoint (with optimizer state) out of RAM.
+    return load_checkpoint(path, "cpu", expected=EXPECTED, mmap=True)
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path), device="cpu")
+    return load_safetensors(path, "cpu", expected=EXPECTED)
 
 
 def _hf_config(path: Path) -> dict | None:
     """A transformers V-JEPA 2 ``config.json`` (other configs, e.g. fastlam's own, are ignored)."""
     if not path.is_file():
         return None
-    cfg = json.loads(path.read_text())
-    return cfg if isinstance(cfg, dict) and str(cfg.get("model_type", "")).startswith("vjepa2") else None
+    cfg = read_json(path, "checkpoint", "a transformers config.json beside the weights (or no config.json)")
+    return cfg if str(cfg.get("model_type", "")).startswith("vjepa2") else None
 
 
 def _converted_config(path: Path) -> dict | None:
     """The head count ``convert`` stored in a file's metadata (weights alone cannot show it)."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if meta.get("converted_by") == "fastlam.models.vjepa2" and meta.get("heads", "None") != "None":
@@ -141,7 +131,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict | None]:
 
     ``path`` may be a ``.pt`` / ``.pth`` / ``.bin`` file (torch), a ``.safetensors`` file, or a
     directory holding ``model.safetensors`` (or ``model.safetensors.index.json`` with shards)
-    and optionally ``config.json``.
+    and optionally ``config.json``. Anything else is an :class:`~fastlam.inputs.InputError`
+    naming the path, what is there and what to pass.
     """
     path = Path(path)
     if path.is_dir():
@@ -150,22 +141,25 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict | None]:
         if (path / "model.safetensors").is_file():
             return _load_safetensors(path / "model.safetensors"), hf_cfg
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            weight_map = read_json(index, "checkpoint", "a sharded safetensors index", keys=("weight_map",))["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise InputError(f"checkpoint: {index}: 'weight_map' is not a mapping of tensor names to shard files")
             state: dict = {}
-            for shard in shards:
+            for shard in sorted(set(map(str, weight_map.values()))):
                 state.update(_load_safetensors(path / shard))
             return state, hf_cfg
-        raise FileNotFoundError(
-            f"checkpoint: directory {path} has no model.safetensors or model.safetensors.index.json"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint: no file at {path} (fastlam never downloads weights; pass a local path)")
+        raise InputError(f"checkpoint: {path} is {describe_path(path)} without model.safetensors or "
+                         f"model.safetensors.index.json; pass {EXPECTED}")
+    if not path.exists():
+        raise MissingInputError(f"checkpoint: no file at {path} (fastlam never downloads weights; pass a local path "
+                                "to a V-JEPA 2 .pt / .safetensors file or transformers folder)")
     if path.suffix == ".safetensors":
-        hf_cfg = _hf_config(path.parent / "config.json") or _converted_config(path)
-        return _load_safetensors(path), hf_cfg
+        state = _load_safetensors(path)
+        return state, _hf_config(path.parent / "config.json") or _converted_config(path)
     contents = _torch_load(path)
     if not isinstance(contents, dict):
-        raise ValueError(f"checkpoint: {path} holds a {type(contents).__name__}, expected a dict of state dicts")
+        raise InputError(f"checkpoint: {path} holds a {type(contents).__name__}, expected a dict of state dicts "
+                         f"({EXPECTED})")
     return contents, None
 
 
@@ -428,22 +422,42 @@ def convert(src: str | Path, dst: str | Path, *, part: str = "encoder", key: str
     return atomic_write(Path(dst), lambda p: save_file(state, str(p), metadata=meta))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fastlam.models.vjepa2", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m fastlam.models.vjepa2",
+        description="Inspect or convert released V-JEPA 2 weights (official .pt / .pth checkpoints, transformers "
+                    "safetensors files or folders) for fastlam's encoder and V-JEPA 2-AC predictor. Nothing is "
+                    "downloaded: pass a local path.")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{convert,inspect}",
+                            help="convert: write fastlam-named safetensors; inspect: print what a checkpoint holds")
     c = sub.add_parser("convert", help="convert a V-JEPA 2 checkpoint to fastlam-named safetensors")
-    c.add_argument("src")
-    c.add_argument("dst")
-    c.add_argument("--part", default="encoder", choices=["encoder", "predictor"])
-    c.add_argument("--key", default="auto", help="checkpoint entry (official format), default: auto")
+    c.add_argument("src", help="V-JEPA 2 weights: an official .pt / .pth, a transformers .safetensors file, or a "
+                               "folder holding model.safetensors (or a sharded index) and config.json")
+    c.add_argument("dst", help="output file; must end in .safetensors (written atomically)")
+    c.add_argument("--part", default="encoder", choices=["encoder", "predictor"],
+                   help="which weights to convert: the encoder, or V-JEPA 2-AC's action-conditioned predictor "
+                        "(default: encoder)")
+    c.add_argument("--key", default="auto",
+                   help="entry of an official checkpoint that holds the weights, e.g. target_encoder, encoder or "
+                        "predictor (default: auto, which prefers target_encoder, the EMA weights V-JEPA 2 releases)")
     i = sub.add_parser("inspect", help="print the format and architecture of a checkpoint")
-    i.add_argument("src")
-    i.add_argument("--key", default="auto")
-    args = ap.parse_args(argv)
+    i.add_argument("src", help="V-JEPA 2 weights: an official .pt / .pth, a transformers .safetensors file or its "
+                               "folder, or a converted file")
+    i.add_argument("--key", default="auto",
+                   help="entry of an official checkpoint that holds the encoder (default: auto, which prefers "
+                        "target_encoder, then encoder)")
+    return ap
+
+
+def _run(args) -> None:
     if args.cmd == "convert":
-        if not str(args.dst).endswith(".safetensors"):
-            ap.error("dst must end in .safetensors")
-        out = convert(args.src, args.dst, part=args.part, key=args.key)
+        dst = Path(args.dst)
+        if not str(dst).endswith(".safetensors"):
+            raise InputError(f"dst: {dst} must end in .safetensors")
+        if dst.is_dir():
+            raise InputError(f"dst: {dst} is {describe_path(dst)}; pass a file name ending in .safetensors")
+        output_folder(dst.parent, "dst")
+        out = convert(args.src, dst, part=args.part, key=args.key)
         print(f"wrote {out}")
     else:
         state, report, hf_cfg = vjepa2_encoder_state(args.src, args.key)
@@ -451,6 +465,19 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in describe_encoder_state(state, hf_cfg).items():
             print(f"{k}: {v}")
         print(f"encoder tensors: {len(state)}, ignored: {len(report.ignored)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        _run(args)
+    # ConfigError covers every unreadable or wrong file (InputError, CheckpointError);
+    # CheckpointMismatchError is a ValueError; convert_official raises KeyError for a missing
+    # entry, whose str() would add quotes.
+    except (ConfigError, ValueError, KeyError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        ap.exit(2, f"error: {msg}\n")
     return 0
 
 

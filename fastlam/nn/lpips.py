@@ -28,6 +28,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint import load_checkpoint
+from ..inputs import InputError, require_file
+
 # Per-channel shift/scale of the lpips package's ScalingLayer (applied after x -> 2x - 1).
 _SHIFT = (-0.030, -0.088, -0.188)
 _SCALE = (0.458, 0.448, 0.450)
@@ -159,10 +162,8 @@ class LPIPS(nn.Module):
         """LPIPS with a torchvision backbone state dict and (optionally) the lpips package's
         per-layer weights, both from local files (``weights_only=True``)."""
         feats = backbone(net)
-        path = Path(backbone_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"lpips backbone: no file at {path} (a torchvision {net} state dict; "
-                                    "fastlam downloads nothing)")
+        path = require_file(backbone_path, "lpips backbone",
+                            f"a torchvision {net} state dict (.pth); fastlam downloads nothing")
         state = _load_tensors(path, "lpips backbone")
         state = {k[len("features."):] if k.startswith("features.") else k: v for k, v in state.items()}
         own = feats.features.state_dict()
@@ -176,9 +177,7 @@ class LPIPS(nn.Module):
         feats.features.load_state_dict({k: state[k] for k in own})
         weights = None
         if linear_path is not None:
-            lpath = Path(linear_path)
-            if not lpath.is_file():
-                raise FileNotFoundError(f"lpips linear: no file at {lpath} (the lpips package's weights/v0.1/{net}.pth)")
+            lpath = require_file(linear_path, "lpips linear", f"the lpips package's weights/v0.1/{net}.pth")
             lin = _load_tensors(lpath, "lpips linear")
             channels = feats.channels()
             weights = []
@@ -191,11 +190,7 @@ class LPIPS(nn.Module):
 
 
 def _load_tensors(path: Path, what: str) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a bad file gets one clear message, never a pickle hint
-        raise ValueError(f"{what}: {path} is not a tensor state dict readable with weights_only=True "
-                         f"({type(e).__name__})") from None
+    state = load_checkpoint(path, expected="a state dict of tensors (read with torch.load(weights_only=True))", name=what)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{what}: {path} must hold a flat dict of tensors")
+        raise InputError(f"{what}: {path} must hold a flat dict of tensors")
     return state

@@ -220,16 +220,22 @@ def bench_one(fn, q, k, v, do, quick: bool):
     return fwd, both, peak
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "benchmarks/results/gpu")))
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench_attention.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "benchmarks/results/gpu")),
+                        help="folder for the CSV / JSON / PNG results (default: $OUT, else benchmarks/results/gpu)")
     parser.add_argument("--quick", action="store_true", help="two shapes, shorter timing")
     parser.add_argument("--masks", nargs="+", default=None,
-                        help="default: frame_causal frame_local full (--quick: frame_causal frame_local)")
+                        help="attention masks to time (default: frame_causal frame_local full; --quick: "
+                             "frame_causal frame_local)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, Triton interpreter (suite test)")
     parser.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_BUDGET_S", 240)),
-                        help="stop starting new shapes after this many seconds")
-    args = parser.parse_args(argv)
+                        help="stop starting new shapes after this many seconds (default: $BENCH_BUDGET_S, else 240)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.masks is None:
         args.masks = ["frame_causal", "frame_local"] + ([] if args.quick or args.dry_run else ["full"])
     if not torch.cuda.is_available() and not args.dry_run:

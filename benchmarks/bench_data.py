@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from fastlam.cli_help import plain
+
 try:  # run as a script (python benchmarks/bench_x.py) or as a module
     from benchmarks._common import git_commit
 except ImportError:  # pragma: no cover
@@ -188,19 +190,29 @@ def bench_preprocess(args, notes):
     return rows
 
 
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python benchmarks/bench_data.py", description=plain(__doc__),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.environ.get("OUT", str(REPO / "benchmarks/results/gpu")),
+                    help="folder for data.json and data.csv (default: $OUT, else benchmarks/results/gpu)")
+    ap.add_argument("--videos", default=str(REPO / "data/samples"),
+                    help="folder of the original sample videos (default: data/samples)")
+    ap.add_argument("--vp9", default=str(REPO / "data/samples_vp9"),
+                    help="folder of their VP9 copies, for pyav-vp9 and dali-cpu (default: data/samples_vp9)")
+    ap.add_argument("--size", type=int, default=256, help="clip height and width in pixels (default: %(default)s)")
+    ap.add_argument("--batch", type=int, default=8, help="clips per batch (default: %(default)s)")
+    ap.add_argument("--batches", type=int, default=10, help="timed batches per decoder (default: %(default)s)")
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for the PyAV rows (default: 0)")
+    ap.add_argument("--clips-per-video", type=int, default=8,
+                    help="clips drawn from each video (default: %(default)s)")
+    ap.add_argument("--budget-s", type=float, default=60.0,
+                    help="time cap per decoder row, in seconds (default: %(default)s)")
+    ap.add_argument("--quick", action="store_true", help="3 batches of 4 clips, 20 s per row")
+    return ap
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.environ.get("OUT", str(REPO / "benchmarks/results/gpu")))
-    ap.add_argument("--videos", default=str(REPO / "data/samples"))
-    ap.add_argument("--vp9", default=str(REPO / "data/samples_vp9"))
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--batches", type=int, default=10)
-    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for the PyAV rows")
-    ap.add_argument("--clips-per-video", type=int, default=8)
-    ap.add_argument("--budget-s", type=float, default=60.0, help="time cap per decoder row")
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.quick:
         args.batches, args.batch, args.budget_s = 3, 4, 20.0
     out = Path(args.out)

@@ -181,13 +181,22 @@ def _peak_mb(step) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "benchmarks/results/gpu")))
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/bench_losses.py",
+        description="GPU benchmark of the fused loss / regularizer / AdaLN kernels against eager PyTorch and "
+                    "torch.compile of the same reference ops.")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "benchmarks/results/gpu")),
+                        help="folder for the CSV / JSON / PNG results (default: $OUT, else benchmarks/results/gpu)")
     parser.add_argument("--quick", action="store_true", help="smaller shapes")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
-    parser.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_BUDGET_S", 240)))
-    args = parser.parse_args(argv)
+    parser.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_BUDGET_S", 240)),
+                        help="stop starting new cases after this many seconds (default: $BENCH_BUDGET_S, else 240)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_losses: no CUDA device, nothing to measure (the CPU reference paths are timed by "
               "benchmarks/test_bench_losses_cpu.py)")

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fastlam.cli_help import plain
+
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
@@ -54,13 +56,21 @@ print(json.dumps({"n": len(ds), "construct_s": t1 - t0, "rss_growth_mb": (r1 - r
 """
 
 
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python benchmarks/bench_manifest.py", description=plain(__doc__),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000,
+                    help="videos in the synthetic corpus (symbolic links to the samples; default: %(default)s)")
+    ap.add_argument("--videos", default=str(REPO / "data" / "samples"),
+                    help="folder of real videos the corpus links to (default: data/samples)")
+    ap.add_argument("--out", default=None, help="folder for manifest.json (default: print only)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="fresh-process measurements per variant (default: %(default)s)")
+    return ap
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=100_000)
-    ap.add_argument("--videos", default=str(REPO / "data" / "samples"))
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args(argv)
+    args = build_parser().parse_args(argv)
     from fastlam.data.manifest import _write, build_manifest
 
     work = Path(tempfile.mkdtemp(prefix="fastlam-manifest-bench-"))

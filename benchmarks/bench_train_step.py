@@ -545,22 +545,34 @@ def run_size(size: Size, modes, backends, device, args, rows: list, notes: list,
             torch.cuda.empty_cache()
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--sizes", nargs="+", default=list(GPU_SIZES), choices=list(SIZES))
-    parser.add_argument("--modes", nargs="+", default=["states", "video"], choices=["states", "video"])
-    parser.add_argument("--backends", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench_train_step.py",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="folder for train_step.json / .csv / .png (default: benchmarks/results/train_step)")
+    parser.add_argument("--sizes", nargs="+", default=list(GPU_SIZES), choices=list(SIZES),
+                        help="model sizes to time (default: %(default)s; tiny runs on the CPU)")
+    parser.add_argument("--modes", nargs="+", default=["states", "video"], choices=["states", "video"],
+                        help="states: from precomputed encoder states; video: the frozen encoder runs too "
+                             "(default: both)")
+    parser.add_argument("--backends", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="kernel backends to compare (default: all)")
     parser.add_argument("--batch", type=int, default=None, help="override the size's batch (default: as large as fits)")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per backend")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first compiles)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per backend (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed steps first, the first compiles (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default: %(default)s)")
     parser.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_BUDGET_S", 230)),
-                        help="start no new backend run after this many seconds")
-    parser.add_argument("--no-plot", action="store_true")
+                        help="start no new backend run after this many seconds (default: $BENCH_BUDGET_S, else 230)")
+    parser.add_argument("--no-plot", action="store_true", help="write no PNG")
     parser.add_argument("--compile-reserve-s", type=float, default=COMPILE_RESERVE_S,
-                        help="start a compiled backend only with this much budget left (GPU)")
-    args = parser.parse_args(argv)
+                        help="start a compiled backend only with this many seconds of budget left, GPU sizes "
+                             "(default: %(default)s)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
     if args.batch is not None and args.batch < 1:

@@ -253,13 +253,19 @@ def plan(dry_run: bool):
     return cases
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "benchmarks/results/gpu")))
-    ap.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_BUDGET_S", 90)))
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python benchmarks/gpu_correctness.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "benchmarks/results/gpu")),
+                    help="folder for correctness.json / .csv (default: $OUT, else benchmarks/results/gpu)")
+    ap.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_BUDGET_S", 90)),
+                    help="start no new case after this many seconds (default: $BENCH_BUDGET_S, else 90)")
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes, fp32/fp16, Triton interpreter on CPU")
     ap.add_argument("--only", default=None, help="run only cases whose name contains this")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if not CUDA and not args.dry_run:
         print("gpu_correctness: no CUDA device; --dry-run runs the tiny CPU version")
         return 0

@@ -75,11 +75,17 @@ def render(out: Path, versions: list) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.static_versions", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "static")
-    parser.add_argument("versions", nargs="+")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "static",
+                        help="folder holding triton-VERSION/static_report.csv and .json; versions.md is written "
+                             "there (default: benchmarks/results/static)")
+    parser.add_argument("versions", nargs="+", help="triton releases to compare, e.g. 3.4.0 3.5.0")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     text = render(args.out, args.versions)
     (args.out / "versions.md").write_text(text)
     print(text)

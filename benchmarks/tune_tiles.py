@@ -242,14 +242,18 @@ def _parse_tile_text(text: str) -> tuple:
     return int(bm), int(bn), int(w[1:]), int(s[1:])
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python benchmarks/tune_tiles.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for tuned/<device>.json and tune_tiles.csv")
     parser.add_argument("--quick", action="store_true", help="default + 2 candidates per key, one shape, time budget")
     parser.add_argument("--dry-run", action="store_true", help="CPU, Triton interpreter, tiny shapes")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="stop starting keys after this many seconds (default: 60 with --quick)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.dry_run:
         if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
             parser.error("--dry-run needs the Triton interpreter: run it in a fresh process")

@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from fastlam.checkpoint import load_checkpoint, save_checkpoint
+from fastlam.cli_help import plain
 from fastlam.config import ConfigError, load_config, to_dict
 from fastlam.models.decoder import DecoderConfig, StateDecoder
 from fastlam.optim import warmup_cosine
@@ -239,13 +240,20 @@ def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False, overwrite: b
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fastlam.train_decoder", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m fastlam.train_decoder", description=plain(__doc__.split("\n\n")[0]))
     ap.add_argument("--config", required=True, help="YAML config (see configs/decoder_tiny_cpu.yaml)")
     ap.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoints/latest.pt")
     ap.add_argument("--overwrite", action="store_true",
                     help="out_dir holds a run: move it to <out_dir>.old-<time> and start again")
-    ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. steps=50 lam=runs/x/final")
+    ap.add_argument("overrides", nargs="*",
+                    help="key.sub=value overrides, e.g. steps=50 lam=runs/x/final (lam: the LAM whose frozen "
+                         "encoder gives the states, a run's final/ folder or a training .pt)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_intermixed_args(argv)
     try:
         cfg = load_config(DecoderTrainConfig, args.config, args.overrides)

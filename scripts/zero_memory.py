@@ -68,13 +68,20 @@ def single_process(overrides: list[str]) -> dict:
             "frozen": sum(p.numel() for p in model.parameters() if not p.requires_grad)}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--nproc", type=int, default=2)
-    ap.add_argument("--out", default="runs/zero_memory")
-    ap.add_argument("--stages", default="1,2,3")
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python scripts/zero_memory.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nproc", type=int, default=2, help="ranks per DeepSpeed run (default: %(default)s)")
+    ap.add_argument("--out", default="runs/zero_memory",
+                    help="folder for the runs, memory.md and memory.json (default: %(default)s)")
+    ap.add_argument("--stages", default="1,2,3",
+                    help="comma-separated ZeRO stages to measure (default: %(default)s)")
+    ap.add_argument("overrides", nargs="*",
+                    help="key.sub=value training overrides applied after the script's model defaults")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = DEFAULTS + args.overrides

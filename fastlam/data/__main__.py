@@ -9,6 +9,10 @@ import argparse
 import json
 import sys
 
+from ..cli_help import plain
+from ..inputs import output_file, output_folder
+from .remote import is_remote
+
 
 def _index(args) -> int:
     from .manifest import build_manifest
@@ -42,38 +46,48 @@ def _shard(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fastlam.data", description=__doc__,
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m fastlam.data", description=plain(__doc__),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{index,shard}",
+                            help="index: probe videos into a manifest; shard: write WebDataset tar shards")
     ix = sub.add_parser("index", help="probe videos once into a manifest (resumable)")
     ix.add_argument("sources", nargs="+", help="folders, path lists, 'path label' .csv lists, "
                     "videos, or fsspec URLs of lists / videos")
-    ix.add_argument("--out", required=True, help="manifest.parquet (or .jsonl)")
+    ix.add_argument("--out", required=True,
+                    help="manifest to write: a .parquet or .jsonl file (a summary goes to OUT.summary.json)")
     ix.add_argument("--workers", type=int, default=None, help="probe processes (default: CPUs)")
     ix.add_argument("--limit", type=int, default=None,
                     help="stop after probing this many files (resume later by rerunning)")
     ix.add_argument("--quiet", action="store_true", help="no progress bar")
-    ix.set_defaults(fn=_index)
+    ix.set_defaults(fn=_index, out_is="file")
 
     sh = sub.add_parser("shard", help="write WebDataset tar shards (mp4 + json per sample)")
-    sh.add_argument("manifest", help="a manifest from `index`")
+    sh.add_argument("manifest", help="a manifest (.parquet or .jsonl) written by 'index'")
     sh.add_argument("--out", required=True, help="output folder (or fsspec URL) for the shards")
-    sh.add_argument("--shard-mb", type=float, default=512.0, help="target shard size in MiB")
+    sh.add_argument("--shard-mb", type=float, default=512.0,
+                    help="target shard size in MiB (default: %(default)s)")
     sh.add_argument("--fps", type=float, default=None,
                     help="re-encode to this frame rate (default: copy the file as it is)")
     sh.add_argument("--size", type=int, default=None,
-                    help="re-encode with the shorter side scaled to this many pixels")
+                    help="re-encode with the shorter side scaled to this many pixels (default: keep)")
     sh.add_argument("--max-seconds", type=float, default=None,
-                    help="re-encode keeping at most this many seconds of each video")
-    sh.add_argument("--workers", type=int, default=None, help="re-encoding processes")
-    sh.add_argument("--seed", type=int, default=0, help="order of videos across shards")
+                    help="re-encode keeping at most this many seconds of each video (default: all)")
+    sh.add_argument("--workers", type=int, default=None, help="re-encoding processes (default: CPUs)")
+    sh.add_argument("--seed", type=int, default=0, help="order of videos across shards (default: %(default)s)")
     sh.add_argument("--quiet", action="store_true", help="no progress bar")
-    sh.set_defaults(fn=_shard)
+    sh.set_defaults(fn=_shard, out_is="folder")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
     try:
+        if not is_remote(args.out):  # fsspec URLs are checked by their file system when written
+            (output_file if args.out_is == "file" else output_folder)(args.out, "--out")
         return args.fn(args)
-    except ValueError as e:
+    except ValueError as e:  # InputError and every bad-source error are ValueErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
 

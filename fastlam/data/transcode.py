@@ -9,9 +9,13 @@ to tens of seconds on one core), keeping the frame timestamps, optionally cut to
 from __future__ import annotations
 
 import argparse
+import sys
 from fractions import Fraction
 from pathlib import Path
 from typing import List, Optional
+
+from ..cli_help import plain
+from ..inputs import output_folder, require_folder
 
 __all__ = ["transcode", "transcode_folder"]
 
@@ -82,18 +86,35 @@ def transcode_folder(src_dir, dst_dir, *, codec: str = "vp9", max_seconds: Optio
     return out
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("src_dir")
-    ap.add_argument("dst_dir")
-    ap.add_argument("--codec", default="vp9", choices=sorted(_CODECS))
-    ap.add_argument("--max-seconds", type=float, default=60.0)
-    ap.add_argument("--max-side", type=int, default=480)
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m fastlam.data.transcode", description=plain(__doc__),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src_dir", help="folder of videos to copy (searched recursively)")
+    ap.add_argument("dst_dir", help="folder for the copies (created if missing); copies already there are kept")
+    ap.add_argument("--codec", default="vp9", choices=sorted(_CODECS),
+                    help="vp9 / vp8 (.webm) or mjpeg (.avi) (default: %(default)s)")
+    ap.add_argument("--max-seconds", type=float, default=60.0,
+                    help="keep at most this many seconds of each video (default: %(default)s)")
+    ap.add_argument("--max-side", type=int, default=480,
+                    help="scale so the shorter side is at most this many pixels (default: %(default)s)")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
-    for p in transcode_folder(args.src_dir, args.dst_dir, codec=args.codec,
-                              max_seconds=args.max_seconds, max_side=args.max_side):
+    try:
+        require_folder(args.src_dir, "src_dir", "a folder of videos")
+        output_folder(args.dst_dir, "dst_dir")
+        paths = transcode_folder(args.src_dir, args.dst_dir, codec=args.codec,
+                                 max_seconds=args.max_seconds, max_side=args.max_side)
+    except ValueError as e:  # InputError, and list_videos' "no videos" error
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for p in paths:
         print(p)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

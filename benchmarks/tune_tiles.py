@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.dry_run:
         if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
             parser.error("--dry-run needs the Triton interpreter: run it in a fresh process")

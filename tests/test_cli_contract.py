@@ -22,11 +22,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastlam.checkpoint import save_checkpoint
+from fastlam.checkpoint import check_weights_path, load_checkpoint, save_checkpoint
 from fastlam.config import to_dict
 from fastlam.eval import action_data
 from fastlam.models import EncoderConfig, LatentActionWorldModel, ModelConfig, TransformerConfig
 from fastlam.models.decoder import DecoderConfig, StateDecoder
+from fastlam.nn.lpips import backbone
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -178,8 +179,6 @@ def good(tmp_path_factory):
     # The layout training writes (fastlam.train's checkpoints/latest.pt holds these entries).
     save_checkpoint(root / "lam.pt", {"model": lam.state_dict(), "model_config": json.dumps(to_dict(cfg))})
     StateDecoder(DecoderConfig.for_lam(lam, width=16, depth=1, heads=2)).save_pretrained(root / "decoder")
-    from fastlam.nn.lpips import backbone
-
     torch.save(backbone("alex").features.state_dict(), root / "alex_backbone.pth")
     action_data.generate_arm(root / "arm", episodes=3, steps=4, size=32, mp4_fps=None)
     return root
@@ -346,8 +345,6 @@ def test_manifests_with_the_right_suffix_and_the_wrong_content(bad, tmp_path, ca
 
 def test_a_valid_checkpoint_still_loads_through_every_guard(good, tmp_path, capsys):
     """The guards refuse only what is wrong: the good inputs above pass them."""
-    from fastlam.checkpoint import check_weights_path, load_checkpoint
-
     assert set(load_checkpoint(good / "lam.pt")) == {"model", "model_config"}
     assert check_weights_path(good / "lam" / "model.safetensors", expected="x") == good / "lam" / "model.safetensors"
     rc, lines, err = run_main("fastlam.eval.cli", ["capacity", "--checkpoint", good / "lam.pt", good / "lam",

@@ -67,13 +67,12 @@ echo "step,status,seconds,budget_s,log" >"$OUT/steps.csv"
 run_step() {  # name budget_s command...: run, record, never abort the suite
   local name="$1" budget="$2"; shift 2
   local t0=$(date +%s) rc status
-  if [ "$MODE" = dry ]; then
+  case "$MODE" in
     # The CPU dry run proves every step starts and writes its files; its speed depends on the
     # machine's load, so no step is cut off by a clock there (budgets bound the GPU lease only).
-    BENCH_BUDGET_S=$(( budget * 3 / 4 )) "$@" >"$OUT/$name.log" 2>&1
-  else
-    BENCH_BUDGET_S=$(( budget * 3 / 4 )) timeout "$budget" "$@" >"$OUT/$name.log" 2>&1
-  fi
+    dry) BENCH_BUDGET_S=$(( budget * 3 / 4 )) "$@" >"$OUT/$name.log" 2>&1 ;;
+    *) BENCH_BUDGET_S=$(( budget * 3 / 4 )) timeout "$budget" "$@" >"$OUT/$name.log" 2>&1 ;;
+  esac
   rc=$?
   case $rc in
     0) status=ok ;;

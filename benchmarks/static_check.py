@@ -748,7 +748,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-registry", action="store_true", help="skip fastlam.kernels' registry")
     parser.add_argument("--jobs", type=int, default=None, help="compile processes (default: CPU count)")
     parser.add_argument("--no-cache", action="store_true", help="compile everything again")
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
+                        help="where finished compiles are cached (default: benchmarks/results/tmp/static_cache); "
+                             "an interrupted check resumes from it")
     args = parser.parse_args(argv)
 
     why = backend_available()

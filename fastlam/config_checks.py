@@ -108,6 +108,7 @@ def validate_train_config(cfg) -> None:
                            expected="local V-JEPA 2 weights: a .pt / .pth, a .safetensors file or a transformers "
                                     "folder (fastlam never downloads weights)")
     m, enc = cfg.model, cfg.model.encoder
+    enc.validate()  # the encoder's own keys, checked by the config that owns them
     if m.image_size % enc.patch_size:
         raise ConfigError(f"model.image_size: expected a multiple of model.encoder.patch_size={enc.patch_size}, "
                           f"got {m.image_size}")

@@ -37,6 +37,7 @@ The DeepSpeed backend:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -621,7 +622,15 @@ def train_flops_per_clip(model: nn.Module) -> float:
 
 class Throughput:
     """clips/s, tokens/s and (on GPUs with a known peak) MFU over the last logging window,
-    for the whole job (all ranks)."""
+    for the whole job (all ranks).
+
+    What the rates include: the training loop's own time, waiting for data and the steps
+    themselves; what they exclude: the work the loop does besides training (diagnostics,
+    checkpoints, dashboard images), timed inside :meth:`paused`. Without that exclusion a
+    window that followed a checkpoint or a diagnostics pass read far lower than its neighbours,
+    and one whose batches had queued up meanwhile far higher. ``data_wait_frac`` is the share
+    of the window spent waiting for the next batch (:meth:`waiting`): near 1, the input
+    pipeline, not the model, sets the pace."""
 
     def __init__(self, model: nn.Module, device: torch.device, world_size: int):
         cfg = model.cfg
@@ -629,16 +638,36 @@ class Throughput:
         self.flops_per_clip = train_flops_per_clip(model)
         self.peak = peak_flops(device)
         self.world_size = world_size
-        self.t, self.clips = time.perf_counter(), 0
+        self.t, self.clips, self.excluded, self.waited = time.perf_counter(), 0, 0.0, 0.0
 
     def add(self, clips: int) -> None:
         self.clips += clips
 
+    @contextlib.contextmanager
+    def paused(self):
+        """Time spent in this block is not training time: it counts in no rate."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - t0
+
+    @contextlib.contextmanager
+    def waiting(self):
+        """Time spent in this block is waiting for data: counted, and reported as a share."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.waited += time.perf_counter() - t0
+
     def window(self) -> dict:
         now = time.perf_counter()
-        rate = self.clips / max(now - self.t, 1e-9)
-        self.t, self.clips = now, 0
-        row = {"clips_per_s": rate, "tokens_per_s": rate * self.tokens_per_clip}
+        span = max(now - self.t - self.excluded, 1e-9)
+        rate = self.clips / span
+        row = {"clips_per_s": rate, "tokens_per_s": rate * self.tokens_per_clip,
+               "data_wait_frac": min(self.waited / span, 1.0)}
+        self.t, self.clips, self.excluded, self.waited = now, 0, 0.0, 0.0
         if self.peak is not None:
             row["mfu"] = rate * self.flops_per_clip / (self.peak * self.world_size)
         return row

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from .config import ConfigError
 
-__all__ = ["InputError", "MissingInputError", "check_path_list", "describe_path", "output_file", "output_folder", "read_json",
-           "require_file", "require_folder", "sniff"]
+__all__ = ["InputError", "MissingInputError", "check_path_list", "describe_path", "one_line", "output_file", "output_folder",
+           "read_json", "require_file", "require_folder", "sniff"]
 
 _HEAD = 4096  # bytes read to tell text from binary formats
 _JSON_MAX = 1 << 20  # larger text files are not parsed just to say "a JSON file"
@@ -32,6 +32,13 @@ class InputError(ConfigError):
 
 class MissingInputError(InputError, FileNotFoundError):
     """Nothing at the path; also a FileNotFoundError, so callers that catch that still do."""
+
+
+def one_line(error: BaseException | str, limit: int = 400) -> str:
+    """An error's text on one line (torch's load_state_dict lists every key on its own line),
+    cut at ``limit`` characters: a command line's error stays one line."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _safetensors_header(head: bytes, size: int) -> str | None:

@@ -30,12 +30,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from fastlam.checkpoint import load_checkpoint, save_checkpoint_copies
+from fastlam.checkpoint import CheckpointError, load_checkpoint, save_checkpoint_copies
 from fastlam import distributed as fdist
 from fastlam.config import ConfigError, load_config, to_dict
 from fastlam.config_checks import validate_train_config
 from fastlam import run_folder
 from fastlam.dashboard import Dashboard, LoggingConfig
+from fastlam.inputs import one_line
 from fastlam.distributed import DistributedConfig
 from fastlam.models import LatentActionWorldModel, ModelConfig
 from fastlam.models.encoder_record import encoder_record, load_without_encoder, strip_encoder, verify_encoder
@@ -290,9 +291,13 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
     if has_diag:
         plot_diagnostics(axes[0, 1], rows)
     steps = [r["step"] for r in rows]
+    # The total is drawn wide and pale beneath its terms: when reg_loss is small, loss and
+    # pred_loss coincide, and a thin line on top of the other hid one of them.
+    styles = {"loss": dict(linewidth=4.0, alpha=0.35, zorder=1), "pred_loss": dict(linewidth=1.4, zorder=2),
+              "reg_loss": dict(linewidth=1.4, linestyle="--", zorder=2)}
     for key in ("loss", "pred_loss", "reg_loss", "l1", "lpips"):  # l1 / lpips: train_decoder's terms
         if all(key in r for r in rows):
-            ax.plot(steps, [r[key] for r in rows], label=key)
+            ax.plot(steps, [r[key] for r in rows], label=key, **styles.get(key, {}))
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
@@ -390,7 +395,7 @@ class _LocalRunner:
         if not latest.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {latest}")
         try:
-            state = load_checkpoint(latest, map_location=self.device)
+            state = load_checkpoint(latest, map_location=self.device, name="--resume")
             if "encoder" in state:  # the encoder was rebuilt from the config: check it is the same one
                 verify_encoder(self.model, state["encoder"], f"--resume: {latest}")
                 load_without_encoder(self.model, state["model"], f"--resume: {latest}")
@@ -401,8 +406,11 @@ class _LocalRunner:
                 o.load_state_dict(s)
             for sc, s in zip(self.scheds, state["schedulers"]):
                 sc.load_state_dict(s)
+        except CheckpointError:
+            raise
         except (RuntimeError, KeyError, EOFError, ValueError) as e:
-            raise ValueError(f"--resume: {latest} could not be loaded ({type(e).__name__}: {e})") from e
+            # A CheckpointError (a ValueError): one line from the command line, not a traceback.
+            raise CheckpointError(f"--resume: {latest} could not be loaded ({type(e).__name__}: {one_line(e)})") from e
         ranks = state.get("rng_ranks")
         if ranks is not None and len(ranks) == self.env.world_size:
             state["rng"] = ranks[self.env.rank]
@@ -416,21 +424,33 @@ class _LocalRunner:
 
 
 # ---- the loop ----------------------------------------------------------------------------
-def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train ``cfg``; ``resume`` continues the run in ``cfg.out_dir``, ``overwrite`` moves a
-    run found there aside (``<out_dir>.old-<time>``) first. Without either, an ``out_dir``
-    that holds a run is a :class:`~fastlam.run_folder.RunFolderError`."""
+def check_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> tuple[str, dict | None]:
+    """Every check that needs no model, data or process group, writing nothing: the config,
+    the distributed set-up and ``out_dir`` against ``resume`` / ``overwrite``. Returns the
+    distributed backend and the settled DeepSpeed config (None without DeepSpeed)."""
     validate_train_config(cfg)
     backend = fdist.resolve_backend(cfg.distributed)
     cfg.logging.check()
     # Settle every configuration mismatch before a process group, a model or data exist.
     ds_config = fdist.preflight(cfg, backend, int(os.environ.get("WORLD_SIZE", "1") or 1),
                                 resolve_device(cfg.device).type)
+    run_folder.check_out_dir(cfg.out_dir, resume=resume, overwrite=overwrite)
+    return backend, ds_config
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train ``cfg``; ``resume`` continues the run in ``cfg.out_dir``, ``overwrite`` moves a
+    run found there aside (``<out_dir>.old-<time>``) first. Without either, an ``out_dir``
+    that holds a run is a :class:`~fastlam.run_folder.RunFolderError`."""
+    backend, ds_config = check_run(cfg, resume=resume, overwrite=overwrite)
     # Every rank checks the folder before the process group forms (so before rank 0 writes).
     moved = run_folder.prepare_out_dir(cfg.out_dir, resume=resume, overwrite=overwrite,
                                        is_main=int(os.environ.get("RANK", "0") or 0) == 0)
     if moved is not None:
-        print(f"--overwrite: moved the previous run in {cfg.out_dir} to {moved}")
+        print(f"--overwrite: moved the previous run in {cfg.out_dir} to {moved.resolve()}")
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        # First, before any slow set-up: where to look while the run goes on.
+        print(f"run folder: {Path(cfg.out_dir).resolve()} ({'resuming' if resume else 'new run'})", flush=True)
     env = fdist.init_process_group(cfg.distributed, backend)
     try:
         summary = _train(cfg, env, resume, ds_config)
@@ -442,7 +462,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
 
 
 def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict | None) -> dict:
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out_dir).resolve()  # every path the run reports is absolute
     ckpt_dir = out / "checkpoints"
     device = resolve_device(cfg.device)
     if device.type == "cuda" and env.distributed:
@@ -459,7 +479,11 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
     if cfg.model.encoder.checkpoint:
         from fastlam.models.vjepa2 import load_vjepa2_encoder
 
-        load_vjepa2_encoder(model.encoder, cfg.model.encoder.checkpoint)
+        try:
+            load_vjepa2_encoder(model.encoder, cfg.model.encoder.checkpoint)
+        except (ValueError, KeyError) as e:  # weights of another shape or layout: a config mistake
+            raise ConfigError(f"model.encoder.checkpoint: {cfg.model.encoder.checkpoint} does not fit "
+                              f"model.encoder ({type(e).__name__}: {one_line(e)})") from None
     model.predictor.checkpoint_blocks = cfg.activation_checkpointing
     model.check_video_range = False  # the loaders give [0, 1] by construction: no per-step host sync
     model.to(device).train()
@@ -515,7 +539,8 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
     try:
         with fdist.StopFlag() as stop:
             while step < cfg.steps:
-                video = next(batches)
+                with speed.waiting():
+                    video = next(batches)
                 position += 1
                 dash.remember_clip(video)
                 last = runner.train_step(video.to(device, non_blocking=True))
@@ -551,22 +576,25 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
                     if diag is not None:
                         from fastlam.diagnostics import progress_postfix
 
-                        row.update(diag(model))
+                        with speed.paused():
+                            row.update(diag(model))
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     dash.scalars(step, row)
                     bar.set_postfix(loss=f"{sums[0]:.4f}", clips_s=f"{rates['clips_per_s']:.1f}",
                                     **(progress_postfix(row) if diag is not None else {}))
                 bar.update(1)
-                dash.strip(step, model)
-                if env.backend == "deepspeed" and not measured:
-                    _write_memory(out, env, runner)  # collective: every rank, once
-                    measured = True
+                with speed.paused():
+                    dash.strip(step, model)
+                    if env.backend == "deepspeed" and not measured:
+                        _write_memory(out, env, runner)  # collective: every rank, once
+                        measured = True
                 if stop_now:
                     preempted = True
                     break
                 if at_ckpt:
-                    checkpoint(step)
+                    with speed.paused():
+                        checkpoint(step)
     finally:
         if log is not None:
             log.close()
@@ -633,6 +661,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. steps=50 model.regularizer.kind=sparse")
     ap.add_argument("--deepspeed_config", default=None,
                     help="ZeRO JSON config (same as distributed.deepspeed_config=...); selects the DeepSpeed backend")
+    ap.add_argument("--check", action="store_true",
+                    help="only check the config and out_dir (against --resume/--overwrite), print where the run "
+                         "would go and exit: nothing is built or written (scripts/train_tiny.sh runs this first)")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by launchers
     args = ap.parse_intermixed_args(argv)  # overrides may come before or after options
     overrides = list(args.overrides)
@@ -640,6 +671,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"distributed.deepspeed_config={args.deepspeed_config}")
     try:
         cfg = load_config(TrainConfig, args.config, overrides)
+        if args.check:
+            check_run(cfg, resume=args.resume, overwrite=args.overwrite)
+            print(f"config ok; run folder: {Path(cfg.out_dir).resolve()}")
+            return 0
         summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except run_folder.RunFolderError as e:
         ap.exit(2, f"error: {e}\n")

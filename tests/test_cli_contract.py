@@ -34,9 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 # ---- 1. help texts ------------------------------------------------------------------------------
 # reST that must not reach a terminal: ``literal`` and :role:`target`.
 REST = re.compile(r"``|:[A-Za-z]+(?::[A-Za-z]+)?:`")
-# Gaps in files this change may not edit, tolerated (never required) so the walk still checks
-# everything else in them: benchmarks/static_check.py belongs to another piece of work.
-KNOWN_GAPS = {"benchmarks/static_check.py": {"--cache-dir"}}
 
 
 def cli_files() -> list[str]:
@@ -93,7 +90,7 @@ def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
                 yield from walk(sub, path + (name,))
 
 
-def problems(parser: argparse.ArgumentParser, tolerated: set[str] = frozenset()) -> list[str]:
+def problems(parser: argparse.ArgumentParser) -> list[str]:
     """What is wrong with ``parser``'s help, subcommands included: options, positionals and
     subcommands without help, and reST markup anywhere in what --help prints."""
     out = []
@@ -104,7 +101,7 @@ def problems(parser: argparse.ArgumentParser, tolerated: set[str] = frozenset())
                 out.append(f"{where}: reST markup in the description / epilog: {REST.search(text).group(0)!r}")
         for action in p._actions:
             names = "/".join(action.option_strings) or action.dest
-            if action.help == argparse.SUPPRESS or names in tolerated:
+            if action.help == argparse.SUPPRESS:
                 continue
             if not (action.help or "").strip():
                 out.append(f"{where}: {names} has no help text")
@@ -136,7 +133,7 @@ def test_the_scan_finds_every_known_command_line():
 
 @pytest.mark.parametrize("rel", cli_files())
 def test_every_option_and_subcommand_has_plain_help(rel, monkeypatch):
-    found = problems(get_parser(rel, monkeypatch), KNOWN_GAPS.get(rel, set()))
+    found = problems(get_parser(rel, monkeypatch))
     assert not found, "\n".join(found)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config import ConfigError
 from ..ops import Rope3D
 from .blocks import Block
 
@@ -67,31 +68,31 @@ class EncoderConfig:
 
     def validate(self) -> None:
         if self.kind not in ENCODER_KINDS:
-            raise ValueError(f"model.encoder.kind: expected one of {ENCODER_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"model.encoder.kind: expected one of {ENCODER_KINDS}, got {self.kind!r}")
         if not isinstance(self.patch_size, int) or self.patch_size < 1:
-            raise ValueError(f"model.encoder.patch_size: expected an int >= 1, got {self.patch_size!r}")
+            raise ConfigError(f"model.encoder.patch_size: expected an int >= 1, got {self.patch_size!r}")
         if not isinstance(self.tubelet, int) or self.tubelet < 1:
-            raise ValueError(f"model.encoder.tubelet: expected an int >= 1, got {self.tubelet!r}")
+            raise ConfigError(f"model.encoder.tubelet: expected an int >= 1, got {self.tubelet!r}")
         if self.kind == "vit":
             self.dims()
             return
         if self.checkpoint:
-            raise ValueError("model.encoder.checkpoint: a 'pixels' encoder has no weights to load; "
+            raise ConfigError("model.encoder.checkpoint: a 'pixels' encoder has no weights to load; "
                              "use model.encoder.kind=vit for a V-JEPA 2 checkpoint")
         if not isinstance(self.pool, int) or self.pool < 1 or self.patch_size % self.pool:
-            raise ValueError(f"model.encoder.pool: expected an int >= 1 dividing patch_size={self.patch_size}, "
+            raise ConfigError(f"model.encoder.pool: expected an int >= 1 dividing patch_size={self.patch_size}, "
                              f"got {self.pool!r}")
         if not isinstance(self.token_norm, bool):
-            raise ValueError(f"model.encoder.token_norm: expected true or false, got {self.token_norm!r}")
+            raise ConfigError(f"model.encoder.token_norm: expected true or false, got {self.token_norm!r}")
         if self.projection not in PIXEL_PROJECTIONS:
-            raise ValueError(f"model.encoder.projection: expected one of {PIXEL_PROJECTIONS}, got {self.projection!r}")
+            raise ConfigError(f"model.encoder.projection: expected one of {PIXEL_PROJECTIONS}, got {self.projection!r}")
         raw = self.pixel_features()
         if self.projection == "none":
             if self.width is not None and self.width != raw:
-                raise ValueError(f"model.encoder.width: {self.width} needs model.encoder.projection=orthogonal or pca "
+                raise ConfigError(f"model.encoder.width: {self.width} needs model.encoder.projection=orthogonal or pca "
                                  f"(the pooled patches have {raw} features)")
         elif self.width is None or not 1 <= self.width <= raw:
-            raise ValueError(f"model.encoder.width: projection={self.projection!r} needs a width in [1, {raw}] "
+            raise ConfigError(f"model.encoder.width: projection={self.projection!r} needs a width in [1, {raw}] "
                              f"(the pooled patch features), got {self.width!r}")
 
     def pixel_features(self) -> int:
@@ -99,7 +100,7 @@ class EncoderConfig:
 
     def dims(self) -> tuple[int, int, int, float]:
         if self.size not in ENCODER_SIZES:
-            raise ValueError(f"model.encoder.size: expected one of {tuple(ENCODER_SIZES)}, got {self.size!r}")
+            raise ConfigError(f"model.encoder.size: expected one of {tuple(ENCODER_SIZES)}, got {self.size!r}")
         w, d, h, r = ENCODER_SIZES[self.size]
         pick = lambda override, preset: preset if override is None else override
         return (pick(self.width, w), pick(self.depth, d), pick(self.heads, h), pick(self.mlp_ratio, r))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..config import from_dict, to_dict
+from ..inputs import one_line
 from ..nn import REGULARIZERS, PredictionLoss, build_regularizer
 from .encoder import EncoderConfig, build_encoder
 from .idm import InverseDynamicsModel
@@ -287,7 +288,7 @@ class LatentActionWorldModel(nn.Module):
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise ValueError(f"path: the weights in {path} do not match its config ({e})") from None
+            raise ValueError(f"path: the weights in {path} do not match its config ({one_line(e)})") from None
         return model
 
 

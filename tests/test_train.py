@@ -25,6 +25,29 @@ def read_metrics(run: Path):
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_throughput_counts_training_and_data_waits_but_not_paused_work(monkeypatch):
+    """clips/s covers the loop's own time (waiting for data included, as a share) and leaves
+    out what the loop does besides training (diagnostics, checkpoints): on a fake clock."""
+    from fastlam import distributed as fdist
+
+    clock = [100.0]
+    monkeypatch.setattr(fdist.time, "perf_counter", lambda: clock[0])
+    model = LatentActionWorldModel(cfg_for(Path("unused")).model)
+    speed = fdist.Throughput(model, torch.device("cpu"), world_size=1)
+    with speed.waiting():
+        clock[0] += 1.0   # 1 s waiting for the batch
+    clock[0] += 1.0       # 1 s of training step
+    speed.add(8)
+    with speed.paused():
+        clock[0] += 30.0  # a checkpoint: not training time
+    row = speed.window()
+    assert row["clips_per_s"] == pytest.approx(8 / 2.0) and row["data_wait_frac"] == pytest.approx(0.5)
+    clock[0] += 4.0
+    speed.add(8)
+    assert speed.window() == pytest.approx({"clips_per_s": 2.0, "tokens_per_s": 2.0 * speed.tokens_per_clip,
+                                            "data_wait_frac": 0.0})
+
+
 def test_run_writes_everything(tmp_path):
     summary = train(cfg_for(tmp_path, "steps=6", "ckpt_every=3"))
     assert summary["steps"] == 6
@@ -33,7 +56,7 @@ def test_run_writes_everything(tmp_path):
         assert (tmp_path / name).is_file(), name
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == list(range(1, 7))
-    assert all(r["clips_per_s"] > 0 for r in rows)
+    assert all(r["clips_per_s"] > 0 and 0 <= r["data_wait_frac"] <= 1 for r in rows)
     # The recorded config is the resolved one, and it loads back.
     assert load_config(TrainConfig, tmp_path / "config.yaml").steps == 6
     model = LatentActionWorldModel.from_checkpoint(tmp_path / "final")

@@ -93,9 +93,13 @@ if [ "$RUN_TRAIN" = 1 ]; then
   FINAL=runs/tiny_cpu/final
   if [ -f "$FINAL/model.safetensors" ] && [ -f "$FINAL/config.json" ]; then
     sum=$(sha256sum "$FINAL/model.safetensors" | cut -d' ' -f1)
+    say "  disk: $(du -sh .venv | cut -f1) in .venv, $(du -sh data/samples | cut -f1) of sample videos, $(du -sh runs | cut -f1) in runs/"
     say "./scripts/train_tiny.sh steps=2  (a rerun must keep the finished model and say what to do)"
+    t0=$SECONDS
     if ./scripts/train_tiny.sh steps=2 > "$WORKDIR/rerun.log" 2>&1; then rc=0; else rc=$?; fi
+    say "  exit $rc after $((SECONDS - t0)) s"
     tail -n 1 "$WORKDIR/rerun.log" | sed 's/^/    /'
+    grep -q "^\[setup" "$WORKDIR/rerun.log" && FAIL+=("the rerun ran the set-up before refusing")
     [ "$rc" = 2 ] || FAIL+=("rerun of train_tiny.sh exited $rc, expected 2")
     grep -q -- "--resume" "$WORKDIR/rerun.log" && grep -q -- "--overwrite" "$WORKDIR/rerun.log" \
       || FAIL+=("rerun of train_tiny.sh did not name --resume / --overwrite")
@@ -111,6 +115,7 @@ if [ "$RUN_TEST" = 1 ]; then
   if ./scripts/test.sh > "$WORKDIR/test.log" 2>&1; then rc=0; else rc=$?; fi
   summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$WORKDIR/test.log" | tail -n 1 || true)
   say "  exit $rc after $((SECONDS - t0)) s: ${summary:-no pytest summary line}"
+  say "  disk: $(du -sh .venv | cut -f1) in .venv after the test set-up (DALI: $(du -sh .venv/lib/python*/site-packages/nvidia/dali 2>/dev/null | cut -f1 || echo none))"
   [ "$rc" = 0 ] || FAIL+=("test.sh exited $rc")
   if [ -z "$summary" ]; then FAIL+=("no pytest summary line in test.log")
   elif echo "$summary" | grep -qE '[0-9]+ (failed|errors?)'; then FAIL+=("pytest: $summary")

@@ -38,6 +38,7 @@ from fastlam import run_folder
 from fastlam.dashboard import Dashboard, LoggingConfig
 from fastlam.inputs import one_line
 from fastlam.distributed import DistributedConfig
+from fastlam.epochs import EpochIndexed
 from fastlam.models import LatentActionWorldModel, ModelConfig
 from fastlam.models.encoder_record import encoder_record, load_without_encoder, strip_encoder, verify_encoder
 from fastlam.optim import OptimConfig, build_optimizers, build_schedulers
@@ -90,23 +91,6 @@ class TrainConfig:
 
 
 # ---- data --------------------------------------------------------------------------------
-class _EpochIndexed(torch.utils.data.Dataset):
-    """Items are addressed by (epoch, index) so every DataLoader worker samples the same
-    clip start for a given epoch: resumable and identical with any number of workers."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        epoch, index = key
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-        return self.dataset[index]
-
-
 class ResumableBatches(torch.utils.data.Sampler):
     """Endless batches of (epoch, index) keys: a fresh permutation per epoch from (seed,
     epoch); ``position`` = global batches consumed, which is all a resume needs.
@@ -248,7 +232,7 @@ def iter_batches(cfg: TrainConfig, dataset, device: torch.device, env, position:
     sampler = ResumableBatches(len(dataset), cfg.batch_size, cfg.seed, position=position,
                                rank=env.rank, world_size=env.world_size)
     yield from torch.utils.data.DataLoader(
-        _EpochIndexed(dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
+        EpochIndexed(dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
         pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0,
         # Its own generator, so creating the loader does not consume the global RNG that a
         # resume restores (which would make a resumed run diverge from an uninterrupted one).

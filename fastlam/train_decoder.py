@@ -29,6 +29,7 @@ import yaml
 from fastlam.checkpoint import load_checkpoint, save_checkpoint
 from fastlam.cli_help import plain
 from fastlam.config import ConfigError, load_config, to_dict
+from fastlam.epochs import EpochIndexed
 from fastlam.models.decoder import DecoderConfig, StateDecoder
 from fastlam.optim import warmup_cosine
 
@@ -129,7 +130,7 @@ def eval_clips(paths, lam_cfg, data: DecoderData, n: int) -> torch.Tensor:
 def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
     from fastlam.models import LatentActionWorldModel
     from fastlam.run_folder import prepare_out_dir
-    from fastlam.train import ResumableBatches, _EpochIndexed, plot_losses, resolve_device
+    from fastlam.train import ResumableBatches, plot_losses, resolve_device
 
     cfg.validate()
     out = Path(cfg.out_dir)
@@ -166,7 +167,7 @@ def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False, overwrite: b
         step, position = int(state["step"]), int(state["data_position"])
         torch.set_rng_state(state["rng"])
     sampler = ResumableBatches(len(dataset), cfg.batch_size, cfg.seed, position=position)
-    batches = iter(torch.utils.data.DataLoader(_EpochIndexed(dataset), batch_sampler=sampler,
+    batches = iter(torch.utils.data.DataLoader(EpochIndexed(dataset), batch_sampler=sampler,
                                                num_workers=cfg.data.num_workers,
                                                generator=torch.Generator().manual_seed(cfg.seed)))
     meta = {"lam": str(cfg.lam)}

@@ -548,7 +548,9 @@ def export_consolidated(tag_dir: str | Path, out_dir: str | Path) -> Path:
 
 
 # ---- memory -------------------------------------------------------------------------------
-def _tensor_bytes(obj, seen: set, depth: int = 0) -> int:
+def tensor_bytes(obj, seen: set, depth: int = 0) -> int:
+    """Bytes of the tensor storages in ``obj`` (a tensor, or dicts / lists / tuples of them nested at most
+    five deep) whose (storage, device) key is not yet in ``seen``; adds the keys it counts."""
     if isinstance(obj, torch.Tensor):
         if obj.device.type == "meta" or obj.numel() == 0:
             return 0
@@ -560,9 +562,9 @@ def _tensor_bytes(obj, seen: set, depth: int = 0) -> int:
     if depth > 4:
         return 0
     if isinstance(obj, dict):
-        return sum(_tensor_bytes(v, seen, depth + 1) for v in obj.values())
+        return sum(tensor_bytes(v, seen, depth + 1) for v in obj.values())
     if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v, seen, depth + 1) for v in obj)
+        return sum(tensor_bytes(v, seen, depth + 1) for v in obj)
     return 0
 
 
@@ -578,18 +580,18 @@ def rank_memory(engine, extra_modules: tuple[nn.Module, ...] = ()) -> dict:
     params = 0
     for module in (engine.module, *extra_modules):
         for p in module.parameters():
-            params += _tensor_bytes(p.ds_tensor if hasattr(p, "ds_tensor") else p.data, seen)
-    grads = sum(_tensor_bytes(p.grad, seen) for p in engine.module.parameters() if p.grad is not None)
+            params += tensor_bytes(p.ds_tensor if hasattr(p, "ds_tensor") else p.data, seen)
+    grads = sum(tensor_bytes(p.grad, seen) for p in engine.module.parameters() if p.grad is not None)
     opt = engine.optimizer
     detail = {"param.grad": grads}
-    optim = _tensor_bytes(getattr(opt, "state", {}), seen)
+    optim = tensor_bytes(getattr(opt, "state", {}), seen)
     inner = getattr(opt, "optimizer", None)
     if inner is not None:
-        optim += _tensor_bytes(dict(inner.state), seen)
+        optim += tensor_bytes(dict(inner.state), seen)
     detail["optimizer.state"] = optim
     # ZeRO keeps its fp32 partitions, flat buffers, gradient partitions and buckets as attributes.
     for name, value in vars(opt).items():
-        b = _tensor_bytes(value, seen)
+        b = tensor_bytes(value, seen)
         if not b:
             continue
         detail[name] = b

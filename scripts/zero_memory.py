@@ -46,7 +46,7 @@ def single_process(overrides: list[str]) -> dict:
     import resource
 
     from fastlam.config import load_config
-    from fastlam.distributed import _tensor_bytes
+    from fastlam.distributed import tensor_bytes
     from fastlam.models import LatentActionWorldModel
     from fastlam.optim import build_optimizers
     from fastlam.train import TrainConfig
@@ -59,9 +59,9 @@ def single_process(overrides: list[str]) -> dict:
     for o in opts:
         o.step()
     seen: set = set()
-    params = sum(_tensor_bytes(p.data, seen) for p in model.parameters())
-    grads = sum(_tensor_bytes(p.grad, seen) for p in model.parameters() if p.grad is not None)
-    optim = sum(_tensor_bytes(dict(o.state), seen) for o in opts)
+    params = sum(tensor_bytes(p.data, seen) for p in model.parameters())
+    grads = sum(tensor_bytes(p.grad, seen) for p in model.parameters() if p.grad is not None)
+    optim = sum(tensor_bytes(dict(o.state), seen) for o in opts)
     return {"params_bytes": params, "grads_bytes": grads, "optim_bytes": optim,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),

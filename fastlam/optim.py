@@ -56,8 +56,13 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
     return opts
 
 
-def warmup_cosine(total_steps: int, warmup_frac: float, min_lr_frac: float = 0.0):
-    warmup = max(1, int(round(total_steps * warmup_frac)))
+def warmup_cosine(total_steps: int, warmup_frac: float = 0.0, min_lr_frac: float = 0.0, *,
+                  warmup_steps: int | None = None):
+    """The learning-rate factor of step ``step`` (for ``LambdaLR``): linear warmup over
+    ``warmup_steps`` (or ``warmup_frac`` of ``total_steps``; at least 1), then a cosine from 1
+    down to ``min_lr_frac`` at ``total_steps``. The one schedule of every trainer in fastlam
+    (the LAM, the decoder, the controller, the action-conditioned baseline)."""
+    warmup = max(1, int(round(total_steps * warmup_frac)) if warmup_steps is None else int(warmup_steps))
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -62,6 +62,11 @@ def test_warmup_then_cosine():
     f = warmup_cosine(100, 0.1)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.5, abs=0.02) and f(99) < 0.01
+    # Warmup given in steps (the controller's and the baseline's configs): the same curve.
+    g = warmup_cosine(100, warmup_steps=10)
+    assert [g(i) for i in range(105)] == [f(i) for i in range(105)]
+    h = warmup_cosine(1000, warmup_steps=300, min_lr_frac=0.1)
+    assert h(0) == pytest.approx(1 / 300) and h(299) == 1.0 and h(1000) == pytest.approx(0.1)
     model = torch.nn.Linear(4, 4)
     opts = [torch.optim.AdamW(model.parameters(), lr=1.0)]
     (sched,) = build_schedulers(opts, 100, OptimConfig())

@@ -15,7 +15,6 @@ cosine, batch 256).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from torch import nn
 from ..checkpoint import load_safetensors
 from ..inputs import InputError, MissingInputError, read_json, require_folder
 from ..models.blocks import MLP, Block
+from ..optim import warmup_cosine
 
 
 @dataclass
@@ -193,14 +193,7 @@ def train_controller(model: nn.Module, states: torch.Tensor, actions: torch.Tens
         model.fit_action_normalization(actions.to(device))
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(1, cfg.warmup)
-
-    def factor(i):
-        if i < warm:
-            return (i + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warm) / max(1, cfg.iterations - warm))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.iterations, warmup_steps=cfg.warmup))
     model.train()
     losses = []
     M = states.shape[0]

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..inputs import read_json
 from ..models import ACPredictor, ACPredictorConfig
+from ..optim import warmup_cosine
 from .action_data import compose_pose, integrate_actions
 
 
@@ -440,9 +441,7 @@ def train_ac_baseline(states: torch.Tensor, actions: torch.Tensor, proprio: torc
         ACPredictor(ACPredictorConfig(embed_dim=D, width=cfg.width, depth=cfg.depth, heads=cfg.heads,
                                       action_dim=A, grid_size=side, rope_duplicated_freqs=False)), actions, proprio)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(1, cfg.warmup)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, max(0, i - warm) / max(1, cfg.iterations - warm)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.iterations, warmup_steps=cfg.warmup))
     g = torch.Generator().manual_seed(cfg.seed)
     losses = []
     model.train()

@@ -91,7 +91,7 @@ def frame_local_sdpa(sdpa_backend):
 def make_runners(mask: str, F: int, notes: list, device: str = "cuda"):
     """name -> fn(q, k, v) for every backend that can run this mask here."""
     from fastlam.ops import st_attention
-    from fastlam.ops.attention import AttentionRequest, _BACKENDS
+    from fastlam.ops.dispatch import AttentionRequest, attention_backend
     from torch.nn.attention import SDPBackend
 
     runners = {
@@ -113,7 +113,7 @@ def make_runners(mask: str, F: int, notes: list, device: str = "cuda"):
     runners["flex"] = lambda q, k, v: st_attention(q, k, v, frame_len=F, mask=mask, backend="flex")
     probe = torch.empty(1, 1, F, 64, device="cuda", dtype=torch.bfloat16)
     req = AttentionRequest(F, "causal" if mask == "frame_causal" else mask, None, 0.125, None, False, False)
-    reason = _BACKENDS["flash_attn"].supports(probe, req)
+    reason = attention_backend("flash_attn").supports(probe, req)
     label = "flash_attn_causal" if mask == "frame_causal" else "flash_attn"
     if reason is None:
         # frame_causal has no flash-attn mask: its causal kernel is the upper bound at a similar FLOP count.

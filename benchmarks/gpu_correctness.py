@@ -1,14 +1,14 @@
 """Correctness of every fastlam kernel at the shapes and dtypes training runs (bf16 and fp16 on a
 GPU), for the first minutes of a GPU lease (step 1 of benchmarks/gpu_suite.sh).
 
-Reuses the unit tests' rule and helpers (tests/test_fused_losses.py ``run_three`` /
-``assert_ratio``): with ``ref`` the float64 reference, ``pt`` the reference in the kernel's
-dtype, ``max|out - ref| <= 2 x max|pt - ref| + atol`` (3x for gradients); a non-finite output
-fails whatever the bound. Outputs are poisoned: before every case a large block of the CUDA
-caching allocator is filled with NaN and freed, so a kernel output that reuses it and is not
-fully written shows NaN; the attention kernels are also run into explicitly NaN-filled
-``out`` / ``lse`` / gradient buffers. Cases (in order of importance, each timed; the run stops
-starting new ones at ``--budget-s`` and records the rest as skipped):
+Uses the unit tests' rule and helpers (:mod:`fastlam.testing`: ``run_three`` /
+``error_ratio``): with ``ref`` the float64 reference, ``pt`` the reference in the kernel's
+dtype, ``max|out - ref| <= 2 x max|pt - ref| + atol * max(1, max|ref|)`` (3x for gradients); a
+non-finite output fails whatever the bound. Outputs are poisoned: before every case a large
+block of the CUDA caching allocator is filled with NaN and freed, so a kernel output that
+reuses it and is not fully written shows NaN; the attention kernels are also run into
+explicitly NaN-filled ``out`` / ``lse`` / gradient buffers. Cases (in order of importance,
+each timed; the run stops starting new ones at ``--budget-s`` and records the rest as skipped):
 
 - attention forward + backward, frames of 256 and 258 tokens, head dim 64 and 128, no RoPE
   with atomic dQ, fused RoPE with deterministic dQ, RoPE pre-pass with atomic dQ;
@@ -40,10 +40,10 @@ if not torch.cuda.is_available():  # the kernels run only under the interpreter 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
 from benchmarks._common import git_commit, versions  # noqa: E402
+from fastlam.testing import error_ratio, run_three  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
@@ -60,16 +60,12 @@ def poison_allocator(nbytes: int = 1 << 30) -> None:
 
 
 def check(o, r, p, ratio, atol, what) -> dict:
-    from test_fused_losses import assert_ratio
-
-    out, ref, pt = o.detach().double(), r.detach().double(), p.detach().double()
-    err = (out - ref).abs().max().item() if out.numel() else 0.0
-    base = (pt - ref).abs().max().item() if out.numel() else 0.0
-    try:
-        assert_ratio(o, r, p, ratio=ratio, atol=atol, what=what)
-        return dict(check=what, ok=True, err=err, torch_err=base)
-    except AssertionError as exc:
-        return dict(check=what, ok=False, err=err, torch_err=base, msg=str(exc)[:300])
+    """One row of the report: the rule's numbers (atol relative to the output's scale, as in
+    tests/test_fused_losses.py) and, when it fails, why."""
+    res = error_ratio(o, r, p, factor=ratio, atol=atol, scale_atol_by_ref=True)
+    if res.ok:
+        return dict(check=what, ok=True, err=res.err, torch_err=res.torch_err)
+    return dict(check=what, ok=False, err=res.err, torch_err=res.torch_err, msg=res.message(what)[:300])
 
 
 # ----------------------------------------------------------------------------- attention
@@ -134,7 +130,6 @@ def attention_poison_case(dtype, F, D) -> list[dict]:
 
 def ops_cases(dtype, sizes: dict) -> list[tuple[str, callable]]:
     """(name, fn() -> rows) for the losses, AdaLN, regularizers and VQ."""
-    import test_fused_losses as t
     from fastlam.ops import (frame_adaln_modulate, frame_gated_residual, gaussian_kl, gaussian_sample,
                              gaussian_sample_kl, prediction_loss, sparse_regularizer, vector_quantize)
 
@@ -149,26 +144,26 @@ def ops_cases(dtype, sizes: dict) -> list[tuple[str, callable]]:
             pred = torch.randn(B, T * N, D, requires_grad=True)
             target = torch.randn(B, T * N, D) * 1.5 + 0.3
             fn = lambda p, backend: prediction_loss(p, target.to(p), kind=kind, backend=backend)  # noqa: E731
-            return rows_of(t.run_three(fn, [pred], dtype), ["loss", "dpred"])
+            return rows_of(run_three(fn, [pred], dtype), ["loss", "dpred"])
         return run
 
     def adaln():
         x = (torch.randn(B, T * N, D) * 2 + 0.5).requires_grad_()
         shift, scale = torch.randn(B, T, D).requires_grad_(), (0.3 * torch.randn(B, T, D)).requires_grad_()
         fn = lambda x, s, c, backend: frame_adaln_modulate(x, s, c, N, backend=backend)  # noqa: E731
-        return rows_of(t.run_three(fn, [x, shift, scale], dtype), ["y", "dx", "dshift", "dscale"])
+        return rows_of(run_three(fn, [x, shift, scale], dtype), ["y", "dx", "dshift", "dscale"])
 
     def gated():
         x, br = torch.randn(B, T * N, D).requires_grad_(), torch.randn(B, T * N, D).requires_grad_()
         gate = torch.randn(B, T, D).requires_grad_()
         fn = lambda x, b, g, backend: frame_gated_residual(x, b, g, N, backend=backend)  # noqa: E731
-        return rows_of(t.run_three(fn, [x, br, gate], dtype), ["out", "dx", "dbranch", "dgate"])
+        return rows_of(run_three(fn, [x, br, gate], dtype), ["out", "dx", "dbranch", "dgate"])
 
     def sparse(n):
         def run():
             z = (0.7 * torch.randn(n, 128) + 0.2 * torch.randn(128)).requires_grad_()
             fn = lambda z, backend: torch.stack(list(sparse_regularizer(z, l_l1=0.1, backend=backend).values()))  # noqa: E731
-            return rows_of(t.run_three(fn, [z], dtype), ["terms", "dz"])
+            return rows_of(run_three(fn, [z], dtype), ["terms", "dz"])
         return run
 
     def gaussian(n):
@@ -187,10 +182,10 @@ def ops_cases(dtype, sizes: dict) -> list[tuple[str, callable]]:
                     z = gaussian_sample(mu, logvar, noise=eps.to(h.dtype), backend="torch")
                     kl = gaussian_kl(mu, logvar, backend="torch")
                 return torch.cat([z.flatten(), kl.reshape(1)])
-            rows = rows_of(t.run_three(fn, [h.requires_grad_()], dtype), ["z,kl", "dh"])
+            rows = rows_of(run_three(fn, [h.requires_grad_()], dtype), ["z,kl", "dh"])
             fn_kl = lambda m, lv, backend: gaussian_kl(m, lv, backend=backend)  # noqa: E731
             mu, lv = torch.randn(n, d).requires_grad_(), (0.8 * torch.randn(n, d)).requires_grad_()
-            return rows + rows_of(t.run_three(fn_kl, [mu, lv], dtype), ["kl", "dmu", "dlogvar"])
+            return rows + rows_of(run_three(fn_kl, [mu, lv], dtype), ["kl", "dmu", "dlogvar"])
         return run
 
     def vq(n):
@@ -200,7 +195,7 @@ def ops_cases(dtype, sizes: dict) -> list[tuple[str, callable]]:
             def fn(z, codebook, backend):
                 z_q, _, cb_loss, commit = vector_quantize(z, codebook, 0.25, backend=backend)
                 return torch.cat([z_q.flatten(), cb_loss.reshape(1), commit.reshape(1)])
-            return rows_of(t.run_three(fn, [z, cb], dtype), ["z_q,losses", "dz", "dcodebook"])
+            return rows_of(run_three(fn, [z, cb], dtype), ["z_q,losses", "dz", "dcodebook"])
         return run
 
     small, large = sizes["latents"]

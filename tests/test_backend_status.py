@@ -10,7 +10,7 @@ import torch
 from subprocess_guard import run_guarded
 
 import fastlam.ops as ops
-from fastlam.ops import _backend, available_backends
+from fastlam.ops import available_backends, dispatch
 
 
 class FakeCuda:
@@ -23,7 +23,7 @@ class FakeCuda:
 def fresh(monkeypatch):
     """Empty import-error and warn-once caches, restored afterwards."""
     for name in ("_import_errors", "_kernels_ok", "_warned"):
-        monkeypatch.setattr(_backend, name, type(getattr(_backend, name))())
+        monkeypatch.setattr(dispatch, name, type(getattr(dispatch, name))())
     return monkeypatch
 
 
@@ -48,30 +48,30 @@ def test_broken_kernel_module_is_reported_raised_by_name_and_said_once_for_auto(
     ops.vector_quantize(z, codebook, backend="auto")  # CPU tensors: torch, as always, nothing to say
     with pytest.warns(RuntimeWarning, match=r"backend 'auto' runs vq on torch, not Triton, for CUDA tensors "
                                             r"\(ModuleNotFoundError: .*fastlam.kernels.vq"):
-        assert _backend.use_triton("auto", FakeCuda(), kernel="vq") is False
+        assert dispatch.use_triton("auto", FakeCuda(), kernel="vq") is False
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # once only
-        assert _backend.use_triton("auto", FakeCuda(), kernel="vq") is False
-    assert _backend.use_triton("auto", FakeCuda(), kernel="gaussian") is True  # the other kernels are unaffected
+        assert dispatch.use_triton("auto", FakeCuda(), kernel="vq") is False
+    assert dispatch.use_triton("auto", FakeCuda(), kernel="gaussian") is True  # the other kernels are unaffected
 
 
 def test_auto_on_cuda_says_once_why_an_unsupported_request_runs_on_torch(fresh):
     reason = "float64 inputs are not supported by the kernels (they accumulate in fp32); use backend='torch'"
     with pytest.warns(RuntimeWarning, match=r"runs prediction_loss on torch.*float64 inputs"):
-        assert _backend.use_triton("auto", FakeCuda(), unsupported=reason, kernel="prediction_loss") is False
+        assert dispatch.use_triton("auto", FakeCuda(), unsupported=reason, kernel="prediction_loss") is False
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert _backend.use_triton("auto", FakeCuda(), unsupported=reason, kernel="prediction_loss") is False
+        assert dispatch.use_triton("auto", FakeCuda(), unsupported=reason, kernel="prediction_loss") is False
 
 
 def test_missing_triton_is_reported_and_raised(fresh):
-    fresh.setattr(_backend, "_checked", True)
-    fresh.setattr(_backend, "_triton_error", "triton does not import (No module named 'triton')")
+    fresh.setattr(dispatch, "_checked", True)
+    fresh.setattr(dispatch, "_triton_error", "triton does not import (No module named 'triton')")
     assert available_backends()["ops.triton"].startswith("prediction_loss: triton does not import")
     with pytest.raises(RuntimeError, match=r"backend='triton' requested but triton does not import"):
         ops.prediction_loss(torch.rand(2, 3, 4), torch.rand(2, 3, 4), backend="triton")
     with pytest.warns(RuntimeWarning, match="triton does not import"):
-        assert _backend.use_triton("auto", FakeCuda(), kernel="frame_adaln") is False
+        assert dispatch.use_triton("auto", FakeCuda(), kernel="frame_adaln") is False
 
 
 def test_attention_module_import_error_is_kept_and_raised_when_asked_for():
@@ -106,3 +106,45 @@ def test_attention_module_import_error_is_kept_and_raised_when_asked_for():
     """)
     proc = run_guarded([sys.executable, "-c", code])
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
+
+
+def test_broken_attention_kernel_module_is_reported_and_raised_by_name():
+    """A bug in fastlam.kernels.attention (triton imports): the triton attention backend says
+    why it cannot run, in the report and when asked for by name; the other backends still run."""
+    code = textwrap.dedent("""
+        import sys
+
+        class Broken:  # a bug inside the kernel module: its import raises
+            def find_spec(self, name, path=None, target=None):
+                if name == "fastlam.kernels.attention":
+                    raise RuntimeError("simulated kernel bug")
+
+        sys.meta_path.insert(0, Broken())
+        import torch
+        import fastlam.ops as ops
+        status = ops.available_backends()
+        assert status["attention.triton"] == "RuntimeError: simulated kernel bug", status
+        assert status["attention.torch"] == "available" and status["attention.flex"] == "available", status
+        q = torch.rand(1, 1, 4, 8)
+        try:
+            ops.st_attention(q, q, q, frame_len=2, backend="triton")
+        except ValueError as e:
+            assert "'triton' cannot run this attention: RuntimeError: simulated kernel bug" in str(e), e
+        else:
+            raise AssertionError("no error")
+        ops.st_attention(q, q, q, frame_len=2, backend="torch")
+        print("ok")
+    """)
+    proc = run_guarded([sys.executable, "-c", code])
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr
+
+
+def test_dispatch_lists_and_hands_out_every_registered_attention_backend():
+    names = dispatch.attention_backend_names()
+    assert names[:2] == ["math", "torch"] and set(dispatch.ACCELERATED_ATTENTION) <= set(names)
+    assert set(names) == {k.split(".", 1)[1] for k in available_backends() if k.startswith("attention.")}
+    for name in names:
+        backend = dispatch.attention_backend(name)
+        assert callable(backend.run) and callable(backend.supports)
+    with pytest.raises(KeyError, match="no attention backend 'nope'"):
+        dispatch.attention_backend("nope")

@@ -7,6 +7,7 @@ tests run bf16 and large shapes. Rule (flash-attention's): with ``ref`` the floa
 """
 from __future__ import annotations
 
+import functools
 
 import pytest
 import torch
@@ -24,36 +25,31 @@ from fastlam.ops import (
     vector_quantize,
     vq_nearest,
 )
+from fastlam.testing import assert_error_ratio, error_ratio, run_three
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
 ATOL = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 
 
-def assert_ratio(out, ref, pt, ratio=2.0, atol=1e-6, what=""):
-    out, ref, pt = out.detach().double(), ref.detach().double(), pt.detach().double()
-    assert torch.isfinite(out).all(), f"{what}: non-finite output"
-    err = (out - ref).abs().max().item()
-    base = (pt - ref).abs().max().item()
-    atol = atol * max(1.0, ref.abs().max().item())  # atol is relative to the output's scale
-    assert err <= ratio * base + atol, f"{what}: kernel error {err:.3e} > {ratio} x torch error {base:.3e} + {atol:.1e}"
+# This file's atol is relative to the output's scale: fastlam.testing multiplies it by max(1, max|ref|).
+assert_ratio = functools.partial(assert_error_ratio, scale_atol_by_ref=True)
 
 
-def run_three(fn, inputs, dtype, grad_seed_shape_fn=None):
-    """Evaluate fn on float64 (ref), on ``dtype`` with torch (pt) and with triton (out).
-
-    Returns [(out, pt, ref)] for the output followed by each input gradient.
-    """
-    results = {}
-    for tag, dt, be in (("ref", torch.float64, "torch"), ("pt", dtype, "torch"), ("out", dtype, "triton")):
-        xs = [x.detach().to(DEV, dt).requires_grad_(x.requires_grad) for x in inputs]
-        y = fn(*xs, backend=be)
-        if "g" not in results:
-            results["g"] = torch.randn(y.shape, dtype=torch.float64, device=DEV)
-        diff = [x for x in xs if x.requires_grad]
-        grads = torch.autograd.grad(y, diff, results["g"].to(y.dtype)) if diff else ()
-        results[tag] = (y, *grads)
-    return list(zip(results["out"], results["pt"], results["ref"]))
+def test_the_error_ratio_rule_fails_when_it_should():
+    """fastlam.testing's rule can fail: an error past the bound, a NaN, and an atol that only
+    passes once scaled by the reference's magnitude."""
+    ref = torch.tensor([8.0, -4.0], dtype=torch.float64)
+    pt = ref + torch.tensor([0.25, 0.0], dtype=torch.float64)
+    check = error_ratio(ref + 0.5, ref, pt, atol=0.0)
+    assert check.ok and (check.err, check.torch_err, check.bound) == (0.5, 0.25, 0.5)
+    with pytest.raises(AssertionError, match=r"^out: kernel error 7\.500e-01 > 2 x torch error 2\.500e-01"):
+        assert_error_ratio(ref + 0.75, ref, pt, atol=0.0, what="out")
+    assert_error_ratio(ref + 0.75, ref, pt, factor=3.0, atol=0.0)
+    with pytest.raises(AssertionError, match="non-finite"):
+        assert_error_ratio(torch.tensor([float("nan"), -4.0]), ref, pt, atol=1.0)
+    assert not error_ratio(ref + 0.75, ref, pt, atol=0.05).ok
+    assert assert_ratio(ref + 0.75, ref, pt, atol=0.05).atol == pytest.approx(0.4)  # x max(1, max|ref|) = 8
 
 
 # ---------------------------------------------------------------- prediction loss
@@ -73,7 +69,7 @@ def test_prediction_loss_matches_reference(dtype, kind, normalize_target, grad_m
     (lo, lp, lr), (go, gp, gr) = run_three(fn, [pred, target], dtype)
     assert lo.dtype == torch.float32 and lo.dim() == 0
     assert_ratio(lo, lr, lp, atol=ATOL[dtype] * 10, what="loss")
-    assert_ratio(go, gr, gp, ratio=3.0, atol=ATOL[dtype] * 1e-2, what="dpred")
+    assert_ratio(go, gr, gp, factor=3.0, atol=ATOL[dtype] * 1e-2, what="dpred")
     assert go.dtype == dtype
 
 
@@ -136,7 +132,7 @@ def test_frame_adaln_matches_reference(dtype, affine, frames, frame_len, d):
     names = ["y", "dx", "dshift", "dscale", "dweight", "dbias"]
     for name, (o, p, r) in zip(names, run_three(fn, [x, shift, scale, *extra], dtype)):
         assert o.dtype == p.dtype
-        assert_ratio(o, r, p, ratio=2.0 if name == "y" else 3.0, atol=ATOL[dtype], what=name)
+        assert_ratio(o, r, p, factor=2.0 if name == "y" else 3.0, atol=ATOL[dtype], what=name)
 
 
 def test_frame_adaln_backward_tile_of_triton_3_6(monkeypatch):
@@ -159,7 +155,7 @@ def test_frame_adaln_backward_tile_of_triton_3_6(monkeypatch):
 
     names = ["y", "dx", "dshift", "dscale", "dweight", "dbias"]
     for name, (o, p, r) in zip(names, run_three(fn, [x, shift, scale, *wb], torch.float32)):
-        assert_ratio(o, r, p, ratio=2.0 if name == "y" else 3.0, atol=ATOL[torch.float32], what=name)
+        assert_ratio(o, r, p, factor=2.0 if name == "y" else 3.0, atol=ATOL[torch.float32], what=name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -173,7 +169,7 @@ def test_frame_gated_residual_matches_reference(dtype):
         return frame_gated_residual(x, branch, gate, frame_len, backend=backend)
 
     for name, (o, p, r) in zip(["out", "dx", "dbranch", "dgate"], run_three(fn, [x, branch, gate], dtype)):
-        assert_ratio(o, r, p, ratio=2.0 if name == "out" else 3.0, atol=ATOL[dtype], what=name)
+        assert_ratio(o, r, p, factor=2.0 if name == "out" else 3.0, atol=ATOL[dtype], what=name)
 
 
 def test_frame_adaln_noncontiguous_modulation():
@@ -207,7 +203,7 @@ def test_sparse_regularizer_matches_reference(dtype, n, d, mean_term):
     (o, p, r), (go, gp, gr) = run_three(_sparse_fn(mean_term), [z], dtype)
     for i, k in enumerate(TERMS):
         assert_ratio(o[i], r[i], p[i], atol=ATOL[dtype] * 10, what=k)
-    assert_ratio(go, gr, gp, ratio=3.0, atol=ATOL[dtype] * 1e-2, what="dz")
+    assert_ratio(go, gr, gp, factor=3.0, atol=ATOL[dtype] * 1e-2, what="dz")
 
 
 def test_sparse_regularizer_offset_columns_fp32():
@@ -230,7 +226,7 @@ def test_sparse_regularizer_fp32_stats_tile_of_triton_3_9(monkeypatch):
     (o, p, r), (go, gp, gr) = run_three(_sparse_fn("signed"), [z], torch.float32)
     for i, k in enumerate(TERMS):
         assert_ratio(o[i], r[i], p[i], atol=ATOL[torch.float32] * 10, what=k)
-    assert_ratio(go, gr, gp, ratio=3.0, atol=ATOL[torch.float32] * 1e-2, what="dz")
+    assert_ratio(go, gr, gp, factor=3.0, atol=ATOL[torch.float32] * 1e-2, what="dz")
 
 
 def test_sparse_parts_dispatch():
@@ -247,7 +243,7 @@ def test_gpu_sparse_regularizer_bf16_large(n):
     (o, p, r), (go, gp, gr) = run_three(_sparse_fn("signed", l_l1=0.01), [z], torch.bfloat16)
     for i, k in enumerate(TERMS):
         assert_ratio(o[i], r[i], p[i], atol=1e-4, what=k)
-    assert_ratio(go, gr, gp, ratio=3.0, atol=1e-9, what="dz")
+    assert_ratio(go, gr, gp, factor=3.0, atol=1e-9, what="dz")
 
 
 # ---------------------------------------------------------------- noisy (Gaussian) regularizer
@@ -264,7 +260,7 @@ def test_gaussian_kl_matches_reference(dtype):
     logvar = (0.8 * torch.randn(97, 130)).requires_grad_()
     res = run_three(lambda m, lv, backend: gaussian_kl(m, lv, backend=backend), [mu, logvar], dtype)
     for name, (o, p, r) in zip(["kl", "dmu", "dlogvar"], res):
-        assert_ratio(o, r, p, ratio=2.0 if name == "kl" else 3.0, atol=ATOL[dtype], what=name)
+        assert_ratio(o, r, p, factor=2.0 if name == "kl" else 3.0, atol=ATOL[dtype], what=name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -285,7 +281,7 @@ def test_gaussian_sample_kl_matches_reference(dtype):
 
     (o, p, r), (go, gp, gr) = run_three(fn, [h.requires_grad_()], dtype)
     assert_ratio(o, r, p, atol=ATOL[dtype], what="z, kl")
-    assert_ratio(go, gr, gp, ratio=3.0, atol=ATOL[dtype], what="dh")
+    assert_ratio(go, gr, gp, factor=3.0, atol=ATOL[dtype], what="dh")
 
 
 def test_gaussian_rng_reproducible():
@@ -322,7 +318,7 @@ def test_gpu_gaussian_bf16_large():
         return torch.cat([z.flatten(), kl.reshape(1)])
 
     for name, (o, p, r) in zip(["out", "dmu", "dlogvar"], run_three(fn, [mu, logvar], torch.bfloat16)):
-        assert_ratio(o, r, p, ratio=3.0, atol=1e-3, what=name)
+        assert_ratio(o, r, p, factor=3.0, atol=1e-3, what=name)
 
 
 # ---------------------------------------------------------------- vector quantizer
@@ -346,8 +342,8 @@ def test_vq_matches_reference(dtype, n, k, d):
     ref_idx = vq_nearest(z.detach().to(dtype), codebook.detach().to(dtype), backend="torch")
     assert torch.equal(idx["triton"], ref_idx)
     assert_ratio(o, r, p, atol=ATOL[dtype], what="z_q, losses")
-    assert_ratio(gzo, gzr, gzp, ratio=3.0, atol=ATOL[dtype], what="dz")
-    assert_ratio(gco, gcr, gcp, ratio=3.0, atol=ATOL[dtype], what="dcodebook")
+    assert_ratio(gzo, gzr, gzp, factor=3.0, atol=ATOL[dtype], what="dz")
+    assert_ratio(gco, gcr, gcp, factor=3.0, atol=ATOL[dtype], what="dcodebook")
 
 
 def test_vq_straight_through_ties_and_usage():
@@ -420,8 +416,8 @@ def test_gpu_vq_bf16_large(n, k, cb_dtype):
     zr = torch.randn(n, 128).requires_grad_()
     cr = torch.randn(k, 128).requires_grad_()
     (o, p, r), (gzo, gzp, gzr), (gco, gcp, gcr) = run_three(_vq_fn(), [zr, cr], torch.bfloat16)
-    assert_ratio(gzo, gzr, gzp, ratio=3.0, atol=1e-3, what="dz")
-    assert_ratio(gco, gcr, gcp, ratio=3.0, atol=1e-3, what="dcodebook")
+    assert_ratio(gzo, gzr, gzp, factor=3.0, atol=1e-3, what="dz")
+    assert_ratio(gco, gcr, gcp, factor=3.0, atol=1e-3, what="dcodebook")
 
 
 # ---------------------------------------------------------------- drop-in modules and a training run
@@ -548,7 +544,7 @@ def test_gpu_prediction_loss_bf16_large(kind, normalize_target):
 
     (lo, lp, lr), (go, gp, gr) = run_three(fn, [pred, target], torch.bfloat16)
     assert_ratio(lo, lr, lp, atol=1e-4, what="loss")
-    assert_ratio(go, gr, gp, ratio=3.0, atol=1e-9, what="dpred")
+    assert_ratio(go, gr, gp, factor=3.0, atol=1e-9, what="dpred")
 
 
 @pytest.mark.gpu
@@ -563,13 +559,13 @@ def test_gpu_frame_adaln_bf16_large(frame_len, d):
         return frame_adaln_modulate(x, shift, scale, frame_len, backend=backend)
 
     for name, (o, p, r) in zip(["y", "dx", "dshift", "dscale"], run_three(fn, [x, shift, scale], torch.bfloat16)):
-        assert_ratio(o, r, p, ratio=2.0 if name == "y" else 3.0, atol=1e-3, what=name)
+        assert_ratio(o, r, p, factor=2.0 if name == "y" else 3.0, atol=1e-3, what=name)
     gate = torch.randn(b, frames, d).requires_grad_()
     br = torch.randn_like(x).requires_grad_()
     res = run_three(lambda x, br, g, backend: frame_gated_residual(x, br, g, frame_len, backend=backend),
                     [x, br, gate], torch.bfloat16)
     for name, (o, p, r) in zip(["out", "dx", "dbranch", "dgate"], res):
-        assert_ratio(o, r, p, ratio=3.0, atol=1e-3, what=name)
+        assert_ratio(o, r, p, factor=3.0, atol=1e-3, what=name)
 
 
 def test_mixed_dtypes_promote_like_the_reference():

@@ -2,16 +2,24 @@
 
 Each op has a readable plain-PyTorch reference here (the CPU path and the test oracle); the
 Triton kernels in ``fastlam.kernels`` are dispatched behind the same functions on CUDA.
+Which backend runs an op is decided in one place, :mod:`fastlam.ops.dispatch`.
 """
-from ._backend import available_backends, use_backend
+import warnings as _warnings
+
 from .adaln import frame_adaln_modulate, frame_gated_residual
 from .attention import (
     MASKS,
     dense_mask,
     mask_allows,
+    st_attention,
+)
+from .dispatch import (
+    ACCELERATED_ATTENTION as _ACCELERATED_ATTENTION,
+    available_backends,
+    record_import_error as _record_import_error,
     register_backend,
     select_backend,
-    st_attention,
+    use_backend,
 )
 from .losses import prediction_loss
 from .regularizers import (
@@ -33,12 +41,8 @@ from .rope import Rope1D, Rope3D, apply_rope, apply_rope_3d, rope_chunk_dim, rop
 try:
     from . import triton_attention  # noqa: F401
 except Exception as _exc:
-    import warnings as _warnings
-
-    from ._backend import record_import_error as _record
-
-    for _name in ("triton", "flex", "flash_attn", "xformers"):
-        _record(f"attention.{_name}", _exc)
+    for _name in _ACCELERATED_ATTENTION:
+        _record_import_error(f"attention.{_name}", _exc)
     _warnings.warn(f"fastlam: accelerated attention backends unavailable ({type(_exc).__name__}: {_exc}); "
                    "see fastlam.ops.available_backends()", RuntimeWarning)
 

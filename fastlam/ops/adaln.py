@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._backend import kernel_limits, use_triton
 from ._checks import check_tensor
+from .dispatch import kernel_limits, use_triton
+from .triton_adaln import triton_frame_adaln_modulate, triton_frame_gated_residual
 
 
 def _check_frame_len(frame_len, x: torch.Tensor) -> None:
@@ -55,8 +56,6 @@ def frame_adaln_modulate(
     present = [t for t in (x, shift, scale, weight, bias) if t is not None]
     if use_triton(backend, *present, unsupported=kernel_limits(*present, max_d=16384),
                   kernel="frame_adaln"):
-        from .triton_adaln import triton_frame_adaln_modulate
-
         return triton_frame_adaln_modulate(x, shift, scale, frame_len, weight, bias, eps)
     y = F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
     return y * (1 + sc) + sh
@@ -73,7 +72,5 @@ def frame_gated_residual(
     if use_triton(backend, x, branch, gate, unsupported=kernel_limits(x, branch, gate, max_d=16384),
                   kernel="frame_adaln"):
         _per_frame("gate", gate, x, frame_len)  # shape check only
-        from .triton_adaln import triton_frame_gated_residual
-
         return triton_frame_gated_residual(x, branch, gate, frame_len)
     return x + _per_frame("gate", gate, x, frame_len) * branch

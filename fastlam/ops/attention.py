@@ -19,78 +19,26 @@ with an optional seed (training only; the reference path), RoPE as :class:`Rope3
 :class:`Rope1D` with optional explicit token ids ``rope_positions`` (the reference path for
 ids and Rope1D). A row left with no visible key (padding) gets output 0 and lse -inf.
 
-Backends (chosen in one place, :func:`select_backend`): ``math`` (explicit softmax, the test
-oracle, differentiable in float64), ``torch`` (PyTorch SDPA with the mask built vectorised
-from indices), and the accelerated backends registered by other modules (``triton``,
-``flex``, ``flash_attn``, ``xformers``) through :func:`register_backend`. ``auto`` picks the
-fastest backend that supports the request and warns once when it has to fall back.
+Backends: this module implements and registers ``math`` (explicit softmax, the test oracle,
+differentiable in float64) and ``torch`` (PyTorch SDPA with the mask built vectorised from
+indices); ``fastlam.ops.triton_attention`` registers the accelerated ones (``triton``,
+``flex``, ``flash_attn``, ``xformers``). :mod:`fastlam.ops.dispatch` holds them all and picks
+one (:func:`~fastlam.ops.dispatch.select_backend`): ``auto`` picks the fastest backend that
+supports the request and warns once when it has to fall back.
 """
 from __future__ import annotations
 
 import math
-import warnings
-from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from ._backend import auto_default, import_error
 from ._checks import check_choice, check_same, check_tensor
-from .rope import Rope1D, Rope3D, apply_rope
+from .dispatch import AttentionRequest, attention_backend, register_backend, rotate_qk, select_backend
+from .rope import Rope1D, Rope3D
 
 MASKS = ("full", "causal", "frame_causal", "frame_local", "temporal_causal", "temporal")
 WINDOW_MASKS = ("frame_causal", "temporal_causal")
-
-
-class AttentionRequest(NamedTuple):
-    """Everything a backend needs besides q/k/v; backends say whether they support it."""
-
-    frame_len: int
-    mask: str
-    rope: Rope3D | None
-    scale: float
-    window_frames: int | None
-    deterministic: bool
-    return_lse: bool
-    key_lengths: torch.Tensor | None = None  # (B,) integer count of valid keys per sample
-    dropout_p: float = 0.0
-    dropout_seed: int | None = None
-    rope_positions: torch.Tensor | None = None  # explicit token ids (L,) or (B, L)
-    kv_len: int | None = None  # cross-attention: the key / value length when it is not q's
-
-    @property
-    def plain_rope(self) -> bool:
-        """RoPE (if any) is a Rope3D at index positions: what the fused kernels implement."""
-        return self.rope is None or (isinstance(self.rope, Rope3D) and self.rope_positions is None)
-
-
-class Backend(NamedTuple):
-    run: Callable  # (q, k, v, req) -> out or (out, lse)
-    supports: Callable  # (q, req) -> None if supported, else a reason string
-
-
-_BACKENDS: dict[str, Backend] = {}
-# Preference order for backend="auto"; the first that supports the request wins.
-_AUTO_ORDER = ["triton", "torch"]
-_warned: set[str] = set()
-# Backends that "auto" never picks for CPU tensors: the Triton interpreter runs on CPU (for
-# tests) but is ~300x slower than the torch reference.
-_NO_AUTO_ON_CPU: set[str] = set()
-
-
-def register_backend(
-    name: str, run: Callable, supports: Callable, *, auto_priority: int | None = None, auto_on_cpu: bool = True
-) -> None:
-    """Make a backend available to ``st_attention`` (used by fastlam.ops.triton_attention etc.)."""
-    _BACKENDS[name] = Backend(run, supports)
-    if not auto_on_cpu:
-        _NO_AUTO_ON_CPU.add(name)
-    if auto_priority is not None and name not in _AUTO_ORDER:
-        _AUTO_ORDER.insert(auto_priority, name)
-
-
-def available_backends() -> list[str]:
-    return list(_BACKENDS)
 
 
 def mask_allows(q_idx: torch.Tensor, k_idx: torch.Tensor, frame_len: int, mask: str, window_frames: int | None = None):
@@ -126,13 +74,6 @@ def dense_mask(seq_len: int, frame_len: int, mask: str, window_frames: int | Non
     return mask_allows(idx[:, None], idx[None, :], frame_len, mask, window_frames)
 
 
-def _prepare(q, k, req: AttentionRequest):
-    if req.rope is not None:
-        q = apply_rope(q, req.frame_len, req.rope, req.rope_positions)
-        k = apply_rope(k, req.frame_len, req.rope, req.rope_positions)
-    return q, k
-
-
 def request_mask(req: AttentionRequest, q_len: int, k_len: int, device) -> torch.Tensor | None:
     """Boolean mask of a request, True = allowed: (Lq, Lk), or (B, 1, Lq, Lk) with key
     lengths; None when every pair is allowed."""
@@ -156,7 +97,7 @@ def _dropout_generator(req: AttentionRequest, device):
 
 def attention_math(q, k, v, req: AttentionRequest):
     """Explicit softmax(QK^T * scale) V in the inputs' dtype: the reference and test oracle."""
-    q, k = _prepare(q, k, req)
+    q, k = rotate_qk(q, k, req)
     scores = torch.matmul(q, k.transpose(-1, -2)) * req.scale
     allowed = request_mask(req, q.shape[-2], k.shape[-2], q.device)
     empty = None
@@ -180,7 +121,7 @@ def attention_math(q, k, v, req: AttentionRequest):
 
 def attention_sdpa(q, k, v, req: AttentionRequest):
     """PyTorch SDPA; frame masks are passed as a dense boolean mask (what V-JEPA 2-AC does)."""
-    q, k = _prepare(q, k, req)
+    q, k = rotate_qk(q, k, req)
     kwargs: dict = {"scale": req.scale, "dropout_p": req.dropout_p}
     if req.mask == "causal" and req.key_lengths is None:
         kwargs["is_causal"] = True
@@ -201,44 +142,6 @@ def _sdpa_supports(q, req: AttentionRequest):
 
 register_backend("math", attention_math, lambda q, req: None)
 register_backend("torch", attention_sdpa, _sdpa_supports)
-
-
-def _warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
-
-
-def select_backend(q: torch.Tensor, req: AttentionRequest, backend: str = "auto") -> str:
-    """The one place that picks an attention backend (and says why when it falls back).
-
-    ``"auto"`` first resolves through :func:`fastlam.ops.use_backend` (a forced choice there
-    behaves like an explicit ``backend=``)."""
-    if backend == "auto":
-        backend = auto_default("attention")
-    if backend != "auto":
-        if backend not in _BACKENDS:
-            if import_error(f"attention.{backend}"):  # its module failed to import: say why
-                raise RuntimeError(f"backend={backend!r} is unavailable: {import_error(f'attention.{backend}')}")
-            raise ValueError(f"backend: expected one of {['auto'] + available_backends()}, got {backend!r}")
-        reason = _BACKENDS[backend].supports(q, req)
-        if reason:
-            raise ValueError(f"backend={backend!r} cannot run this attention: {reason}")
-        return backend
-    reasons = []
-    for name in _AUTO_ORDER:
-        if name not in _BACKENDS or (name in _NO_AUTO_ON_CPU and q.device.type == "cpu"):
-            continue
-        reason = _BACKENDS[name].supports(q, req)
-        if reason is None:
-            if reasons and q.is_cuda:
-                _warn_once(
-                    f"{name}:{';'.join(reasons)}",
-                    f"st_attention: backend 'auto' fell back to {name!r} ({'; '.join(reasons)})",
-                )
-            return name
-        reasons.append(f"{name}: {reason}")
-    return "math"
 
 
 def st_attention(
@@ -348,4 +251,4 @@ def st_attention(
         kv_len=k.shape[-2] if k.shape[-2] != L else None,
     )
     name = select_backend(q, req, backend)
-    return _BACKENDS[name].run(q, k, v, req)
+    return attention_backend(name).run(q, k, v, req)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._backend import kernel_limits, use_triton
 from ._checks import check_choice, check_tensor
+from .dispatch import kernel_limits, use_triton
+from .triton_losses import GRAD_MODES, triton_prediction_loss
 
 LOSS_KINDS = ("l1", "l2")
 
@@ -38,7 +39,7 @@ def prediction_loss(
     broadcastable to the loss; ``mean`` then divides by the weights' sum over the broadcast
     shape (the mean over selected elements). pred and target broadcast against each other.
 
-    ``backend`` picks the fused Triton kernel or this reference (see ``fastlam.ops._backend``);
+    ``backend`` picks the fused Triton kernel or this reference (see ``fastlam.ops.dispatch``);
     the kernel runs for same-shape inputs, no mask, ``mean`` / ``sum`` and p in {1, 2} (p=2
     is its L2 halved). The kernel's ``grad_mode="fused"`` writes the gradient during the
     forward pass (the fp32 difference tensor is never stored); ``"recompute"`` keeps nothing
@@ -66,8 +67,6 @@ def prediction_loss(
                              f"got {tuple(mask.shape)}") from None
     if loss_exp is not None and not float(loss_exp) > 0:
         raise ValueError(f"loss_exp: expected a positive number, got {loss_exp!r}")
-    from .triton_losses import GRAD_MODES, triton_prediction_loss
-
     check_choice("grad_mode", grad_mode, GRAD_MODES)
     fused_kind = kind if loss_exp is None else {1.0: "l1", 2.0: "l2"}.get(float(loss_exp))
     fusable = (pred.shape == target.shape and mask is None and reduction != "none" and fused_kind is not None)

@@ -10,8 +10,15 @@ import math
 
 import torch
 
-from ._backend import kernel_limits, use_triton
 from ._checks import check_choice, check_tensor
+from .dispatch import kernel_limits, use_triton
+from .triton_regularizers import (
+    draw_seed,
+    triton_gaussian_kl,
+    triton_gaussian_sample_kl,
+    triton_sparse_regularizer,
+    triton_vector_quantize,
+)
 
 MEAN_TERMS = ("signed", "abs", "squared")
 
@@ -93,8 +100,6 @@ def sparse_regularizer(
         raise ValueError(f"z: VCM needs at least 2 rows (a batch of latents), got shape {tuple(z.shape)}")
     limit = kernel_limits(z, max_d=128) or (None if z.shape[1] >= 2 else "D must be at least 2 for the covariance")
     if use_triton(backend, z, unsupported=limit, kernel="sparse_reg"):
-        from .triton_regularizers import triton_sparse_regularizer
-
         return triton_sparse_regularizer(z, l_l1=l_l1, l_l2=l_l2, l_v=l_v, l_c=l_c, l_m=l_m, eps=eps,
                                          mean_term=mean_term)
     energy = sparse_energy(z, l_l1=l_l1, l_l2=l_l2, backend="torch")
@@ -117,8 +122,6 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor, *, backend: str = "auto"
     _check_gaussian(mu, logvar)
     if use_triton(backend, mu, logvar, unsupported=kernel_limits(mu, logvar, max_d=16384, same_dtype=True),
                   kernel="gaussian"):
-        from .triton_regularizers import triton_gaussian_kl
-
         return triton_gaussian_kl(mu, logvar)
     m = _acc(mu)
     lv = _acc(logvar)
@@ -149,8 +152,6 @@ def gaussian_sample_kl(mu: torch.Tensor, logvar: torch.Tensor, *, seed: int | No
     _check_gaussian(mu, logvar)
     if use_triton(backend, mu, logvar, unsupported=kernel_limits(mu, logvar, max_d=16384, same_dtype=True),
                   kernel="gaussian"):
-        from .triton_regularizers import draw_seed, triton_gaussian_sample_kl
-
         if seed is None:  # drawn on mu's device, never read back to the host
             seed = draw_seed(generator, mu.device)
         return triton_gaussian_sample_kl(mu, logvar, seed)
@@ -177,8 +178,6 @@ def vq_nearest(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 4096, *, ba
     N x K distance matrix never exists at once (the Triton path tiles codes as well)."""
     _check_vq(z, codebook)
     if use_triton(backend, z, codebook, unsupported=kernel_limits(z, codebook, max_d=256), kernel="vq"):
-        from .triton_regularizers import triton_vector_quantize
-
         with torch.no_grad():
             return triton_vector_quantize(z, codebook, 0.0)[1]
     cb = _acc(codebook)
@@ -215,8 +214,6 @@ def vector_quantize(
     if usage is not None and tuple(usage.shape) != (codebook.shape[0],):
         raise ValueError(f"usage: expected shape ({codebook.shape[0]},) (one count per code), got {tuple(usage.shape)}")
     if use_triton(backend, z, codebook, unsupported=kernel_limits(z, codebook, max_d=256), kernel="vq"):
-        from .triton_regularizers import triton_vector_quantize
-
         z_q, idx, codebook_loss, commitment_loss, counts, bad = triton_vector_quantize(z, codebook, commitment)
         if check_finite and int(bad) > 0:
             raise ValueError(f"z: {int(bad)} of {z.shape[0]} latents contain NaN or Inf; refusing to quantize them")

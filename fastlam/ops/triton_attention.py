@@ -28,17 +28,20 @@ import functools
 import os
 
 import torch
+from torch.nn.attention import flex_attention as fa
 
-from .attention import AttentionRequest, _prepare, mask_allows, register_backend
+from .attention import mask_allows
+from .dispatch import AttentionRequest, kernel_import_error, register_backend, rotate_qk
 from .rope import Rope3D, channel_frequencies
 
-try:  # triton is optional: fastlam's reference paths work without it
+# Optional dependency: the kernels need triton, and fastlam's reference paths work without it.
+# The dispatch module checks the import (once, the same check the fused ops use) and keeps the
+# reason, which triton_supports reports, should triton be missing or the kernel module broken.
+_TRITON_ERROR = kernel_import_error("attention")
+if _TRITON_ERROR is None:
     from ..kernels import attention as _kernels
-
-    _TRITON_ERROR = None
-except Exception as exc:  # pragma: no cover - exercised only where triton is absent
+else:  # pragma: no cover - exercised only where triton is absent
     _kernels = None
-    _TRITON_ERROR = f"triton is not importable ({type(exc).__name__}: {exc})"
 
 MAX_HEAD_DIM = 128
 ROPE_FUSION_ENV = "FASTLAM_ROPE_FUSION"
@@ -230,20 +233,9 @@ register_backend("triton", triton_st_attention, triton_supports, auto_on_cpu=Fal
 # ----------------------------------------------------------------------------- FlexAttention
 
 
-def _flex_module():
-    try:
-        from torch.nn.attention import flex_attention as fa
-
-        return fa
-    except Exception:  # pragma: no cover - old torch
-        return None
-
-
 @functools.lru_cache(maxsize=32)
 def flex_block_mask(seq_len: int, frame_len: int, mask: str, window_frames: int | None, device: str):
     """FlexAttention block mask of a fastlam mask (cached: building it costs a pass over L^2)."""
-    fa = _flex_module()
-
     def mask_mod(b, h, q_idx, kv_idx):
         return mask_allows(q_idx, kv_idx, frame_len, mask, window_frames)
 
@@ -252,21 +244,18 @@ def flex_block_mask(seq_len: int, frame_len: int, mask: str, window_frames: int 
 
 @functools.lru_cache(maxsize=1)
 def _compiled_flex():
-    return torch.compile(_flex_module().flex_attention, dynamic=False)
+    return torch.compile(fa.flex_attention, dynamic=False)
 
 
 def flex_st_attention(q, k, v, req: AttentionRequest):
     """Backend ``flex``: FlexAttention (compiled on CUDA) with the cached block mask; RoPE unfused."""
-    fa = _flex_module()
-    q, k = _prepare(q, k, req)
+    q, k = rotate_qk(q, k, req)
     block_mask = flex_block_mask(q.shape[2], req.frame_len, req.mask, req.window_frames, str(q.device))
     fn = _compiled_flex() if q.is_cuda else fa.flex_attention
     return fn(q, k, v, block_mask=block_mask, scale=req.scale)
 
 
 def flex_supports(q: torch.Tensor, req: AttentionRequest):
-    if _flex_module() is None:
-        return "torch.nn.attention.flex_attention is not available in this torch"
     if req.return_lse:
         return "the flex backend does not return the log-sum-exp"
     if q.device.type == "cpu" and q.requires_grad and torch.is_grad_enabled():
@@ -287,7 +276,7 @@ register_backend("flex", flex_st_attention, flex_supports)
 @functools.lru_cache(maxsize=1)
 def _import_flash_attn():
     try:
-        from flash_attn import flash_attn_func
+        from flash_attn import flash_attn_func  # optional dependency: flash-attn (never required)
 
         return flash_attn_func
     except Exception:
@@ -296,7 +285,7 @@ def _import_flash_attn():
 
 def flash_attn_st_attention(q, k, v, req: AttentionRequest):
     """Backend ``flash_attn``: FlashAttention-2 for the masks it has (full, causal)."""
-    q, k = _prepare(q, k, req)
+    q, k = rotate_qk(q, k, req)
     fn = _import_flash_attn()
     out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=req.scale,
              causal=req.mask == "causal", deterministic=req.deterministic)
@@ -326,7 +315,7 @@ register_backend("flash_attn", flash_attn_st_attention,
 @functools.lru_cache(maxsize=1)
 def _import_xformers():
     try:
-        import xformers.ops as xops
+        import xformers.ops as xops  # optional dependency: xformers (never required)
 
         return xops
     except Exception:
@@ -335,7 +324,7 @@ def _import_xformers():
 
 def xformers_st_attention(q, k, v, req: AttentionRequest):
     """Backend ``xformers``: memory-efficient attention for full / causal masks."""
-    q, k = _prepare(q, k, req)
+    q, k = rotate_qk(q, k, req)
     xops = _import_xformers()
     bias = xops.LowerTriangularMask() if req.mask == "causal" else None
     out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias,

@@ -17,6 +17,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 def prediction_loss_fwd(pred: torch.Tensor, target: torch.Tensor, kind: str, normalize_target: bool, eps: float,
                         write_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss fp32 0-dim, unscaled d loss / d pred in pred's layout, or an empty tensor)."""
+    # optional dependency: the kernels need triton
     from fastlam.kernels.prediction_loss import prediction_loss_fwd as launch
 
     loss, grad = launch(_rows(pred), _rows(target), kind=kind, normalize_target=normalize_target, eps=eps,
@@ -33,6 +34,7 @@ def _(pred, target, kind, normalize_target, eps, write_grad):
 def prediction_loss_bwd(pred: torch.Tensor, target: torch.Tensor, grad_out: torch.Tensor, kind: str,
                         normalize_target: bool, eps: float) -> torch.Tensor:
     """d loss / d pred recomputed from the inputs and scaled by ``grad_out`` (read on device)."""
+    # optional dependency: the kernels need triton
     from fastlam.kernels.prediction_loss import prediction_loss_bwd as launch
 
     grad = launch(_rows(pred), _rows(target), grad_out, kind=kind, normalize_target=normalize_target, eps=eps)

@@ -19,7 +19,7 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 def sparse_regularizer_fwd(z: torch.Tensor, l_l1: float, l_l2: float, l_v: float, l_c: float, l_m: float,
                            eps: float, mean_term: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(terms (5,) fp32 = loss, energy, variance, covariance, mean; column means (D,); covariance (D, D))."""
-    from fastlam.kernels.sparse_reg import sparse_fwd
+    from fastlam.kernels.sparse_reg import sparse_fwd  # optional dependency: the kernels need triton
 
     return sparse_fwd(_rows(z), l_l1=l_l1, l_l2=l_l2, l_v=l_v, l_c=l_c, l_m=l_m, eps=eps, mean_term=mean_term)
 
@@ -35,7 +35,7 @@ def _(z, l_l1, l_l2, l_v, l_c, l_m, eps, mean_term):
 def sparse_regularizer_bwd(z: torch.Tensor, mu: torch.Tensor, cov: torch.Tensor, grad_terms: torch.Tensor,
                            l_l1: float, l_l2: float, l_v: float, l_c: float, l_m: float, eps: float,
                            mean_term: str) -> torch.Tensor:
-    from fastlam.kernels.sparse_reg import sparse_bwd
+    from fastlam.kernels.sparse_reg import sparse_bwd  # optional dependency: the kernels need triton
 
     return sparse_bwd(_rows(z), mu, cov, grad_terms, l_l1=l_l1, l_l2=l_l2, l_v=l_v, l_c=l_c, l_m=l_m, eps=eps,
                       mean_term=mean_term)
@@ -94,7 +94,7 @@ def gaussian_fwd(mu: torch.Tensor, logvar: torch.Tensor, seed: torch.Tensor, sam
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(z = mu + exp(logvar / 2) * eps with in-kernel Philox eps (empty when not sampling), KL);
     ``seed`` a one-element int64 tensor the kernel reads on the device."""
-    from fastlam.kernels.gaussian import gaussian_fwd as launch
+    from fastlam.kernels.gaussian import gaussian_fwd as launch  # optional dependency: the kernels need triton
 
     z, kl = launch(_rows(mu), _rows(logvar), seed, sample)
     return (z if sample else mu.new_empty(0)), kl
@@ -109,7 +109,7 @@ def _(mu, logvar, seed, sample):
 def gaussian_bwd(mu: torch.Tensor, logvar: torch.Tensor, dz: torch.Tensor | None, grad_kl: torch.Tensor,
                  seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(dmu, dlogvar); eps is regenerated from the seed, ``dz`` None for the KL alone."""
-    from fastlam.kernels.gaussian import gaussian_bwd as launch
+    from fastlam.kernels.gaussian import gaussian_bwd as launch  # optional dependency: the kernels need triton
 
     return launch(_rows(mu), _rows(logvar), None if dz is None else _rows(dz), grad_kl, seed)
 
@@ -153,7 +153,7 @@ def triton_gaussian_kl(mu, logvar):
 def vector_quantize_fwd(z: torch.Tensor, codebook: torch.Tensor, commitment: float
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(z_q, idx int64, codebook loss, commitment loss, usage counts int32 (K,), non-finite row count)."""
-    from fastlam.kernels.vq import vq_fwd
+    from fastlam.kernels.vq import vq_fwd  # optional dependency: the kernels need triton
 
     idx, zq, sse, counts, bad = vq_fwd(_rows(z), _rows(codebook))
     mse = sse / z.numel()
@@ -172,7 +172,7 @@ def _(z, codebook, commitment):
 def vector_quantize_bwd(z: torch.Tensor, codebook: torch.Tensor, idx: torch.Tensor, dzq: torch.Tensor | None,
                         grad_losses: torch.Tensor, commitment: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(dz, dcodebook fp32); ``grad_losses`` (2,) = upstream grads of (codebook loss, commitment loss)."""
-    from fastlam.kernels.vq import vq_bwd
+    from fastlam.kernels.vq import vq_bwd  # optional dependency: the kernels need triton
 
     return vq_bwd(_rows(z), _rows(codebook), idx, None if dzq is None else _rows(dzq), grad_losses, commitment)
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from .config import ConfigError
+from .drawing import canvas, to_uint8
+from .models.decoder import StateDecoder
 
 
 @dataclass
@@ -34,13 +36,13 @@ class LoggingConfig:
             raise ConfigError(f"logging.image_every: expected an int >= 0, got {self.image_every!r}")
         if self.tensorboard:
             try:
-                import tensorboard  # noqa: F401
+                import tensorboard  # noqa: F401  # optional: tensorboard (the viz extra)
             except ImportError:
                 raise ConfigError("logging.tensorboard: the tensorboard package is not installed "
                                   "(pip install -e '.[viz]')") from None
         if self.wandb:
             try:
-                import wandb  # noqa: F401
+                import wandb  # noqa: F401  # optional: wandb
             except ImportError:
                 raise ConfigError("logging.wandb: the wandb package is not installed (pip install wandb)") from None
         if self.decoder is not None:
@@ -78,17 +80,15 @@ class Dashboard:
             return
         cfg.check()
         if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional: tensorboard (the viz extra)
 
             self.tb = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"))
         if cfg.wandb:
-            import wandb
+            import wandb  # optional: wandb
 
             self.wb = wandb.init(project=cfg.wandb_project, dir=str(out_dir), config=run_config or {},
                                  name=Path(out_dir).name, resume="allow")
         if cfg.decoder is not None:
-            from .models.decoder import StateDecoder
-
             self.decoder = StateDecoder.from_checkpoint(cfg.decoder)
 
     @property
@@ -114,7 +114,7 @@ class Dashboard:
     def strip(self, step: int, model) -> None:
         if self.decoder is None or self._clip is None or step % self.image_every:
             return
-        from .eval.visualize import _canvas, _to_uint8, rollout_rows
+        from .eval.visualize import rollout_rows
 
         was = model.training
         dev = next(model.parameters()).device
@@ -123,12 +123,12 @@ class Dashboard:
         finally:
             model.train(was)
         keep = [k for k in rows if "shuffled" not in k]
-        img = np.asarray(_canvas([(k, [_to_uint8(rows[k][0][:, f].cpu()) for f in range(0, rows[k].shape[2], 2)])
-                                  for k in keep], f"step {step}"))
+        img = np.asarray(canvas([(k, [to_uint8(rows[k][0][:, f].cpu()) for f in range(0, rows[k].shape[2], 2)])
+                                 for k in keep], f"step {step}"))
         if self.tb is not None:
             self.tb.add_image("rollout_strip", img, step, dataformats="HWC")
         if self.wb is not None:
-            import wandb
+            import wandb  # optional: wandb
 
             self.wb.log({"rollout_strip": wandb.Image(img)}, step=step)
 

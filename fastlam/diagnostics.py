@@ -25,6 +25,9 @@ import math
 
 import torch
 
+from .clips import load_clips
+from .data.synthetic import make_sprite_clips
+
 __all__ = ["latent_diagnostics", "TrainDiagnostics", "held_out_clips", "plot_diagnostics", "DIAG_KEYS"]
 
 DIAG_KEYS = ("diag/l1_own", "diag/l1_other", "diag/l1_zero")
@@ -74,14 +77,10 @@ def held_out_clips(cfg, num_clips: int) -> torch.Tensor:
     m = cfg.model
     with torch.random.fork_rng(devices=[]):
         if cfg.data.source == "synthetic":
-            from .data.synthetic import make_sprite_clips
-
             video, _ = make_sprite_clips(num_clips, steps=m.frames // m.encoder.tubelet, tubelet=m.encoder.tubelet,
                                          size=m.image_size, num_sprites=cfg.data.synthetic_sprites,
                                          wrap=cfg.data.synthetic_wrap, seed=cfg.seed + 10_000)
             return video
-        from .eval.common import load_clips
-
         return load_clips(cfg.data.source, m, num_clips, seed=cfg.seed + 1, fps=cfg.data.fps)
 
 

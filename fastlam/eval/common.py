@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
+from ..clips import load_clips  # noqa: F401  (moved below the training diagnostics; importable here as before)
 from ..models import LatentActionWorldModel
 
 REGULARIZER_KINDS = ("none", "deterministic", "sparse", "noisy", "discrete")
@@ -107,29 +107,6 @@ def state_fingerprint(model) -> str | None:
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:12]
-
-
-def load_clips(source: str, model_cfg, num_clips: int, *, seed: int = 1, fps: float = 4.0) -> torch.Tensor:
-    """Held-out clips (num_clips, 3, frames, H, W) shaped for ``model_cfg``: ``"synthetic"``
-    draws sprite clips (with a seed the trainer does not use by default), anything else is a
-    video source read with centre crops spread over each video."""
-    if num_clips < 1:
-        raise ValueError(f"num_clips: expected >= 1, got {num_clips}")
-    tub = model_cfg.encoder.tubelet
-    if source == "synthetic":
-        from ..data import make_sprite_clips
-
-        video, _ = make_sprite_clips(num_clips, steps=model_cfg.frames // tub, tubelet=tub,
-                                     size=model_cfg.image_size, seed=10_000 + seed)
-        return video
-    from ..data import VideoClipDataset, list_videos
-
-    n_videos = len(list_videos(source))
-    ds = VideoClipDataset(source, num_frames=model_cfg.frames, fps=fps,
-                          size=(model_cfg.image_size, model_cfg.image_size), crop="center", seed=seed,
-                          clips_per_video=max(1, math.ceil(num_clips / n_videos)))
-    idx = torch.linspace(0, len(ds) - 1, num_clips).round().long().unique()
-    return torch.stack([ds[int(i)] for i in idx])
 
 
 def summary(values: torch.Tensor) -> dict:

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..drawing import SCALE, canvas, to_uint8  # SCALE: re-exported from its former home
 from .common import encode_batched, has_latents
-
-SCALE = 2  # upscale factor of written frames: 64 px clips are too small to look at
 
 
 # ---- world-model rollouts -------------------------------------------------------------------
@@ -111,58 +110,23 @@ def sample_rows(model, decoder, video: torch.Tensor, n: int, generator: torch.Ge
 
 
 # ---- pictures and videos ----------------------------------------------------------------------
-def _font(size: int = 11):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has no size argument
-        return ImageFont.load_default()
-
-
-def _to_uint8(frame: torch.Tensor) -> np.ndarray:
-    """(3, H, W) in [0, 1] -> (H*SCALE, W*SCALE, 3) uint8."""
-    img = (frame.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return img.repeat(SCALE, axis=0).repeat(SCALE, axis=1)
-
-
-def _canvas(rows: list[tuple[str, list[np.ndarray]]], title: str | None, label_w: int = 150):
-    """Grid image: one labelled row per entry, frames side by side."""
-    from PIL import Image, ImageDraw
-
-    h, w = rows[0][1][0].shape[:2]
-    cols = max(len(f) for _, f in rows)
-    top = 18 if title else 0
-    img = Image.new("RGB", (label_w + cols * (w + 2), top + len(rows) * (h + 2)), "white")
-    draw = ImageDraw.Draw(img)
-    font = _font()
-    if title:
-        draw.text((4, 3), title, fill="black", font=font)
-    for r, (label, frames) in enumerate(rows):
-        y = top + r * (h + 2)
-        draw.text((4, y + h // 2 - 6), label, fill="black", font=font)
-        for c, f in enumerate(frames):
-            img.paste(Image.fromarray(f), (label_w + c * (w + 2), y))
-    return img
-
-
 def contact_sheet(rows, png: str | Path, *, title: str | None = None, stride: int | None = None) -> Path:
     """PNG with one labelled row per (label, video (3, F, H, W)); one frame every ``stride``
     frames (default: every second frame = one per time step of a tubelet-2 encoder)."""
     rows = list(rows.items()) if isinstance(rows, dict) else list(rows)
     stride = stride or 2
-    pics = [(label, [_to_uint8(v[:, f]) for f in range(0, v.shape[1], stride)]) for label, v in rows]
+    pics = [(label, [to_uint8(v[:, f]) for f in range(0, v.shape[1], stride)]) for label, v in rows]
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
-    _canvas(pics, title).save(png)
+    canvas(pics, title).save(png)
     return png
 
 
 def _animation(rows, title: str | None) -> list[np.ndarray]:
     rows = list(rows.items()) if isinstance(rows, dict) else list(rows)
     frames = min(v.shape[1] for _, v in rows)
-    return [np.asarray(_canvas([(label, [_to_uint8(v[:, f])]) for label, v in rows],
-                               f"{title}  frame {f}" if title else f"frame {f}"))
+    return [np.asarray(canvas([(label, [to_uint8(v[:, f])]) for label, v in rows],
+                              f"{title}  frame {f}" if title else f"frame {f}"))
             for f in range(frames)]
 
 

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 from fastlam.cli_help import plain
+from fastlam.data.manifest import build_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,10 +43,10 @@ r0, t0 = rss(), time.perf_counter()
 ds = VideoClipDataset(src, num_frames=16, fps=4.0, size=(64, 64), seed=0)
 t1, r1 = time.perf_counter(), rss()
 probes = []
-real = dm._info
+real = dm.probe_opened
 def counted(*a, **k):
     t = time.perf_counter(); out = real(*a, **k); probes.append(time.perf_counter() - t); return out
-dm._info = counted
+dm.probe_opened = counted
 t2 = time.perf_counter(); ds[len(ds) // 2]; t3 = time.perf_counter()
 for i in range(1, 6):
     ds[(len(ds) // 7 * i) % len(ds)]
@@ -71,11 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from fastlam.data.manifest import _write, build_manifest
-
     work = Path(tempfile.mkdtemp(prefix="fastlam-manifest-bench-"))
     build_manifest([args.videos], work / "real.parquet", workers=0, progress=False)
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # optional: pyarrow (the data extra)
 
     rows = pq.read_table(work / "real.parquet").to_pylist()
     folder = work / "corpus"
@@ -89,7 +89,7 @@ def main(argv=None):
         link = sub / f"{i:06d}{Path(r['path']).suffix}"
         os.symlink(r["path"], link)
         out_rows.append(dict(r, path=str(link)))
-    _write(out_rows, work / "corpus.parquet")
+    write_manifest(out_rows, work / "corpus.parquet")
     make_s = time.perf_counter() - t
     results = {"n": args.n, "samples": [r["path"] for r in rows], "make_corpus_s": make_s,
                "manifest_bytes": os.path.getsize(work / "corpus.parquet"),
@@ -111,8 +111,6 @@ def main(argv=None):
         Path(args.out).mkdir(parents=True, exist_ok=True)
         with open(Path(args.out) / "manifest.json", "w") as f:
             json.dump(results, f, indent=1)
-    import shutil
-
     shutil.rmtree(work)
 
 

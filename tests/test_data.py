@@ -268,18 +268,18 @@ def test_bad_files_are_reported_not_fatal(tmp_path):
 
     # A bad file is remembered: later items never open it again.
     opened = []
-    real_open = dataset_mod._open
+    real_open = dataset_mod.open_video
 
     def counting_open(path):
         opened.append(path)
         return real_open(path)
 
-    dataset_mod._open, saved = counting_open, dataset_mod._open
+    dataset_mod.open_video, saved = counting_open, dataset_mod.open_video
     try:
         for i in range(len(ds)):
             ds[i]
     finally:
-        dataset_mod._open = saved
+        dataset_mod.open_video = saved
     assert not set(opened) & set(ds.bad_files)
 
     # Substitution is deterministic: a fresh dataset (knowing nothing) serves the same item.

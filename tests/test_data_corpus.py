@@ -146,7 +146,7 @@ def test_dataset_from_manifest_never_probes(corpus, monkeypatch):
     def no_probe(*a, **k):
         raise AssertionError("a manifest-backed dataset probed a file")
 
-    monkeypatch.setattr(dataset_mod, "_info", no_probe)
+    monkeypatch.setattr(dataset_mod, "probe_opened", no_probe)
     ds = VideoClipDataset(corpus["manifest"], seed=3, **CLIP)
     assert len(ds) == 12 and list(ds.paths) == [str(p) for p in corpus["paths"]]
     for i, w in zip((0, 5, 11), want):

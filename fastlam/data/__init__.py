@@ -21,6 +21,10 @@ from .video import (
     probe_video,
     read_clip,
 )
+# Not `.samples`: that is the module `python -m fastlam.data.samples` runs, and runpy warns when
+# the package has already imported it. DALI itself is imported only when a loader decodes.
+from .sample_videos import fetch_samples
+from .dali import DaliVideoLoader
 
 __all__ = [
     "VideoInfo",
@@ -45,16 +49,3 @@ __all__ = [
     "DaliVideoLoader",
 ]
 
-
-def __getattr__(name):
-    # Imported lazily so `python -m fastlam.data.samples` does not find its own module
-    # already imported by the package (runpy warns about that).
-    if name == "fetch_samples":
-        from .samples import fetch_samples
-
-        return fetch_samples
-    if name == "DaliVideoLoader":  # DALI itself is imported only when a loader decodes
-        from .dali import DaliVideoLoader
-
-        return DaliVideoLoader
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,12 +11,12 @@ import sys
 
 from ..cli_help import plain
 from ..inputs import output_file, output_folder
+from .manifest import build_manifest
 from .remote import is_remote
+from .shards import write_shards
 
 
 def _index(args) -> int:
-    from .manifest import build_manifest
-
     s = build_manifest(args.sources, args.out, workers=args.workers, progress=not args.quiet,
                        limit=args.limit)
     if not s.get("complete"):
@@ -33,8 +33,6 @@ def _index(args) -> int:
 
 
 def _shard(args) -> int:
-    from .shards import write_shards
-
     size = None
     if args.size is not None:
         size = args.size

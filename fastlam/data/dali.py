@@ -44,21 +44,21 @@ import numpy as np
 import torch
 
 from .dataset import VIDEO_EXTENSIONS, VideoClipDataset
+from .decoding import (
+    VideoDecodeError,
+    crop_offsets,
+    decode_errors,
+    frame_thresholds,
+    open_video,
+    probe_opened,
+    resized_frame_shape,
+    stream_origin,
+    stream_rate,
+    stream_sar,
+    to_time_base_units,
+)
 from .preprocess import load_extension, preprocess_frames
 from .sampler import ShardedClipSampler
-from .video import (
-    VideoDecodeError,
-    _crop_offsets,
-    _decode_errors,
-    _info,
-    _open,
-    _resized_shape,
-    _stream_origin,
-    _stream_rate,
-    _stream_sar,
-    _thresholds,
-    _to_units,
-)
 
 __all__ = ["DaliVideoLoader", "dali_available", "choose_backend", "index_video", "VideoIndex",
            "DALI_CPU_CODECS", "DALI_GPU_CODECS"]
@@ -75,7 +75,7 @@ _routes_lock = threading.Lock()
 
 def dali_available() -> bool:
     try:
-        import nvidia.dali  # noqa: F401
+        import nvidia.dali  # noqa: F401  # optional: NVIDIA DALI (the dali extra)
     except ImportError:
         return False
     return True
@@ -119,9 +119,9 @@ class VideoIndex:
 
 def index_video(path: str) -> VideoIndex:
     """Demux ``path`` once; raises :class:`VideoDecodeError` for unusable files."""
-    container, stream = _open(path)
+    container, stream = open_video(path)
     try:
-        info = _info(path, container, stream, exact=False)
+        info = probe_opened(path, container, stream, exact=False)
         tb = stream.time_base
         if tb is None or tb <= 0:
             raise VideoDecodeError(path, "video stream has no time base")
@@ -141,17 +141,17 @@ def index_video(path: str) -> VideoIndex:
         pts_arr, keep = np.unique(pts_arr, return_index=True)
         last_dur = int(np.asarray(durs)[order][keep][-1])
         if last_dur <= 0:
-            rate = _stream_rate(stream)
+            rate = stream_rate(stream)
             last_dur = (int(np.median(np.diff(pts_arr))) if len(pts_arr) > 1
-                        else (_to_units(1 / rate, tb) if rate else 1))
+                        else (to_time_base_units(1 / rate, tb) if rate else 1))
         return VideoIndex(path=str(path), codec=info.codec, duration_s=info.duration_s,
-                          pts=pts_arr, origin=_stream_origin(stream), time_base=tb,
+                          pts=pts_arr, origin=stream_origin(stream), time_base=tb,
                           end_pts=int(pts_arr[-1]) + last_dur, width=int(stream.width),
-                          height=int(stream.height), sar=_stream_sar(stream),
+                          height=int(stream.height), sar=stream_sar(stream),
                           keyframes=np.asarray(sorted(keys) or [int(pts_arr[0])], dtype=np.int64))
     except VideoDecodeError:
         raise
-    except _decode_errors() as e:
+    except decode_errors() as e:
         raise VideoDecodeError(path, f"cannot demux: {type(e).__name__}: {e}") from e
     finally:
         container.close()
@@ -166,7 +166,7 @@ def cut_stream(idx: VideoIndex, frames: np.ndarray) -> Tuple[np.ndarray, np.ndar
     keyframe after its last one, as a Matroska stream. Returns the whole file (and the
     indices unchanged) when the cut would not help or the needed frames are not all in it.
     """
-    import av
+    import av  # optional: PyAV (the data extra)
 
     first_pts, last_pts = int(idx.pts[int(frames.min())]), int(idx.pts[int(frames.max())])
     k0 = int(idx.keyframes[max(0, np.searchsorted(idx.keyframes, first_pts, side="right") - 1)])
@@ -217,7 +217,7 @@ class _DaliDecoder:
 
     def __init__(self, max_batch: int, size: Tuple[int, int], device: str, device_id: Optional[int],
                  num_threads: int):
-        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali import fn, pipeline_def, types  # optional: NVIDIA DALI (the dali extra)
 
         self.device, self.device_id, self.size = device, device_id, size
 
@@ -248,7 +248,7 @@ class _DaliDecoder:
         if self.device != "cuda":
             (out,) = p.run()
             return torch.from_numpy(np.array(out.as_tensor()))
-        from nvidia.dali.plugin.pytorch import feed_ndarray
+        from nvidia.dali.plugin.pytorch import feed_ndarray  # optional: NVIDIA DALI
 
         dev = torch.device("cuda", self.device_id)
         stream = torch.cuda.current_stream(dev)
@@ -383,14 +383,14 @@ class DaliVideoLoader:
         frames = self._frames_at(idx, start)
         if frames is None:
             return None
-        rh, rw = _resized_shape(idx.width, idx.height, idx.sar, max(ds.size))
-        top, left = _crop_offsets(rh, rw, ds.size, ds.crop, gen)
+        rh, rw = resized_frame_shape(idx.width, idx.height, idx.sar, max(ds.size))
+        top, left = crop_offsets(rh, rw, ds.size, ds.crop, gen)
         return _Plan(slot, idx, frames, (rh, rw), (top, left))
 
     def _frames_at(self, idx: VideoIndex, start: float) -> Optional[np.ndarray]:
         ds = self.dataset
         for s in (start, 0.0):  # the dataset's retry order: the planned start, then 0
-            thr = np.asarray(_thresholds(idx.origin, idx.time_base, s, ds.fps, ds.num_frames), dtype=np.int64)
+            thr = np.asarray(frame_thresholds(idx.origin, idx.time_base, s, ds.fps, ds.num_frames), dtype=np.int64)
             have = int(np.searchsorted(thr, idx.end_pts, side="left"))
             frames = np.maximum(np.searchsorted(idx.pts, thr, side="right") - 1, 0)
             if have == ds.num_frames:

@@ -139,7 +139,7 @@ class DaliStreamLoader:
         self.sampler.load_state_dict(state["sampler"])
 
     def _pipeline(self, src: _ClipSource):
-        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali import fn, pipeline_def, types  # optional: NVIDIA DALI (the dali extra)
 
         size = np.asarray(self.dataset.size, dtype=np.int32)
         gpu = self.device == "cuda"
@@ -184,7 +184,7 @@ class DaliStreamLoader:
                 except StopIteration:
                     break
                 if self.device == "cuda":
-                    from nvidia.dali.plugin.pytorch import feed_ndarray
+                    from nvidia.dali.plugin.pytorch import feed_ndarray  # optional: NVIDIA DALI
 
                     dense = out.as_tensor()
                     t = torch.empty(dense.shape(), dtype=torch.uint8,

@@ -21,30 +21,26 @@ import os
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..inputs import InputError, check_path_list, describe_path
-from .manifest import ManifestMeta, is_manifest, load_manifest
-from .video import (
+from .decoding import (
     ClipTooShort,
     VideoDecodeError,
-    _check_clip_args,
-    _decode_errors,
-    _info,
-    _open,
-    _read_open,
-    _resized_shape,
-    _stream_sar,
-    DecodedVideo,
-    clip_to_tensor,
-    decode_video,
+    check_clip_args,
+    decode_errors,
+    open_video,
+    probe_opened,
+    read_clip_opened,
+    resized_frame_shape,
+    stream_sar,
 )
+from .manifest import ManifestMeta, is_manifest, load_manifest
+from .seeding import mix_seed
+from .video import VIDEO_EXTENSIONS, DecodedVideo, clip_to_tensor, decode_video
 
 PathLike = Union[str, Path]
-
-VIDEO_EXTENSIONS = (".mp4", ".mpg", ".mpeg", ".avi", ".mkv", ".webm", ".mov")
 
 __all__ = ["VideoClipDataset", "VIDEO_EXTENSIONS", "list_videos"]
 
@@ -97,13 +93,6 @@ def list_videos(source, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> List[st
                      f"got {type(source).__name__}")
 
 
-def _mix_seed(*parts: int) -> int:
-    # SeedSequence hashes its entropy well, so neighbouring (seed, epoch, index) triples give
-    # unrelated streams (a plain seed + index would correlate them).
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts])
-               .generate_state(2, dtype=np.uint64)[0] >> 1)
-
-
 class VideoClipDataset(Dataset):
     """Clips of ``num_frames`` frames at ``fps`` from every video in ``source``.
 
@@ -138,7 +127,7 @@ class VideoClipDataset(Dataset):
         decode_timeout_s: Optional[float] = 60.0,
         cache_mb: float = 0.0,
     ):
-        _check_clip_args(num_frames, fps, 0.0, tuple(size), crop)
+        check_clip_args(num_frames, fps, 0.0, tuple(size), crop)
         if short_policy not in ("pad", "skip"):
             raise ValueError(f"short_policy must be 'pad' or 'skip', got {short_policy!r}")
         if not isinstance(clips_per_video, int) or clips_per_video < 1:
@@ -246,7 +235,7 @@ class VideoClipDataset(Dataset):
         return self._cache_bytes / 2**20
 
     def _generator(self, index: int) -> torch.Generator:
-        return torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, index))
+        return torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, index))
 
     def _try_read(self, path: str, clip_index: int, gen: torch.Generator):
         """A clip of ``path`` as uint8 (T, H, W, 3), or None after marking the file bad."""
@@ -255,11 +244,11 @@ class VideoClipDataset(Dataset):
         decoded = self._cache.get(path)
         try:
             if decoded is None:
-                container, stream = _open(path)
+                container, stream = open_video(path)
                 if path not in self._meta:
-                    info = _info(path, container, stream, exact=False)
-                    rh, rw = _resized_shape(stream.width, stream.height, _stream_sar(stream),
-                                            max(self.size))
+                    info = probe_opened(path, container, stream, exact=False)
+                    rh, rw = resized_frame_shape(stream.width, stream.height, stream_sar(stream),
+                                                 max(self.size))
                     self._meta[path] = (info.duration_s, info.num_frames * rh * rw * 3)
                 est_bytes = self._meta[path][1]
                 if self.cache_mb and self._cache_bytes + est_bytes <= self.cache_mb * 2**20:
@@ -281,9 +270,9 @@ class VideoClipDataset(Dataset):
                 if decoded is not None:
                     return decoded.clip(num_frames=self.num_frames, fps=self.fps,
                                         start_s=start, crop=self.crop, generator=gen)
-                return _read_open(path, container, stream, self.num_frames, self.fps, start,
-                                  self.size, self.crop, gen, rewind=rewind,
-                                  timeout_s=self.decode_timeout_s)
+                return read_clip_opened(path, container, stream, self.num_frames, self.fps, start,
+                                        self.size, self.crop, gen, rewind=rewind,
+                                        timeout_s=self.decode_timeout_s)
 
             # One draw per item even when the start is forced to 0, so the crop offsets
             # (drawn next from the same generator) do not depend on the video's length.
@@ -321,7 +310,7 @@ class VideoClipDataset(Dataset):
         except VideoDecodeError as e:
             self._mark_bad(path, e.reason)
             return None
-        except _decode_errors() as e:
+        except decode_errors() as e:
             self._mark_bad(path, f"decoding failed: {type(e).__name__}: {e}")
             return None
         finally:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import multiprocessing as mp
 import os
 import sys
 import time
@@ -36,11 +37,17 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
+from tqdm import tqdm
+
 from ..inputs import InputError, MissingInputError, check_path_list, describe_path
+from .decoding import (VideoDecodeError, decode_errors, open_video, probe_opened, resized_frame_shape,
+                       stream_sar)
 from .remote import is_remote, open_binary
+from .video import VIDEO_EXTENSIONS
 
 __all__ = ["scan_sources", "probe_file", "build_manifest", "load_manifest", "Manifest",
-           "is_manifest", "MANIFEST_SUFFIXES", "summarize"]
+           "is_manifest", "MANIFEST_SUFFIXES", "summarize", "write_manifest"]
 
 MANIFEST_SUFFIXES = (".parquet", ".jsonl")
 _COLUMNS = ("path", "label", "ok", "reason", "bytes", "container", "codec", "fps", "duration_s",
@@ -86,8 +93,6 @@ def scan_sources(sources: Sequence[Union[str, os.PathLike]],
     ``.csv`` is a V-JEPA 2 list (``path label``); any other file is a list of paths, unless its
     suffix is a video extension (then it is one video). ``label`` is -1 when there is none.
     """
-    from .dataset import VIDEO_EXTENSIONS
-
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower()
                  for e in (extensions or VIDEO_EXTENSIONS))
     out: List[Tuple[str, int]] = []
@@ -147,21 +152,17 @@ def probe_file(item: Tuple[str, int]) -> dict:
 
     Never raises for a bad file: ``ok`` is False and ``reason`` says why.
     """
-    import av  # noqa: F401  (the data extra; imported here so the pool's children load it)
-
-    from .video import VideoDecodeError, _decode_errors, _info, _open, _stream_sar
+    import av  # optional: PyAV (the data extra; imported here so the pool's children load it)
 
     path, label = item
     container = None
     try:
         if is_remote(path):
-            import av as _av
-
             size = None
             fileobj = open_binary(path)
             try:
-                container = _av.open(fileobj, mode="r")
-            except _decode_errors() as e:
+                container = av.open(fileobj, mode="r")
+            except decode_errors() as e:
                 fileobj.close()
                 return _row(path, label, reason=f"cannot open: {type(e).__name__}: {e}")
             size = getattr(fileobj, "size", None)
@@ -170,10 +171,10 @@ def probe_file(item: Tuple[str, int]) -> dict:
             stream = container.streams.video[0]
         else:
             size = os.path.getsize(path) if os.path.isfile(path) else None
-            container, stream = _open(path)
-        info = _info(path, container, stream, exact=True)
-        sar = _stream_sar(stream)
-        # "Decodes at all": the first frame, from the start (``_info`` may have demuxed it all).
+            container, stream = open_video(path)
+        info = probe_opened(path, container, stream, exact=True)
+        sar = stream_sar(stream)
+        # "Decodes at all": the first frame, from the start (``probe_opened`` may have demuxed it all).
         container.seek(0, stream=stream, backward=True, any_frame=False)
         frame = next(iter(container.decode(stream)), None)
         base = dict(bytes=int(size) if size is not None else -1, container=container.format.name,
@@ -190,7 +191,7 @@ def probe_file(item: Tuple[str, int]) -> dict:
     except VideoDecodeError as e:
         return _row(path, label, reason=e.reason,
                     bytes=os.path.getsize(path) if os.path.isfile(path) else -1)
-    except _decode_errors() as e:
+    except decode_errors() as e:
         return _row(path, label, reason=f"decoding failed: {type(e).__name__}: {e}")
     finally:
         if container is not None:
@@ -240,12 +241,13 @@ def summarize(rows: Iterable[dict], max_bad: int = 1000) -> dict:
             "bad_files": bad, "bad_files_listed": len(bad)}
 
 
-def _write(rows: List[dict], out: Path) -> None:
+def write_manifest(rows: List[dict], out: Path) -> None:
+    """Write manifest ``rows`` (dicts with every column) to ``out`` (.parquet, else JSONL), atomically."""
     rows = sorted(rows, key=lambda r: r["path"])  # sorted: loaders look paths up by bisection
     tmp = out.with_name(out.name + ".tmp")
     if out.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow as pa  # optional: pyarrow (the data extra)
+        import pyarrow.parquet as pq  # optional: pyarrow
 
         schema = pa.schema([("path", pa.string()), ("label", pa.int64()), ("ok", pa.bool_()),
                             ("reason", pa.string()), ("bytes", pa.int64()), ("container", pa.string()),
@@ -288,8 +290,6 @@ def build_manifest(sources: Sequence[Union[str, os.PathLike]], out: Union[str, o
     t0 = time.perf_counter()
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(items), initial=len(items) - len(todo) if limit is None else len(done),
                    unit="video", desc="index", file=sys.stderr)
     with open(journal, "a", encoding="utf-8") as jf:
@@ -304,8 +304,6 @@ def build_manifest(sources: Sequence[Union[str, os.PathLike]], out: Union[str, o
             for it in todo:
                 record(probe_file(it))
         else:
-            import multiprocessing as mp
-
             # fork where there is one: spawned children would each import torch again (~10 s
             # on a loaded machine); probing uses no torch op, so no half-locked pool matters.
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
@@ -320,7 +318,7 @@ def build_manifest(sources: Sequence[Union[str, os.PathLike]], out: Union[str, o
         return {"complete": False, "probed": len(todo), "remaining": len(wanted - done.keys()),
                 "journal": str(journal)}
     rows = [done[p] for p, _ in items]
-    _write(rows, out)
+    write_manifest(rows, out)
     summary = summarize(rows)
     summary.update(complete=True, manifest=str(out), probe_seconds=time.perf_counter() - t0,
                    probed_this_run=len(todo))
@@ -361,7 +359,7 @@ class Manifest:
     """
 
     def __init__(self, path: Union[str, os.PathLike]):
-        import pyarrow as pa
+        import pyarrow as pa  # optional: pyarrow (the data extra)
 
         self.source = str(path)
         what = "a manifest written by 'python -m fastlam.data index' (.parquet or .jsonl)"
@@ -377,7 +375,7 @@ class Manifest:
             raise InputError(f"manifest {self.source!r} is {found}, not a .parquet or .jsonl manifest; pass {what}")
         try:
             if self.source.endswith(".parquet"):
-                import pyarrow.parquet as pq
+                import pyarrow.parquet as pq  # optional: pyarrow
 
                 # One thread: arrow's reader pool costs more than it saves for a few columns (and
                 # ~50 MiB of resident memory), measured on 100k rows.
@@ -385,7 +383,7 @@ class Manifest:
                 with open_binary(self.source) as f:
                     table = pq.ParquetFile(f).read(columns=cols, use_threads=False)
             else:
-                import pyarrow.json as pj
+                import pyarrow.json as pj  # optional: pyarrow
 
                 with open_binary(self.source) as f:
                     table = pj.read_json(f).select(cols)
@@ -396,8 +394,6 @@ class Manifest:
             why = " ".join(str(e).split())[:200]
             raise InputError(f"manifest {self.source!r} is {found}, not a readable manifest ({why}); "
                              f"pass {what}") from None
-        import numpy as np
-
         n_all = table.num_rows
         ok = table["ok"].to_numpy()  # numpy, not pyarrow.compute (importing it costs ~1 s)
         if not ok.all():
@@ -450,10 +446,8 @@ class ManifestMeta:
         row = self.manifest.row_of(path)
         if row < 0:
             raise KeyError(path)
-        from .video import _resized_shape
-
         m = self.manifest.meta(row)
-        rh, rw = _resized_shape(m["width"], m["height"], m["sar"], self.short_side)
+        rh, rw = resized_frame_shape(m["width"], m["height"], m["sar"], self.short_side)
         return (m["duration_s"], m["num_frames"] * rh * rw * 3)
 
     def __setitem__(self, path, value) -> None:

@@ -44,6 +44,7 @@ _ext_lock = threading.Lock()
 
 
 def _jit_build(with_cuda: bool):
+    # optional: torch.utils.cpp_extension (the C++ build toolchain; pulls in setuptools, ~0.25 s)
     from torch.utils.cpp_extension import load
 
     sources = [str(CSRC_DIR / "preprocess.cpp")]
@@ -77,7 +78,8 @@ def load_extension(build: bool = True):
         if _ext is not None:
             return _ext
         try:
-            from fastlam import _preprocess_ext as mod  # built by setup.py
+            # optional: the compiled extension module setup.py builds (FASTLAM_BUILD_EXT=1)
+            import fastlam._preprocess_ext as mod
 
             _ext = mod
             return _ext
@@ -88,7 +90,7 @@ def load_extension(build: bool = True):
         if not (CSRC_DIR / "preprocess.cpp").exists():
             _ext_error = f"sources not found in {CSRC_DIR} (not a source checkout)"
             return None
-        from torch.utils.cpp_extension import CUDA_HOME
+        from torch.utils.cpp_extension import CUDA_HOME  # optional: the C++ build toolchain
 
         want_cuda = torch.cuda.is_available() and torch.version.cuda is not None and CUDA_HOME is not None
         try:

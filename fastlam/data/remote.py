@@ -38,7 +38,7 @@ def open_binary(path: Union[str, os.PathLike]) -> IO[bytes]:
     s = str(path)
     if not is_remote(s):
         return open(_local(s), "rb")
-    import fsspec
+    import fsspec  # optional: fsspec (the remote extra)
 
     return fsspec.open(s, "rb").open()
 
@@ -78,7 +78,7 @@ class FileCache:
                       f"could be opened 3 times; raise max_bytes ({self.max_bytes})")
 
     def _fetch(self, url: str, target: Path) -> None:
-        import fsspec
+        import fsspec  # optional: fsspec (the remote extra)
 
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".part-")
         os.close(fd)

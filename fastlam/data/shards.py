@@ -30,21 +30,39 @@ clip is seen twice in an epoch. States of several ranks merge by OR-ing their bi
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
+import multiprocessing as mp
 import os
 import re
+import sys
 import tarfile
 import tempfile
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from .decoding import (
+    ClipTooShort,
+    VideoDecodeError,
+    check_clip_args,
+    decode_errors,
+    probe_opened,
+    read_clip_opened,
+    resized_frame_shape,
+    stream_sar,
+)
+from .manifest import load_manifest
 from .remote import FileCache, default_cache, is_remote, open_binary
+from .seeding import mix_seed
+from .video import clip_to_tensor
 
 __all__ = ["write_shards", "ShardStream", "ShardLoader", "merge_states", "read_shard_index",
            "clip_from_bytes", "expand_braces", "is_shard_source", "save_stream_state",
@@ -58,10 +76,7 @@ def _reencode(path: str, fps: Optional[float], short_side: Optional[int],
               max_seconds: Optional[float]) -> bytes:
     """H.264 MP4 of ``path`` at ``fps`` (frames picked by timestamp, the clip rule) with the
     shorter side scaled to ``short_side``; keyframe every second so clip reads seek close."""
-    import av
-    from fractions import Fraction
-
-    from .video import _resized_shape, _stream_sar
+    import av  # optional: PyAV (the data extra)
 
     buf = io.BytesIO()
     with av.open(path) as inp:
@@ -69,7 +84,7 @@ def _reencode(path: str, fps: Optional[float], short_side: Optional[int],
         ist.thread_type = "AUTO"
         w, h = ist.codec_context.width, ist.codec_context.height
         if short_side:
-            h, w = _resized_shape(w, h, _stream_sar(ist), short_side)
+            h, w = resized_frame_shape(w, h, stream_sar(ist), short_side)
         w, h = w - w % 2, h - h % 2  # yuv420p needs even sizes
         src_rate = ist.average_rate or ist.guessed_rate or Fraction(25)
         rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(src_rate)
@@ -112,14 +127,12 @@ def _reencode(path: str, fps: Optional[float], short_side: Optional[int],
 
 
 def _stored_meta(data: bytes) -> dict:
-    import av
-
-    from .video import _info, _stream_sar
+    import av  # optional: PyAV (the data extra)
 
     with av.open(io.BytesIO(data)) as c:
         s = c.streams.video[0]
-        info = _info("<bytes>", c, s, exact=True)
-        sar = _stream_sar(s)
+        info = probe_opened("<bytes>", c, s, exact=True)
+        sar = stream_sar(s)
         return {"duration_s": info.duration_s, "fps": info.fps, "num_frames": info.num_frames,
                 "width": info.width, "height": info.height, "codec": info.codec,
                 "sar": [sar.numerator, sar.denominator] if sar > 0 else [1, 1]}
@@ -147,8 +160,6 @@ def write_shards(manifest, out, *, shard_bytes: int = 512 << 20, fps: Optional[f
                  short_side: Optional[int] = None, max_seconds: Optional[float] = None,
                  workers: Optional[int] = None, progress: bool = True, seed: int = 0) -> dict:
     """Write the manifest's usable videos into tar shards under ``out``; returns the index."""
-    from .manifest import load_manifest
-
     if not isinstance(shard_bytes, int) or shard_bytes < 1:
         raise ValueError(f"shard_bytes must be a positive int, got {shard_bytes!r}")
     if fps is not None and not (fps > 0 and math.isfinite(fps)):
@@ -158,12 +169,12 @@ def write_shards(manifest, out, *, shard_bytes: int = 512 << 20, fps: Optional[f
     m = load_manifest(manifest)
     order = np.random.default_rng(seed).permutation(len(m))
     if str(manifest).endswith(".parquet"):
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # optional: pyarrow (the data extra)
 
         with open_binary(manifest) as f:
             extra = pq.read_table(f, columns=["path", "ok", "label", "codec", "fps"])
     else:
-        import pyarrow.json as pj
+        import pyarrow.json as pj  # optional: pyarrow (the data extra)
 
         with open_binary(manifest) as f:
             extra = pj.read_json(f).select(["path", "ok", "label", "codec", "fps"])
@@ -201,15 +212,9 @@ def write_shards(manifest, out, *, shard_bytes: int = 512 << 20, fps: Optional[f
 
     bar = None
     if progress:
-        import sys
-
-        from tqdm import tqdm
-
         bar = tqdm(total=len(jobs), unit="video", desc="shard", file=sys.stderr)
     workers = 1 if workers is None else workers
     if workers > 1 and (fps is not None or short_side is not None or max_seconds is not None):
-        import multiprocessing as mp
-
         pool = mp.get_context("spawn").Pool(workers)
         results = pool.imap(_sample, jobs, chunksize=1)  # ordered: shard contents are fixed
     else:
@@ -248,7 +253,7 @@ def write_shards(manifest, out, *, shard_bytes: int = 512 << 20, fps: Optional[f
     with open(stage / INDEX_NAME, "w", encoding="utf-8") as f:
         json.dump(index, f, indent=1)
     if remote:
-        import fsspec
+        import fsspec  # optional: fsspec (the remote extra)
 
         fs, root = fsspec.core.url_to_fs(out_s)
         fs.makedirs(root, exist_ok=True)
@@ -321,9 +326,7 @@ def clip_from_bytes(data: bytes, meta: dict, *, num_frames: int, fps: float, siz
                     crop: str, short_policy: str, generator: torch.Generator) -> torch.Tensor:
     """A clip of an encoded video held in memory, uint8 (F, H, W, 3), with the start and crop
     rules of ``VideoClipDataset`` (start drawn in [0, duration - span), then crop)."""
-    import av
-
-    from .video import ClipTooShort, _read_open
+    import av  # optional: PyAV (the data extra)
 
     span = (num_frames - 1) / fps
     u = float(torch.rand((), generator=generator, dtype=torch.float64))
@@ -335,8 +338,8 @@ def clip_from_bytes(data: bytes, meta: dict, *, num_frames: int, fps: float, siz
             if short is not None and s >= start:
                 break
             try:
-                return _read_open("<shard sample>", c, stream, num_frames, fps, s, size, crop,
-                                  generator, rewind=rewind)
+                return read_clip_opened("<shard sample>", c, stream, num_frames, fps, s, size, crop,
+                                        generator, rewind=rewind)
             except ClipTooShort as e:
                 short = e
         got = len(short.frames) if short.frames is not None else 0
@@ -363,9 +366,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                  size: Sequence[int] = (256, 256), crop: str = "random", short_policy: str = "pad",
                  seed: int = 0, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 64,
                  drop_last: bool = False, cache: Optional[FileCache] = None):
-        from .video import _check_clip_args
-
-        _check_clip_args(num_frames, fps, 0.0, tuple(size), crop)
+        check_clip_args(num_frames, fps, 0.0, tuple(size), crop)
         if short_policy not in ("pad", "skip"):
             raise ValueError(f"short_policy must be 'pad' or 'skip', got {short_policy!r}")
         if not isinstance(world_size, int) or world_size < 1:
@@ -444,9 +445,6 @@ class ShardStream(torch.utils.data.IterableDataset):
             i = j
 
     def __iter__(self):
-        from .dataset import _mix_seed
-        from .video import VideoDecodeError, _decode_errors, clip_to_tensor
-
         keys, wid = self._worker_keys()
         rng = np.random.default_rng(np.random.SeedSequence(
             [self.seed, self.epoch, int(self.base.sum()), int(self.mine.sum()), self.rank, wid]))
@@ -454,7 +452,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 
         def decode(item):
             g, data, meta = item
-            gen = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, g))
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, g))
             try:
                 clip = clip_from_bytes(data, meta, num_frames=self.num_frames, fps=self.fps,
                                        size=self.size, crop=self.crop,
@@ -462,7 +460,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 return clip_to_tensor(clip), g, ""
             except VideoDecodeError as e:
                 return None, g, f"{meta.get('source', g)}: {e.reason}"
-            except _decode_errors() as e:
+            except decode_errors() as e:
                 return None, g, f"{meta.get('source', g)}: {type(e).__name__}: {e}"
 
         for item in self._read(keys):
@@ -586,8 +584,6 @@ def is_shard_source(source) -> bool:
 def save_stream_state(ckpt_dir, step: int, state: dict, keep: int = 2) -> Path:
     """Write a (merged) stream state next to the checkpoint of ``step`` as JSON (no pickle),
     keeping the newest ``keep``."""
-    import base64
-
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"data_state_{int(step):07d}.json"
@@ -601,8 +597,6 @@ def save_stream_state(ckpt_dir, step: int, state: dict, keep: int = 2) -> Path:
 
 
 def load_stream_state(ckpt_dir, step: int) -> dict:
-    import base64
-
     path = Path(ckpt_dir) / f"data_state_{int(step):07d}.json"
     if not path.is_file():
         raise FileNotFoundError(f"resume: the shard stream state for step {step} ({path}) is "

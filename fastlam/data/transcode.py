@@ -16,6 +16,7 @@ from typing import List, Optional
 
 from ..cli_help import plain
 from ..inputs import output_folder, require_folder
+from .dataset import list_videos
 
 __all__ = ["transcode", "transcode_folder"]
 
@@ -26,7 +27,7 @@ _CODECS = {"vp9": ("libvpx-vp9", ".webm", "yuv420p"), "vp8": ("libvpx", ".webm",
 def transcode(src, dst, *, codec: str = "vp9", max_seconds: Optional[float] = None,
               max_side: Optional[int] = None) -> Path:
     """Re-encode ``src``'s first video stream into ``dst`` (written atomically)."""
-    import av
+    import av  # optional: PyAV (the data extra)
 
     if codec not in _CODECS:
         raise ValueError(f"codec must be one of {sorted(_CODECS)}, got {codec!r}")
@@ -74,8 +75,6 @@ def transcode(src, dst, *, codec: str = "vp9", max_seconds: Optional[float] = No
 def transcode_folder(src_dir, dst_dir, *, codec: str = "vp9", max_seconds: Optional[float] = 60.0,
                      max_side: Optional[int] = 480) -> List[Path]:
     """A ``codec`` copy of every video in ``src_dir`` (skipping copies already made)."""
-    from .dataset import list_videos
-
     suffix = _CODECS[codec][1]
     out = []
     for path in list_videos(src_dir):

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .dataset import list_videos
+from .video import VideoDecodeError, clip_to_tensor, probe_video, read_clip
+
 __all__ = ["World", "make_world", "load_backgrounds", "procedural_backgrounds", "other_scene", "WORLD_KINDS"]
 
 WORLD_KINDS = ("agent", "pan")
@@ -65,9 +68,6 @@ def load_backgrounds(source: str | None, size: int, per_video: int = 4, seed: in
     None, missing or unreadable. Returns (frames, description of where they came from)."""
     if source:
         try:
-            from .dataset import list_videos
-            from .video import VideoDecodeError, clip_to_tensor, probe_video, read_clip
-
             frames = []
             for path in list_videos(source):
                 try:

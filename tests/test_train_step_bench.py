@@ -25,7 +25,7 @@ import torch
 
 from benchmarks import bench_train_step as bench
 from fastlam.ops import use_backend
-from fastlam.ops._backend import use_triton
+from fastlam.ops.dispatch import use_triton
 from fastlam.ops.attention import AttentionRequest, dense_mask, select_backend
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"

@@ -91,7 +91,7 @@ def _fail(key: str, expected: str, value) -> ConfigError:
 
 
 def validate_train_config(cfg) -> None:
-    """Raise ConfigError naming the first key of ``cfg`` (a :class:`fastlam.train.TrainConfig`)
+    """Raise ConfigError naming the first key of ``cfg`` (a :class:`fastlam.trainer.TrainConfig`)
     whose value is out of range, not an allowed choice, or inconsistent with another key."""
     for key, rule in _rules().items():
         value = _get(cfg, key)

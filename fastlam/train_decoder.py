@@ -130,7 +130,7 @@ def eval_clips(paths, lam_cfg, data: DecoderData, n: int) -> torch.Tensor:
 def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
     from fastlam.models import LatentActionWorldModel
     from fastlam.run_folder import prepare_out_dir
-    from fastlam.train import ResumableBatches, plot_losses, resolve_device
+    from fastlam.trainer import ResumableBatches, plot_losses, resolve_device
 
     cfg.validate()
     out = Path(cfg.out_dir)

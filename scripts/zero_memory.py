@@ -49,7 +49,7 @@ def single_process(overrides: list[str]) -> dict:
     from fastlam.distributed import tensor_bytes
     from fastlam.models import LatentActionWorldModel
     from fastlam.optim import build_optimizers
-    from fastlam.train import TrainConfig
+    from fastlam.trainer import TrainConfig
 
     cfg = load_config(TrainConfig, REPO / "configs/tiny_cpu.yaml", overrides)
     model = LatentActionWorldModel(cfg.model).train()

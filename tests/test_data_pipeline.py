@@ -420,7 +420,7 @@ def test_training_uses_the_dali_loader_and_resumes_exactly(tmp_path, clips, monk
     dali_stream: the same with planning in DALI's workers and DALI's prefetch/async on."""
     import json
 
-    import fastlam.train as ft
+    import fastlam.trainer as ft
     from fastlam.config import load_config
     from fastlam.models import LatentActionWorldModel
 

@@ -265,7 +265,7 @@ def test_pruning_never_removes_the_checkpoint_it_returns(tmp_path):
 
     from fastlam import distributed as fdist
     from fastlam.models import LatentActionWorldModel
-    from fastlam.train import _LocalRunner
+    from fastlam.trainer import _LocalRunner
 
     cfg = tiny(tmp_path, "steps=2")
     ckpts = tmp_path / "checkpoints"

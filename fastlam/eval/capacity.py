@@ -3,7 +3,7 @@
 Lower error = more information flows through z. The two references bracket every
 regularized model: ``deterministic`` (no z: the floor of capacity, highest error) and
 ``none`` (an unconstrained z: the ceiling, lowest error). :func:`capacity_sweep` trains one
-model per regularizer strength with :func:`fastlam.train.train` and draws the capacity curve.
+model per regularizer strength with :func:`fastlam.trainer.train` and draws the capacity curve.
 """
 from __future__ import annotations
 
@@ -65,13 +65,13 @@ def capacity_sweep(base_cfg, kind: str, values: Sequence[float], out_dir: str | 
     """Train one model per strength of regularizer ``kind`` (plus the references) and
     measure each one's capacity on ``eval_video``.
 
-    ``base_cfg`` is a :class:`fastlam.train.TrainConfig` (or a path to its YAML); every run
+    ``base_cfg`` is a :class:`fastlam.trainer.TrainConfig` (or a path to its YAML); every run
     shares its seed, so the randomly initialised frozen encoders, and hence the state spaces,
     are the same. ``overrides`` (``key.sub=value``) apply to every run. Writes
     ``capacity_sweep.json`` and ``capacity_curve.png`` into ``out_dir``.
     """
     from ..config import apply_overrides, from_dict, load_config, to_dict
-    from ..train import TrainConfig, train
+    from ..trainer import TrainConfig, train
 
     if kind not in STRENGTH_PARAM:
         raise ValueError(f"kind: expected one of {tuple(STRENGTH_PARAM)}, got {kind!r}")

@@ -59,7 +59,7 @@ def run_capacity(args) -> Path:
 
 def run_sweep(args) -> Path:
     from ..config import load_config
-    from ..train import TrainConfig
+    from ..trainer import TrainConfig
     from .capacity import PAPER_GRIDS, capacity_sweep
 
     cfg = load_config(TrainConfig, args.config, args.overrides)

@@ -4,6 +4,7 @@ import torch
 
 from fastlam.config import ConfigError, load_config
 from fastlam.models import LatentActionWorldModel, ModelConfig
+from fastlam.loop import train_steps
 from fastlam.optim import OptimConfig, build_optimizers, build_schedulers, split_params, warmup_cosine
 from fastlam.train import TrainConfig
 
@@ -71,3 +72,38 @@ def test_warmup_then_cosine():
     opts = [torch.optim.AdamW(model.parameters(), lr=1.0)]
     (sched,) = build_schedulers(opts, 100, OptimConfig())
     assert opts[0].param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_the_shared_loop_takes_the_steps_a_hand_written_loop_takes():
+    """fastlam.loop.train_steps: zero, backward, clip, every optimiser, every scheduler; the same
+    weights and losses as the loop it replaced in the study, the controller and the baseline."""
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        opts = [torch.optim.AdamW(model[0].parameters(), lr=1e-2), torch.optim.SGD(model[2].parameters(), lr=1e-1)]
+        return model, opts, [torch.optim.lr_scheduler.LambdaLR(o, warmup_cosine(20, 0.2)) for o in opts]
+
+    x, y = torch.randn(64, 6), torch.randn(64, 2)
+    model, opts, scheds = make()
+    g = torch.Generator().manual_seed(1)
+    hand = []
+    for _ in range(20):
+        idx = torch.randint(0, 64, (16,), generator=g)
+        loss = (model(x[idx]) - y[idx]).pow(2).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+        for s in scheds:
+            s.step()
+        hand.append(loss.item())
+    shared_model, opts, scheds = make()
+    g = torch.Generator().manual_seed(1)
+    logged = []
+    losses = train_steps(shared_model, lambda _: (shared_model(x[idx := torch.randint(0, 64, (16,), generator=g)])
+                                                 - y[idx]).pow(2).mean(),
+                         20, opts, scheds, grad_clip=0.5, log_every=5, log=lambda s, l: logged.append((s, l)))
+    assert losses == hand and [s for s, _ in logged] == [5, 10, 15, 20] and logged[-1][1] == hand[-1]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), shared_model.state_dict().values()))
+    assert not shared_model.training

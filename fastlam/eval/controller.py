@@ -25,6 +25,7 @@ from torch import nn
 from ..checkpoint import load_safetensors
 from ..inputs import InputError, MissingInputError, read_json, require_folder
 from ..models.blocks import MLP, Block
+from ..loop import train_steps
 from ..optim import warmup_cosine
 
 
@@ -194,22 +195,15 @@ def train_controller(model: nn.Module, states: torch.Tensor, actions: torch.Tens
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.iterations, warmup_steps=cfg.warmup))
-    model.train()
-    losses = []
     M = states.shape[0]
-    for it in range(cfg.iterations):
+
+    def loss_of(_):
         idx = torch.randint(0, M, (min(cfg.batch_size, M),), generator=g)
         pred = model(actions[idx].to(device), states[idx].to(device))
-        loss = (pred - targets[idx].to(device)).pow(2).sum(-1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if log_every and (it + 1) % log_every == 0:
-            print(f"controller {model.cfg.kind} iter {it + 1}/{cfg.iterations}: L2 {loss.item():.4f}")
-    model.eval()
-    return losses
+        return (pred - targets[idx].to(device)).pow(2).sum(-1).mean()
+
+    return train_steps(model, loss_of, cfg.iterations, [opt], [sched], log_every=log_every,
+                       log=lambda it, loss: print(f"controller {model.cfg.kind} iter {it}/{cfg.iterations}: L2 {loss:.4f}"))
 
 
 @torch.no_grad()

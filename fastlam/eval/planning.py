@@ -29,6 +29,7 @@ from torch import nn
 
 from ..inputs import read_json
 from ..models import ACPredictor, ACPredictorConfig
+from ..loop import train_steps
 from ..optim import warmup_cosine
 from .action_data import compose_pose, integrate_actions
 
@@ -443,19 +444,14 @@ def train_ac_baseline(states: torch.Tensor, actions: torch.Tensor, proprio: torc
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.iterations, warmup_steps=cfg.warmup))
     g = torch.Generator().manual_seed(cfg.seed)
-    losses = []
-    model.train()
-    for it in range(cfg.iterations):
+
+    def loss_of(_):
         idx = torch.randint(0, B, (min(cfg.batch_size, B),), generator=g)
-        out = model.loss(states[idx], actions[idx], proprio[idx], rollout_steps=min(cfg.rollout_steps, T - 1))
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(out.loss.item())
-        if log_every and (it + 1) % log_every == 0:
-            print(f"AC baseline iter {it + 1}/{cfg.iterations}: L1 {out.loss.item():.4f}")
-    return model.eval(), losses
+        return model.loss(states[idx], actions[idx], proprio[idx], rollout_steps=min(cfg.rollout_steps, T - 1)).loss
+
+    losses = train_steps(model, loss_of, cfg.iterations, [opt], [sched], log_every=log_every,
+                         log=lambda it, loss: print(f"AC baseline iter {it}/{cfg.iterations}: L1 {loss:.4f}"))
+    return model, losses
 
 
 def relative_poses(poses: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ import torch
 from ..data.worlds import load_backgrounds, make_world, other_scene
 from ..diagnostics import latent_diagnostics
 from ..inputs import read_json, require_folder
+from ..loop import train_steps
 from ..models import EncoderConfig, LatentActionWorldModel, ModelConfig, RegularizerConfig, TransformerConfig
 from ..optim import OptimConfig, build_optimizers, build_schedulers
 from .common import pyplot, save_figure, write_json
@@ -106,18 +107,9 @@ def train_on_states(model, states: torch.Tensor, steps: int, batch_size: int, se
     opts = build_optimizers(model, ocfg)
     scheds = build_schedulers(opts, steps, ocfg)
     g = torch.Generator().manual_seed(seed)
-    model.train()
     t0 = time.perf_counter()
-    for _ in range(steps):
-        out = model(states=states[torch.randint(0, states.shape[0], (batch_size,), generator=g)])
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), ocfg.grad_clip)
-        for o in opts:
-            o.step()
-            o.zero_grad(set_to_none=True)
-        for s in scheds:
-            s.step()
-    model.eval()
+    train_steps(model, lambda _: model(states=states[torch.randint(0, states.shape[0], (batch_size,), generator=g)]).loss,
+                steps, opts, scheds, grad_clip=ocfg.grad_clip)
     return time.perf_counter() - t0
 
 

@@ -9,10 +9,12 @@ import math
 import pytest
 import torch
 
-from fastlam.models import EncoderConfig, VideoEncoder
-from fastlam.models.ac_predictor import ACPredictor, ACPredictorConfig
+from fastlam.models import EncoderConfig, LatentActionWorldModel, ModelConfig, TransformerConfig, VideoEncoder
+from fastlam.models.ac_predictor import ACPredictor, ACPredictorConfig, encode_frames
 from fastlam.models.encoder import IMAGENET_MEAN, IMAGENET_STD
 from fastlam.models.vjepa2 import CheckpointMismatchError, load_vjepa2_ac_predictor, load_vjepa2_encoder, main
+from fastlam.ops.dispatch import kernel_import_error
+from fastlam.train import DataConfig, TrainConfig, train
 
 # Tiny V-JEPA 2: width 64 = fastlam "tiny", 4 heads -> head_dim 16, RoPE chunks of 4 channels and
 # 4 unrotated channels (exercises the remainder); 16 px crops of patch 4 -> 4 x 4 grid.
@@ -335,10 +337,6 @@ def test_ac_loss_trains_and_validates_inputs():
 
 # ---- training a LAM on a converted checkpoint --------------------------------------------
 def test_train_with_vjepa2_checkpoint(tmp_path):
-    pytest.importorskip("fastlam.data.synthetic", reason="fastlam.data.synthetic (data helper) not available yet")
-    from fastlam.models import LatentActionWorldModel, ModelConfig, TransformerConfig
-    from fastlam.train import DataConfig, TrainConfig, train
-
     # An official-layout checkpoint (so this runs without transformers), converted by the CLI.
     released = _randomize(VideoEncoder(EncoderConfig(size="tiny", patch_size=16)))
     official = {"module.backbone." + k: v for k, v in released.state_dict().items()}
@@ -361,6 +359,9 @@ def test_train_with_vjepa2_checkpoint(tmp_path):
 def test_ac_layout_on_fastlam_triton_kernel():
     """Prefix tokens, the scaled grid and the quirk through the fused kernel (the interpreter on CPU)."""
     pytest.importorskip("triton", reason="triton is not installed")
+    # With triton importable the kernel module must import too: a broken kernel is a failure,
+    # not one of the skips below (which are for what this machine's triton cannot run).
+    assert kernel_import_error("attention") is None, kernel_import_error("attention")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = ACPredictorConfig(embed_dim=32, width=32, depth=1, heads=2, grid_size=4)  # head_dim 16
     pred = _randomize(ACPredictor(cfg)).to(device).eval()
@@ -381,8 +382,6 @@ def test_ac_layout_on_fastlam_triton_kernel():
 
 def test_encode_frames_one_state_per_frame():
     """V-JEPA 2-AC's states: each frame repeated into its own tubelet and encoded alone."""
-    from fastlam.models.ac_predictor import encode_frames
-
     enc = _randomize(_encoder(frame_causal=True))
     video = torch.rand(2, 3, 3, 16, 16)
     states = encode_frames(enc, video)

@@ -412,6 +412,7 @@ def test_dali_cpu_vs_pyav_on_real_vp9_samples():
         assert float(diff.kthvalue(int(diff.numel() * 0.99)).values) <= 12.0, path
 
 
+@pytest.mark.slow
 @needs_dali
 @pytest.mark.parametrize("loader", ["dali", "dali_stream"])
 def test_training_uses_the_dali_loader_and_resumes_exactly(tmp_path, clips, monkeypatch, loader):

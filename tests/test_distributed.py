@@ -199,6 +199,7 @@ def _assert_same_training(w_ds: dict, w_single: dict, workdir: Path) -> None:
     assert losses[0] == pytest.approx(losses[1], rel=2e-3), losses
 
 
+@pytest.mark.slow
 def test_zero2_matches_one_process_and_resumes_exactly_after_kill9_mid_save(workdir, tmp_path):
     zero2 = "distributed.deepspeed_config=configs/deepspeed/zero2.json"
     full, crashed = tmp_path / "full", tmp_path / "crashed"
@@ -238,6 +239,7 @@ def test_zero2_matches_one_process_and_resumes_exactly_after_kill9_mid_save(work
     _assert_same_training(w_resumed, _weights(tmp_path / "single" / "final"), workdir)
 
 
+@pytest.mark.slow
 def test_ddp_matches_one_process_and_resumes_exactly(workdir, tmp_path):
     # Plain data parallelism (torch DDP, fastlam's own Muon + AdamW, gloo on CPU): the same
     # trainer as one process, with gradients averaged over the two ranks' halves of a batch.
@@ -269,6 +271,7 @@ def test_ddp_matches_one_process_and_resumes_exactly(workdir, tmp_path):
     _assert_same_training(w_full, _weights(tmp_path / "single" / "final"), workdir)
 
 
+@pytest.mark.slow
 def test_zero3_sharded_encoder_sigterm_checkpoint_and_export(workdir, tmp_path):
     out = tmp_path / "z3"
     run = _launch(workdir, out, f"distributed.deepspeed_config={workdir / 'zero3_tiny.json'}",
@@ -303,6 +306,7 @@ def test_zero3_sharded_encoder_sigterm_checkpoint_and_export(workdir, tmp_path):
     _assert_same_training(w_ds, _weights(tmp_path / "single" / "final"), workdir)
 
 
+@pytest.mark.slow
 def test_zero3_muon_resumes_exactly_in_a_fresh_process(workdir, tmp_path):
     # ZeRO-3 with DeepSpeed's Muon, resumed in a new process, against the uninterrupted run.
     # Its torch.compile'd Newton-Schulz used to run a shape-specialised kernel on the first

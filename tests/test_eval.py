@@ -227,6 +227,7 @@ def test_plan_arm_recovers_actions_in_a_known_linear_world():
     assert land["true_below_zero"] == 0.5 and land["random_below_true"] == 0.5
 
 
+@pytest.mark.slow
 def test_simulator_oracle_plans_the_arm_near_perfectly(tmp_path):
     """The true simulator re-rendered from the start state and encoded by a frozen random
     encoder: the recorded actions cost exactly 0, and CEM with the paper's protocol must bring
@@ -284,6 +285,7 @@ def test_ac_baseline_does_not_depend_on_the_units_of_actions_and_proprio(tmp_pat
 
 
 # ---- controller ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_controller_beats_actions_only_on_camera_relative_latents():
     """Camera-relative latents: z = sign * a, where the sign (the camera facing forward or
     backward) is only in the state's tokens. The best an actions-only model can do is
@@ -310,6 +312,7 @@ def test_controller_beats_actions_only_on_camera_relative_latents():
         ctrl(torch.zeros(3, 5), states[:3])
 
 
+@pytest.mark.slow
 def test_controller_standardises_centimetre_scale_actions(tmp_path):
     """Regression: with raw arm actions (deltas of a few centimetres next to a +-1 gripper) the
     controller learned the latent from the state alone (held-out FVU ~1.0 here); standardising
@@ -463,6 +466,7 @@ def test_load_lam_refuses_another_regularizer(tmp_path):
 
 
 # ---- the sweep and the command line -------------------------------------------------------
+@pytest.mark.slow
 def test_capacity_sweep_trains_each_strength_and_draws_the_curve(tmp_path):
     from fastlam.train import TrainConfig
 
@@ -480,6 +484,7 @@ def test_capacity_sweep_trains_each_strength_and_draws_the_curve(tmp_path):
     assert json.loads((tmp_path / "capacity_sweep.json").read_text())["kind"] == "sparse"
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_planning_and_report(tmp_path, capsys):
     lam = tiny_lam("noisy", frames=4, tubelet=1)
     lam.save_pretrained(tmp_path / "lam")

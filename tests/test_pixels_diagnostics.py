@@ -150,6 +150,7 @@ def test_diagnostics_on_real_models_and_vq_codes():
             assert "diag/codes_used_train" in out
 
 
+@pytest.mark.slow
 def test_training_logs_diagnostics(tmp_path):
     cfg = load_config(TrainConfig, "configs/tiny_cpu.yaml", [
         "data.source=synthetic", "data.synthetic_clips=16", "model.image_size=16", "model.frames=4",

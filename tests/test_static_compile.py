@@ -102,6 +102,7 @@ def selftest(tmp_path_factory):
     return proc, root, _read_rows(root / "out")
 
 
+@pytest.mark.slow
 def test_good_config_passes_with_tensor_cores(selftest):
     proc, _, rows = selftest
     for arch, mma in (("sm_90", "HGMMA"), ("sm_80", "HMMA")):
@@ -113,6 +114,7 @@ def test_good_config_passes_with_tensor_cores(selftest):
         assert row["notes"] == ""
 
 
+@pytest.mark.slow
 def test_tile_over_shared_memory_fails(selftest):
     proc, _, rows = selftest
     assert proc.returncode == 1
@@ -124,6 +126,7 @@ def test_tile_over_shared_memory_fails(selftest):
     assert "FAIL selftest_matmul[huge_tile] (sm_90): shared" in proc.stdout
 
 
+@pytest.mark.slow
 def test_compile_error_fails_with_its_text(selftest):
     proc, root, rows = selftest
     row = rows[("selftest_rowscale[non_pow2]", "sm_90")]
@@ -133,6 +136,7 @@ def test_compile_error_fails_with_its_text(selftest):
     assert "### `selftest_rowscale[non_pow2]` (sm_90)" in report and "power of 2" in report
 
 
+@pytest.mark.slow
 def test_registry_entry_that_does_not_match_its_kernel_fails(selftest):
     _, _, rows = selftest
     row = rows[("selftest_rowscale[missing_arg]", "sm_80")]
@@ -140,6 +144,7 @@ def test_registry_entry_that_does_not_match_its_kernel_fails(selftest):
     assert "'n'" in row["error"] and "signature" in row["error"]
 
 
+@pytest.mark.slow
 def test_spills_fail_only_in_default_configurations(selftest):
     _, _, rows = selftest
     bad = rows[("selftest_matmul[spills_default]", "sm_90")]
@@ -150,6 +155,7 @@ def test_spills_fail_only_in_default_configurations(selftest):
     assert "REG at the 255 cap" in ok["notes"]
 
 
+@pytest.mark.slow
 def test_report_records_the_triton_date_and_commit_it_was_made_with(selftest):
     _, root, _ = selftest
     meta = json.loads((root / "out" / sc.META_NAME).read_text())
@@ -160,6 +166,7 @@ def test_report_records_the_triton_date_and_commit_it_was_made_with(selftest):
     assert "with triton " + triton.__version__ in (root / "out" / "static_report.md").read_text()
 
 
+@pytest.mark.slow
 def test_report_is_regenerated_identically_from_cache(selftest, tmp_path):
     proc, root, _ = selftest
     again = _run_check("--no-registry", "--module", __file__, "--out", str(tmp_path),
@@ -174,6 +181,7 @@ def test_report_is_regenerated_identically_from_cache(selftest, tmp_path):
         assert (tmp_path / name).read_bytes() == (root / "out" / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_exit_status_zero_when_every_config_passes(selftest, tmp_path):
     _, root, _ = selftest
     proc = _run_check("--no-registry", "--module", __file__, "--filter", "[good]", "--out", str(tmp_path),
@@ -182,6 +190,7 @@ def test_exit_status_zero_when_every_config_passes(selftest, tmp_path):
     assert set(_read_rows(tmp_path)) == {("selftest_matmul[good]", "sm_90"), ("selftest_matmul[good]", "sm_80")}
 
 
+@pytest.mark.slow
 def test_kernel_module_that_does_not_import_fails_the_check(selftest, tmp_path):
     _, root, _ = selftest
     broken = tmp_path / "broken_kernels.py"
@@ -207,6 +216,7 @@ def registry_check(tmp_path_factory):
     return _run_check("--out", str(out)), out
 
 
+@pytest.mark.slow
 def test_every_registered_kernel_config_compiles_for_sm90_and_sm80(registry_check):
     """The CI gate: the package's whole registry, both targets, under the installed triton."""
     from fastlam.kernels.registry import all_configs
@@ -221,6 +231,7 @@ def test_every_registered_kernel_config_compiles_for_sm90_and_sm80(registry_chec
     assert meta["triton"] == triton.__version__ and meta["default_spills"] == [] and meta["failing"] == 0
 
 
+@pytest.mark.slow
 def test_committed_report_matches_a_fresh_compile_under_the_same_triton(registry_check):
     """The committed report is what the sources compile to, compared only under the triton it
     was made with (register allocation changes between releases)."""

@@ -17,6 +17,7 @@ def test_group_split_keeps_groups_apart():
         group_split(torch.zeros(4, dtype=torch.long))
 
 
+@pytest.mark.slow
 def test_probes_find_known_maps_and_not_noise():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(600, 6, generator=g)
@@ -34,6 +35,7 @@ def test_probes_find_known_maps_and_not_noise():
         ridge_r2(x[:10], linear[:10], x[10:20, :3], linear[10:20])
 
 
+@pytest.mark.slow
 def test_study_command_writes_rows_and_report(tmp_path):
     out = tmp_path / "study"
     args = ["study", "--world", "agent", "--source", "procedural", "--train-steps", "2", "--train-clips", "16",

@@ -48,6 +48,7 @@ def test_throughput_counts_training_and_data_waits_but_not_paused_work(monkeypat
                                             "data_wait_frac": 0.0})
 
 
+@pytest.mark.slow
 def test_run_writes_everything(tmp_path):
     summary = train(cfg_for(tmp_path, "steps=6", "ckpt_every=3"))
     assert summary["steps"] == 6
@@ -65,6 +66,7 @@ def test_run_writes_everything(tmp_path):
     assert not list((tmp_path / "checkpoints").glob(".*.tmp")), "no temporary files left behind"
 
 
+@pytest.mark.slow
 def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     full = tmp_path / "full"
     train(cfg_for(full, "steps=6", "ckpt_every=3"))
@@ -123,6 +125,7 @@ def test_empty_video_folder_is_a_clear_error(tmp_path):
 SAMPLES = Path("data/samples")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not any(SAMPLES.glob("*.mp4")), reason="sample videos not fetched (python -m fastlam.data.samples)")
 def test_readme_training_command_shortened(tmp_path, capsys):
     """The README's first command, shortened: real video, the tiny_cpu config, loss falls."""

@@ -161,6 +161,7 @@ def test_allowed_pairs_frame_causal():
 # ----------------------------------------------------------------------------- the CPU tier
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_tiny_backends_run_the_same_step(tmp_path, capsys):
     backends = ["reference", "flex_attention"] + (["fastlam_triton"] if INTERPRETER else [])

@@ -47,6 +47,7 @@ def test_decoder_shapes_frame_causality_and_round_trip(tmp_path):
         StateDecoder.from_checkpoint(tmp_path / "lam")
 
 
+@pytest.mark.slow
 def test_decoder_learns_to_reconstruct():
     """A few hundred steps on fixed clips must lower the L1 error a lot (the unpatchify is right)."""
     torch.manual_seed(0)
@@ -268,6 +269,7 @@ def test_logging_config_errors_name_the_key(tmp_path):
         LoggingConfig(image_every=-1).check()
 
 
+@pytest.mark.slow
 def test_train_decoder_end_to_end_holds_out_a_video_and_resumes(tmp_path):
     """python -m fastlam.train_decoder on generated videos: held-out PSNR reported, final/ loads,
     a second start in the same folder is refused, --resume continues to more steps."""

@@ -204,9 +204,13 @@ class PixelEncoder(nn.Module):
         # makes the states exactly invariant to a brightness/contrast change a * video + b.
         x = video if self.cfg.token_norm else (video - self.mean.to(video.dtype)) / self.std.to(video.dtype)
         if pool > 1:
-            # A mean over (pool x pool) blocks, not avg_pool3d: that has no 16-bit CPU kernel,
-            # and this runs for every dtype on every device (H and W divide by patch, so by pool).
-            x = x.reshape(B, c, F, H // pool, pool, W // pool, pool).mean(dim=(4, 6))
+            if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+                # avg_pool3d has no 16-bit CPU kernel: the same block mean by a reshape (H and W
+                # divide by the patch, so by the pool). Elsewhere avg_pool3d, whose rounding the
+                # trained models and the committed results were made with.
+                x = x.reshape(B, c, F, H // pool, pool, W // pool, pool).mean(dim=(4, 6))
+            else:
+                x = torch.nn.functional.avg_pool3d(x, (1, pool, pool))
         q = p // pool
         gh, gw, T = H // p, W // p, F // tub
         x = x.reshape(B, c, T, tub, gh, q, gw, q).permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, T, gh, gw, c, tub, q, q)

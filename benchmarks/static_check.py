@@ -119,7 +119,17 @@ def load_configs(use_registry: bool = True, module_files=()) -> tuple[list, list
             spec = importlib.util.spec_from_file_location(mod_name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[mod_name] = module
-            spec.loader.exec_module(module)
+            # As when the file runs as a script: its own folder is importable (a test module's
+            # helpers beside it, e.g. tests/subprocess_guard.py).
+            folder = str(path.parent)
+            added = folder not in sys.path
+            if added:
+                sys.path.insert(0, folder)
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                if added:
+                    sys.path.remove(folder)
             configs.extend(module.static_check_configs())
         except Exception as e:  # noqa: BLE001
             errors.append((str(path), _short_exc(e)))

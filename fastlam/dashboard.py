@@ -20,6 +20,7 @@ import torch
 from .config import ConfigError
 from .drawing import canvas, to_uint8
 from .models.decoder import StateDecoder
+from .rollouts import rollout_rows
 
 
 @dataclass
@@ -114,8 +115,6 @@ class Dashboard:
     def strip(self, step: int, model) -> None:
         if self.decoder is None or self._clip is None or step % self.image_every:
             return
-        from .eval.visualize import rollout_rows
-
         was = model.training
         dev = next(model.parameters()).device
         try:

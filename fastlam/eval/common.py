@@ -17,6 +17,8 @@ import torch
 
 from ..clips import load_clips  # noqa: F401  (moved below the training diagnostics; importable here as before)
 from ..models import LatentActionWorldModel
+# Moved below the training dashboard, which draws rollouts too; importable here as before.
+from ..rollouts import check_states, check_video, device_of, encode_batched, has_latents  # noqa: F401
 
 REGULARIZER_KINDS = ("none", "deterministic", "sparse", "noisy", "discrete")
 
@@ -39,38 +41,6 @@ def load_lam(path: str | Path, expect_regularizer: str | None = None,
         raise ValueError(f"checkpoint: {path} was trained with regularizer {kind!r}, "
                          f"but the evaluation asks for {expect_regularizer!r}")
     return model
-
-
-def has_latents(model) -> bool:
-    return getattr(model, "idm", True) is not None
-
-
-def check_video(video: torch.Tensor, name: str = "video") -> None:
-    if not isinstance(video, torch.Tensor) or video.dim() != 5 or not video.is_floating_point():
-        got = (tuple(video.shape), video.dtype) if isinstance(video, torch.Tensor) else type(video).__name__
-        raise ValueError(f"{name}: expected a float (B, 3, frames, H, W) tensor in [0, 1], got {got}")
-
-
-def check_states(states: torch.Tensor, name: str = "states", min_steps: int = 2) -> None:
-    if not isinstance(states, torch.Tensor) or states.dim() != 4 or states.shape[1] < min_steps:
-        got = tuple(states.shape) if isinstance(states, torch.Tensor) else type(states).__name__
-        raise ValueError(f"{name}: expected (B, T >= {min_steps}, N, D) states, got {got}")
-
-
-@torch.no_grad()
-def encode_batched(model, video: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
-    """States (B, T, N, D) of ``video`` (B, 3, frames, H, W), ``batch_size`` clips at a time."""
-    check_video(video)
-    device = _device_of(model)
-    return torch.cat([model.encode(video[i:i + batch_size].to(device)).float().cpu()
-                      for i in range(0, video.shape[0], batch_size)])
-
-
-def _device_of(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
 
 
 @torch.no_grad()

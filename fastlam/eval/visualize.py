@@ -24,60 +24,8 @@ import numpy as np
 import torch
 
 from ..drawing import SCALE, canvas, to_uint8  # SCALE: re-exported from its former home
-from .common import encode_batched, has_latents
-
-
-# ---- world-model rollouts -------------------------------------------------------------------
-@torch.no_grad()
-def rollout(model, start: torch.Tensor, actions: torch.Tensor | None, steps: int | None = None) -> torch.Tensor:
-    """Open-loop rollout: ``s_hat_{t+1} = p(s_0, s_hat_1..t, z_t)`` from ``start`` (B, 1, N, D).
-
-    Returns (B, 1 + steps, N, D) with the real start state first. ``actions`` (B, steps, A), or
-    None for a model without latent actions (then ``steps`` is required).
-    """
-    if start.dim() != 4 or start.shape[1] != 1:
-        raise ValueError(f"start: expected a (B, 1, N, D) start state, got {tuple(start.shape)}")
-    steps = actions.shape[1] if actions is not None else steps
-    if steps is None or steps < 1:
-        raise ValueError("steps: give actions (B, steps, A) or steps >= 1")
-    ctx = start
-    for t in range(steps):
-        z = None if actions is None else actions[:, : t + 1]
-        nxt = model.predict(ctx, z)[:, -1:]
-        ctx = torch.cat([ctx, nxt.to(ctx.dtype)], dim=1)
-    return ctx
-
-
-@torch.no_grad()
-def teacher_forced(model, states: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
-    """(B, T, N, D): s_0, then p(s_0..t, z_t) for t < T-1 (every step sees the true past)."""
-    return torch.cat([states[:, :1], model.predict(states[:, :-1], actions).to(states.dtype)], dim=1)
-
-
-def shuffled(z: torch.Tensor) -> torch.Tensor:
-    """Another clip's latents for every clip (a roll along the batch; needs B >= 2)."""
-    if z.shape[0] < 2:
-        raise ValueError("clips: shuffled latents need at least 2 clips")
-    return z.roll(1, dims=0)
-
-
-@torch.no_grad()
-def rollout_rows(model, decoder, video: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Decoded videos (B, 3, F, H, W) for each row of the rollout comparison."""
-    states = encode_batched(model, video)
-    T = states.shape[1]
-    rows = {"ground truth": video.float().cpu(), "decoded ground truth": decoder.frames(states)}
-    if not has_latents(model):
-        rows["teacher-forced (no z)"] = decoder.frames(teacher_forced(model, states, None))
-        rows["rollout (no z)"] = decoder.frames(rollout(model, states[:, :1], None, T - 1))
-        return rows
-    z = model.infer_actions(states=states)
-    rows["teacher-forced, inferred z"] = decoder.frames(teacher_forced(model, states, z))
-    rows["rollout, inferred z"] = decoder.frames(rollout(model, states[:, :1], z))
-    rows["rollout, z = 0"] = decoder.frames(rollout(model, states[:, :1], torch.zeros_like(z)))
-    if states.shape[0] >= 2:
-        rows["rollout, shuffled z"] = decoder.frames(rollout(model, states[:, :1], shuffled(z)))
-    return rows
+from ..rollouts import encode_batched, has_latents, rollout, rollout_rows, shuffled, teacher_forced  # noqa: F401
+from .sampling import sample_latents
 
 
 @torch.no_grad()
@@ -97,8 +45,6 @@ def sample_rows(model, decoder, video: torch.Tensor, n: int, generator: torch.Ge
                 langevin_iterations: int = 200) -> dict[str, torch.Tensor]:
     """``n`` rollouts of the first clip's start state, each with sampled latent actions
     (one independent sample per step) from the model's prior."""
-    from .sampling import sample_latents
-
     states = encode_batched(model, video[:1])
     T = states.shape[1]
     z = sample_latents(model, n * (T - 1), generator=generator, langevin_iterations=langevin_iterations)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from fastlam.models.blocks import AdaLNZeroBlock
+
 # torch.cuda.get_device_name() -> dense bf16 FLOP/s (vendor datasheets, no sparsity).
 PEAK_BF16_FLOPS = {
     "NVIDIA H100 80GB HBM3": 989e12,  # SXM5
@@ -44,8 +46,6 @@ def linear_flops(tokens: float, layer: nn.Linear) -> float:
 def block_flops(blk, seqs: int, seq_len: int, pairs: int, cond_rows: int = 0) -> float:
     """One transformer block over ``seqs`` sequences of ``seq_len`` tokens whose mask allows
     ``pairs`` query-key pairs each; ``cond_rows`` AdaLN modulation rows (one per frame)."""
-    from fastlam.models.blocks import AdaLNZeroBlock
-
     tokens = seqs * seq_len
     width = blk.attn.qkv.in_features
     f = linear_flops(tokens, blk.attn.qkv) + linear_flops(tokens, blk.attn.proj)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fastlam import MIN_TORCH
+
 
 @dataclass
 class OptimConfig:
@@ -44,8 +46,6 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
     opts: list[torch.optim.Optimizer] = []
     if cfg.use_muon and muon:
         if not hasattr(torch.optim, "Muon"):
-            from fastlam import MIN_TORCH
-
             raise RuntimeError(f"optim.use_muon: this torch ({torch.__version__}) has no torch.optim.Muon (needs torch "
                                f">= {'.'.join(map(str, MIN_TORCH))}); set optim.use_muon=false")
         opts.append(torch.optim.Muon(muon, lr=cfg.muon_lr, weight_decay=cfg.weight_decay))

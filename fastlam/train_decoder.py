@@ -25,13 +25,20 @@ from pathlib import Path
 
 import torch
 import yaml
+from tqdm import tqdm
 
 from fastlam.checkpoint import load_checkpoint, save_checkpoint
 from fastlam.cli_help import plain
 from fastlam.config import ConfigError, load_config, to_dict
+from fastlam.data import VideoClipDataset, list_videos
 from fastlam.epochs import EpochIndexed
+from fastlam.eval.visualize import contact_sheet
+from fastlam.models import LatentActionWorldModel
 from fastlam.models.decoder import DecoderConfig, StateDecoder
+from fastlam.nn.lpips import LPIPS
 from fastlam.optim import warmup_cosine
+from fastlam.run_folder import prepare_out_dir
+from fastlam.trainer import ResumableBatches, plot_losses, resolve_device
 
 
 @dataclass
@@ -104,8 +111,6 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def split_videos(source: str, holdout: int) -> tuple[list[str], list[str]]:
-    from fastlam.data import list_videos
-
     paths = list_videos(source)
     if holdout and len(paths) <= holdout:
         raise ConfigError(f"holdout_videos={holdout}: data.source {source!r} has only {len(paths)} videos; "
@@ -114,8 +119,6 @@ def split_videos(source: str, holdout: int) -> tuple[list[str], list[str]]:
 
 
 def _clips(paths, lam_cfg, data: DecoderData, seed: int, crop: str, clips_per_video: int):
-    from fastlam.data import VideoClipDataset
-
     return VideoClipDataset(paths, num_frames=lam_cfg.frames, fps=data.fps, size=(lam_cfg.image_size,) * 2,
                             crop=crop, seed=seed, clips_per_video=clips_per_video, cache_mb=data.cache_mb)
 
@@ -128,10 +131,6 @@ def eval_clips(paths, lam_cfg, data: DecoderData, n: int) -> torch.Tensor:
 
 
 def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
-    from fastlam.models import LatentActionWorldModel
-    from fastlam.run_folder import prepare_out_dir
-    from fastlam.trainer import ResumableBatches, plot_losses, resolve_device
-
     cfg.validate()
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
@@ -152,7 +151,6 @@ def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False, overwrite: b
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.steps, cfg.warmup_frac))
     lpips_fn = None
     if cfg.lpips.weight > 0:
-        from fastlam.nn.lpips import LPIPS
 
         lpips_fn = LPIPS.from_files(cfg.lpips.backbone, cfg.lpips.linear, cfg.lpips.net).to(device)
 
@@ -178,7 +176,6 @@ def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False, overwrite: b
                  "data_position": position, "rng": torch.get_rng_state(), **meta}
         return save_checkpoint(ckpt_dir / "latest.pt", state)
 
-    from tqdm import tqdm
 
     metrics_file = out / "metrics.jsonl"
     bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, mininterval=2.0, file=sys.stdout)
@@ -231,7 +228,6 @@ def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False, overwrite: b
             recon = decoder.frames(lam.encode(video))
         summary[f"psnr_{name}"] = psnr(recon, video)
         if name == "heldout" or not held_paths:
-            from fastlam.eval.visualize import contact_sheet
 
             rows = [(f"ground truth {i}", video[i].cpu()) for i in range(min(3, video.shape[0]))]
             rows = [r for i in range(len(rows)) for r in (rows[i], (f"decoded {i}", recon[i].cpu()))]

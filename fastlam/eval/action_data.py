@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +165,6 @@ def write_episode(path: str | Path, frames: np.ndarray, actions: np.ndarray | No
 
 
 def _write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
-    from fractions import Fraction
 
     import av
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
 from ..checkpoint import load_safetensors
@@ -220,7 +221,6 @@ def controller_error(model: nn.Module, states: torch.Tensor, actions: torch.Tens
 
 
 def save_controller(model: nn.Module, directory: str | Path) -> Path:
-    from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

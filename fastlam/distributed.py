@@ -646,22 +646,20 @@ class Throughput:
         self.clips += clips
 
     @contextlib.contextmanager
+    def _timed(self, total: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, total, getattr(self, total) + time.perf_counter() - t0)
+
     def paused(self):
         """Time spent in this block is not training time: it counts in no rate."""
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.excluded += time.perf_counter() - t0
+        return self._timed("excluded")
 
-    @contextlib.contextmanager
     def waiting(self):
         """Time spent in this block is waiting for data: counted, and reported as a share."""
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.waited += time.perf_counter() - t0
+        return self._timed("waited")
 
     def window(self) -> dict:
         now = time.perf_counter()

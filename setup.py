@@ -69,7 +69,7 @@ setup(
         "data": ["av>=12", "pyarrow>=14"],
         # fsspec URLs for manifests and shards (aiohttp: http(s)://; add s3fs / gcsfs for s3:// gs://).
         "remote": ["fsspec>=2023.6", "aiohttp>=3.9"],
-        # ~200 MB wheel (+ its small pure-Python deps): GPU decoding and the CPU VP8/VP9/MJPEG
+        # ~200 MB wheel, ~0.5 GB installed (+ its small pure-Python deps): GPU decoding and the CPU VP8/VP9/MJPEG
         # decoder of fastlam.data.dali. Not in `dev` (large); scripts/test.sh installs it for CI.
         "dali": ["nvidia-dali-cuda130==2.4.0"],
         # Pure Python with DS_BUILD_OPS=0 (its one CPU op is JIT-built on first use); tested version.

@@ -37,4 +37,4 @@ step 4 "preprocessing extension (JIT build; falls back to PyTorch without a comp
 timeout 600 "$VPY" -c "from fastlam.data.preprocess import load_extension, extension_status; load_extension(); print('  preprocessing:', extension_status())" >&2 || true
 echo "[setup] done: activate with '. .venv/bin/activate' for python -m fastlam... commands" >&2
 # NVIDIA DALI (GPU decoding; CPU decoding of VP8/VP9/MJPEG) is the optional `dali` extra
-# (~200 MB): pip install -c constraints.txt -e ".[dali]". The tests that need it skip without it.
+# (a ~200 MB download, about 0.5 GB installed): pip install -c constraints.txt -e ".[dali]". The tests that need it skip without it.

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 # The DALI decoding paths (CPU decoding of VP8/VP9/MJPEG, and the DALI-fed training run) are
 # tested too: install the optional `dali` extra here (a large wheel, so not in set-up for users).
-echo "[test] NVIDIA DALI (the optional dali extra, ~200 MB)" >&2
+echo "[test] NVIDIA DALI (the optional dali extra: a ~200 MB download, about 0.5 GB installed)" >&2
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[dali]" || echo "NVIDIA DALI could not be installed: its tests will skip"
 echo "[test] sample videos" >&2
 .venv/bin/python -m fastlam.data.samples --dest data/samples || echo "sample videos unavailable: tests that need them will skip"

@@ -128,7 +128,7 @@ def plot_diagnostics(ax, rows: list[dict]) -> bool:
         ax.plot(steps, [r[key] for r in rows], label=label)
     dep = rows[-1].get("diag/action_dependence", math.nan)
     ax.set_xlabel("step")
-    ax.set_ylabel("held-out one-step L1")
+    ax.set_ylabel("one-step L1 on the fixed diagnostics clips")
     ax.set_title(f"latent use (last action dependence x{dep:.3f})")
     ax.legend()
     return True

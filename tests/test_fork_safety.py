@@ -107,3 +107,38 @@ def test_watchdog_collects_before_forking_and_the_child_freezes_what_it_inherite
     finally:
         gc.enable()
         w.close()
+
+
+class _Holder:
+    pass
+
+
+class _Items(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return torch.tensor(i)
+
+
+def test_dataloader_workers_forked_beside_an_orphaned_decoder(video_paths):
+    """A PyAV container mid-decode (FFmpeg threads running) left in an unreachable reference
+    cycle, e.g. by an earlier test's captured exception: a DataLoader worker forked now must
+    not finalise it (fastlam.data.decoding collects before every fork and freezes the child)."""
+    import fastlam.data.decoding  # noqa: F401  (the fork hooks come with fastlam.data)
+
+    container = av.open(video_paths[1])
+    frames = container.decode(video=0)
+    next(frames)  # the decoder's threads are running now
+    cycle = _Holder()
+    cycle.container, cycle.frames, cycle.self = container, frames, cycle
+    ref = weakref.ref(cycle)
+    del container, frames, cycle
+    gc.disable()  # only an explicit collection may free the cycle: here, or in the child
+    try:
+        loader = torch.utils.data.DataLoader(_Items(), batch_size=1, num_workers=1, timeout=TIMEOUT_S,
+                                             multiprocessing_context="fork", worker_init_fn=_collect)
+        assert [int(b) for b in loader] == [0, 1]  # a hung worker raises after TIMEOUT_S
+    finally:
+        gc.enable()
+    assert ref() is None  # collected in the parent, before the fork

@@ -20,8 +20,10 @@ frames are picked by presentation timestamp, never by frame index (see :mod:`.vi
 """
 from __future__ import annotations
 
+import gc
 import math
 import numbers
+import os
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -35,6 +37,13 @@ try:  # PyAV is the `data` extra: importing fastlam must not need it.
     import av
 except ImportError:  # pragma: no cover - exercised only where av is absent
     av = None
+
+# Every fork (DataLoader workers, the decode watchdog's child): a PyAV codec context left in a
+# garbage reference cycle (an exception's traceback, a test's captured error) keeps FFmpeg's
+# decoder threads; a forked child that collects it joins threads fork did not copy and hangs
+# forever. So garbage is collected in the parent first, where its finalisers are safe, and the
+# child freezes what it inherited (a cycle made between the two is never finalised there).
+os.register_at_fork(before=gc.collect, after_in_child=gc.freeze)
 
 PathLike = Union[str, Path]
 

@@ -26,18 +26,27 @@ from pathlib import Path
 
 import torch
 import yaml
+from tqdm import tqdm
 
-from fastlam.checkpoint import CheckpointError, load_checkpoint, save_checkpoint_copies
 from fastlam import distributed as fdist
+from fastlam import run_folder
+from fastlam.checkpoint import CheckpointError, load_checkpoint, save_checkpoint_copies
 from fastlam.config import ConfigError, load_config, to_dict
 from fastlam.config_checks import validate_train_config
-from fastlam import run_folder
 from fastlam.dashboard import Dashboard, LoggingConfig
-from fastlam.inputs import one_line
+from fastlam.data import VideoClipDataset
+from fastlam.data.dali import DaliVideoLoader, dali_available
+from fastlam.data.dali_stream import DaliStreamLoader
+from fastlam.data.shards import (ShardLoader, ShardStream, is_shard_source, load_stream_state, merge_states,
+                                 save_stream_state)
+from fastlam.data.synthetic import make_sprite_clips
+from fastlam.diagnostics import TrainDiagnostics, plot_diagnostics, progress_postfix
 from fastlam.distributed import DistributedConfig
 from fastlam.epochs import EpochIndexed
+from fastlam.inputs import one_line
 from fastlam.models import LatentActionWorldModel, ModelConfig
 from fastlam.models.encoder_record import encoder_record, load_without_encoder, strip_encoder, verify_encoder
+from fastlam.models.vjepa2 import load_vjepa2_encoder
 from fastlam.optim import OptimConfig, build_optimizers, build_schedulers
 from fastlam.step_metrics import NonFiniteWindow, StepMetrics
 
@@ -124,8 +133,6 @@ class ResumableBatches(torch.utils.data.Sampler):
 
 class _SyntheticClips(torch.utils.data.Dataset):
     def __init__(self, cfg: TrainConfig):
-        from fastlam.data.synthetic import make_sprite_clips
-
         m = cfg.model
         if cfg.data.synthetic_sprites < 1:
             raise ConfigError(f"data.synthetic_sprites: expected an int >= 1, got {cfg.data.synthetic_sprites!r}")
@@ -146,8 +153,6 @@ def build_dataset(cfg: TrainConfig):
     ``out_dir/bad_files.jsonl`` so the main process can report them all."""
     if cfg.data.source == "synthetic":
         return _SyntheticClips(cfg)
-    from fastlam.data import VideoClipDataset
-    from fastlam.data.shards import ShardStream, is_shard_source
 
     m = cfg.model
     if is_shard_source(cfg.data.source):  # rank and world size are set by iter_batches
@@ -166,14 +171,12 @@ def build_dataset(cfg: TrainConfig):
 def use_dali(cfg: TrainConfig, device: torch.device) -> bool:
     if cfg.data.loader not in ("auto", "dali", "dali_stream", "torch"):
         raise ConfigError(f"data.loader: expected auto, dali, dali_stream or torch, got {cfg.data.loader!r}")
-    from fastlam.data.shards import is_shard_source
 
     if cfg.data.source == "synthetic" or cfg.data.loader == "torch" or is_shard_source(cfg.data.source):
         if cfg.data.loader in ("dali", "dali_stream"):
             raise ConfigError(f"data.loader={cfg.data.loader} needs a folder, list or manifest of real video, "
                               f"not data.source={cfg.data.source!r}")
         return False
-    from fastlam.data.dali import dali_available
 
     if cfg.data.loader in ("dali", "dali_stream"):
         if not dali_available():
@@ -191,7 +194,6 @@ def iter_batches(cfg: TrainConfig, dataset, device: torch.device, env, position:
     resume continues exactly. Shard sources resume from ``data_state`` (the merged consumed
     bitmap saved beside the checkpoint), with any world size."""
     per_rank = cfg.batch_size // env.world_size
-    from fastlam.data.shards import ShardLoader, ShardStream
 
     if isinstance(dataset, ShardStream):
         if dataset.n // env.world_size < per_rank:
@@ -207,9 +209,6 @@ def iter_batches(cfg: TrainConfig, dataset, device: torch.device, env, position:
         while True:
             yield from loader
     if use_dali(cfg, device):
-        from fastlam.data.dali import DaliVideoLoader
-        from fastlam.data.dali_stream import DaliStreamLoader
-
         m = cfg.model
         # dali_stream: planning in DALI's worker processes, DALI prefetch + async execution.
         loader = (DaliStreamLoader if cfg.data.loader == "dali_stream" else DaliVideoLoader)(
@@ -264,7 +263,6 @@ def plot_losses(metrics_file: Path, png: Path) -> Path | None:
     rows = [r for r in rows if "loss" in r]
     if not rows:
         return None
-    from fastlam.diagnostics import plot_diagnostics
 
     has_diag = any("diag/l1_own" in r for r in rows)
     fig, axes = plt.subplots(1, 2 if has_diag else 1, figsize=(13 if has_diag else 7, 4), squeeze=False)
@@ -458,8 +456,6 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
         raise ConfigError(f"batch_size: expected at most the dataset's {len(dataset)} clips, got {cfg.batch_size}")
     model = LatentActionWorldModel(cfg.model)
     if cfg.model.encoder.checkpoint:
-        from fastlam.models.vjepa2 import load_vjepa2_encoder
-
         try:
             load_vjepa2_encoder(model.encoder, cfg.model.encoder.checkpoint)
         except (ValueError, KeyError) as e:  # weights of another shape or layout: a config mistake
@@ -486,7 +482,6 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
                               "to continue it")
         if env.is_main:
             print(f"resumed from {ckpt_dir / state['tag']} at step {step}")
-    from fastlam.data.shards import ShardStream, load_stream_state, merge_states, save_stream_state
 
     shards = isinstance(dataset, ShardStream)
     data_state = load_stream_state(ckpt_dir, step) if shards and resume else None
@@ -508,7 +503,6 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
         return runner.save(ckpt_dir, at_step, position, {"rng": _rng_state(), "model_config": model_config},
                            cfg.keep_checkpoints)
 
-    from tqdm import tqdm
 
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and env.is_main), mininterval=2.0, file=sys.stdout)
     speed = fdist.Throughput(model, device, env.world_size)
@@ -555,8 +549,6 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
                     if hasattr(dataset, "bad_files"):
                         row["bad_files"] = len(dataset.bad_files)
                     if diag is not None:
-                        from fastlam.diagnostics import progress_postfix
-
                         with speed.paused():
                             row.update(diag(model))
                     log.write(json.dumps(row) + "\n")
@@ -616,7 +608,6 @@ def _diagnostics(cfg: TrainConfig, env: fdist.DistEnv):
         raise ConfigError(f"diagnostics_clips: expected an int >= 0, got {cfg.diagnostics_clips}")
     if not env.is_main or cfg.diagnostics_clips == 0 or env.backend == "deepspeed":
         return None
-    from fastlam.diagnostics import TrainDiagnostics
 
     try:
         return TrainDiagnostics.for_config(cfg, cfg.diagnostics_clips)

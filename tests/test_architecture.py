@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS: dict[str, tuple[str, ...]] = {
     "kernels": ("fastlam.kernels",),
     # No model, no training: configs, paths the user names, weights files, help text, test rules.
-    "base": ("fastlam", "fastlam.config", "fastlam.inputs", "fastlam.checkpoint", "fastlam.cli_help",
+    "base": ("fastlam", "fastlam.config", "fastlam.configs", "fastlam.inputs", "fastlam.checkpoint", "fastlam.cli_help",
              "fastlam.testing", "fastlam._preprocess_ext"),
     "ops": ("fastlam.ops",),
     "nn": ("fastlam.nn",),

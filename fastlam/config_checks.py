@@ -44,7 +44,7 @@ def _rules() -> dict[str, Rule]:
     from .distributed import BACKENDS as DIST_BACKENDS, ENCODER_PLACEMENTS
     from .models.encoder import ENCODER_SIZES
     from .nn.regularizers import REGULARIZERS
-    from .ops.losses import LOSS_KINDS
+    from .ops.prediction_loss import LOSS_KINDS
     from .ops.regularizers import MEAN_TERMS
 
     transformer = {"width": at_least(1), "depth": at_least(1), "heads": at_least(1), "mlp_ratio": above(0)}

@@ -71,7 +71,7 @@ def test_missing_triton_is_reported_and_raised(fresh):
     with pytest.raises(RuntimeError, match=r"backend='triton' requested but triton does not import"):
         ops.prediction_loss(torch.rand(2, 3, 4), torch.rand(2, 3, 4), backend="triton")
     with pytest.warns(RuntimeWarning, match="triton does not import"):
-        assert dispatch.use_triton("auto", FakeCuda(), kernel="frame_adaln") is False
+        assert dispatch.use_triton("auto", FakeCuda(), kernel="adaln") is False
 
 
 def test_attention_module_import_error_is_kept_and_raised_when_asked_for():

@@ -138,12 +138,12 @@ def test_frame_adaln_matches_reference(dtype, affine, frames, frame_len, d):
 def test_frame_adaln_backward_tile_of_triton_3_6(monkeypatch):
     """Before triton 3.7 the AdaLN backward takes a quarter of the forward's rows (half spilled
     8 B on sm_90 under 3.6): the same results, here under the interpreter with that tile."""
-    from fastlam.kernels import frame_adaln
+    from fastlam.kernels import adaln as adaln_kernels
 
-    assert frame_adaln._bwd_tile(4, 1024, "3.6.0") == (1, 4)
-    assert frame_adaln._bwd_tile(4, 1024, "3.7.1") == frame_adaln._bwd_tile(4, 1024, "3.9.0") == (2, 4)
-    real = frame_adaln._bwd_tile
-    monkeypatch.setattr(frame_adaln, "_bwd_tile", lambda m, d, version=None: real(m, d, "3.6.0"))
+    assert adaln_kernels._bwd_tile(4, 1024, "3.6.0") == (1, 4)
+    assert adaln_kernels._bwd_tile(4, 1024, "3.7.1") == adaln_kernels._bwd_tile(4, 1024, "3.9.0") == (2, 4)
+    real = adaln_kernels._bwd_tile
+    monkeypatch.setattr(adaln_kernels, "_bwd_tile", lambda m, d, version=None: real(m, d, "3.6.0"))
     b, frames, frame_len, d = 2, 3, 7, 40
     x = (torch.randn(b, frames * frame_len, d) * 2 + 0.5).requires_grad_()
     shift = torch.randn(b, frames, d).requires_grad_()

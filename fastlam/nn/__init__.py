@@ -2,7 +2,7 @@
 from ..ops.rope import Rope1D, Rope3D
 from .adaln import FrameAdaLN
 from .attention import STAttention
-from .losses import PredictionLoss
+from .prediction_loss import PredictionLoss
 from .quantizers import FSQ, LFQ, Codebook, ResidualVQ, VQOutput, kmeans_plus_plus
 from .regularizers import (
     REGULARIZERS,

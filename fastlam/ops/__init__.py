@@ -21,7 +21,7 @@ from .dispatch import (
     select_backend,
     use_backend,
 )
-from .losses import prediction_loss
+from .prediction_loss import prediction_loss
 from .regularizers import (
     gaussian_kl,
     gaussian_sample,

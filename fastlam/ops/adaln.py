@@ -55,7 +55,7 @@ def frame_adaln_modulate(
             raise ValueError(f"{name}: expected shape ({x.shape[-1]},), got {tuple(p.shape)}")
     present = [t for t in (x, shift, scale, weight, bias) if t is not None]
     if use_triton(backend, *present, unsupported=kernel_limits(*present, max_d=16384),
-                  kernel="frame_adaln"):
+                  kernel="adaln"):
         return triton_frame_adaln_modulate(x, shift, scale, frame_len, weight, bias, eps)
     y = F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
     return y * (1 + sc) + sh
@@ -70,7 +70,7 @@ def frame_gated_residual(
     if branch.shape != x.shape:
         raise ValueError(f"branch: expected the shape of x {tuple(x.shape)}, got {tuple(branch.shape)}")
     if use_triton(backend, x, branch, gate, unsupported=kernel_limits(x, branch, gate, max_d=16384),
-                  kernel="frame_adaln"):
+                  kernel="adaln"):
         _per_frame("gate", gate, x, frame_len)  # shape check only
         return triton_frame_gated_residual(x, branch, gate, frame_len)
     return x + _per_frame("gate", gate, x, frame_len) * branch

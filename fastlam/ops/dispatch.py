@@ -154,7 +154,7 @@ def select_backend(q: torch.Tensor, req: AttentionRequest, backend: str = "auto"
 # ----------------------------------------------------------------------------- fused-op backends
 
 BACKENDS = ("auto", "torch", "triton")
-FUSED_KERNELS = ("prediction_loss", "frame_adaln", "sparse_reg", "gaussian", "vq")
+FUSED_KERNELS = ("prediction_loss", "adaln", "sparse_reg", "gaussian", "vq")
 _triton_error: str | None = None
 _checked = False
 # Why a backend module failed to import ("attention.triton" -> reason), or a fused-op kernel

@@ -1,4 +1,4 @@
-"""Frame-wise AdaLN kernels (kernels/frame_adaln.py) as ``torch.library`` custom ops with fake
+"""Frame-wise AdaLN kernels (kernels/adaln.py) as ``torch.library`` custom ops with fake
 implementations and registered autograd formulas (``torch.compile`` traces them without graph
 breaks): ``fastlam::frame_adaln_fwd/bwd`` and ``fastlam::frame_gated_residual_fwd/bwd``.
 
@@ -28,7 +28,7 @@ def frame_adaln_fwd(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, w
                     bias: torch.Tensor | None, frame_len: int, eps: float
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, mean, rstd): y = LN(x) * (1 + scale_t) + shift_t; mean / rstd fp32 per token."""
-    from fastlam.kernels.frame_adaln import adaln_fwd  # optional dependency: the kernels need triton
+    from fastlam.kernels.adaln import adaln_fwd  # optional dependency: the kernels need triton
 
     y, mean, rstd = adaln_fwd(_rows(x), _rows(shift), _rows(scale), weight, bias, frame_len, eps,
                               _promoted(x, shift, scale, weight, bias))
@@ -48,7 +48,7 @@ def frame_adaln_bwd(dy: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, weig
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dshift, dscale, dweight, dbias): per-frame grads fp32 (B*T, D); absent affine
     parameters give empty tensors."""
-    from fastlam.kernels.frame_adaln import adaln_bwd  # optional dependency: the kernels need triton
+    from fastlam.kernels.adaln import adaln_bwd  # optional dependency: the kernels need triton
 
     dx, dshift, dscale, dw, db = adaln_bwd(_rows(x), _rows(scale), weight, bias, mean, rstd, _rows(dy), frame_len)
     def absent():  # a fresh tensor each: custom-op outputs may not alias one another
@@ -90,7 +90,7 @@ frame_adaln_fwd.register_autograd(_adaln_backward, setup_context=_adaln_setup)
 def frame_gated_residual_fwd(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor, frame_len: int
                              ) -> torch.Tensor:
     """x + gate_t * branch."""
-    from fastlam.kernels.frame_adaln import gated_residual_fwd  # optional dependency: the kernels need triton
+    from fastlam.kernels.adaln import gated_residual_fwd  # optional dependency: the kernels need triton
 
     out = gated_residual_fwd(_rows(x), _rows(branch), _rows(gate), frame_len, _promoted(x, branch, gate))
     return out.view(x.shape)
@@ -105,7 +105,7 @@ def _(x, branch, gate, frame_len):
 def frame_gated_residual_bwd(dout: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor, frame_len: int
                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dbranch in branch's dtype, dgate fp32 (B*T, D))."""
-    from fastlam.kernels.frame_adaln import gated_residual_bwd  # optional dependency: the kernels need triton
+    from fastlam.kernels.adaln import gated_residual_bwd  # optional dependency: the kernels need triton
 
     dbr, dgate = gated_residual_bwd(_rows(branch), _rows(gate), _rows(dout), frame_len)
     return dbr.view(branch.shape), dgate

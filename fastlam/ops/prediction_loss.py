@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ._checks import check_choice, check_tensor
 from .dispatch import kernel_limits, use_triton
-from .triton_losses import GRAD_MODES, triton_prediction_loss
+from .triton_prediction_loss import GRAD_MODES, triton_prediction_loss
 
 LOSS_KINDS = ("l1", "l2")
 

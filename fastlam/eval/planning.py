@@ -1,4 +1,5 @@
-"""Planning with the cross-entropy method (CEM) in a latent world model (lam-spec.md section 5).
+"""Planning in a latent world model (lam-spec.md section 5): the goal cost, the protocols and
+their metrics.
 
 Arm (DROID protocol): plan ``horizon`` = 3 actions from the start state to the goal state
 (the state ``horizon`` steps later in a recorded episode) by minimising
@@ -10,257 +11,27 @@ Navigation (RECON protocol): one iteration of 120 samples of a single straight-l
 ``(dx, dy, dyaw)`` split evenly over 8 steps; metrics ATE and RPE of the planned trajectory
 against the recorded one (:func:`ate_rpe`).
 
-World models (all vectorised over the CEM samples): :class:`LatentRollout` (LAM predictor +
-controller), :class:`ACRollout` (the V-JEPA 2-AC-style predictor trained on the true
-actions, :func:`train_ac_baseline`) and :class:`SimulatorRollout` (an oracle that renders the
-true simulator: the bound a perfect world model would reach).
+The planner lives in :mod:`fastlam.eval.cem`, the world models in
+:mod:`fastlam.eval.planning_worlds`, the action-conditioned baseline's training in
+:mod:`fastlam.eval.ac_baseline`; their public names are importable from here too.
 """
 from __future__ import annotations
 
-import json
-import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ..inputs import read_json
-from ..models import ACPredictor, ACPredictorConfig
-from ..loop import train_steps
-from ..optim import warmup_cosine
-from .action_data import compose_pose, integrate_actions
+from .ac_baseline import ACBaselineConfig, StandardizedACPredictor, relative_poses, train_ac_baseline
+from .action_data import integrate_actions
+from .cem import ARM_CEM, NAV_CEM, CEMConfig, cem
+from .planning_worlds import ACRollout, LatentRollout, SimulatorRollout
 
-
-# ---- CEM ----------------------------------------------------------------------------------
-@dataclass
-class CEMConfig:
-    samples: int = 300
-    top_k: int = 10
-    iterations: int = 15
-    min_std: float = 1e-4  # keeps a dimension from collapsing to a point before the last iteration
+__all__ = [
+    "ARM_CEM", "NAV_CEM", "ACBaselineConfig", "ACRollout", "CEMConfig", "LatentRollout", "SimulatorRollout",
+    "StandardizedACPredictor", "ate_rpe", "cem", "cost_landscape", "delta_xyz", "goal_cost", "plan_arm", "plan_nav",
+    "relative_poses", "train_ac_baseline",
+]
 
 
-ARM_CEM = CEMConfig(samples=300, top_k=10, iterations=15)
-NAV_CEM = CEMConfig(samples=120, top_k=10, iterations=1)
-
-
-def cem(cost_fn: Callable[[torch.Tensor], torch.Tensor], mean: torch.Tensor, std: torch.Tensor,
-        cfg: CEMConfig = ARM_CEM, *, low: torch.Tensor | None = None, high: torch.Tensor | None = None,
-        generator: torch.Generator | None = None) -> dict:
-    """Minimise ``cost_fn`` over action sequences with the cross-entropy method.
-
-    Args:
-        cost_fn: maps candidates (S, *shape) to costs (S,), all samples in one call.
-        mean, std: the initial Gaussian over candidates, shape ``shape`` (e.g. (H, A)).
-            A dimension with std 0 stays at its mean.
-        low, high: optional bounds (broadcast to ``shape``); samples are clamped into them.
-
-    Returns ``{"plan": the final mean, "best": the lowest-cost sample seen, "best_cost",
-    "costs": mean elite cost per iteration}``.
-    """
-    if mean.shape != std.shape:
-        raise ValueError(f"std: expected the shape of mean {tuple(mean.shape)}, got {tuple(std.shape)}")
-    if not 1 <= cfg.top_k <= cfg.samples:
-        raise ValueError(f"top_k: expected 1..samples={cfg.samples}, got {cfg.top_k}")
-    mean, std = mean.clone().float(), std.clone().float()
-    fixed = std <= 0
-    best, best_cost, history = mean.clone(), math.inf, []
-    for _ in range(cfg.iterations):
-        eps = torch.randn((cfg.samples, *mean.shape), generator=generator)
-        cand = mean + std * eps
-        if low is not None:
-            cand = torch.maximum(cand, torch.as_tensor(low, dtype=cand.dtype))
-        if high is not None:
-            cand = torch.minimum(cand, torch.as_tensor(high, dtype=cand.dtype))
-        costs = cost_fn(cand).float()
-        if costs.shape != (cfg.samples,):
-            raise ValueError(f"cost_fn: expected costs of shape ({cfg.samples},), got {tuple(costs.shape)}")
-        elite_cost, idx = costs.topk(cfg.top_k, largest=False)
-        elites = cand[idx]
-        if float(elite_cost[0]) < best_cost:
-            best_cost, best = float(elite_cost[0]), elites[0].clone()
-        mean = elites.mean(0)
-        std = torch.where(fixed, torch.zeros_like(std),
-                          elites.std(0, unbiased=False).clamp_min(cfg.min_std) if cfg.top_k > 1 else std)
-        history.append(float(elite_cost.mean()))
-    return {"plan": mean, "best": best, "best_cost": best_cost, "costs": history}
-
-
-# ---- world models for planning ------------------------------------------------------------
-class LatentRollout:
-    """LAM predictor driven by a controller: ``z_i = c(a_i, s_hat_i)``, then
-    ``s_hat_{i+1} = p(s_hat_0..i, z_0..i)`` (frame-causal context)."""
-
-    def __init__(self, lam, controller):
-        self.lam, self.controller = lam, controller
-
-    @torch.no_grad()
-    def rollout(self, start: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:
-        """start (N, D), actions (S, H, A) -> predicted states (S, H, N, D)."""
-        S, H, _ = actions.shape
-        ctx = start.expand(S, 1, *start.shape)
-        zs = []
-        for i in range(H):
-            zs.append(self.controller(actions[:, i], ctx[:, -1]))
-            nxt = self.lam.predict(ctx, torch.stack(zs, 1))[:, -1:]
-            ctx = torch.cat([ctx, nxt.to(ctx.dtype)], 1)
-        return ctx[:, 1:]
-
-    def cost_space(self, states: torch.Tensor) -> torch.Tensor:
-        return states
-
-
-class StandardizedACPredictor(nn.Module):
-    """An :class:`ACPredictor` that sees standardised actions and proprioception.
-
-    Arm deltas of a few centimetres and a +-1 gripper command share one linear embedding;
-    raw, the position deltas barely reach the network and the baseline learns mostly from the
-    states (simulated arm, 500 iterations: planning Delta_xyz 0.28 m raw, 0.17 m standardised).
-    The per-dimension statistics of the training data are kept here and written next to the
-    predictor's weights (``input_standardization.json``); callers pass raw physical units."""
-
-    STATS_FILE = "input_standardization.json"
-
-    def __init__(self, predictor: ACPredictor, action_mean: torch.Tensor | None = None,
-                 action_scale: torch.Tensor | None = None, proprio_mean: torch.Tensor | None = None,
-                 proprio_scale: torch.Tensor | None = None):
-        super().__init__()
-        self.predictor = predictor
-        A = predictor.cfg.action_dim
-        for name, value, default in (("action_mean", action_mean, 0.0), ("action_scale", action_scale, 1.0),
-                                     ("proprio_mean", proprio_mean, 0.0), ("proprio_scale", proprio_scale, 1.0)):
-            value = torch.full((A,), default) if value is None else torch.as_tensor(value, dtype=torch.float32)
-            if value.shape != (A,):
-                raise ValueError(f"{name}: expected shape ({A},) (the predictor's action_dim), got {tuple(value.shape)}")
-            self.register_buffer(name, value.clone())
-
-    @classmethod
-    def fit(cls, predictor: ACPredictor, actions: torch.Tensor, proprio: torch.Tensor) -> StandardizedACPredictor:
-        """Statistics from training actions (..., A) and proprio (..., A); a dimension that
-        never moves keeps scale 1."""
-        def stats(x):
-            x = x.float().flatten(0, -2)
-            std = x.std(0, unbiased=False)
-            return x.mean(0), torch.where(std > 1e-8, std, torch.ones_like(std))
-
-        return cls(predictor, *stats(actions), *stats(proprio))
-
-    @property
-    def cfg(self) -> ACPredictorConfig:
-        return self.predictor.cfg
-
-    def _inputs(self, actions: torch.Tensor, proprio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return ((actions - self.action_mean) / self.action_scale, (proprio - self.proprio_mean) / self.proprio_scale)
-
-    def forward(self, states: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor) -> torch.Tensor:
-        return self.predictor(states, *self._inputs(actions, proprio))
-
-    def loss(self, states: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor, **kwargs):
-        return self.predictor.loss(states, *self._inputs(actions, proprio), **kwargs)
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        directory = self.predictor.save_pretrained(directory)
-        stats = {k: getattr(self, k).tolist() for k in ("action_mean", "action_scale", "proprio_mean", "proprio_scale")}
-        (Path(directory) / self.STATS_FILE).write_text(json.dumps(stats, indent=2))
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> StandardizedACPredictor:
-        """Load a saved baseline; one saved without statistics (raw inputs) loads with the
-        identity standardisation, i.e. exactly as it was trained."""
-        predictor = ACPredictor.from_pretrained(directory)
-        f = Path(directory) / cls.STATS_FILE
-        if not f.is_file():
-            return cls(predictor)
-        keys = ("action_mean", "action_scale", "proprio_mean", "proprio_scale")
-        stats = read_json(f, "--ac-baseline", "the ac_baseline folder written by 'python -m fastlam.eval ac-baseline'",
-                          keys=keys)
-        return cls(predictor, **{k: stats[k] for k in keys})
-
-
-class ACRollout:
-    """The action-conditioned baseline: an :class:`ACPredictor` rolled out on the true action
-    space. Proprioception is advanced with the actions themselves (``update_proprio``): the
-    arm's state adds the deltas, the navigation pose composes the robot-frame move."""
-
-    def __init__(self, predictor: ACPredictor | StandardizedACPredictor, kind: str = "droid"):
-        if kind not in ("droid", "recon"):
-            raise ValueError(f"kind: expected 'droid' or 'recon', got {kind!r}")
-        self.predictor, self.kind = predictor, kind
-
-    def update_proprio(self, p: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        return compose_pose(p, a) if self.kind == "recon" else p + a
-
-    @torch.no_grad()
-    def rollout(self, start: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:
-        if proprio is None:
-            raise ValueError("proprio: the action-conditioned baseline needs the start proprioception (P,)")
-        S, H, _ = actions.shape
-        ctx = self.cost_space(start).expand(S, 1, *start.shape)
-        props = [proprio.float().expand(S, -1)]
-        for i in range(H):
-            nxt = self.predictor(ctx, actions[:, : i + 1], torch.stack(props, 1))[:, -1:]
-            ctx = torch.cat([ctx, self.cost_space(nxt)], 1)
-            props.append(self.update_proprio(props[-1], actions[:, i]))
-        return ctx[:, 1:]
-
-    def cost_space(self, states: torch.Tensor) -> torch.Tensor:
-        # V-JEPA 2-AC works on layer-normalised states (normalize_reps).
-        return F.layer_norm(states.float(), (states.shape[-1],))
-
-
-class SimulatorRollout:
-    """An oracle world model for a simulated episode: it advances the true proprioceptive state
-    by the candidate actions, renders each state with the episode's own renderer, and encodes
-    the clip (first recorded frame + rendered frames) with the same frozen encoder that made
-    the start and goal states. The recorded actions therefore reach the goal at cost 0, so CEM
-    with this world must plan Delta_xyz near 0: it checks the planner, the latent cost, the
-    clamping and the metric apart from any learned model.
-
-    Args:
-        render: state (P,) -> uint8 frame (H, W, 3), e.g. :meth:`ArmRenderer.render`.
-        encode: float video (B, 3, frames, H, W) in [0, 1] -> states (B, T, N, D).
-        first_frame: the episode's recorded start frame, uint8 (H, W, 3) or float (3, H, W).
-        update: how an action moves the state (the arm: ``p + a``).
-        tubelet: frames per encoder time step (each frame is repeated, as the data loader does).
-    """
-
-    def __init__(self, render: Callable[[torch.Tensor], torch.Tensor],
-                 encode: Callable[[torch.Tensor], torch.Tensor], first_frame: torch.Tensor, *,
-                 update: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 tubelet: int = 1, batch_size: int = 256):
-        if first_frame.dim() != 3:
-            raise ValueError(f"first_frame: expected uint8 (H, W, 3) or float (3, H, W), got {tuple(first_frame.shape)}")
-        self.render, self.encode, self.tubelet, self.batch_size = render, encode, tubelet, batch_size
-        self.first = self._to_float(first_frame) if first_frame.dtype == torch.uint8 else first_frame.float()
-        self.update = update or (lambda p, a: p + a)
-
-    @staticmethod
-    def _to_float(frame: torch.Tensor) -> torch.Tensor:
-        return frame.permute(2, 0, 1).float().div(255)
-
-    @torch.no_grad()
-    def rollout(self, start: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor | None = None) -> torch.Tensor:
-        if proprio is None:
-            raise ValueError("proprio: the simulator oracle needs the start state (P,) to render from")
-        S, H, _ = actions.shape
-        p = proprio.float().expand(S, -1)
-        frames = [self.first.expand(S, *self.first.shape)]
-        for i in range(H):
-            p = self.update(p, actions[:, i])
-            frames.append(torch.stack([self._to_float(self.render(q)) for q in p]))
-        video = torch.stack(frames, 2).repeat_interleave(self.tubelet, dim=2)
-        states = torch.cat([self.encode(video[j:j + self.batch_size]).float()
-                            for j in range(0, S, self.batch_size)])
-        return states[:, 1:]
-
-    def cost_space(self, states: torch.Tensor) -> torch.Tensor:
-        return states
-
-
+# ---- the goal cost ------------------------------------------------------------------------
 def goal_cost(world, start: torch.Tensor, goal: torch.Tensor, proprio: torch.Tensor | None = None):
     """The L2 latent cost ``||s_goal - s_hat_{t+H}||_2`` as a function of candidates (S, H, A)."""
     target = world.cost_space(goal).flatten()
@@ -401,64 +172,3 @@ def plan_nav(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.
     return {"ate": float(ates.mean()), "rpe": float(rpes.mean()), "per_episode_ate": ates.tolist(),
             "per_episode_rpe": rpes.tolist(), "episodes": E, "steps": steps,
             "cem": {"samples": cfg.samples, "top_k": cfg.top_k, "iterations": cfg.iterations}}
-
-
-# ---- the action-conditioned baseline ------------------------------------------------------
-@dataclass
-class ACBaselineConfig:
-    width: int = 96
-    depth: int = 2
-    heads: int = 4
-    iterations: int = 2000
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.04
-    warmup: int = 100
-    rollout_steps: int = 2
-    seed: int = 0
-
-
-def train_ac_baseline(states: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor,
-                      cfg: ACBaselineConfig | None = None, kind: str = "droid",
-                      log_every: int = 0) -> tuple[StandardizedACPredictor, list[float]]:
-    """Train a V-JEPA 2-AC-style predictor (action and state tokens before each frame,
-    block-causal, teacher forcing + rollout L1) on the true actions of clips: states
-    (B, T, N, D), actions (B, T-1, A), proprio (B, T, A). Navigation proprio is made relative
-    to each clip's first pose, so the model never sees absolute arena coordinates. Actions and
-    proprio are standardised with these clips' statistics (:class:`StandardizedACPredictor`)."""
-    cfg = cfg or ACBaselineConfig()
-    if proprio is None:
-        raise ValueError("proprio: the action-conditioned baseline needs proprio.npy in the dataset")
-    B, T, N, D = states.shape
-    A = actions.shape[-1]
-    if actions.shape != (B, T - 1, A) or proprio.shape != (B, T, A):
-        raise ValueError(f"actions/proprio: expected (B, T-1, A) and (B, T, A) with A = {A}, got "
-                         f"{tuple(actions.shape)} and {tuple(proprio.shape)}")
-    if kind == "recon":
-        proprio = relative_poses(proprio)
-    side = math.isqrt(N)
-    torch.manual_seed(cfg.seed)
-    model = StandardizedACPredictor.fit(
-        ACPredictor(ACPredictorConfig(embed_dim=D, width=cfg.width, depth=cfg.depth, heads=cfg.heads,
-                                      action_dim=A, grid_size=side, rope_duplicated_freqs=False)), actions, proprio)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.iterations, warmup_steps=cfg.warmup))
-    g = torch.Generator().manual_seed(cfg.seed)
-
-    def loss_of(_):
-        idx = torch.randint(0, B, (min(cfg.batch_size, B),), generator=g)
-        return model.loss(states[idx], actions[idx], proprio[idx], rollout_steps=min(cfg.rollout_steps, T - 1)).loss
-
-    losses = train_steps(model, loss_of, cfg.iterations, [opt], [sched], log_every=log_every,
-                         log=lambda it, loss: print(f"AC baseline iter {it}/{cfg.iterations}: L1 {loss:.4f}"))
-    return model, losses
-
-
-def relative_poses(poses: torch.Tensor) -> torch.Tensor:
-    """World poses (..., T, 3) -> poses relative to the first one, in its frame."""
-    p0 = poses[..., :1, :]
-    d = poses[..., :2] - p0[..., :2]
-    c, s = torch.cos(p0[..., 2]), torch.sin(p0[..., 2])
-    x = c * d[..., 0] + s * d[..., 1]
-    y = -s * d[..., 0] + c * d[..., 1]
-    return torch.stack([x, y, poses[..., 2] - p0[..., 2]], -1)

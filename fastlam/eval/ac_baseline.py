@@ -14,9 +14,8 @@ import torch
 from torch import nn
 
 from ..inputs import read_json
-from ..loop import train_steps
 from ..models import ACPredictor, ACPredictorConfig
-from ..optim import warmup_cosine
+from .fitting import fit_on_random_batches
 
 
 class StandardizedACPredictor(nn.Module):
@@ -124,16 +123,12 @@ def train_ac_baseline(states: torch.Tensor, actions: torch.Tensor, proprio: torc
     model = StandardizedACPredictor.fit(
         ACPredictor(ACPredictorConfig(embed_dim=D, width=cfg.width, depth=cfg.depth, heads=cfg.heads,
                                       action_dim=A, grid_size=side, rope_duplicated_freqs=False)), actions, proprio)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.iterations, warmup_steps=cfg.warmup))
-    g = torch.Generator().manual_seed(cfg.seed)
 
-    def loss_of(_):
-        idx = torch.randint(0, B, (min(cfg.batch_size, B),), generator=g)
+    def batch_loss(idx):
         return model.loss(states[idx], actions[idx], proprio[idx], rollout_steps=min(cfg.rollout_steps, T - 1)).loss
 
-    losses = train_steps(model, loss_of, cfg.iterations, [opt], [sched], log_every=log_every,
-                         log=lambda it, loss: print(f"AC baseline iter {it}/{cfg.iterations}: L1 {loss:.4f}"))
+    losses = fit_on_random_batches(model, batch_loss, B, cfg, log_every=log_every,
+                                   log=lambda it, loss: print(f"AC baseline iter {it}/{cfg.iterations}: L1 {loss:.4f}"))
     return model, losses
 
 

@@ -26,8 +26,7 @@ from torch import nn
 from ..checkpoint import load_safetensors
 from ..inputs import InputError, MissingInputError, read_json, require_folder
 from ..models.blocks import MLP, Block
-from ..loop import train_steps
-from ..optim import warmup_cosine
+from .fitting import fit_on_random_batches
 
 
 @dataclass
@@ -193,18 +192,14 @@ def train_controller(model: nn.Module, states: torch.Tensor, actions: torch.Tens
     device = next(model.parameters()).device
     if isinstance(model, _ActionNormalization):
         model.fit_action_normalization(actions.to(device))
-    g = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.iterations, warmup_steps=cfg.warmup))
-    M = states.shape[0]
 
-    def loss_of(_):
-        idx = torch.randint(0, M, (min(cfg.batch_size, M),), generator=g)
+    def batch_loss(idx):
         pred = model(actions[idx].to(device), states[idx].to(device))
         return (pred - targets[idx].to(device)).pow(2).sum(-1).mean()
 
-    return train_steps(model, loss_of, cfg.iterations, [opt], [sched], log_every=log_every,
-                       log=lambda it, loss: print(f"controller {model.cfg.kind} iter {it}/{cfg.iterations}: L2 {loss:.4f}"))
+    return fit_on_random_batches(
+        model, batch_loss, states.shape[0], cfg, log_every=log_every,
+        log=lambda it, loss: print(f"controller {model.cfg.kind} iter {it}/{cfg.iterations}: L2 {loss:.4f}"))
 
 
 @torch.no_grad()

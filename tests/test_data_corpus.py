@@ -21,21 +21,14 @@ from fastlam.data.manifest import build_manifest, load_manifest, scan_sources  #
 from fastlam.data.remote import FileCache  # noqa: E402
 from fastlam.data.shards import (  # noqa: E402
     ShardLoader, ShardStream, expand_braces, merge_states, write_shards)
+from simulated_crash import crash_in_forward  # noqa: E402
+from video_files import encode_video  # noqa: E402
 
 CLIP = dict(num_frames=4, fps=4.0, size=(32, 32))
 
 
 def _video(path, frames, rate=25, size=(48, 64)):
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=rate)
-        s.width, s.height, s.pix_fmt = size[1], size[0], "yuv420p"
-        for i in range(frames):
-            f = av.VideoFrame.from_ndarray(np.full((*size, 3), 10 + 6 * (i % 40), np.uint8), format="rgb24")
-            for p in s.encode(f):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return Path(path)
+    return encode_video(path, [np.full((*size, 3), 10 + 6 * (i % 40), np.uint8) for i in range(frames)], rate=rate)
 
 
 @pytest.fixture(scope="module")
@@ -349,7 +342,6 @@ def test_local_http_server_manifest_and_shards(tmp_path, corpus):
 @pytest.mark.slow
 def test_train_on_shards_resumes_exactly(tmp_path, corpus, monkeypatch):
     from fastlam.config import load_config
-    from fastlam.models import LatentActionWorldModel
     from fastlam.train import TrainConfig, train
 
     def cfg(out, *extra):
@@ -361,19 +353,7 @@ def test_train_on_shards_resumes_exactly(tmp_path, corpus, monkeypatch):
 
     train(cfg(tmp_path / "full"))
     part = tmp_path / "part"
-    calls = {"n": 0}
-    real_forward = LatentActionWorldModel.forward
-
-    def crashing_forward(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated crash")
-        return real_forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(LatentActionWorldModel, "forward", crashing_forward)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg(part))
-    monkeypatch.setattr(LatentActionWorldModel, "forward", real_forward)
+    crash_in_forward(lambda: train(cfg(part)), 4, monkeypatch)
     state = json.loads((part / "checkpoints" / "data_state_0000003.json").read_text())
     assert state["epoch"] == 0 and state["n"] == 12  # the whole first epoch (3 x 4 clips) consumed
     train(cfg(part), resume=True)

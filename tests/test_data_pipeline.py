@@ -18,6 +18,8 @@ from fastlam.data.sampler import ShardedClipSampler
 from fastlam.data.watchdog import DecodeTimeout, GuardedClipDataset, Watchdog
 
 av = pytest.importorskip("av")
+from simulated_crash import crash_in_forward  # noqa: E402
+from video_files import encode_video  # noqa: E402
 
 try:
     import nvidia.dali  # noqa: F401
@@ -30,21 +32,18 @@ needs_dali = pytest.mark.skipif(not HAS_DALI, reason="NVIDIA DALI not installed 
 MARK_STEP = 8  # frame i (< 32) carries grey level MARK_STEP * i in its top half
 
 
+def _marked_frame(i, size):
+    img = np.zeros((size, size, 3), np.uint8)
+    img[: size // 2] = MARK_STEP * i  # flat area: survives lossy coding, names the frame
+    img[size // 2 :, :, 0] = np.linspace(0, 255, size, dtype=np.uint8)[None, :]
+    img[size // 2 :, (3 * i) % size, 1] = 255
+    return img
+
+
 def _write(path, codec, fps, n, size=64, pix="yuv420p"):
-    c = av.open(str(path), "w")
-    s = c.add_stream(codec, rate=fractions.Fraction(fps).limit_denominator(1001))
-    s.width, s.height, s.pix_fmt = size, size, pix
-    for i in range(n):
-        img = np.zeros((size, size, 3), np.uint8)
-        img[: size // 2] = MARK_STEP * i  # flat area: survives lossy coding, names the frame
-        img[size // 2 :, :, 0] = np.linspace(0, 255, size, dtype=np.uint8)[None, :]
-        img[size // 2 :, (3 * i) % size, 1] = 255
-        for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            c.mux(p)
-    for p in s.encode():
-        c.mux(p)
-    c.close()
-    return str(path)
+    frames = [_marked_frame(i, size) for i in range(n)]
+    return str(encode_video(path, frames, codec=codec, rate=fractions.Fraction(fps).limit_denominator(1001),
+                            pix_fmt=pix))
 
 
 @pytest.fixture(scope="module")
@@ -423,7 +422,6 @@ def test_training_uses_the_dali_loader_and_resumes_exactly(tmp_path, clips, monk
 
     import fastlam.trainer as ft
     from fastlam.config import load_config
-    from fastlam.models import LatentActionWorldModel
 
     src = tmp_path / "videos"
     src.mkdir()
@@ -444,19 +442,7 @@ def test_training_uses_the_dali_loader_and_resumes_exactly(tmp_path, clips, monk
     ft.train(cfg(tmp_path / "full"))
     assert routed == [True]
 
-    calls = {"n": 0}
-    real_forward = LatentActionWorldModel.forward
-
-    def crash_in_step_3(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return real_forward(self, *a, **k)
-
-    monkeypatch.setattr(LatentActionWorldModel, "forward", crash_in_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        ft.train(cfg(tmp_path / "part"))
-    monkeypatch.setattr(LatentActionWorldModel, "forward", real_forward)
+    crash_in_forward(lambda: ft.train(cfg(tmp_path / "part")), 3, monkeypatch)
     ft.train(cfg(tmp_path / "part"), resume=True)
     read = lambda d: [(r["step"], r["loss"]) for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
     assert read(tmp_path / "part") == read(tmp_path / "full")

@@ -20,6 +20,7 @@ from fastlam.data import VideoClipDataset
 from fastlam.data.watchdog import GuardedClipDataset, Watchdog
 
 av = pytest.importorskip("av")
+from video_files import encode_video  # noqa: E402
 
 # A good 8-frame read takes ~0.1 s: only a deadlock (the regression) ever waits this long, so it
 # can be far above what any load makes of a good read.
@@ -29,17 +30,9 @@ TIMEOUT_S = 120.0
 def _write(path, n, size=(240, 320)):
     # Large enough frames that FFmpeg's h264 decoder starts its worker threads; smooth
     # content and the fastest preset keep the encoding cheap.
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
-        s.height, s.width, s.pix_fmt = size[0], size[1], "yuv420p"
-        ramp = np.linspace(0, 255, size[1], dtype=np.uint8)[None, :, None]
-        for i in range(n):
-            img = np.broadcast_to((ramp + 8 * i).astype(np.uint8), (size[0], size[1], 3))
-            for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return str(path)
+    ramp = np.linspace(0, 255, size[1], dtype=np.uint8)[None, :, None]
+    frames = [np.broadcast_to((ramp + 8 * i).astype(np.uint8), (size[0], size[1], 3)) for i in range(n)]
+    return str(encode_video(path, frames, options={"preset": "ultrafast"}))
 
 
 @pytest.fixture(scope="module")

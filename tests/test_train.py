@@ -9,6 +9,7 @@ import torch
 from fastlam.config import ConfigError, load_config
 from fastlam.models import LatentActionWorldModel
 from fastlam.train import TrainConfig, main, train
+from simulated_crash import crash_in_forward
 
 SYNTHETIC = [
     "data.source=synthetic", "data.synthetic_clips=64", "model.image_size=32", "model.frames=8",
@@ -73,19 +74,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, monkeypatch):
 
     # The same run, crashing in step 4 (after the step-3 checkpoint), then resumed.
     part = tmp_path / "part"
-    calls = {"n": 0}
-    real_forward = LatentActionWorldModel.forward
-
-    def crashing_forward(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("simulated crash")
-        return real_forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(LatentActionWorldModel, "forward", crashing_forward)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg_for(part, "steps=6", "ckpt_every=3"))
-    monkeypatch.setattr(LatentActionWorldModel, "forward", real_forward)
+    crash_in_forward(lambda: train(cfg_for(part, "steps=6", "ckpt_every=3")), 4, monkeypatch)
     train(cfg_for(part, "steps=6", "ckpt_every=3"), resume=True)
 
     a = [(r["step"], r["loss"]) for r in read_metrics(full)]

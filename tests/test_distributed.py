@@ -239,6 +239,19 @@ def test_zero2_matches_one_process_and_resumes_exactly_after_kill9_mid_save(work
     _assert_same_training(w_resumed, _weights(tmp_path / "single" / "final"), workdir)
 
 
+def _resume_to_step_4_reproduces(workdir: Path, short: Path, full: Path, *overrides: str) -> dict:
+    """Resume the 2-step run ``short`` to step 4: its losses and final weights must be the
+    uninterrupted 4-step run ``full``'s, bit for bit. Returns ``full``'s final weights."""
+    resumed = _launch(workdir, short, *overrides, "steps=4", "--resume")
+    _wait(resumed, short)
+    got, again = _losses(full), _losses(short)
+    assert [again[s] for s in (1, 2, 3, 4)] == [got[s] for s in (1, 2, 3, 4)]
+    w_full, w_resumed = _weights(full / "final"), _weights(short / "final")
+    for k in w_full:
+        assert torch.equal(w_full[k], w_resumed[k]), k
+    return w_full
+
+
 @pytest.mark.slow
 def test_ddp_matches_one_process_and_resumes_exactly(workdir, tmp_path):
     # Plain data parallelism (torch DDP, fastlam's own Muon + AdamW, gloo on CPU): the same
@@ -261,13 +274,7 @@ def test_ddp_matches_one_process_and_resumes_exactly(workdir, tmp_path):
 
     # The constant schedule makes the 2-step run the first half of the 4-step one: resuming
     # it to step 4 on the same world size reproduces the uninterrupted run bit for bit.
-    resumed = _launch(workdir, short, ddp, "steps=4", "--resume")
-    _wait(resumed, short)
-    again = _losses(short)
-    assert [again[s] for s in (1, 2, 3, 4)] == [got[s] for s in (1, 2, 3, 4)]
-    w_full, w_resumed = _weights(full / "final"), _weights(short / "final")
-    for k in w_full:
-        assert torch.equal(w_full[k], w_resumed[k]), k
+    w_full = _resume_to_step_4_reproduces(workdir, short, full, ddp)
     _assert_same_training(w_full, _weights(tmp_path / "single" / "final"), workdir)
 
 
@@ -322,14 +329,7 @@ def test_zero3_muon_resumes_exactly_in_a_fresh_process(workdir, tmp_path):
     run_short = _launch(workdir, short, *z3, "steps=2")  # its step-2 checkpoint is the full run's
     _wait(run_full, full)
     _wait(run_short, short)
-    got = _losses(full)
-    resumed = _launch(workdir, short, *z3, "steps=4", "--resume")
-    _wait(resumed, short)
-    again = _losses(short)
-    assert [again[s] for s in (1, 2, 3, 4)] == [got[s] for s in (1, 2, 3, 4)]
-    w_full, w_resumed = _weights(full / "final"), _weights(short / "final")
-    for k in w_full:
-        assert torch.equal(w_full[k], w_resumed[k]), k
+    _resume_to_step_4_reproduces(workdir, short, full, *z3)
 
 
 # ---- configuration errors, before anything starts ------------------------------------------

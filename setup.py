@@ -48,6 +48,7 @@ setup(
         "fastlam.nn",
         "fastlam.models",
         "fastlam.data",
+        "fastlam.distributed",
         "fastlam.eval",
         "fastlam.kernels",
     ],

@@ -125,7 +125,7 @@ def problems(parser: argparse.ArgumentParser) -> list[str]:
 def test_the_scan_finds_every_known_command_line():
     files = set(cli_files())
     for rel in ("fastlam/eval/cli.py", "fastlam/data/__main__.py", "fastlam/data/samples.py",
-                "fastlam/data/transcode.py", "fastlam/models/vjepa2.py", "fastlam/distributed.py",
+                "fastlam/data/transcode.py", "fastlam/models/vjepa2.py", "fastlam/distributed/cli.py",
                 "fastlam/train_decoder.py", "fastlam/train.py", "scripts/zero_memory.py",
                 "benchmarks/bench_attention.py", "benchmarks/static_check.py"):
         assert rel in files

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fastlam.nn import PredictionLoss, Rope1D, Rope3D, STAttention
 from fastlam.ops import apply_rope, prediction_loss, st_attention
+from peer_attention import PeerAttention
 
 D64 = torch.float64
 
@@ -118,25 +118,9 @@ def test_rope_positions_from_explicit_ids():
         st_attention(q, q, q, frame_len=F_, mask="full", rope_positions=ids)
 
 
-class _PeerAttention(nn.Module):
-    """UniVLA / lucidrains-style attention: separate q, k, v projections without bias."""
-
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.heads = heads
-        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
-        self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(0.0))
-
-    def forward(self, x):
-        B, L, C = x.shape
-        q, k, v = (f(x).view(B, L, self.heads, -1).transpose(1, 2) for f in (self.to_q, self.to_k, self.to_v))
-        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, C)
-        return self.to_out(o)
-
-
 def test_load_separate_qkv_weights():
     torch.manual_seed(1)
-    peer = _PeerAttention(32, 4).to(D64)
+    peer = PeerAttention(32, 4).to(D64)  # UniVLA / lucidrains-style
     x = torch.randn(2, 6, 32, dtype=D64)
     a = STAttention.from_separate_qkv(peer.to_q, peer.to_k, peer.to_v, peer.to_out[0], num_heads=4, backend="math")
     torch.testing.assert_close(a(x, frame_len=6, mask="full"), peer(x))

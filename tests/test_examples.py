@@ -14,31 +14,16 @@ if str(REPO) not in sys.path:  # `examples` is a top-level folder, not part of t
 
 from examples.st_lam_block import STBlock  # noqa: E402
 from examples.vjepa2_predictor_block import PredictorBlock  # noqa: E402
+from peer_attention import PeerAttention  # noqa: E402
 
 D64 = torch.float64
-
-
-class _PeerAttention(nn.Module):
-    """Separate projections, attention on whatever (N, L, E) layout the caller reshaped to."""
-
-    def __init__(self, dim, heads):
-        super().__init__()
-        self.heads = heads
-        self.to_q, self.to_k, self.to_v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
-        self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(0.0))
-
-    def forward(self, x, causal):
-        N, L, C = x.shape
-        q, k, v = (f(x).view(N, L, self.heads, -1).transpose(1, 2) for f in (self.to_q, self.to_k, self.to_v))
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-        return self.to_out(o.transpose(1, 2).reshape(N, L, C))
 
 
 class _PeerSTBlock(nn.Module):
     def __init__(self, dim, heads):
         super().__init__()
         self.norm_s, self.norm_t, self.norm_mlp = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.spatial, self.temporal = _PeerAttention(dim, heads), _PeerAttention(dim, heads)
+        self.spatial, self.temporal = PeerAttention(dim, heads), PeerAttention(dim, heads)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
     def forward(self, x):  # x: (B, T, S, E)

@@ -27,7 +27,7 @@ class LatentActionVQHead(nn.Module):
         super().__init__()
         self.proj = nn.Linear(in_dim, code_dim)
         self.vq = VectorQuantizer(num_codes, code_dim, commitment=commitment, reset_every_steps=None,
-                                  dead_code_threshold=0.0, init="uniform", backend=backend)
+                                  threshold_dead_code=0.0, init="uniform", backend=backend)
 
     def forward(self, features: torch.Tensor):
         """features (B, T-1, in_dim), one per transition -> (actions (B, T-1, code_dim),

@@ -55,7 +55,7 @@ DEFERRED_DEBT: dict[str, int] = {
     "fastlam": 1, "fastlam.eval.capacity": 7,
     "fastlam.eval.cli": 41, "fastlam.eval.pybullet_arm": 1, "fastlam.kernels.tile_tables": 2,
     "fastlam.models.ac_predictor": 5, "fastlam.models.decoder": 2, "fastlam.models.encoder_record": 1,
-    "fastlam.models.vjepa2": 2, "fastlam.nn.quantizers": 3,
+    "fastlam.models.vjepa2": 2,
 }
 
 

@@ -1,6 +1,9 @@
 """The VQ family (fastlam.nn.quantizers): init, dead-code reset, EMA, stats, frozen codebooks,
 old checkpoints, and equivalence with vector-quantize-pytorch (values, indices, gradients) in
 the configurations LAM code uses."""
+import re
+import warnings
+
 import pytest
 import torch
 
@@ -69,7 +72,7 @@ def test_kmeans_plus_plus_finds_separated_clusters():
 
 def test_reset_every_steps_and_threshold():
     torch.manual_seed(0)
-    vq = VectorQuantizer(8, 4, reset_every_steps=3, dead_code_threshold=2, backend="torch")
+    vq = VectorQuantizer(8, 4, reset_every_steps=3, threshold_dead_code=2, backend="torch")
     with torch.no_grad():
         vq.codebook.weight[4:] = 100.0  # never chosen
     outs = [vq(torch.randn(10, 4)) for _ in range(3)]
@@ -161,6 +164,74 @@ def test_bad_arguments_name_themselves():
         LFQ(codebook_size=100)
 
 
+def test_the_family_takes_the_peers_argument_names_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vq = VectorQuantizer(codebook_size=16, dim=8, threshold_dead_code=2, ema=True, threshold_ema_dead_code=0.5)
+        rvq = ResidualVQ(dim=8, num_quantizers=2, codebook_size=16, threshold_dead_code=2)
+        lfq = LFQ(dim=8, codebook_size=16)
+        assert VectorQuantizer(16, 8).codebook.weight.shape == (16, 8)  # positional: K, D as before
+    assert (vq.codebook_size, vq.dim, vq.threshold_dead_code, vq.threshold_ema_dead_code) == (16, 8, 2, 0.5)
+    assert all((q.codebook_size, q.dim, q.threshold_dead_code) == (16, 8, 2) for q in rvq.layers)
+    assert (rvq.codebook_size, rvq.dim, lfq.codebook_size, lfq.dim) == (16, 8, 16, 8)
+
+
+def _train_and_run(vq, seed=0):
+    torch.manual_seed(seed)
+    outs = [vq(torch.randn(6, 4)) for _ in range(3)]  # a data init and two dead-code resets
+    return [(o.z, o.indices, o.loss) for o in outs], vq.state_dict()
+
+
+@pytest.mark.parametrize("old,new", [
+    (dict(num_codes=8, action_dim=4, dead_code_threshold=2), dict(codebook_size=8, dim=4, threshold_dead_code=2)),
+    (dict(action_dim=4), dict(dim=4)),  # K positionally, D by its old name
+])
+def test_old_argument_names_warn_and_build_the_same_module(old, new):
+    args = (8,) if "num_codes" not in old else ()
+    common = dict(init="data", reset_every_steps=1, backend="torch")
+    with pytest.warns(DeprecationWarning) as caught:
+        torch.manual_seed(0)
+        old_vq = VectorQuantizer(*args, **old, **common)
+    said = [str(w.message) for w in caught]
+    assert len(said) == len(old) and all(w.filename == __file__ for w in caught)  # points at the caller
+    for name, renamed in zip(old, new):
+        assert any(f"{name}=" in s and f"use {renamed}=" in s for s in said), said
+    torch.manual_seed(0)
+    new_vq = VectorQuantizer(*args, **new, **common)
+    old_outs, old_state = _train_and_run(old_vq)
+    new_outs, new_state = _train_and_run(new_vq)
+    assert list(old_state) == list(new_state)
+    assert all(torch.equal(old_state[k], new_state[k]) for k in old_state)
+    for a, b in zip(old_outs, new_outs):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_old_and_new_argument_names_together_are_a_type_error():
+    for make in (lambda: VectorQuantizer(codebook_size=8, num_codes=8),
+                 lambda: VectorQuantizer(8, 4, action_dim=4),  # the new one positionally
+                 lambda: VectorQuantizer(8, 4, dead_code_threshold=1, threshold_dead_code=1),
+                 lambda: ResidualVQ(dim=4, num_quantizers=2, codebook_size=8, dead_code_threshold=1, threshold_dead_code=1)):
+        with pytest.raises(TypeError) as err:
+            make()
+        old, new = re.findall(r"'(\w+)'", str(err.value))[:2]
+        assert {old, new} in ({"num_codes", "codebook_size"}, {"action_dim", "dim"},
+                              {"dead_code_threshold", "threshold_dead_code"}), str(err.value)
+
+
+def test_old_names_still_work_for_attributes_and_residual_vq():
+    with pytest.warns(DeprecationWarning, match=r"ResidualVQ\(dead_code_threshold=\.\.\.\).*threshold_dead_code=") as caught:
+        rvq = ResidualVQ(dim=4, num_quantizers=3, codebook_size=8, dead_code_threshold=3)
+    assert len(caught) == 1 and all(q.threshold_dead_code == 3 for q in rvq.layers)
+    vq = VectorQuantizer(8, 4)
+    with pytest.warns(DeprecationWarning, match=r"num_codes is deprecated: use \.codebook_size"):
+        assert vq.num_codes == 8
+    with pytest.warns(DeprecationWarning, match=r"action_dim is deprecated: use \.dim"):
+        assert vq.action_dim == 4
+    with pytest.warns(DeprecationWarning, match="dead_code_threshold"):
+        vq.dead_code_threshold = 5
+    assert vq.threshold_dead_code == 5 and "dead_code_threshold" not in vars(vq)
+
+
 def test_fused_and_torch_modules_agree_with_ema_and_cosine():
     h = torch.randn(3, 5, 16)
     for kw in (dict(ema=True), dict(cosine=True), dict(init="data", reset_every_steps=1)):
@@ -184,6 +255,7 @@ def test_fused_and_torch_modules_agree_with_ema_and_cosine():
 def test_lam_discrete_config_keys_train_and_validate():
     from fastlam.models import EncoderConfig, LatentActionWorldModel, ModelConfig
     from fastlam.models.lam import RegularizerConfig, TransformerConfig
+    from fastlam.nn import regularizer_from_config
 
     reg = RegularizerConfig(kind="discrete", num_codes=8, codebook_init="data", ema=True, reset_every_steps=2, cosine=True)
     cfg = ModelConfig(image_size=32, frames=8, action_dim=16, regularizer=reg,
@@ -198,12 +270,12 @@ def test_lam_discrete_config_keys_train_and_validate():
         out.loss.backward()
     assert bool(vq.initted) and "reg/perplexity" in out.metrics and "reg/codes_reset" in out.metrics
     assert all(p is not vq.codebook.weight for p in model.parameters() if p.requires_grad)  # EMA: not optimised
-    paper = RegularizerConfig(kind="discrete", reset_every_videos=300_000, reset_every_steps=0).build(16, 7)
+    paper = regularizer_from_config(RegularizerConfig(kind="discrete", reset_every_videos=300_000, reset_every_steps=0), 16, 7)
     assert paper.reset_every == 2_100_000 and paper.reset_every_steps is None
     for bad, match in ((dict(codebook_init="zeros"), "codebook_init"), (dict(reset_every_steps=-1), "reset_every_steps"),
                        (dict(ema_decay=1.5), "ema_decay")):
         with pytest.raises(ValueError, match=f"model.regularizer.{match}"):
-            RegularizerConfig(kind="discrete", **bad).build(16, 7)
+            regularizer_from_config(RegularizerConfig(kind="discrete", **bad), 16, 7)
 
 
 # ----------------------------------------------------------------------------- vector-quantize-pytorch

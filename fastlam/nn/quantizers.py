@@ -1,6 +1,7 @@
 """The VQ family LAM codebases import: VectorQuantizer (plain / EMA / cosine), FSQ, LFQ and
 ResidualVQ, with the call and return shapes of ``vector-quantize-pytorch`` where that is
-sensible (differences are listed in each class's docstring and in the README).
+sensible (differences are listed in each class's docstring and in the README). The whole
+family takes the peer's argument names: ``dim``, ``codebook_size``, ``threshold_*_dead_code``.
 
 Only the nearest-code search of VectorQuantizer is a fused Triton kernel (it is the one part
 that scales with N x K x D); FSQ and LFQ are elementwise roundings and one small softmax, for
@@ -8,10 +9,14 @@ which PyTorch's own kernels are already memory-bound, so they are plain torch.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -58,25 +63,71 @@ class RVQOutput(NamedTuple):
 
 # ----------------------------------------------------------------------------- helpers
 
-def _distributed() -> bool:
-    import torch.distributed as dist
+def _renamed_arguments(**old_to_new: str):
+    """Decorator for an ``__init__`` whose keyword arguments were renamed: an old name still
+    works for now, with a DeprecationWarning naming the new one; old and new together (the new
+    one by keyword, positionally or inside ``**kwargs``) are a TypeError, since which should
+    win is a guess."""
 
+    def wrap(init):
+        positional = [name for name, prm in inspect.signature(init).parameters.items()
+                      if prm.kind in (prm.POSITIONAL_ONLY, prm.POSITIONAL_OR_KEYWORD)]
+        owner = init.__qualname__.rsplit(".", 1)[0]
+
+        @functools.wraps(init)
+        def renamed(*args, **kwargs):
+            for old, new in old_to_new.items():
+                if old not in kwargs:
+                    continue
+                if new in kwargs or new in positional[:len(args)]:
+                    raise TypeError(f"{owner}: got both {old!r} and {new!r}; {old!r} is the deprecated "
+                                    f"name of {new!r}, pass only {new!r}")
+                warnings.warn(f"{owner}({old}=...) is deprecated: use {new}=", DeprecationWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
+            return init(*args, **kwargs)
+
+        return renamed
+
+    return wrap
+
+
+class _RenamedAttribute:
+    """A deprecated attribute name that reads and writes the renamed attribute ``new``."""
+
+    def __init__(self, new: str):
+        self.new = new
+
+    def __set_name__(self, owner, name):
+        self.message = f"{owner.__name__}.{name} is deprecated: use .{self.new}"
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        warnings.warn(self.message, DeprecationWarning, stacklevel=2)
+        return getattr(obj, self.new)
+
+    def __set__(self, obj, value):
+        warnings.warn(self.message, DeprecationWarning, stacklevel=2)
+        setattr(obj, self.new, value)
+
+
+# VectorQuantizer's first argument names, before the family took vector-quantize-pytorch's.
+_VQ_OLD_NAMES = {"num_codes": "codebook_size", "action_dim": "dim", "dead_code_threshold": "threshold_dead_code"}
+
+
+def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _broadcast_(*tensors: torch.Tensor) -> None:
     """Codebook edits drawn from one rank's data must be the same on every rank."""
     if _distributed():
-        import torch.distributed as dist
-
         for t in tensors:
             dist.broadcast(t, 0)
 
 
 def _all_reduce_(*tensors: torch.Tensor) -> None:
     if _distributed():
-        import torch.distributed as dist
-
         for t in tensors:
             dist.all_reduce(t)
 
@@ -184,12 +235,16 @@ class VectorQuantizer(nn.Module):
     input's leading shape. ``stats()`` gives codes used and perplexity as tensors.
 
     Args:
-        num_codes, action_dim: codebook size K and code dimension D.
+        codebook_size, dim: codebook size K and code dimension D, positionally in that order
+            (the peer's ``VectorQuantize`` takes ``dim`` first: pass them by name, or use
+            :meth:`from_vector_quantize_kwargs`). Their first names, ``num_codes`` and
+            ``action_dim`` (and ``dead_code_threshold`` below), still work, with a
+            DeprecationWarning.
         commitment: weight of the commitment term.
         reset_every: reset dead codes every this many latents seen in training (the paper: every
             300k videos x 7 latents); ``reset_every_steps``: every this many training calls.
             Either may be None/0 (off); the first one reached triggers. A code is dead when it
-            was chosen fewer than ``dead_code_threshold`` times since the last reset (1: never;
+            was chosen fewer than ``threshold_dead_code`` times since the last reset (1: never;
             0: no code is ever dead); dead codes are re-initialised from rows of the current
             batch, distinct rows first (the peer's rule), jittered repeats when there are more
             dead codes than rows.
@@ -200,7 +255,8 @@ class VectorQuantizer(nn.Module):
         ema: update the codebook by exponential moving averages of assigned latents (decay,
             Laplace smoothing ``eps``) instead of by gradient; ``threshold_ema_dead_code`` > 0
             also replaces, every step, codes whose EMA cluster size fell below it (as
-            ``vector-quantize-pytorch``).
+            ``vector-quantize-pytorch``): the per-step EMA counterpart of the scheduled
+            ``threshold_dead_code`` reset, which applies with or without EMA.
         cosine: quantise l2-normalised latents against l2-normalised codes.
         rotation_trick: the rotation-trick gradient instead of the straight-through one.
         freeze_codebook: never change the codebook (no init, EMA or reset). A non-EMA codebook
@@ -210,57 +266,62 @@ class VectorQuantizer(nn.Module):
         check_finite: NaN / Inf latents raise instead of reaching the codebook statistics.
 
     Example:
-        >>> vq = VectorQuantizer(num_codes=16, action_dim=8)
+        >>> vq = VectorQuantizer(codebook_size=16, dim=8)
         >>> z, idx, loss = vq(torch.randn(5, 8))
         >>> bool((z == vq.codebook(idx)).all()), idx.shape
         (True, torch.Size([5]))
     """
 
-    def __init__(self, num_codes: int = 1024, action_dim: int = 128, commitment: float = 0.25,
+    num_codes = _RenamedAttribute("codebook_size")
+    action_dim = _RenamedAttribute("dim")
+    dead_code_threshold = _RenamedAttribute("threshold_dead_code")
+
+    @_renamed_arguments(**_VQ_OLD_NAMES)
+    def __init__(self, codebook_size: int = 1024, dim: int = 128, commitment: float = 0.25,
                  reset_every: int | None = None, backend: str = "auto", check_finite: bool = True, *,
-                 reset_every_steps: int | None = 100, dead_code_threshold: float = 1.0,
+                 reset_every_steps: int | None = 100, threshold_dead_code: float = 1.0,
                  codebook_weight: float = 1.0, init: str = "uniform", kmeans_iters: int = 10,
                  ema: bool = False, decay: float = 0.99, eps: float = 1e-5, threshold_ema_dead_code: float = 0.0,
                  cosine: bool = False, rotation_trick: bool = False, freeze_codebook: bool = False):
         super().__init__()
-        if num_codes < 1 or action_dim < 1:
-            raise ValueError(f"num_codes, action_dim: expected >= 1, got {num_codes}, {action_dim}")
+        if codebook_size < 1 or dim < 1:
+            raise ValueError(f"codebook_size, dim: expected >= 1, got {codebook_size}, {dim}")
         if init not in VQ_INITS:
             raise ValueError(f"init: expected one of {VQ_INITS}, got {init!r}")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay: expected a value in [0, 1), got {decay}")
-        if eps <= 0 or commitment < 0 or codebook_weight < 0 or dead_code_threshold < 0 or threshold_ema_dead_code < 0:
-            raise ValueError("eps: expected > 0; commitment, codebook_weight, dead_code_threshold, "
+        if eps <= 0 or commitment < 0 or codebook_weight < 0 or threshold_dead_code < 0 or threshold_ema_dead_code < 0:
+            raise ValueError("eps: expected > 0; commitment, codebook_weight, threshold_dead_code, "
                              f"threshold_ema_dead_code: expected >= 0; got {eps}, {commitment}, {codebook_weight}, "
-                             f"{dead_code_threshold}, {threshold_ema_dead_code}")
+                             f"{threshold_dead_code}, {threshold_ema_dead_code}")
         for name, v in (("reset_every", reset_every), ("reset_every_steps", reset_every_steps)):
             if v is not None and v < 0:
                 raise ValueError(f"{name}: expected None or >= 0, got {v}")
-        self.num_codes, self.action_dim = num_codes, action_dim
+        self.codebook_size, self.dim = codebook_size, dim
         self.commitment, self.codebook_weight = commitment, codebook_weight
         self.reset_every, self.reset_every_steps = reset_every, reset_every_steps
-        self.dead_code_threshold = dead_code_threshold
+        self.threshold_dead_code = threshold_dead_code
         self.init, self.kmeans_iters = init, kmeans_iters
         self.ema, self.decay, self.eps, self.threshold_ema_dead_code = ema, decay, eps, threshold_ema_dead_code
         self.cosine, self.rotation_trick, self.freeze_codebook = cosine, rotation_trick, freeze_codebook
         self.backend, self.check_finite = backend, check_finite
-        self.codebook = Codebook(num_codes, action_dim)
+        self.codebook = Codebook(codebook_size, dim)
         with torch.no_grad():
             if init == "randn":
                 self.codebook.weight.normal_()
             else:  # data / kmeans start uniform too, which is what eval sees before training
-                self.codebook.weight.uniform_(-1.0 / num_codes, 1.0 / num_codes)
+                self.codebook.weight.uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
             if cosine:
                 self.codebook.weight.copy_(_l2norm(self.codebook.weight))
         if ema:
             self.codebook.weight.requires_grad_(False)
-            self.register_buffer("cluster_size", torch.ones(num_codes))
+            self.register_buffer("cluster_size", torch.ones(codebook_size))
             self.register_buffer("embed_avg", self.codebook.weight.detach().clone())
-        self.register_buffer("usage", torch.zeros(num_codes, dtype=torch.long))
+        self.register_buffer("usage", torch.zeros(codebook_size, dtype=torch.long))
         self.register_buffer("seen_since_reset", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps_since_reset", torch.zeros((), dtype=torch.long))
         self.register_buffer("initted", torch.tensor(init in ("uniform", "randn")))
-        self.register_buffer("batch_usage", torch.zeros(num_codes, dtype=torch.long), persistent=False)
+        self.register_buffer("batch_usage", torch.zeros(codebook_size, dtype=torch.long), persistent=False)
 
     @staticmethod
     def head_features(action_dim: int) -> int:
@@ -312,15 +373,15 @@ class VectorQuantizer(nn.Module):
             # fastlam < 0.2 stored the codebook as a bare Parameter; its codes were trained, so
             # they count as initialised and start no new schedule.
             cb = state_dict.pop(old)
-            if tuple(cb.shape) != (self.num_codes, self.action_dim):
+            if tuple(cb.shape) != (self.codebook_size, self.dim):
                 error_msgs.append(f"{old}: the checkpoint's codebook has shape {tuple(cb.shape)}, this "
-                                  f"VectorQuantizer expects ({self.num_codes}, {self.action_dim}) (num_codes, action_dim)")
+                                  f"VectorQuantizer expects ({self.codebook_size}, {self.dim}) (codebook_size, dim)")
                 return
             state_dict[prefix + "codebook.weight"] = cb
             state_dict.setdefault(prefix + "initted", torch.tensor(True))
             state_dict.setdefault(prefix + "steps_since_reset", torch.zeros((), dtype=torch.long))
         if self.ema and prefix + "codebook.weight" in state_dict:
-            state_dict.setdefault(prefix + "cluster_size", torch.ones(self.num_codes))
+            state_dict.setdefault(prefix + "cluster_size", torch.ones(self.codebook_size))
             state_dict.setdefault(prefix + "embed_avg", state_dict[prefix + "codebook.weight"].clone())
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
@@ -331,16 +392,16 @@ class VectorQuantizer(nn.Module):
         with ``force`` draw from ``data``'s rule)."""
         if self.frozen and not force:
             return
-        z = z.detach().reshape(-1, self.action_dim)
+        z = z.detach().reshape(-1, self.dim)
         z = z[torch.isfinite(z).all(dim=1)].float()
         if z.shape[0] == 0:
             return
         if self.cosine:
             z = _l2norm(z)
         if self.init == "kmeans":
-            codes = kmeans_plus_plus(z, self.num_codes, self.kmeans_iters, cosine=self.cosine, backend=self.backend)
+            codes = kmeans_plus_plus(z, self.codebook_size, self.kmeans_iters, cosine=self.cosine, backend=self.backend)
         else:
-            codes = _sample_rows(z, self.num_codes)
+            codes = _sample_rows(z, self.codebook_size)
         w = self.codebook.weight
         w.copy_(codes.to(w.dtype))
         if self.ema:
@@ -370,14 +431,14 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def reset_dead_codes(self, z: torch.Tensor, force: bool = False) -> int:
-        """Re-initialise codes chosen fewer than ``dead_code_threshold`` times since the last
+        """Re-initialise codes chosen fewer than ``threshold_dead_code`` times since the last
         reset from rows of ``z`` (..., D); returns how many. A frozen codebook is left alone
         (returns 0) unless ``force``. Starts a new usage window either way."""
         n = 0
         if not self.frozen or force:
             counts = self.usage.clone()
             _all_reduce_(counts)
-            n = self._replace(counts < self.dead_code_threshold, z.detach().reshape(-1, self.action_dim))
+            n = self._replace(counts < self.threshold_dead_code, z.detach().reshape(-1, self.dim))
         self.usage.zero_()
         self.seen_since_reset.zero_()
         self.steps_since_reset.zero_()
@@ -387,13 +448,13 @@ class VectorQuantizer(nn.Module):
     def _ema_update(self, x: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> None:
         finite = torch.isfinite(x).all(dim=1)
         xs = x.float() * finite[:, None]
-        embed_sum = torch.zeros(self.num_codes, self.action_dim, device=x.device).index_add_(0, idx, xs.nan_to_num(0.0))
+        embed_sum = torch.zeros(self.codebook_size, self.dim, device=x.device).index_add_(0, idx, xs.nan_to_num(0.0))
         counts = counts.float()
         _all_reduce_(counts, embed_sum)
         self.cluster_size.lerp_(counts, 1.0 - self.decay)
         self.embed_avg.lerp_(embed_sum, 1.0 - self.decay)
         total = self.cluster_size.sum()
-        smoothed = (self.cluster_size + self.eps) / (total + self.num_codes * self.eps) * total
+        smoothed = (self.cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total
         w = self.embed_avg / smoothed[:, None]
         if self.cosine:
             w = _l2norm(w)
@@ -401,9 +462,9 @@ class VectorQuantizer(nn.Module):
 
     # ---- forward ----------------------------------------------------------------------
     def forward(self, h: torch.Tensor) -> VQOutput:
-        if h.dim() < 1 or h.shape[-1] != self.action_dim:
-            raise ValueError(f"h: expected shape (..., {self.action_dim}), got {tuple(h.shape)}")
-        flat = h.reshape(-1, self.action_dim)
+        if h.dim() < 1 or h.shape[-1] != self.dim:
+            raise ValueError(f"h: expected shape (..., {self.dim}), got {tuple(h.shape)}")
+        flat = h.reshape(-1, self.dim)
         training = self.training
         if training and not bool(self.initted) and not self.frozen:
             self.init_codebook(flat)
@@ -413,7 +474,7 @@ class VectorQuantizer(nn.Module):
             # EMA updates and resets below edit the codebook in place; the fused backward reads
             # the codes it searched, so it gets its own copy (gradients still reach the weight)
             codes = codes.clone()
-        counts = torch.zeros(self.num_codes, dtype=torch.long, device=h.device) if training else None
+        counts = torch.zeros(self.codebook_size, dtype=torch.long, device=h.device) if training else None
         z_q, idx, cb_loss, commit_loss = vector_quantize(x, codes, self.commitment, usage=counts,
                                                          check_finite=self.check_finite, backend=self.backend)
         learned = not self.ema and not self.frozen and self.codebook.weight.requires_grad
@@ -439,7 +500,7 @@ class VectorQuantizer(nn.Module):
                    or (self.reset_every_steps and int(self.steps_since_reset) >= self.reset_every_steps))
             if due:
                 metrics["reg/codes_reset"] = torch.tensor(float(self.reset_dead_codes(x.detach())))
-        z = z_q.reshape(*h.shape[:-1], self.action_dim)
+        z = z_q.reshape(*h.shape[:-1], self.dim)
         return VQOutput(z, idx.reshape(h.shape[:-1]), loss, metrics)
 
 
@@ -604,6 +665,7 @@ class ResidualVQ(nn.Module):
         (torch.Size([4, 3]), torch.Size([3]))
     """
 
+    @_renamed_arguments(dead_code_threshold="threshold_dead_code")  # one warning, at the caller's line
     def __init__(self, *, dim: int, num_quantizers: int, codebook_size: int, **vq_kwargs):
         super().__init__()
         if num_quantizers < 1:

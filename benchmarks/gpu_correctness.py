@@ -25,7 +25,6 @@ exit status 1 when a case fails.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import os
@@ -43,6 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._common import git_commit, versions  # noqa: E402
+from benchmarks.result_csv import write_rows_csv  # noqa: E402
+from fastlam.ops import gaussian_kl, gaussian_sample, gaussian_sample_kl  # noqa: E402
 from fastlam.testing import error_ratio, run_three  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -128,10 +129,29 @@ def attention_poison_case(dtype, F, D) -> list[dict]:
 # ----------------------------------------------------------------------------- fused ops
 
 
+def kernel_noise(n: int, d: int, seed: int) -> torch.Tensor:
+    """The fused Gaussian kernel's eps for ``seed`` (float64): a sample with mu = 0, logvar = 0
+    is eps itself."""
+    zeros = torch.zeros(n, d, device=DEV)
+    return gaussian_sample_kl(zeros, zeros, seed=seed, backend="triton")[0].double()
+
+
+def gaussian_sample_kl_on_noise(mu, logvar, backend: str, *, seed: int, noise: torch.Tensor) -> torch.Tensor:
+    """``cat(z.flatten(), kl)`` of the sample + KL, comparable across backends: Triton's fused
+    kernel draws eps from ``seed``, the torch reference is handed that same eps as ``noise``
+    (:func:`kernel_noise`). For :func:`fastlam.testing.run_three` (here and in the unit tests)."""
+    if backend == "triton":
+        z, kl = gaussian_sample_kl(mu, logvar, seed=seed, backend="triton")
+    else:
+        z = gaussian_sample(mu, logvar, noise=noise.to(mu.dtype), backend="torch")
+        kl = gaussian_kl(mu, logvar, backend="torch")
+    return torch.cat([z.flatten(), kl.reshape(1)])
+
+
 def ops_cases(dtype, sizes: dict) -> list[tuple[str, callable]]:
     """(name, fn() -> rows) for the losses, AdaLN, regularizers and VQ."""
-    from fastlam.ops import (frame_adaln_modulate, frame_gated_residual, gaussian_kl, gaussian_sample,
-                             gaussian_sample_kl, prediction_loss, sparse_regularizer, vector_quantize)
+    from fastlam.ops import (frame_adaln_modulate, frame_gated_residual, prediction_loss, sparse_regularizer,
+                             vector_quantize)
 
     atol = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}[dtype]
     B, T, N, D = sizes["B"], sizes["T"], sizes["N"], sizes["D"]
@@ -169,19 +189,12 @@ def ops_cases(dtype, sizes: dict) -> list[tuple[str, callable]]:
     def gaussian(n):
         def run():
             d, seed = 128, 1234
-            mu0 = torch.zeros(n, d, device=DEV)
-            eps = gaussian_sample_kl(mu0, mu0, seed=seed, backend="triton")[0].double()
+            eps = kernel_noise(n, d, seed)
             h = torch.randn(n, 2 * d)
             h[:, d:] *= 0.8
 
             def fn(h, backend):
-                mu, logvar = h.chunk(2, dim=-1)
-                if backend == "triton":
-                    z, kl = gaussian_sample_kl(mu, logvar, seed=seed, backend="triton")
-                else:
-                    z = gaussian_sample(mu, logvar, noise=eps.to(h.dtype), backend="torch")
-                    kl = gaussian_kl(mu, logvar, backend="torch")
-                return torch.cat([z.flatten(), kl.reshape(1)])
+                return gaussian_sample_kl_on_noise(*h.chunk(2, dim=-1), backend, seed=seed, noise=eps)
             rows = rows_of(run_three(fn, [h.requires_grad_()], dtype), ["z,kl", "dh"])
             fn_kl = lambda m, lv, backend: gaussian_kl(m, lv, backend=backend)  # noqa: E731
             mu, lv = torch.randn(n, d).requires_grad_(), (0.8 * torch.randn(n, d)).requires_grad_()
@@ -303,11 +316,7 @@ def main(argv=None) -> int:
 def write(out: Path, meta: dict, rows: list) -> None:
     (out / "correctness.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     fields = ["group", "case", "dtype", "check", "status", "ok", "err", "torch_err", "seconds", "msg"]
-    with open(out / "correctness.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields + ["device", "date", "commit"], extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(dict(r, device=meta["device"], date=meta["date"], commit=meta["commit"]))
+    write_rows_csv(out / "correctness.csv", rows, meta, fields)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from fastlam.ops import (
     vq_nearest,
 )
 from fastlam.testing import assert_error_ratio, error_ratio, run_three
+from benchmarks.gpu_correctness import gaussian_sample_kl_on_noise, kernel_noise
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
@@ -248,10 +249,6 @@ def test_gpu_sparse_regularizer_bf16_large(n):
 
 # ---------------------------------------------------------------- noisy (Gaussian) regularizer
 
-def _kernel_noise(n, d, seed):
-    """The kernel's eps for a seed: a sample with mu = 0, logvar = 0 is eps itself."""
-    zeros = torch.zeros(n, d, device=DEV)
-    return gaussian_sample_kl(zeros, zeros, seed=seed, backend="triton")[0]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -266,18 +263,13 @@ def test_gaussian_kl_matches_reference(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_gaussian_sample_kl_matches_reference(dtype):
     n, d, seed = 61, 33, 1234
-    eps = _kernel_noise(n, d, seed).double()
+    eps = kernel_noise(n, d, seed)
     h = torch.randn(n, 2 * d)
     h[:, d:] *= 0.8
 
     def fn(h, backend):
         mu, logvar = h.chunk(2, dim=-1)  # strided halves, as the module passes them
-        if backend == "triton":
-            z, kl = gaussian_sample_kl(mu, logvar, seed=seed, backend="triton")
-        else:
-            z = gaussian_sample(mu, logvar, noise=eps.to(h.dtype), backend="torch")
-            kl = gaussian_kl(mu, logvar, backend="torch")
-        return torch.cat([z.flatten(), kl.reshape(1)])
+        return gaussian_sample_kl_on_noise(mu, logvar, backend, seed=seed, noise=eps)
 
     (o, p, r), (go, gp, gr) = run_three(fn, [h.requires_grad_()], dtype)
     assert_ratio(o, r, p, atol=ATOL[dtype], what="z, kl")
@@ -296,7 +288,7 @@ def test_gaussian_rng_reproducible():
     torch.manual_seed(5)
     b = gaussian_sample(mu, logvar, backend="triton")
     assert torch.equal(a, b)
-    eps = _kernel_noise(128, 96, seed=99).double()
+    eps = kernel_noise(128, 96, seed=99)
     assert abs(eps.mean().item()) < 0.03 and abs(eps.std().item() - 1.0) < 0.03
     # no repeated streams across rows or columns
     assert torch.corrcoef(eps[:8]).fill_diagonal_(0).abs().max() < 0.4
@@ -305,18 +297,10 @@ def test_gaussian_rng_reproducible():
 @pytest.mark.gpu
 def test_gpu_gaussian_bf16_large():
     n, d, seed = 100_000, 128, 3
-    eps = _kernel_noise(n, d, seed).double()
+    eps = kernel_noise(n, d, seed)
     mu = torch.randn(n, d).requires_grad_()
     logvar = (0.5 * torch.randn(n, d)).requires_grad_()
-
-    def fn(mu, logvar, backend):
-        if backend == "triton":
-            z, kl = gaussian_sample_kl(mu, logvar, seed=seed, backend="triton")
-        else:
-            z = gaussian_sample(mu, logvar, noise=eps.to(mu.dtype), backend="torch")
-            kl = gaussian_kl(mu, logvar, backend="torch")
-        return torch.cat([z.flatten(), kl.reshape(1)])
-
+    fn = functools.partial(gaussian_sample_kl_on_noise, seed=seed, noise=eps)
     for name, (o, p, r) in zip(["out", "dmu", "dlogvar"], run_three(fn, [mu, logvar], torch.bfloat16)):
         assert_ratio(o, r, p, factor=3.0, atol=1e-3, what=name)
 

@@ -20,7 +20,6 @@ benchmarks/results/gpu).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import os
@@ -32,8 +31,10 @@ import torch
 
 try:  # run as a script (python benchmarks/bench_x.py) or as a module
     from benchmarks._common import allow_many_compiles, git_commit, pyplot_or_none, versions
+    from benchmarks.result_csv import write_rows_csv
 except ImportError:  # pragma: no cover
     from _common import allow_many_compiles, git_commit, pyplot_or_none, versions
+    from result_csv import write_rows_csv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -310,11 +311,7 @@ def write_results(out: Path, rows, notes, final: bool = False) -> None:
     (out / "attention.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     if not rows:
         return
-    with open(out / "attention.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) + ["device", "date", "commit"])
-        w.writeheader()
-        for r in rows:
-            w.writerow(dict(r, device=meta["device"], date=meta["date"], commit=meta["commit"]))
+    write_rows_csv(out / "attention.csv", rows, meta)
     if final:
         plot(rows, meta, out / "attention.png")
         print(speedup_summary(rows))

@@ -80,10 +80,12 @@ setup(
         "viz": ["tensorboard>=2.16"],
         # transformers / vector-quantize-pytorch: the peers the V-JEPA 2 and VQ-family
         # equivalence tests compare against (the latter pulls einops, einx, loguru: pure Python);
-        # webdataset: the shard format's reference reader in the shard tests.
+        # webdataset: the shard format's reference reader in the shard tests; pybullet: the KUKA arm
+        # generator of fastlam.eval.pybullet_arm and its test (a prebuilt ~100 MB wheel, ~290 MB installed
+        # with the robot models it renders).
         "dev": ["pytest", "pytest-benchmark", "triton>=3.4", "av>=12", "transformers>=4.53", "deepspeed==0.19.8",
                 "vector-quantize-pytorch==1.32.0", "tensorboard>=2.16",
-                "pyarrow>=14", "fsspec>=2023.6", "aiohttp>=3.9", "webdataset>=0.2.86"],
+                "pyarrow>=14", "fsspec>=2023.6", "aiohttp>=3.9", "webdataset>=0.2.86", "pybullet>=3.2"],
     },
     ext_modules=_EXT_MODULES,
     cmdclass=_CMDCLASS,

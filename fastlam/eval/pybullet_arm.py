@@ -24,8 +24,8 @@ EE_LINK = 6
 
 def _require():
     try:
-        import pybullet
-        import pybullet_data
+        import pybullet  # optional dependency: the simulator (pip install pybullet)
+        import pybullet_data  # optional dependency: the robot, floor and cube models of the pybullet wheel
     except ImportError as e:  # the generator is optional; the numpy arm needs nothing
         raise ImportError("generate_pybullet_arm needs pybullet (pip install pybullet); "
                           "fastlam.eval.action_data.generate_arm renders a simulated arm without it") from e

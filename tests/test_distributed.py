@@ -39,7 +39,9 @@ psutil = pytest.importorskip("psutil")
 
 from fastlam import distributed as fdist  # noqa: E402
 from fastlam.config import ConfigError, load_config  # noqa: E402
+from fastlam.distributed import checkpoints  # noqa: E402
 from fastlam.models import LatentActionWorldModel  # noqa: E402
+from fastlam.optim import OptimConfig  # noqa: E402
 from fastlam.train import ResumableBatches, TrainConfig, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -388,6 +390,33 @@ def test_resume_without_a_complete_checkpoint(tmp_path):
     (tmp_path / "step_0000010" / fdist.STATE_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="corrupt"):
         fdist.read_latest(tmp_path)
+
+
+def test_publish_points_latest_at_a_complete_tag_and_keeps_the_newest(tmp_path):
+    (tmp_path / "step_0000001").mkdir()  # a crash mid-save: never published, never rotated away
+    for step in (2, 4, 6):
+        tag = checkpoints.tag_name(step)
+        (tmp_path / tag).mkdir()
+        assert not checkpoints.is_published(tmp_path, tag)
+        checkpoints.publish(tmp_path, tag, {"step": step}, keep=2)
+        assert checkpoints.is_published(tmp_path, tag)
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_0000001", "step_0000004", "step_0000006"]
+    assert fdist.read_latest(tmp_path) == ("step_0000006", {"step": 6})
+
+
+def test_launch_checks_take_only_the_settings_they_read():
+    zero2 = fdist.DistributedConfig(deepspeed_config=str(REPO / "configs/deepspeed/zero2.json"))
+    common = dict(batch_size=8, grad_accum_steps=2, precision="auto", world_size=2)
+    with pytest.raises(ConfigError, match="sharded needs the deepspeed backend"):
+        fdist.check_launch(fdist.DistributedConfig(encoder="sharded"), OptimConfig(), backend="ddp",
+                           device_type="cpu", **common)
+    assert fdist.check_launch(zero2, OptimConfig(), backend="ddp", device_type="cpu", **common) is None
+    ds = fdist.check_launch(zero2, OptimConfig(grad_clip=0.5, use_muon=False), backend="deepspeed",
+                            device_type="cuda", **common)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_clipping"], ds["bf16"]["enabled"]) == (2, 0.5, True)
+    # With Muon, DeepSpeed would clip the orthogonalised updates: the clip is off instead.
+    ds = fdist.check_launch(zero2, OptimConfig(grad_clip=0.5), backend="deepspeed", device_type="cpu", **common)
+    assert (ds["gradient_clipping"], ds["bf16"]["enabled"]) == (0.0, False)
 
 
 def test_rank_shards_are_disjoint_and_make_up_the_global_batch():

@@ -47,15 +47,16 @@ from .dataset import VIDEO_EXTENSIONS, VideoClipDataset
 from .decoding import (
     VideoDecodeError,
     crop_offsets,
-    decode_errors,
     frame_thresholds,
-    open_video,
+    last_frame_units,
+    nominal_frame_units,
+    opened_video,
     probe_opened,
     resized_frame_shape,
     stream_origin,
     stream_rate,
     stream_sar,
-    to_time_base_units,
+    stream_time_base,
 )
 from .preprocess import load_extension, preprocess_frames
 from .sampler import ShardedClipSampler
@@ -119,13 +120,9 @@ class VideoIndex:
 
 def index_video(path: str) -> VideoIndex:
     """Demux ``path`` once; raises :class:`VideoDecodeError` for unusable files."""
-    container, stream = open_video(path)
-    try:
+    with opened_video(path, "cannot demux") as (container, stream):
         info = probe_opened(path, container, stream, exact=False)
-        tb = stream.time_base
-        if tb is None or tb <= 0:
-            raise VideoDecodeError(path, "video stream has no time base")
-        tb = Fraction(tb.numerator, tb.denominator)
+        tb = stream_time_base(path, stream)
         pts, durs, keys = [], [], []
         for packet in container.demux(stream):
             if packet.size == 0 or packet.pts is None:
@@ -139,22 +136,13 @@ def index_video(path: str) -> VideoIndex:
         order = np.argsort(pts, kind="stable")
         pts_arr = np.asarray(pts, dtype=np.int64)[order]
         pts_arr, keep = np.unique(pts_arr, return_index=True)
-        last_dur = int(np.asarray(durs)[order][keep][-1])
-        if last_dur <= 0:
-            rate = stream_rate(stream)
-            last_dur = (int(np.median(np.diff(pts_arr))) if len(pts_arr) > 1
-                        else (to_time_base_units(1 / rate, tb) if rate else 1))
+        last_dur = last_frame_units(int(np.asarray(durs)[order][keep][-1]), np.diff(pts_arr),
+                                    nominal_frame_units(stream_rate(stream), tb))
         return VideoIndex(path=str(path), codec=info.codec, duration_s=info.duration_s,
                           pts=pts_arr, origin=stream_origin(stream), time_base=tb,
                           end_pts=int(pts_arr[-1]) + last_dur, width=int(stream.width),
                           height=int(stream.height), sar=stream_sar(stream),
                           keyframes=np.asarray(sorted(keys) or [int(pts_arr[0])], dtype=np.int64))
-    except VideoDecodeError:
-        raise
-    except decode_errors() as e:
-        raise VideoDecodeError(path, f"cannot demux: {type(e).__name__}: {e}") from e
-    finally:
-        container.close()
 
 
 def cut_stream(idx: VideoIndex, frames: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -271,6 +259,20 @@ def check_batch_and_device(batch_size, device: str) -> None:
         raise ValueError("device='cuda' but CUDA is not available (use device='cpu')")
 
 
+def rank_clip_dataset(source, *, batch_size: int, rank: int, world_size: int, seed: int, drop_last: bool,
+                      **clip_args) -> tuple[VideoClipDataset, ShardedClipSampler]:
+    """The loaders' clips (this module's and :mod:`.dali_stream`'s): the dataset, which
+    validates the clip arguments (``clip_args``: :class:`VideoClipDataset`'s), lists the files
+    and owns the bad-file bookkeeping and the PyAV path, so every path samples identical clips;
+    and this rank's sampler, checked to hold a batch when incomplete batches are dropped."""
+    dataset = VideoClipDataset(source, seed=seed, **clip_args)
+    sampler = ShardedClipSampler(len(dataset), rank=rank, world_size=world_size, seed=seed, drop_last=drop_last)
+    if drop_last and len(sampler) < batch_size:
+        raise ValueError(f"batch_size={batch_size} is larger than this rank's shard "
+                         f"({len(sampler)} clips of {len(dataset)})")
+    return dataset, sampler
+
+
 class DaliVideoLoader:
     """Batches ``(B, C, num_frames, H, W)`` of clips from ``source`` for one rank.
 
@@ -301,17 +303,10 @@ class DaliVideoLoader:
                               "(the `dali` extra)")
         if not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"prefetch must be a positive int (batches prepared ahead), got {prefetch!r}")
-        # The dataset validates the clip arguments, lists the files and owns the bad-file
-        # bookkeeping and the PyAV path, so both paths sample identical clips.
-        self.dataset = VideoClipDataset(
-            source, num_frames=num_frames, fps=fps, size=tuple(size), extensions=extensions,
-            short_policy=short_policy, crop=crop, seed=seed, clips_per_video=clips_per_video,
-            bad_file_log=bad_file_log, decode_timeout_s=decode_timeout_s)
-        self.sampler = ShardedClipSampler(len(self.dataset), rank=rank, world_size=world_size,
-                                          seed=seed, drop_last=drop_last)
-        if drop_last and len(self.sampler) < batch_size:
-            raise ValueError(f"batch_size={batch_size} is larger than this rank's shard "
-                             f"({len(self.sampler)} clips of {len(self.dataset)})")
+        self.dataset, self.sampler = rank_clip_dataset(
+            source, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed, drop_last=drop_last,
+            num_frames=num_frames, fps=fps, size=tuple(size), extensions=extensions, short_policy=short_policy,
+            crop=crop, clips_per_video=clips_per_video, bad_file_log=bad_file_log, decode_timeout_s=decode_timeout_s)
         self.batch_size, self.device, self.backend = batch_size, device, backend
         self.device_id = (torch.cuda.current_device() if device_id is None else device_id) if device == "cuda" else None
         self.dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)

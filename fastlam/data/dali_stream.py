@@ -29,10 +29,10 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
-from .dali import DALI_CPU_CODECS, DALI_GPU_CODECS, DaliVideoLoader, check_batch_and_device, cut_stream, index_video
+from .dali import (DALI_CPU_CODECS, DALI_GPU_CODECS, DaliVideoLoader, check_batch_and_device, cut_stream, index_video,
+                   rank_clip_dataset)
 from .dataset import VIDEO_EXTENSIONS, VideoClipDataset
 from .preprocess import preprocess_frames
-from .sampler import ShardedClipSampler
 from .video import VideoDecodeError
 
 __all__ = ["DaliStreamLoader"]
@@ -106,15 +106,10 @@ class DaliStreamLoader:
         for name, v in (("py_workers", py_workers), ("prefetch", prefetch), ("num_threads", num_threads)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        self.dataset = VideoClipDataset(
-            source, num_frames=num_frames, fps=fps, size=tuple(size), extensions=extensions,
-            short_policy=short_policy, crop=crop, seed=seed, clips_per_video=clips_per_video,
-            bad_file_log=bad_file_log, decode_timeout_s=decode_timeout_s)
-        self.sampler = ShardedClipSampler(len(self.dataset), rank=rank, world_size=world_size,
-                                          seed=seed, drop_last=True)
-        if len(self.sampler) < batch_size:
-            raise ValueError(f"batch_size={batch_size} is larger than this rank's shard "
-                             f"({len(self.sampler)} clips of {len(self.dataset)})")
+        self.dataset, self.sampler = rank_clip_dataset(
+            source, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed, drop_last=True,
+            num_frames=num_frames, fps=fps, size=tuple(size), extensions=extensions, short_policy=short_policy,
+            crop=crop, clips_per_video=clips_per_video, bad_file_log=bad_file_log, decode_timeout_s=decode_timeout_s)
         self.batch_size, self.device, self.num_frames = batch_size, device, num_frames
         self.device_id = (torch.cuda.current_device() if device_id is None else device_id) if device == "cuda" else None
         self.dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)

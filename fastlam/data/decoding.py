@@ -6,9 +6,11 @@ read video the same way; the pieces they share live here, under public names:
 
 * errors and facts: :class:`VideoDecodeError`, :class:`ClipTooShort`, :class:`VideoInfo`,
   :func:`decode_errors` (what PyAV and the OS raise for files that are not readable video);
-* opening and probing: :func:`open_video` (checked open of the first video stream) and
+* opening and probing: :func:`open_video` (checked open of the first video stream),
+  :func:`opened_video` (the same as a ``with`` block that reports what fails inside) and
   :func:`probe_opened` (the facts of an already open container);
-* stream facts: :func:`stream_rate`, :func:`stream_origin`, :func:`stream_sar`;
+* stream facts: :func:`stream_rate`, :func:`stream_origin`, :func:`stream_sar`,
+  :func:`stream_time_base`; frame durations: :func:`nominal_frame_units`, :func:`last_frame_units`;
 * the clip rules: :func:`check_clip_args`, :func:`frame_thresholds` (which instant each output
   frame shows), :func:`to_time_base_units`, :func:`resized_frame_shape` (shorter side to the
   output size, at the display aspect ratio), :func:`crop_offsets`, :func:`resize_rgb`;
@@ -25,10 +27,11 @@ import math
 import numbers
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -54,10 +57,14 @@ __all__ = [
     "require_av",
     "decode_errors",
     "open_video",
+    "opened_video",
     "probe_opened",
     "stream_rate",
     "stream_origin",
     "stream_sar",
+    "stream_time_base",
+    "nominal_frame_units",
+    "last_frame_units",
     "is_real_number",
     "check_clip_args",
     "resized_frame_shape",
@@ -149,6 +156,46 @@ def open_video(path: PathLike):
         container.close()
         raise VideoDecodeError(p, "video stream has no decodable codec or frame size")
     return container, stream
+
+
+@contextmanager
+def opened_video(path: PathLike, failure: str = "decoding failed"):
+    """:func:`open_video`'s ``(container, stream)`` for a ``with`` block, closed after it; what
+    PyAV or the OS raises inside becomes a :class:`VideoDecodeError` naming ``path``, its
+    reason ``failure`` (what was being done) and the error."""
+    container, stream = open_video(path)
+    try:
+        yield container, stream
+    except VideoDecodeError:
+        raise
+    except decode_errors() as e:
+        raise VideoDecodeError(path, f"{failure}: {type(e).__name__}: {e}") from e
+    finally:
+        container.close()
+
+
+def stream_time_base(path: PathLike, stream) -> Fraction:
+    """The stream's time base (seconds per timestamp unit); a :class:`VideoDecodeError` when
+    it has none, as no frame could then be placed in time."""
+    tb = stream.time_base
+    if tb is None or tb <= 0:
+        raise VideoDecodeError(path, "video stream has no time base")
+    return Fraction(tb.numerator, tb.denominator)
+
+
+def nominal_frame_units(rate: Optional[Fraction], tb: Fraction) -> int:
+    """One frame at the stream's nominal ``rate``, in time-base units (1 when the rate is
+    unknown): the step for frames without timestamps, and the last resort for a duration."""
+    return to_time_base_units(1 / rate, tb) if rate else 1
+
+
+def last_frame_units(duration: int, spacings: Sequence[int], nominal: int) -> int:
+    """How long the last frame stays on screen, in time-base units: its own ``duration`` when
+    stated; else the median of the ``spacings`` between the frames seen (containers often do
+    not state it, and the median is the best estimate); else ``nominal``."""
+    if duration > 0:
+        return int(duration)
+    return int(np.median(spacings)) if len(spacings) else nominal
 
 
 def stream_rate(stream) -> Optional[Fraction]:
@@ -299,10 +346,7 @@ def read_clip_opened(path, container, stream, num_frames, fps, start_s, size, cr
     back first. Raises :class:`ClipTooShort` (with the frames read) when the video ends first.
     """
     deadline = None if timeout_s is None else (time.monotonic(), float(timeout_s))
-    tb = stream.time_base
-    if tb is None or tb <= 0:
-        raise VideoDecodeError(path, "video stream has no time base")
-    tb = Fraction(tb.numerator, tb.denominator)
+    tb = stream_time_base(path, stream)
     origin = stream_origin(stream)
     rate = stream_rate(stream)
     thresholds = frame_thresholds(origin, tb, start_s, fps, num_frames)
@@ -370,7 +414,7 @@ def _pick_frames(container, stream, thresholds, convert, sar, rate, tb, *, stop_
     prev = prev_pts = None
     prev_arr = None  # conversion of `prev`, cached: upsampling maps one frame to many outputs
     deltas = []
-    default_dur = to_time_base_units(1 / rate, tb) if rate else 1
+    default_dur = nominal_frame_units(rate, tb)
     for frame in container.decode(stream):
         if deadline is not None and time.monotonic() - deadline[0] > deadline[1]:
             raise VideoDecodeError(path, f"decoding timed out after {deadline[1]:g} s")
@@ -398,11 +442,8 @@ def _pick_frames(container, stream, thresholds, convert, sar, rate, tb, *, stop_
         prev, prev_pts, prev_arr = frame, pts, None
     if prev is None:
         return out, None, 0
-    # End of stream: the last frame is on screen for its own duration, which the container
-    # often does not state; the median spacing of the frames seen is the best estimate.
-    dur = int(getattr(prev, "duration", 0) or 0)
-    if dur <= 0:
-        dur = int(np.median(deltas)) if deltas else default_dur
+    # End of stream: the last frame is on screen for its own duration.
+    dur = last_frame_units(int(getattr(prev, "duration", 0) or 0), deltas, default_dur)
     while j < n and thresholds[j] < prev_pts + dur:
         if prev_arr is None:
             prev_arr = convert(prev, sar)

@@ -32,10 +32,12 @@ from .decoding import (
     VideoInfo,
     check_clip_args,
     crop_offsets,
-    decode_errors,
     frame_thresholds,
     is_real_number,
+    last_frame_units,
+    nominal_frame_units,
     open_video,
+    opened_video,
     probe_opened,
     read_clip_opened,
     resize_rgb,
@@ -43,7 +45,7 @@ from .decoding import (
     stream_origin,
     stream_rate,
     stream_sar,
-    to_time_base_units,
+    stream_time_base,
     too_short_error,
 )
 
@@ -106,16 +108,9 @@ def read_clip(
     if timeout_s is not None and not (is_real_number(timeout_s) and timeout_s > 0):
         raise ValueError(f"timeout_s must be a positive number of seconds or None, "
                          f"got {timeout_s!r}")
-    container, stream = open_video(path)
-    try:
+    with opened_video(path) as (container, stream):
         return read_clip_opened(path, container, stream, num_frames, fps, start_s, size, crop,
                                 generator, timeout_s=timeout_s)
-    except VideoDecodeError:
-        raise
-    except decode_errors() as e:
-        raise VideoDecodeError(path, f"decoding failed: {type(e).__name__}: {e}") from e
-    finally:
-        container.close()
 
 
 def clip_to_tensor(clip: torch.Tensor) -> torch.Tensor:
@@ -184,15 +179,10 @@ def decode_video(path: PathLike, *, size: Sequence[int] = (256, 256),
     """Decode every frame of ``path``, resized so its shorter side is ``max(size)``."""
     check_clip_args(1, 1.0, 0.0, size, "center")
     size = (int(size[0]), int(size[1]))
-    container, stream = open_video(path)
-    start_time = time.monotonic()
-    try:
-        tb = stream.time_base
-        if tb is None or tb <= 0:
-            raise VideoDecodeError(path, "video stream has no time base")
-        tb = Fraction(tb.numerator, tb.denominator)
-        rate = stream_rate(stream)
-        default_dur = to_time_base_units(1 / rate, tb) if rate else 1
+    with opened_video(path) as (container, stream):
+        start_time = time.monotonic()
+        tb = stream_time_base(path, stream)
+        default_dur = nominal_frame_units(stream_rate(stream), tb)
         geometry = None
         arrays, pts_list, last = [], [], None
         for frame in container.decode(stream):
@@ -212,16 +202,8 @@ def decode_video(path: PathLike, *, size: Sequence[int] = (256, 256),
         if not arrays:
             raise ClipTooShort(path, "no decodable frames", frames=torch.empty(
                 (0, size[0], size[1], 3), dtype=torch.uint8), needed=1)
-        dur = int(getattr(last, "duration", 0) or 0)
-        if dur <= 0:
-            dur = int(np.median(np.diff(pts_list))) if len(pts_list) > 1 else default_dur
+        dur = last_frame_units(int(getattr(last, "duration", 0) or 0), np.diff(pts_list), default_dur)
         return DecodedVideo(path=str(path), frames=torch.from_numpy(np.stack(arrays)),
                             pts=np.asarray(pts_list, dtype=np.int64),
                             origin=stream_origin(stream), time_base=tb,
                             end_pts=pts_list[-1] + dur, size=size)
-    except VideoDecodeError:
-        raise
-    except decode_errors() as e:
-        raise VideoDecodeError(path, f"decoding failed: {type(e).__name__}: {e}") from e
-    finally:
-        container.close()

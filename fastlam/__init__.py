@@ -1,6 +1,8 @@
 """fastlam: Triton-accelerated latent action world models learned from in-the-wild video."""
 import re as _re
 
+import torch as _torch
+
 __version__ = "0.1.0"
 
 # The oldest torch fastlam runs on: torch.optim.Muon, the default optimizer, arrived in 2.9.
@@ -12,9 +14,7 @@ def check_torch_version(version: str | None = None) -> None:
     """ImportError naming the required version when the installed torch (or ``version``) is
     older than :data:`MIN_TORCH`."""
     if version is None:
-        import torch
-
-        version = torch.__version__
+        version = _torch.__version__
     m = _re.match(r"(\d+)\.(\d+)", str(version))
     if m and (int(m.group(1)), int(m.group(2))) < MIN_TORCH:
         need = ".".join(map(str, MIN_TORCH))

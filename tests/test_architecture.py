@@ -52,10 +52,7 @@ OPTIONAL = {
 ENTRY_IMPORT_DEBT: set[tuple[str, str]] = set()
 # importer -> imports inside functions of non-optional modules (87 on 2026-12-07, from 259).
 DEFERRED_DEBT: dict[str, int] = {
-    "fastlam": 1, "fastlam.eval.capacity": 7,
-    "fastlam.eval.cli": 41, "fastlam.kernels.tile_tables": 2,
-    "fastlam.models.ac_predictor": 5, "fastlam.models.decoder": 2, "fastlam.models.encoder_record": 1,
-    "fastlam.models.vjepa2": 2,
+    "fastlam.kernels.tile_tables": 2,
 }
 
 

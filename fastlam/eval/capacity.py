@@ -13,9 +13,12 @@ from pathlib import Path
 
 import torch
 
+from ..config import apply_overrides, from_dict, load_config, to_dict
+from ..trainer import TrainConfig, train
 from .common import (
     encode_batched,
     has_latents,
+    load_lam,
     one_step_errors,
     pyplot,
     save_figure,
@@ -70,9 +73,6 @@ def capacity_sweep(base_cfg, kind: str, values: Sequence[float], out_dir: str | 
     are the same. ``overrides`` (``key.sub=value``) apply to every run. Writes
     ``capacity_sweep.json`` and ``capacity_curve.png`` into ``out_dir``.
     """
-    from ..config import apply_overrides, from_dict, load_config, to_dict
-    from ..trainer import TrainConfig, train
-
     if kind not in STRENGTH_PARAM:
         raise ValueError(f"kind: expected one of {tuple(STRENGTH_PARAM)}, got {kind!r}")
     if not values:
@@ -94,8 +94,6 @@ def capacity_sweep(base_cfg, kind: str, values: Sequence[float], out_dir: str | 
         data["progress"] = False
         data["model"]["regularizer"].update(settings)
         summary_ = train_fn(from_dict(TrainConfig, data))
-        from .common import load_lam
-
         model = load_lam(summary_["model"])
         row = capacity(model, eval_video)
         row.update(name=name, checkpoint=summary_["model"], **settings)

@@ -12,9 +12,46 @@ from pathlib import Path
 
 import torch
 
+from ..config import load_config
 from ..inputs import output_file, output_folder
-from . import action_data
+from ..models.decoder import StateDecoder
+from ..nn.lpips import LPIPS
+from ..trainer import TrainConfig
+from . import action_data, study
+from .action_data import integrate_actions
+from .capacity import PAPER_GRIDS, capacity_sweep, compare_capacity
 from .common import encode_batched, load_clips, load_lam, pyplot, save_figure, write_json
+from .controller import (
+    ControllerConfig,
+    ControllerTrainConfig,
+    build_controller,
+    controller_error,
+    controller_pairs,
+    load_controller,
+    save_controller,
+    train_controller,
+)
+from .leakage import future_leakage
+from .planning import (
+    ACBaselineConfig,
+    ACRollout,
+    CEMConfig,
+    LatentRollout,
+    SimulatorRollout,
+    StandardizedACPredictor,
+    ate_rpe,
+    cost_landscape,
+    delta_xyz,
+    plan_arm,
+    plan_nav,
+    relative_poses,
+    train_ac_baseline,
+)
+from .pybullet_arm import generate_pybullet_arm
+from .report import write_report
+from .sampling import embedding_plot, sample_latents, sampling_stats
+from .transfer import cycle_transfer
+from .visualize import visualize
 
 
 def _traj(model, data: str, steps: int, stride: int | None = None):
@@ -35,10 +72,8 @@ def _split(ds, val_frac: float = 0.2):
 
 # ---- tasks --------------------------------------------------------------------------------
 def run_generate(args) -> Path:
-    if args.env == "pybullet-arm":
-        from .pybullet_arm import generate_pybullet_arm as fn
-    else:
-        fn = action_data.generate_arm if args.env == "arm" else action_data.generate_nav
+    fn = {"pybullet-arm": generate_pybullet_arm, "arm": action_data.generate_arm,
+          "nav": action_data.generate_nav}[args.env]
     root = fn(args.out, episodes=args.episodes, steps=args.steps, size=args.size, seed=args.seed,
               mp4_fps=None if args.no_mp4 else 4.0)
     print(f"wrote {args.episodes} {args.env} episodes to {root}")
@@ -46,8 +81,6 @@ def run_generate(args) -> Path:
 
 
 def run_capacity(args) -> Path:
-    from .capacity import compare_capacity
-
     models = {Path(c).name if Path(c).name != "final" else Path(c).parent.name: load_lam(c, args.expect_regularizer)
               for c in args.checkpoint}
     first = next(iter(models.values()))
@@ -58,10 +91,6 @@ def run_capacity(args) -> Path:
 
 
 def run_sweep(args) -> Path:
-    from ..config import load_config
-    from ..trainer import TrainConfig
-    from .capacity import PAPER_GRIDS, capacity_sweep
-
     cfg = load_config(TrainConfig, args.config, args.overrides)
     values = args.values or PAPER_GRIDS[args.kind]
     video = load_clips(args.data or cfg.data.source, cfg.model, args.clips, seed=args.seed)
@@ -76,16 +105,12 @@ def _pixel_metric(args, model):
         if args.decoder or args.lpips_backbone:
             print("LPIPS not computed: it needs both --decoder and --lpips-backbone")
         return None, None
-    from ..nn.lpips import LPIPS
-
     decoder = _load_decoder(args.decoder, model)
     lp = LPIPS.from_files(args.lpips_backbone, args.lpips_linear, args.lpips_net)
     return decoder.frames, lp.video
 
 
 def _load_decoder(path: str, model):
-    from ..models.decoder import StateDecoder
-
     decoder = StateDecoder.from_checkpoint(path)
     enc = model.cfg.encoder
     if (decoder.cfg.state_dim, decoder.cfg.patch_size, decoder.cfg.image_size) != (
@@ -96,40 +121,41 @@ def _load_decoder(path: str, model):
     return decoder
 
 
-def run_leakage(args) -> Path:
-    from .leakage import future_leakage
-
+def _decoded_ratio_task(args, measure, json_name: str, labels: tuple[str, str], check_clips=None) -> Path:
+    """leakage and transfer: ``measure(model, video, decoder=, lpips_fn=)`` on held-out clips, its
+    latent-L1 ratio (and, given --decoder and --lpips-backbone, its LPIPS ratio) printed after
+    ``labels`` and the result written to ``json_name``. ``check_clips(video)`` runs before the
+    decoder and LPIPS weights are loaded, so too few clips fail first."""
     model = load_lam(args.checkpoint, args.expect_regularizer)
     video = load_clips(args.data, model.cfg, args.clips, seed=args.seed)
-    if video.shape[0] < 2:
-        raise ValueError("--clips: the splice needs at least 2 clips (the second scene comes from another clip)")
+    if check_clips is not None:
+        check_clips(video)
     decoder, lpips_fn = _pixel_metric(args, model)
-    res = future_leakage(model, video, video.roll(1, dims=0), cut_step=args.cut_step, decoder=decoder,
-                         lpips_fn=lpips_fn)
+    res = measure(model, video, decoder=decoder, lpips_fn=lpips_fn)
     res["checkpoint"] = args.checkpoint
-    print(f"leakage ratio (latent L1): x{res['latent_l1']['ratio']:.3f}")
+    print(f"{labels[0]} x{res['latent_l1']['ratio']:.3f}")
     if res.get("lpips"):
-        print(f"leakage ratio (LPIPS):     x{res['lpips']['ratio']:.3f}")
-    return write_json(Path(args.out) / "leakage.json", res)
+        print(f"{labels[1]} x{res['lpips']['ratio']:.3f}")
+    return write_json(Path(args.out) / json_name, res)
+
+
+def run_leakage(args) -> Path:
+    def two_clips(video):
+        if video.shape[0] < 2:
+            raise ValueError("--clips: the splice needs at least 2 clips (the second scene comes from another clip)")
+
+    def splice_leakage(model, video, **pixel_metric):
+        return future_leakage(model, video, video.roll(1, dims=0), cut_step=args.cut_step, **pixel_metric)
+
+    return _decoded_ratio_task(args, splice_leakage, "leakage.json",
+                               ("leakage ratio (latent L1):", "leakage ratio (LPIPS):    "), check_clips=two_clips)
 
 
 def run_transfer(args) -> Path:
-    from .transfer import cycle_transfer
-
-    model = load_lam(args.checkpoint, args.expect_regularizer)
-    video = load_clips(args.data, model.cfg, args.clips, seed=args.seed)
-    decoder, lpips_fn = _pixel_metric(args, model)
-    res = cycle_transfer(model, video, decoder=decoder, lpips_fn=lpips_fn)
-    res["checkpoint"] = args.checkpoint
-    print(f"cycle / own error: x{res['latent_l1']['ratio']:.3f}")
-    if res.get("lpips"):
-        print(f"cycle / own (LPIPS): x{res['lpips']['ratio']:.3f}")
-    return write_json(Path(args.out) / "transfer.json", res)
+    return _decoded_ratio_task(args, cycle_transfer, "transfer.json", ("cycle / own error:", "cycle / own (LPIPS):"))
 
 
 def run_visualize(args) -> Path:
-    from .visualize import visualize
-
     model = load_lam(args.checkpoint, args.expect_regularizer)
     decoder = _load_decoder(args.decoder, model)
     video = load_clips(args.data, model.cfg, args.clips, seed=args.seed)
@@ -143,8 +169,6 @@ def run_visualize(args) -> Path:
 
 def controller_data(model, data: str, steps: int | None = None):
     """(train, val) pairs (states, actions, IDM latents) from an action-labelled dataset."""
-    from .controller import controller_pairs
-
     if model.idm is None:
         raise ValueError("checkpoint: a 'deterministic' model has no latent actions to control")
     steps = steps or model.cfg.frames // model.cfg.encoder.tubelet
@@ -162,15 +186,6 @@ def controller_data(model, data: str, steps: int | None = None):
 
 
 def run_controller(args) -> Path:
-    from .controller import (
-        ControllerConfig,
-        ControllerTrainConfig,
-        build_controller,
-        controller_error,
-        save_controller,
-        train_controller,
-    )
-
     torch.manual_seed(args.seed)
     model = load_lam(args.checkpoint, args.expect_regularizer)
     (s_tr, a_tr, z_tr), (s_va, a_va, z_va) = controller_data(model, args.data)
@@ -204,8 +219,6 @@ def run_controller(args) -> Path:
 
 
 def run_ac_baseline(args) -> Path:
-    from .planning import ACBaselineConfig, train_ac_baseline
-
     model = load_lam(args.checkpoint)
     steps = args.steps or model.cfg.frames // model.cfg.encoder.tubelet
     ds = _traj(model, args.data, steps)
@@ -226,18 +239,6 @@ def run_ac_baseline(args) -> Path:
 
 
 def run_plan(args) -> Path:
-    from .controller import load_controller
-    from .planning import (
-        ACRollout,
-        CEMConfig,
-        LatentRollout,
-        StandardizedACPredictor,
-        cost_landscape,
-        plan_arm,
-        plan_nav,
-        relative_poses,
-    )
-
     model = load_lam(args.checkpoint, args.expect_regularizer)
     arm = args.env == "arm"
     horizon = args.horizon or (3 if arm else 8)
@@ -283,14 +284,9 @@ def run_plan(args) -> Path:
             res[name] = plan_nav(world, st, b["actions"], pr, steps=horizon, cfg=cem_cfg, seed=args.seed)
             print(f"{name}: ATE {res[name]['ate']:.3f}  RPE {res[name]['rpe']:.3f}")
     if arm:
-        from .planning import delta_xyz
-
         zero = delta_xyz(torch.zeros_like(b["actions"][:, :horizon]), b["actions"][:, :horizon])
         res["zero_plan"] = {"delta_xyz": float(zero.mean()), "episodes": int(zero.numel())}
     else:
-        from .action_data import integrate_actions
-        from .planning import ate_rpe
-
         gt = b["actions"][:, :horizon]
         totals = integrate_actions(torch.zeros(gt.shape[0], 3), gt)[:, -1].mean(0)
         plan = (totals / horizon).expand(horizon, 3)
@@ -303,8 +299,6 @@ def run_plan(args) -> Path:
 def _oracle_worlds(model, data: str, ds, windows: list[int], batch: dict, arm: bool) -> list:
     """One :class:`SimulatorRollout` per planning window: the window's own scene rendered from
     its recorded start state and encoded by the LAM's frozen encoder."""
-    from .planning import SimulatorRollout
-
     if not arm:
         raise ValueError("--oracle: only the simulated arm ('plan arm') can be re-rendered")
     if "proprio" not in batch:
@@ -321,8 +315,6 @@ def _oracle_worlds(model, data: str, ds, windows: list[int], batch: dict, arm: b
 
 
 def run_sample(args) -> Path:
-    from .sampling import embedding_plot, sample_latents, sampling_stats
-
     model = load_lam(args.checkpoint, args.expect_regularizer)
     video = load_clips(args.data, model.cfg, args.clips, seed=args.seed)
     inferred = model.infer_actions(states=encode_batched(model, video)).flatten(0, 1)
@@ -337,26 +329,20 @@ def run_sample(args) -> Path:
 
 
 def run_study(args) -> Path:
-    from .study import KINDS, StudyConfig, run_study
-
     torch.set_num_threads(args.threads)
-    cfg = StudyConfig(world=args.world, kinds=tuple(args.kinds or KINDS), train_steps=args.train_steps,
+    cfg = study.StudyConfig(world=args.world, kinds=tuple(args.kinds or study.KINDS), train_steps=args.train_steps,
                       train_clips=args.train_clips, test_clips=args.test_clips, seed=args.seed,
                       batch_size=args.batch_size, width=args.width, depth=args.depth,
                       flicker=args.flicker, distractors=args.distractors, token_norm=args.token_norm,
                       source=None if args.source == "procedural" else args.source)
-    return run_study(cfg, args.out)
+    return study.run_study(cfg, args.out)
 
 
 def run_study_report(args) -> Path:
-    from .study import write_study_report
-
-    return write_study_report(args.results, args.out)
+    return study.write_study_report(args.results, args.out)
 
 
 def run_report(args) -> Path:
-    from .report import write_report
-
     return write_report(args.results, args.out)
 
 

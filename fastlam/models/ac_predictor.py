@@ -31,11 +31,14 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
+from ..checkpoint import atomic_write
 from ..inputs import InputError, MissingInputError, read_json, require_folder
 from ..ops import Rope3D
 from .blocks import Block
+from .vjepa2 import load_vjepa2_ac_predictor, vjepa2_predictor_state
 
 __all__ = ["ACPredictor", "ACPredictorConfig", "ACLoss", "encode_frames", "infer_ac_config"]
 
@@ -201,10 +204,6 @@ class ACPredictor(nn.Module):
     # ---- persistence ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``."""
-        from safetensors.torch import save_file
-
-        from ..checkpoint import atomic_write
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
@@ -215,8 +214,6 @@ class ACPredictor(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "ACPredictor":
         """Inverse of :meth:`save_pretrained`."""
-        from .vjepa2 import load_vjepa2_ac_predictor
-
         what = "a folder written by ACPredictor.save_pretrained (config.json + model.safetensors)"
         directory = require_folder(directory, "directory", what)
         cfg_file = directory / "config.json"
@@ -239,8 +236,6 @@ class ACPredictor(nn.Module):
         """Build and load a predictor from a V-JEPA 2-AC checkpoint, reading the sizes from its
         weights. The head count and the training grid cannot be read from weights: the released
         model uses 16 heads and 256 px / patch 16 = 16."""
-        from .vjepa2 import load_vjepa2_ac_predictor, vjepa2_predictor_state
-
         state, _ = vjepa2_predictor_state(path, key)
         cfg = ACPredictorConfig(heads=heads, grid_size=grid_size, use_extrinsics=use_extrinsics,
                                 **{**infer_ac_config(state), **overrides})

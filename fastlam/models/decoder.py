@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import load_checkpoint, load_safetensors
+from ..checkpoint import atomic_write, load_checkpoint, load_safetensors
 from ..config import ConfigError, from_dict, to_dict
 from ..inputs import InputError, MissingInputError, read_json
 from ..ops import Rope3D
@@ -113,10 +114,6 @@ class StateDecoder(nn.Module):
 
     # ---- persistence (same layout as the LAM's final/) ---------------------------------
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
-        from safetensors.torch import save_file
-
-        from ..checkpoint import atomic_write
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}

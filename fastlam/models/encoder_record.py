@@ -13,6 +13,8 @@ import hashlib
 import torch
 from torch import nn
 
+from .vjepa2 import load_vjepa2_encoder
+
 PREFIX = "encoder."
 
 
@@ -72,8 +74,6 @@ def rebuild_encoder(model: nn.Module, record: dict) -> None:
     if record.get("kind") == "pixels":
         pass  # verify_encoder restores the recorded buffers
     elif record.get("kind") == "vjepa2":
-        from fastlam.models.vjepa2 import load_vjepa2_encoder
-
         load_vjepa2_encoder(model.encoder, record["checkpoint"])
     else:
         with torch.random.fork_rng(devices=[]):

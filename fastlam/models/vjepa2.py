@@ -52,9 +52,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import load_checkpoint, load_safetensors
+from ..checkpoint import atomic_write, load_checkpoint, load_safetensors
 from ..config import ConfigError
 from ..inputs import InputError, MissingInputError, describe_path, output_folder, read_json
 from .encoder import ENCODER_SIZES
@@ -405,10 +406,6 @@ def load_vjepa2_ac_predictor(predictor: nn.Module, path: str | Path, *, strict: 
 # ---- command line ------------------------------------------------------------------------
 def convert(src: str | Path, dst: str | Path, *, part: str = "encoder", key: str = "auto") -> Path:
     """Write the ``part`` weights of ``src`` with fastlam names into ``dst`` (safetensors)."""
-    from safetensors.torch import save_file
-
-    from ..checkpoint import atomic_write
-
     if part == "encoder":
         state, report, hf_cfg = vjepa2_encoder_state(src, key)
         meta = {k: str(v) for k, v in describe_encoder_state(state, hf_cfg).items()}

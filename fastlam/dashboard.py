@@ -11,46 +11,18 @@ TensorBoard event files go to ``out_dir/tensorboard``: ``tensorboard --logdir ru
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import ConfigError
+# Lives with every run configuration; imported here under its old name (fastlam.dashboard.LoggingConfig).
+from .configs import LoggingConfig
 from .drawing import canvas, to_uint8
 from .models.decoder import StateDecoder
 from .rollouts import rollout_rows
 
-
-@dataclass
-class LoggingConfig:
-    tensorboard: bool = False
-    wandb: bool = False  # needs the wandb package; WANDB_MODE=offline works without a network
-    wandb_project: str = "fastlam"
-    decoder: str | None = None  # pixel decoder folder: image strips in the dashboard
-    image_every: int = 0  # steps between strips; 0 = every 10 x log_every
-
-    def check(self) -> None:
-        """Fail before training when a requested backend is missing (errors name the key)."""
-        if self.image_every < 0:
-            raise ConfigError(f"logging.image_every: expected an int >= 0, got {self.image_every!r}")
-        if self.tensorboard:
-            try:
-                import tensorboard  # noqa: F401  # optional: tensorboard (the viz extra)
-            except ImportError:
-                raise ConfigError("logging.tensorboard: the tensorboard package is not installed "
-                                  "(pip install -e '.[viz]')") from None
-        if self.wandb:
-            try:
-                import wandb  # noqa: F401  # optional: wandb
-            except ImportError:
-                raise ConfigError("logging.wandb: the wandb package is not installed (pip install wandb)") from None
-        if self.decoder is not None:
-            if not (self.tensorboard or self.wandb):
-                raise ConfigError("logging.decoder: image strips need logging.tensorboard or logging.wandb")
-            if not Path(self.decoder).exists():
-                raise ConfigError(f"logging.decoder: no decoder at {self.decoder}")
+__all__ = ["Dashboard", "LoggingConfig"]
 
 
 def _flatten(row: dict, prefix: str = "") -> dict[str, float]:

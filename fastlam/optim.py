@@ -7,24 +7,15 @@ both with decoupled weight decay, linear warmup then cosine decay.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from fastlam import MIN_TORCH
+# Lives with every run configuration; imported here under its old name (fastlam.optim.OptimConfig).
+from fastlam.configs import OptimConfig
 
-
-@dataclass
-class OptimConfig:
-    muon_lr: float = 0.02
-    adamw_lr: float = 6.25e-4
-    weight_decay: float = 0.04
-    adamw_betas: tuple[float, float] = (0.9, 0.95)
-    warmup_frac: float = 0.1
-    min_lr_frac: float = 0.0  # cosine decays to this fraction of the peak
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
-    use_muon: bool = True  # False: AdamW for everything
+__all__ = ["OptimConfig", "build_optimizers", "build_schedulers", "is_hidden_matrix", "split_params", "warmup_cosine"]
 
 
 def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:

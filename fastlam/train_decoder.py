@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +29,9 @@ from tqdm import tqdm
 from fastlam.checkpoint import load_checkpoint, save_checkpoint
 from fastlam.cli_help import plain
 from fastlam.config import ConfigError, load_config, to_dict
+# The run configuration lives with every other (fastlam.configs); imported here under the names
+# users imported from this script (fastlam.train_decoder.DecoderTrainConfig, ...).
+from fastlam.configs import DecoderArch, DecoderData, DecoderTrainConfig, LPIPSConfig
 from fastlam.data import VideoClipDataset, list_videos
 from fastlam.epochs import EpochIndexed
 from fastlam.eval.visualize import contact_sheet
@@ -40,68 +42,8 @@ from fastlam.optim import warmup_cosine
 from fastlam.run_folder import prepare_out_dir
 from fastlam.trainer import ResumableBatches, plot_losses, resolve_device
 
-
-@dataclass
-class DecoderArch:
-    width: int = 128
-    depth: int = 2
-    heads: int = 4
-    mlp_ratio: float = 4.0
-
-
-@dataclass
-class DecoderData:
-    source: str = "data/samples"
-    fps: float = 4.0
-    clips_per_video: int = 64
-    cache_mb: float = 256.0
-    num_workers: int = 0
-
-
-@dataclass
-class LPIPSConfig:
-    weight: float = 0.0  # > 0 adds weight * LPIPS to the L1 loss (needs backbone)
-    backbone: str | None = None  # local torchvision AlexNet/VGG16 state dict
-    linear: str | None = None  # local lpips v0.1 per-layer weights (alex.pth / vgg.pth)
-    net: str = "alex"
-
-
-@dataclass
-class DecoderTrainConfig:
-    lam: str = "runs/tiny_cpu/final"
-    decoder: DecoderArch = field(default_factory=DecoderArch)
-    data: DecoderData = field(default_factory=DecoderData)
-    lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
-    holdout_videos: int = 1  # the last N videos of data.source never train; PSNR is measured on them
-    eval_clips: int = 8
-    batch_size: int = 8
-    steps: int = 300
-    lr: float = 1e-3
-    weight_decay: float = 0.04
-    warmup_frac: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0
-    out_dir: str = "runs/decoder_tiny_cpu"
-    log_every: int = 10
-    ckpt_every: int = 100
-    device: str = "auto"
-    progress: bool = True
-
-    def validate(self) -> None:
-        for key in ("batch_size", "steps", "log_every", "ckpt_every", "eval_clips"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key}: expected an int >= 1, got {getattr(self, key)!r}")
-        if self.holdout_videos < 0:
-            raise ConfigError(f"holdout_videos: expected an int >= 0, got {self.holdout_videos!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr: expected a float > 0, got {self.lr!r}")
-        if self.lpips.weight < 0:
-            raise ConfigError(f"lpips.weight: expected >= 0, got {self.lpips.weight!r}")
-        if self.lpips.weight > 0 and not self.lpips.backbone:
-            raise ConfigError("lpips.backbone: lpips.weight > 0 needs local backbone weights "
-                              "(a torchvision AlexNet/VGG16 state dict; fastlam downloads nothing)")
-        if self.lpips.net not in ("alex", "vgg"):
-            raise ConfigError(f"lpips.net: expected alex or vgg, got {self.lpips.net!r}")
+__all__ = ["DecoderArch", "DecoderData", "DecoderTrainConfig", "LPIPSConfig", "build_parser", "eval_clips", "main",
+           "psnr", "split_videos", "train_decoder"]
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -131,7 +73,7 @@ def eval_clips(paths, lam_cfg, data: DecoderData, n: int) -> torch.Tensor:
 
 
 def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False, overwrite: bool = False) -> dict:
-    cfg.validate()
+    cfg.check()
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
     # The LAM trainer's rule: a folder that holds a run is refused unless --resume continues it

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,7 +32,10 @@ from fastlam import run_folder
 from fastlam.checkpoint import CheckpointError, load_checkpoint, save_checkpoint_copies
 from fastlam.config import ConfigError, load_config, to_dict
 from fastlam.config_checks import validate_train_config
-from fastlam.dashboard import Dashboard, LoggingConfig
+# The run configuration lives with every other (fastlam.configs); imported here under the names
+# users imported from the trainer (fastlam.trainer.TrainConfig, DataConfig).
+from fastlam.configs import DataConfig, TrainConfig
+from fastlam.dashboard import Dashboard
 from fastlam.data import VideoClipDataset
 from fastlam.data.dali import DaliVideoLoader, dali_available
 from fastlam.data.dali_stream import DaliStreamLoader
@@ -41,59 +43,13 @@ from fastlam.data.shards import (ShardLoader, ShardStream, is_shard_source, load
                                  save_stream_state)
 from fastlam.data.synthetic import make_sprite_clips
 from fastlam.diagnostics import TrainDiagnostics, plot_diagnostics, progress_postfix
-from fastlam.distributed import DistributedConfig
 from fastlam.epochs import EpochIndexed
 from fastlam.inputs import one_line
-from fastlam.models import LatentActionWorldModel, ModelConfig
+from fastlam.models import LatentActionWorldModel
 from fastlam.models.encoder_record import encoder_record, load_without_encoder, strip_encoder, verify_encoder
 from fastlam.models.vjepa2 import load_vjepa2_encoder
-from fastlam.optim import OptimConfig, build_optimizers, build_schedulers
+from fastlam.optim import build_optimizers, build_schedulers
 from fastlam.step_metrics import NonFiniteWindow, StepMetrics
-
-
-@dataclass
-class DataConfig:
-    # a directory, a text file of paths, a manifest (.parquet/.jsonl from `python -m
-    # fastlam.data index`), shards (shards.json or a tar URL pattern from `... shard`), or "synthetic"
-    source: str = "data/samples"
-    shuffle_buffer: int = 256  # shard sources: clips mixed in each loader worker's buffer
-    fps: float = 4.0
-    crop: str = "random"
-    short_policy: str = "pad"
-    clips_per_video: int = 1
-    num_workers: int = 0
-    # auto: the DALI loader (NVDEC decoding, per-codec routing, prefetch) on CUDA when DALI is
-    # installed, else the PyTorch DataLoader over VideoClipDataset (PyAV); dali | torch force one;
-    # dali_stream: DaliStreamLoader (planning in DALI workers, DALI prefetch and async execution).
-    loader: str = "auto"
-    cache_mb: float = 0.0  # keep whole decoded videos in memory (per process) up to this size
-    decode_timeout_s: float = 60.0
-    synthetic_clips: int = 512  # for source: synthetic (sprites moved by known actions)
-    # > 1 with wrap: a pan of sprites on a torus, all moved by the action (the learning test's data)
-    synthetic_sprites: int = 1
-    synthetic_wrap: bool = False
-
-
-@dataclass
-class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    batch_size: int = 8
-    steps: int = 300
-    seed: int = 0
-    out_dir: str = "runs/tiny_cpu"
-    log_every: int = 10
-    ckpt_every: int = 100
-    keep_checkpoints: int = 2
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
-    progress: bool = True
-    grad_accum_steps: int = 1  # micro-batches per optimizer step (per rank)
-    activation_checkpointing: bool = False  # recompute predictor blocks in backward
-    diagnostics_clips: int = 8  # fixed held-out clips for the diag/* latent-use metrics (0: off)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)  # TensorBoard / W&B (metrics.jsonl always)
 
 
 # ---- data --------------------------------------------------------------------------------
@@ -133,9 +89,7 @@ class ResumableBatches(torch.utils.data.Sampler):
 
 class _SyntheticClips(torch.utils.data.Dataset):
     def __init__(self, cfg: TrainConfig):
-        m = cfg.model
-        if cfg.data.synthetic_sprites < 1:
-            raise ConfigError(f"data.synthetic_sprites: expected an int >= 1, got {cfg.data.synthetic_sprites!r}")
+        m = cfg.model  # data.synthetic_sprites >= 1: checked with the config (DataConfig.check)
         self.video, self.actions = make_sprite_clips(
             cfg.data.synthetic_clips, steps=m.frames // m.encoder.tubelet, tubelet=m.encoder.tubelet,
             size=m.image_size, num_sprites=cfg.data.synthetic_sprites, wrap=cfg.data.synthetic_wrap, seed=cfg.seed,
@@ -169,9 +123,6 @@ def build_dataset(cfg: TrainConfig):
 
 
 def use_dali(cfg: TrainConfig, device: torch.device) -> bool:
-    if cfg.data.loader not in ("auto", "dali", "dali_stream", "torch"):
-        raise ConfigError(f"data.loader: expected auto, dali, dali_stream or torch, got {cfg.data.loader!r}")
-
     if cfg.data.source == "synthetic" or cfg.data.loader == "torch" or is_shard_source(cfg.data.source):
         if cfg.data.loader in ("dali", "dali_stream"):
             raise ConfigError(f"data.loader={cfg.data.loader} needs a folder, list or manifest of real video, "
@@ -409,7 +360,6 @@ def check_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
     distributed backend and the settled DeepSpeed config (None without DeepSpeed)."""
     validate_train_config(cfg)
     backend = fdist.resolve_backend(cfg.distributed)
-    cfg.logging.check()
     # Settle every configuration mismatch before a process group, a model or data exist.
     ds_config = fdist.preflight(cfg, backend, int(os.environ.get("WORLD_SIZE", "1") or 1),
                                 resolve_device(cfg.device).type)

@@ -1,8 +1,9 @@
 """fastlam.models: encoder, inverse dynamics model, predictor and the world model."""
+from ..configs import ENCODER_KINDS, ENCODER_SIZES, EncoderConfig, ModelConfig, RegularizerConfig, TransformerConfig
 from .ac_predictor import ACPredictor, ACPredictorConfig
-from .encoder import ENCODER_KINDS, ENCODER_SIZES, EncoderConfig, PixelEncoder, VideoEncoder, build_encoder
+from .encoder import PixelEncoder, VideoEncoder, build_encoder
 from .idm import InverseDynamicsModel
-from .lam import LAMOutput, LatentActionWorldModel, ModelConfig, RegularizerConfig, TransformerConfig
+from .lam import LAMOutput, LatentActionWorldModel
 from .predictor import Predictor
 
 __all__ = [

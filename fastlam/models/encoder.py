@@ -12,98 +12,20 @@ T = frames / tubelet time steps of N = (H / patch) * (W / patch) tokens.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..config import ConfigError
+# The encoder's configuration and size presets live with every run configuration; imported
+# here under their old names (fastlam.models.encoder.EncoderConfig, ENCODER_SIZES, ...).
+from ..configs import ENCODER_KINDS, ENCODER_SIZES, PIXEL_PROJECTIONS, EncoderConfig
 from ..ops import Rope3D
 from .blocks import Block
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# (width, depth, heads, mlp_ratio); L/H/g are V-JEPA 2's ViT-L/16, ViT-H/16, ViT-g/16.
-ENCODER_SIZES = {
-    "tiny": (64, 2, 4, 4.0),
-    "small": (384, 12, 6, 4.0),
-    "base": (768, 12, 12, 4.0),
-    "large": (1024, 24, 16, 4.0),
-    "huge": (1280, 32, 16, 4.0),
-    "giant": (1408, 40, 22, 48 / 11),
-}
-
-
-ENCODER_KINDS = ("vit", "pixels")
-PIXEL_PROJECTIONS = ("none", "orthogonal", "pca")
-
-
-@dataclass
-class EncoderConfig:
-    kind: str = "vit"  # vit (V-JEPA 2 style, checkpoints go here) | pixels (frozen, weight-free)
-    size: str = "tiny"
-    patch_size: int = 16
-    tubelet: int = 2
-    in_chans: int = 3
-    frame_causal: bool = True  # the paper uses the encoder frame-causally
-    rope_duplicated_freqs: bool = True  # V-JEPA 2's RoPE quirk, needed for its checkpoints
-    width: int | None = None  # overrides of the size preset
-    depth: int | None = None
-    heads: int | None = None
-    mlp_ratio: float | None = None
-    checkpoint: str | None = None  # local V-JEPA 2 weights to load (never downloaded)
-    # kind: pixels only. Each tubelet patch is average-pooled by ``pool`` in space (its raw
-    # width is in_chans * tubelet * (patch / pool)^2), then optionally projected to ``width``
-    # by a fixed matrix: a seeded random orthogonal one, or PCA whitening fitted on the first
-    # batch the encoder sees (stored as buffers, so checkpoints keep it).
-    pool: int = 1
-    projection: str = "none"  # none | orthogonal | pca
-    projection_seed: int = 0
-    # kind: pixels only. Standardise each token's pooled pixels, frame by frame, to mean 0 and
-    # variance 1 (like MAE's per-patch normalised targets): a brightness or contrast change
-    # (lighting, flicker, exposure) then leaves the states unchanged, so the latent action is
-    # not spent on it.
-    token_norm: bool = False
-
-    def validate(self) -> None:
-        if self.kind not in ENCODER_KINDS:
-            raise ConfigError(f"model.encoder.kind: expected one of {ENCODER_KINDS}, got {self.kind!r}")
-        if not isinstance(self.patch_size, int) or self.patch_size < 1:
-            raise ConfigError(f"model.encoder.patch_size: expected an int >= 1, got {self.patch_size!r}")
-        if not isinstance(self.tubelet, int) or self.tubelet < 1:
-            raise ConfigError(f"model.encoder.tubelet: expected an int >= 1, got {self.tubelet!r}")
-        if self.kind == "vit":
-            self.dims()
-            return
-        if self.checkpoint:
-            raise ConfigError("model.encoder.checkpoint: a 'pixels' encoder has no weights to load; "
-                             "use model.encoder.kind=vit for a V-JEPA 2 checkpoint")
-        if not isinstance(self.pool, int) or self.pool < 1 or self.patch_size % self.pool:
-            raise ConfigError(f"model.encoder.pool: expected an int >= 1 dividing patch_size={self.patch_size}, "
-                             f"got {self.pool!r}")
-        if not isinstance(self.token_norm, bool):
-            raise ConfigError(f"model.encoder.token_norm: expected true or false, got {self.token_norm!r}")
-        if self.projection not in PIXEL_PROJECTIONS:
-            raise ConfigError(f"model.encoder.projection: expected one of {PIXEL_PROJECTIONS}, got {self.projection!r}")
-        raw = self.pixel_features()
-        if self.projection == "none":
-            if self.width is not None and self.width != raw:
-                raise ConfigError(f"model.encoder.width: {self.width} needs model.encoder.projection=orthogonal or pca "
-                                 f"(the pooled patches have {raw} features)")
-        elif self.width is None or not 1 <= self.width <= raw:
-            raise ConfigError(f"model.encoder.width: projection={self.projection!r} needs a width in [1, {raw}] "
-                             f"(the pooled patch features), got {self.width!r}")
-
-    def pixel_features(self) -> int:
-        return self.in_chans * self.tubelet * (self.patch_size // self.pool) ** 2
-
-    def dims(self) -> tuple[int, int, int, float]:
-        if self.size not in ENCODER_SIZES:
-            raise ConfigError(f"model.encoder.size: expected one of {tuple(ENCODER_SIZES)}, got {self.size!r}")
-        w, d, h, r = ENCODER_SIZES[self.size]
-        pick = lambda override, preset: preset if override is None else override
-        return (pick(self.width, w), pick(self.depth, d), pick(self.heads, h), pick(self.mlp_ratio, r))
+__all__ = ["ENCODER_KINDS", "ENCODER_SIZES", "IMAGENET_MEAN", "IMAGENET_STD", "PIXEL_PROJECTIONS", "EncoderConfig",
+           "PatchEmbed3D", "PixelEncoder", "VideoEncoder", "build_encoder", "check_video"]
 
 
 class PatchEmbed3D(nn.Module):
@@ -148,8 +70,8 @@ def check_video(cfg: EncoderConfig, video: torch.Tensor, check_range: bool = Tru
 
 
 def build_encoder(cfg: EncoderConfig) -> nn.Module:
-    """The encoder ``cfg.kind`` names (validated first)."""
-    cfg.validate()
+    """The encoder ``cfg.kind`` names (checked first)."""
+    cfg.check()
     return PixelEncoder(cfg) if cfg.kind == "pixels" else VideoEncoder(cfg)
 
 
@@ -175,7 +97,7 @@ class PixelEncoder(nn.Module):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        cfg.validate()
+        cfg.check()
         self.cfg = cfg
         raw = cfg.pixel_features()
         self.width = raw if cfg.projection == "none" else cfg.width

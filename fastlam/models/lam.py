@@ -2,93 +2,28 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..checkpoint import atomic_write, load_checkpoint
 from ..config import from_dict, to_dict
+# The model's configuration lives with every run configuration; imported here under its old
+# names (fastlam.models.lam.ModelConfig, RegularizerConfig, TransformerConfig).
+from ..configs import EncoderConfig, ModelConfig, RegularizerConfig, TransformerConfig
 from ..inputs import one_line
-from ..nn import REGULARIZERS, PredictionLoss, build_regularizer
-from .encoder import EncoderConfig, build_encoder
+from ..nn import PredictionLoss, regularizer_from_config
+from .encoder import build_encoder
+from .encoder_record import load_without_encoder, rebuild_encoder
 from .idm import InverseDynamicsModel
 from .predictor import Predictor
 
-
-@dataclass
-class TransformerConfig:
-    width: int = 96
-    depth: int = 2
-    heads: int = 4
-    mlp_ratio: float = 4.0
-
-
-@dataclass
-class RegularizerConfig:
-    kind: str = "noisy"  # none | deterministic | sparse | noisy | discrete
-    # sparse (lam-spec.md 3.1): l_l1 is the swept strength, the rest are the paper's fixed values
-    l_l1: float = 0.01
-    l_l2: float = 1.0
-    l_v: float = 0.1
-    l_c: float = 0.001
-    l_m: float = 0.1
-    mean_term: str = "signed"
-    # noisy (3.2)
-    beta: float = 5e-5
-    # discrete (3.3). The paper resets dead codes every 300k videos (configs/paper_vitl.yaml);
-    # a small run never sees that many, so by default the reset runs every reset_every_steps.
-    num_codes: int = 1024
-    commitment: float = 0.25
-    reset_every_videos: int = 0  # 0: off
-    reset_every_steps: int = 100  # 0: off
-    dead_code_threshold: float = 1.0  # a code chosen fewer times since the last reset is dead
-    codebook_init: str = "kmeans"  # kmeans (k-means++ on the first batch) | data | uniform | randn
-    ema: bool = False  # EMA codebook updates instead of the codebook loss
-    ema_decay: float = 0.99
-    ema_eps: float = 1e-5
-    cosine: bool = False
-
-    def build(self, action_dim: int, transitions_per_video: int):
-        if self.kind not in REGULARIZERS:
-            raise ValueError(f"model.regularizer.kind: expected one of {REGULARIZERS}, got {self.kind!r}")
-        kw: dict = {}
-        if self.kind == "sparse":
-            kw = dict(l_l1=self.l_l1, l_l2=self.l_l2, l_v=self.l_v, l_c=self.l_c, l_m=self.l_m, mean_term=self.mean_term)
-        elif self.kind == "noisy":
-            kw = dict(beta=self.beta)
-        elif self.kind == "discrete":
-            from ..nn.quantizers import VQ_INITS
-
-            if self.codebook_init not in VQ_INITS:
-                raise ValueError(f"model.regularizer.codebook_init: expected one of {VQ_INITS}, got {self.codebook_init!r}")
-            for name in ("num_codes", "reset_every_videos", "reset_every_steps"):
-                if getattr(self, name) < (1 if name == "num_codes" else 0):
-                    raise ValueError(f"model.regularizer.{name}: expected >= {1 if name == 'num_codes' else 0}, "
-                                     f"got {getattr(self, name)}")
-            if not 0.0 <= self.ema_decay < 1.0:
-                raise ValueError(f"model.regularizer.ema_decay: expected a value in [0, 1), got {self.ema_decay}")
-            kw = dict(num_codes=self.num_codes, commitment=self.commitment,
-                      reset_every=self.reset_every_videos * transitions_per_video or None,
-                      reset_every_steps=self.reset_every_steps or None, dead_code_threshold=self.dead_code_threshold,
-                      init=self.codebook_init, ema=self.ema, decay=self.ema_decay, eps=self.ema_eps, cosine=self.cosine)
-        return build_regularizer(self.kind, action_dim=action_dim, **kw)
-
-
-@dataclass
-class ModelConfig:
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    idm: TransformerConfig = field(default_factory=lambda: TransformerConfig(width=64, depth=2, heads=4))
-    predictor: TransformerConfig = field(default_factory=TransformerConfig)
-    regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
-    action_dim: int = 128
-    image_size: int = 256
-    frames: int = 16  # raw frames per clip (T = frames / tubelet time steps)
-    loss: str = "l1"
-    normalize_target: bool = False
+__all__ = ["EncoderConfig", "LAMOutput", "LatentActionWorldModel", "ModelConfig", "RegularizerConfig",
+           "TransformerConfig"]
 
 
 class LAMOutput(NamedTuple):
@@ -120,15 +55,12 @@ class LatentActionWorldModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         enc = cfg.encoder
-        if cfg.image_size % enc.patch_size:
-            raise ValueError(f"model.image_size={cfg.image_size} must be divisible by model.encoder.patch_size={enc.patch_size}")
-        if cfg.frames % enc.tubelet or cfg.frames < 2 * enc.tubelet:
-            raise ValueError(f"model.frames={cfg.frames} must be a multiple of the tubelet {enc.tubelet} and >= {2 * enc.tubelet}")
+        cfg.check()
         self.encoder = build_encoder(enc)
         self.encoder.requires_grad_(False)
         grid_w = cfg.image_size // enc.patch_size
         steps = cfg.frames // enc.tubelet
-        self.regularizer = cfg.regularizer.build(cfg.action_dim, steps - 1)
+        self.regularizer = regularizer_from_config(cfg.regularizer, cfg.action_dim, steps - 1)
         head = self.regularizer.head_features(cfg.action_dim) if self.regularizer is not None else cfg.action_dim
         self.idm = (
             InverseDynamicsModel(self.encoder.width, cfg.idm.width, cfg.idm.depth, cfg.idm.heads, head, grid_w,
@@ -221,10 +153,6 @@ class LatentActionWorldModel(nn.Module):
     # ---- persistence -------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``."""
-        from safetensors.torch import save_file
-
-        from ..checkpoint import atomic_write
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
@@ -239,10 +167,6 @@ class LatentActionWorldModel(nn.Module):
         training checkpoint ``.pt``. Weights are read with safetensors or
         ``torch.load(weights_only=True)``: no arbitrary objects are unpickled. Errors say what
         to pass instead."""
-        from safetensors.torch import load_file
-
-        from ..checkpoint import load_checkpoint
-
         path = Path(path)
         if path.is_file() and path.name in ("model.safetensors", "config.json"):
             if not ((path.parent / "config.json").is_file() and (path.parent / "model.safetensors").is_file()):
@@ -273,8 +197,6 @@ class LatentActionWorldModel(nn.Module):
             cfg = from_dict(ModelConfig, json.loads(ckpt["model_config"]))
             state = ckpt["model"]
             if "encoder" in ckpt:  # written without the frozen encoder's weights: rebuild and verify it
-                from .encoder_record import load_without_encoder, rebuild_encoder
-
                 model = cls(cfg if cfg.encoder.checkpoint is None else dataclasses.replace(
                     cfg, encoder=dataclasses.replace(cfg.encoder, checkpoint=None)))
                 rebuild_encoder(model, ckpt["encoder"])

@@ -5,13 +5,17 @@ from .attention import STAttention
 from .prediction_loss import PredictionLoss
 from .quantizers import FSQ, LFQ, Codebook, ResidualVQ, VQOutput, kmeans_plus_plus
 from .regularizers import (
+    REGULARIZER_KINDS,
     REGULARIZERS,
     GaussianLatentRegularizer,
+    RegularizerKind,
     RegularizerOutput,
     SparseLatentRegularizer,
     UnconstrainedLatent,
     VectorQuantizer,
     build_regularizer,
+    check_regularizer_config,
+    regularizer_from_config,
 )
 
 __all__ = [
@@ -24,7 +28,9 @@ __all__ = [
     "FrameAdaLN",
     "GaussianLatentRegularizer",
     "PredictionLoss",
+    "REGULARIZER_KINDS",
     "REGULARIZERS",
+    "RegularizerKind",
     "RegularizerOutput",
     "Rope1D",
     "Rope3D",
@@ -33,4 +39,6 @@ __all__ = [
     "UnconstrainedLatent",
     "VectorQuantizer",
     "build_regularizer",
+    "check_regularizer_config",
+    "regularizer_from_config",
 ]

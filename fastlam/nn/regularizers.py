@@ -10,16 +10,23 @@ Use them in another LAM codebase by replacing its quantizer / bottleneck::
     reg = GaussianLatentRegularizer(action_dim=128, beta=5e-5)
     out = reg(idm_head_output)          # (..., 256) -> out.z (..., 128)
     loss = recon_loss + out.loss
+
+:data:`REGULARIZER_KINDS` is the one table of kinds: each names its module and how a
+:class:`~fastlam.configs.RegularizerConfig` becomes its constructor's arguments
+(:func:`regularizer_from_config`), and owns the choices its module accepts
+(:func:`check_regularizer_config`). A new kind is a module here and one entry there.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
 
+from ..configs import RegularizerConfig, check_keys, one_of
 from ..ops import gaussian_kl, gaussian_sample, gaussian_sample_kl, sparse_regularizer
-from .quantizers import VectorQuantizer
+from ..ops.regularizers import MEAN_TERMS
+from .quantizers import VQ_INITS, VectorQuantizer
 
 
 class RegularizerOutput(NamedTuple):
@@ -116,15 +123,67 @@ class GaussianLatentRegularizer(nn.Module):
         return RegularizerOutput(z, self.beta * kl, {"reg/kl": kl.detach()})
 
 
-REGULARIZERS = ("none", "deterministic", "sparse", "noisy", "discrete")
+# ---- the registry: every kind, its module and how a RegularizerConfig becomes its arguments ----
+KEY = "model.regularizer"  # where a RegularizerConfig sits in a run config (errors name it)
+
+
+class RegularizerKind(NamedTuple):
+    """One kind of :data:`REGULARIZER_KINDS`."""
+
+    module: type[nn.Module] | None  # None: no latent at all (the IDM is dropped)
+    # (config, action_dim, transitions per video) -> the module's constructor keyword arguments
+    keywords: Callable[[RegularizerConfig, int, int], dict]
+    choices: dict[str, tuple]  # config keys whose allowed values this kind's module owns
+
+
+def _sparse_keywords(cfg: RegularizerConfig, action_dim: int, transitions_per_video: int) -> dict:
+    return dict(action_dim=action_dim, l_l1=cfg.l_l1, l_l2=cfg.l_l2, l_v=cfg.l_v, l_c=cfg.l_c, l_m=cfg.l_m, mean_term=cfg.mean_term)
+
+
+def _discrete_keywords(cfg: RegularizerConfig, action_dim: int, transitions_per_video: int) -> dict:
+    # The paper counts the reset interval in videos; the quantizer counts the latents it sees.
+    return dict(dim=action_dim, codebook_size=cfg.num_codes, commitment=cfg.commitment,
+                reset_every=cfg.reset_every_videos * transitions_per_video or None,
+                reset_every_steps=cfg.reset_every_steps or None, threshold_dead_code=cfg.dead_code_threshold,
+                init=cfg.codebook_init, ema=cfg.ema, decay=cfg.ema_decay, eps=cfg.ema_eps, cosine=cfg.cosine)
+
+
+REGULARIZER_KINDS: dict[str, RegularizerKind] = {
+    "none": RegularizerKind(UnconstrainedLatent, lambda cfg, action_dim, n: dict(action_dim=action_dim), {}),
+    "deterministic": RegularizerKind(None, lambda cfg, action_dim, n: {}, {}),
+    "sparse": RegularizerKind(SparseLatentRegularizer, _sparse_keywords, {"mean_term": MEAN_TERMS}),
+    "noisy": RegularizerKind(GaussianLatentRegularizer, lambda cfg, action_dim, n: dict(action_dim=action_dim,
+                                                                                          beta=cfg.beta), {}),
+    "discrete": RegularizerKind(VectorQuantizer, _discrete_keywords, {"codebook_init": VQ_INITS}),
+}
+REGULARIZERS = tuple(REGULARIZER_KINDS)
+
+
+def check_regularizer_config(cfg: RegularizerConfig) -> None:
+    """ConfigError naming the key when ``cfg.kind`` is not a registered kind, or a key holds a
+    value its module cannot take. Every kind's choices are checked, not only the chosen kind's:
+    a value no regularizer accepts is a mistake whatever the kind (the number ranges are
+    ``RegularizerConfig.check``'s)."""
+    check_keys(cfg, KEY, {"kind": one_of(*REGULARIZER_KINDS)})
+    for kind in REGULARIZER_KINDS.values():
+        check_keys(cfg, KEY, {key: one_of(*allowed) for key, allowed in kind.choices.items()})
+
+
+def regularizer_from_config(cfg: RegularizerConfig, action_dim: int, transitions_per_video: int) -> nn.Module | None:
+    """The regularizer ``cfg`` describes (checked first), for ``action_dim`` latents and clips of
+    ``transitions_per_video`` latent actions; None for ``deterministic``."""
+    cfg.check(KEY)
+    check_regularizer_config(cfg)
+    kind = REGULARIZER_KINDS[cfg.kind]
+    if kind.module is None:
+        return None
+    return kind.module(**kind.keywords(cfg, action_dim, transitions_per_video))
 
 
 def build_regularizer(kind: str, action_dim: int = 128, **kwargs) -> nn.Module | None:
-    """Regularizer by name; ``deterministic`` returns None (the model then has no z at all)."""
-    if kind == "deterministic":
-        return None
-    classes = {"none": UnconstrainedLatent, "sparse": SparseLatentRegularizer,
-               "noisy": GaussianLatentRegularizer, "discrete": VectorQuantizer}
-    if kind not in classes:
+    """Regularizer by name, with its constructor's keyword arguments; ``deterministic`` returns
+    None (the model then has no z at all)."""
+    if kind not in REGULARIZER_KINDS:
         raise ValueError(f"regularizer: expected one of {REGULARIZERS}, got {kind!r}")
-    return classes[kind](action_dim=action_dim, **kwargs)
+    module = REGULARIZER_KINDS[kind].module
+    return None if module is None else module(action_dim=action_dim, **kwargs)

@@ -38,7 +38,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -145,7 +145,7 @@ def index_video(path: str) -> VideoIndex:
                           keyframes=np.asarray(sorted(keys) or [int(pts_arr[0])], dtype=np.int64))
 
 
-def cut_stream(idx: VideoIndex, frames: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def cut_stream(idx: VideoIndex, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The packets a clip needs, remuxed in memory: (encoded bytes, frame indices in them).
 
     DALI's decoder does not seek in an in-memory stream (measured: its cost grows with the
@@ -196,14 +196,14 @@ class _Plan:
     slot: int  # position in the batch
     index: VideoIndex
     frames: np.ndarray  # int32 frame indices into the presentation order
-    resized: Tuple[int, int]
-    crop: Tuple[int, int]  # top, left
+    resized: tuple[int, int]
+    crop: tuple[int, int]  # top, left
 
 
 class _DaliDecoder:
     """One DALI pipeline: encoded bytes + frame indices + geometry -> uint8 (F, h, w, C)."""
 
-    def __init__(self, max_batch: int, size: Tuple[int, int], device: str, device_id: Optional[int],
+    def __init__(self, max_batch: int, size: tuple[int, int], device: str, device_id: int | None,
                  num_threads: int):
         from nvidia.dali import fn, pipeline_def, types  # optional: NVIDIA DALI (the dali extra)
 
@@ -226,7 +226,7 @@ class _DaliDecoder:
         self.pipe = pipe()
         self.pipe.build()
 
-    def decode(self, plans: List[_Plan], encoded: List[np.ndarray]) -> torch.Tensor:
+    def decode(self, plans: list[_Plan], encoded: list[np.ndarray]) -> torch.Tensor:
         """uint8 (len(plans), F, H, W, C) on the decoder's device."""
         p = self.pipe
         p.feed_input("encoded", encoded)
@@ -289,12 +289,12 @@ class DaliVideoLoader:
     def __init__(self, source, *, batch_size: int, num_frames: int = 16, fps: float = 4.0,
                  size: Sequence[int] = (256, 256), crop: str = "random", short_policy: str = "pad",
                  seed: int = 0, clips_per_video: int = 1, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = True, device: str = "cuda", device_id: Optional[int] = None,
-                 dtype: Optional[torch.dtype] = None, layout: str = "cfhw",
-                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 drop_last: bool = True, device: str = "cuda", device_id: int | None = None,
+                 dtype: torch.dtype | None = None, layout: str = "cfhw",
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  tubelet: int = 2, patch: int = 16, backend: str = "auto", num_threads: int = 2,
                  prefetch: int = 2, extensions: Sequence[str] = VIDEO_EXTENSIONS,
-                 bad_file_log=None, decode_timeout_s: Optional[float] = 60.0):
+                 bad_file_log=None, decode_timeout_s: float | None = 60.0):
         check_batch_and_device(batch_size, device)
         if backend not in ("auto", "dali", "pyav"):
             raise ValueError(f"backend must be 'auto', 'dali' or 'pyav', got {backend!r}")
@@ -312,9 +312,9 @@ class DaliVideoLoader:
         self.dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
         self.pre = dict(dtype=self.dtype, layout=layout, mean=mean, std=std, tubelet=tubelet, patch=patch)
         self.num_threads, self.prefetch, self.drop_last = num_threads, prefetch, drop_last
-        self._index: Dict[str, VideoIndex] = {}
-        self._dali: Optional[_DaliDecoder] = None
-        self._live: Optional[Tuple[int, int]] = None  # (epoch, consumed) while iterating
+        self._index: dict[str, VideoIndex] = {}
+        self._dali: _DaliDecoder | None = None
+        self._live: tuple[int, int] | None = None  # (epoch, consumed) while iterating
         self.counts = {"dali": 0, "pyav": 0, "dali_errors": 0}
         load_extension()  # a first-time JIT build happens here, not in the loader thread
 
@@ -324,7 +324,7 @@ class DaliVideoLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     @property
-    def bad_files(self) -> Dict[str, str]:
+    def bad_files(self) -> dict[str, str]:
         return self.dataset.bad_files
 
     def report(self) -> str:
@@ -345,7 +345,7 @@ class DaliVideoLoader:
         self.sampler.load_state_dict(state["sampler"])
 
     # ---- planning -----------------------------------------------------------------------
-    def _video_index(self, path: str) -> Optional[VideoIndex]:
+    def _video_index(self, path: str) -> VideoIndex | None:
         idx = self._index.get(path)
         if idx is None:
             try:
@@ -366,7 +366,7 @@ class DaliVideoLoader:
         _log_route(idx.codec, self.device, backend)
         return backend
 
-    def _plan(self, slot: int, item: int, path: str, idx: VideoIndex) -> Optional[_Plan]:
+    def _plan(self, slot: int, item: int, path: str, idx: VideoIndex) -> _Plan | None:
         """Same start and crop draws as VideoClipDataset._try_read for this item."""
         ds = self.dataset
         clip_index = item % ds.clips_per_video
@@ -382,7 +382,7 @@ class DaliVideoLoader:
         top, left = crop_offsets(rh, rw, ds.size, ds.crop, gen)
         return _Plan(slot, idx, frames, (rh, rw), (top, left))
 
-    def _frames_at(self, idx: VideoIndex, start: float) -> Optional[np.ndarray]:
+    def _frames_at(self, idx: VideoIndex, start: float) -> np.ndarray | None:
         ds = self.dataset
         for s in (start, 0.0):  # the dataset's retry order: the planned start, then 0
             thr = np.asarray(frame_thresholds(idx.origin, idx.time_base, s, ds.fps, ds.num_frames), dtype=np.int64)
@@ -417,7 +417,7 @@ class DaliVideoLoader:
                 return clip
         raise RuntimeError("no readable video left in the dataset: " + ds.report())
 
-    def _dali_batch(self, plans: List[_Plan]) -> Optional[torch.Tensor]:
+    def _dali_batch(self, plans: list[_Plan]) -> torch.Tensor | None:
         if self._dali is None:
             self._dali = _DaliDecoder(self.batch_size, self.dataset.size, self.device,
                                       self.device_id, self.num_threads)
@@ -437,11 +437,11 @@ class DaliVideoLoader:
         self.counts["dali"] += len(plans)
         return out
 
-    def _make_batch(self, items: List[int]) -> torch.Tensor:
+    def _make_batch(self, items: list[int]) -> torch.Tensor:
         ds = self.dataset
         out_dev = torch.device("cuda", self.device_id) if self.device == "cuda" else torch.device("cpu")
-        clips: List[Optional[torch.Tensor]] = [None] * len(items)
-        dali_plans: List[_Plan] = []
+        clips: list[torch.Tensor | None] = [None] * len(items)
+        dali_plans: list[_Plan] = []
         for slot, item in enumerate(items):
             video = item // ds.clips_per_video
             n = len(ds.paths)

@@ -24,7 +24,7 @@ prefetched but the loop never received are drawn again after a resume. One pipel
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ class _ClipSource:
                  codecs: frozenset, num_frames: int, size):
         self.dataset, self.order, self.offset, self.stop = dataset, order, offset, stop
         self.codecs, self.num_frames, self.size = codecs, num_frames, tuple(size)
-        self._index: Dict[str, object] = {}
+        self._index: dict[str, object] = {}
 
     def _idx(self, path):
         idx = self._index.get(path)
@@ -98,10 +98,10 @@ class DaliStreamLoader:
     def __init__(self, source, *, batch_size: int, num_frames: int = 16, fps: float = 4.0,
                  size: Sequence[int] = (256, 256), crop: str = "random", short_policy: str = "pad",
                  seed: int = 0, clips_per_video: int = 1, rank: int = 0, world_size: int = 1,
-                 device: str = "cuda", device_id: Optional[int] = None,
-                 dtype: Optional[torch.dtype] = None, num_threads: int = 2, py_workers: int = 2,
+                 device: str = "cuda", device_id: int | None = None,
+                 dtype: torch.dtype | None = None, num_threads: int = 2, py_workers: int = 2,
                  prefetch: int = 2, extensions: Sequence[str] = VIDEO_EXTENSIONS,
-                 bad_file_log=None, decode_timeout_s: Optional[float] = 60.0, **pre):
+                 bad_file_log=None, decode_timeout_s: float | None = 60.0, **pre):
         check_batch_and_device(batch_size, device)
         for name, v in (("py_workers", py_workers), ("prefetch", prefetch), ("num_threads", num_threads)):
             if not isinstance(v, int) or v < 1:

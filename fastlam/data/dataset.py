@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -40,12 +40,12 @@ from .manifest import ManifestMeta, is_manifest, load_manifest
 from .seeding import mix_seed
 from .video import VIDEO_EXTENSIONS, DecodedVideo, clip_to_tensor, decode_video
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 __all__ = ["VideoClipDataset", "VIDEO_EXTENSIONS", "list_videos"]
 
 
-def list_videos(source, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> List[str]:
+def list_videos(source, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[str]:
     """Resolve ``source`` (directory, text file of paths, list of paths, or one video file).
 
     Raises ``ValueError`` naming ``source`` when it is missing or yields no videos.
@@ -113,18 +113,18 @@ class VideoClipDataset(Dataset):
 
     def __init__(
         self,
-        source: Union[PathLike, Sequence[PathLike]],
+        source: PathLike | Sequence[PathLike],
         *,
         num_frames: int = 16,
         fps: float = 4.0,
-        size: Tuple[int, int] = (256, 256),
+        size: tuple[int, int] = (256, 256),
         extensions: Sequence[str] = VIDEO_EXTENSIONS,
         short_policy: str = "pad",
         crop: str = "random",
         seed: int = 0,
         clips_per_video: int = 1,
-        bad_file_log: Optional[PathLike] = None,
-        decode_timeout_s: Optional[float] = 60.0,
+        bad_file_log: PathLike | None = None,
+        decode_timeout_s: float | None = 60.0,
         cache_mb: float = 0.0,
     ):
         check_clip_args(num_frames, fps, 0.0, tuple(size), crop)
@@ -158,13 +158,13 @@ class VideoClipDataset(Dataset):
         self.cache_mb = float(cache_mb)
         self.bad_file_log = str(bad_file_log) if bad_file_log is not None else None
         self.epoch = 0
-        self._bad: Dict[str, str] = {}
+        self._bad: dict[str, str] = {}
         # path -> (header duration, est. bytes); read from the manifest when there is one.
         self._meta = ({} if self.manifest is None
                       else ManifestMeta(self.manifest, max(self.size)))
-        self._cache: Dict[str, DecodedVideo] = {}
+        self._cache: dict[str, DecodedVideo] = {}
         self._cache_bytes = 0
-        self._padded: Dict[str, int] = {}
+        self._padded: dict[str, int] = {}
         self._log_offset = 0
 
     def __getstate__(self):
@@ -211,7 +211,7 @@ class VideoClipDataset(Dataset):
                 os.close(fd)
 
     @property
-    def bad_files(self) -> Dict[str, str]:
+    def bad_files(self) -> dict[str, str]:
         """path -> reason for every file found unusable so far (all workers, with a log)."""
         self._sync_log()
         return dict(self._bad)

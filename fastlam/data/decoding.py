@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover - exercised only where av is absent
 # child freezes what it inherited (a cycle made between the two is never finalised there).
 os.register_at_fork(before=gc.collect, after_in_child=gc.freeze)
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 __all__ = [
     "VideoInfo",
@@ -97,7 +97,7 @@ class ClipTooShort(VideoDecodeError):
     possibly ``k == 0``) so a caller can pad instead of discarding the video.
     """
 
-    def __init__(self, path: PathLike, reason: str, frames: Optional[torch.Tensor] = None,
+    def __init__(self, path: PathLike, reason: str, frames: torch.Tensor | None = None,
                  needed: int = 0):
         super().__init__(path, reason)
         self.frames = frames
@@ -183,7 +183,7 @@ def stream_time_base(path: PathLike, stream) -> Fraction:
     return Fraction(tb.numerator, tb.denominator)
 
 
-def nominal_frame_units(rate: Optional[Fraction], tb: Fraction) -> int:
+def nominal_frame_units(rate: Fraction | None, tb: Fraction) -> int:
     """One frame at the stream's nominal ``rate``, in time-base units (1 when the rate is
     unknown): the step for frames without timestamps, and the last resort for a duration."""
     return to_time_base_units(1 / rate, tb) if rate else 1
@@ -198,7 +198,7 @@ def last_frame_units(duration: int, spacings: Sequence[int], nominal: int) -> in
     return int(np.median(spacings)) if len(spacings) else nominal
 
 
-def stream_rate(stream) -> Optional[Fraction]:
+def stream_rate(stream) -> Fraction | None:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate is not None and rate > 0:
             return Fraction(rate.numerator, rate.denominator)
@@ -249,7 +249,7 @@ def probe_opened(path: PathLike, container, stream, exact: bool = True) -> Video
     )
 
 
-def _count_packets(path, container, stream) -> Tuple[int, float]:
+def _count_packets(path, container, stream) -> tuple[int, float]:
     tb = stream.time_base or Fraction(1, 1)
     count, first, last, last_dur = 0, None, None, 0
     try:
@@ -287,7 +287,7 @@ def check_clip_args(num_frames, fps, start_s, size, crop):
         raise ValueError(f"crop must be 'center' or 'random', got {crop!r}")
 
 
-def resized_frame_shape(width: int, height: int, sar: Fraction, short_side: int) -> Tuple[int, int]:
+def resized_frame_shape(width: int, height: int, sar: Fraction, short_side: int) -> tuple[int, int]:
     # Anamorphic video (non-square pixels) is resized to its display aspect ratio.
     display_w = width * sar if sar > 0 else Fraction(width)
     if display_w <= height:
@@ -299,7 +299,7 @@ def resized_frame_shape(width: int, height: int, sar: Fraction, short_side: int)
     return new_h, new_w
 
 
-def crop_offsets(rh, rw, size, crop, generator) -> Tuple[int, int]:
+def crop_offsets(rh, rw, size, crop, generator) -> tuple[int, int]:
     out_h, out_w = size
     if crop == "center":
         return (rh - out_h) // 2, (rw - out_w) // 2
@@ -383,7 +383,7 @@ def _rewind(container, stream, origin: int) -> None:
     container.seek(min(origin, 0), stream=stream, backward=True, any_frame=False)
 
 
-def frame_thresholds(origin: int, tb: Fraction, start_s, fps, num_frames: int) -> List[int]:
+def frame_thresholds(origin: int, tb: Fraction, start_s, fps, num_frames: int) -> list[int]:
     """Output frame i is the last frame with pts <= thresholds[i] (exact integer compares)."""
     step = Fraction(fps).limit_denominator(1_000_000)
     start = Fraction(start_s).limit_denominator(1_000_000)

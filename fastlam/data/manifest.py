@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -60,7 +60,7 @@ def is_manifest(source) -> bool:
 
 
 # ---- scanning ------------------------------------------------------------------------------
-def _read_list(src: str, csv: bool) -> Iterator[Tuple[str, int]]:
+def _read_list(src: str, csv: bool) -> Iterator[tuple[str, int]]:
     base = os.path.dirname(src) if not is_remote(src) else src.rsplit("/", 1)[0]
     with open_binary(src) as f:
         raw = f.read()
@@ -85,8 +85,8 @@ def _read_list(src: str, csv: bool) -> Iterator[Tuple[str, int]]:
         yield (line if is_remote(line) else os.path.abspath(os.path.expanduser(line))), label
 
 
-def scan_sources(sources: Sequence[Union[str, os.PathLike]],
-                 extensions: Optional[Sequence[str]] = None) -> List[Tuple[str, int]]:
+def scan_sources(sources: Sequence[str | os.PathLike],
+                 extensions: Sequence[str] | None = None) -> list[tuple[str, int]]:
     """``(path, label)`` for every video the sources name, in order, duplicates dropped.
 
     A directory is walked recursively (``extensions`` filter, default the dataset's); a
@@ -95,7 +95,7 @@ def scan_sources(sources: Sequence[Union[str, os.PathLike]],
     """
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower()
                  for e in (extensions or VIDEO_EXTENSIONS))
-    out: List[Tuple[str, int]] = []
+    out: list[tuple[str, int]] = []
     seen = set()
 
     def add(path, label):
@@ -147,7 +147,7 @@ def _row(path: str, label: int, **kw) -> dict:
     return row
 
 
-def probe_file(item: Tuple[str, int]) -> dict:
+def probe_file(item: tuple[str, int]) -> dict:
     """One manifest row for ``(path, label)``: metadata, and whether a frame decodes.
 
     Never raises for a bad file: ``ok`` is False and ``reason`` says why.
@@ -203,8 +203,8 @@ def _journal(out: Path) -> Path:
     return out.with_name(out.name + ".partial.jsonl")
 
 
-def _read_journal(path: Path) -> Dict[str, dict]:
-    done: Dict[str, dict] = {}
+def _read_journal(path: Path) -> dict[str, dict]:
+    done: dict[str, dict] = {}
     if not path.exists():
         return done
     with open(path, "r", encoding="utf-8") as f:
@@ -241,7 +241,7 @@ def summarize(rows: Iterable[dict], max_bad: int = 1000) -> dict:
             "bad_files": bad, "bad_files_listed": len(bad)}
 
 
-def write_manifest(rows: List[dict], out: Path) -> None:
+def write_manifest(rows: list[dict], out: Path) -> None:
     """Write manifest ``rows`` (dicts with every column) to ``out`` (.parquet, else JSONL), atomically."""
     rows = sorted(rows, key=lambda r: r["path"])  # sorted: loaders look paths up by bisection
     tmp = out.with_name(out.name + ".tmp")
@@ -263,9 +263,9 @@ def write_manifest(rows: List[dict], out: Path) -> None:
     os.replace(tmp, out)
 
 
-def build_manifest(sources: Sequence[Union[str, os.PathLike]], out: Union[str, os.PathLike], *,
-                   workers: Optional[int] = None, extensions: Optional[Sequence[str]] = None,
-                   progress: bool = True, limit: Optional[int] = None) -> dict:
+def build_manifest(sources: Sequence[str | os.PathLike], out: str | os.PathLike, *,
+                   workers: int | None = None, extensions: Sequence[str] | None = None,
+                   progress: bool = True, limit: int | None = None) -> dict:
     """Probe every video of ``sources`` into the manifest ``out``; returns the summary.
 
     ``limit`` stops after that many new probes (what an interruption looks like; the tests
@@ -358,7 +358,7 @@ class Manifest:
     all paths), which is what keeps start-up O(1) per video in time and memory.
     """
 
-    def __init__(self, path: Union[str, os.PathLike]):
+    def __init__(self, path: str | os.PathLike):
         import pyarrow as pa  # optional: pyarrow (the data extra)
 
         self.source = str(path)
@@ -423,7 +423,7 @@ class Manifest:
                 "sar": Fraction(int(self._sar[0][row]), int(self._sar[1][row]))}
 
 
-def load_manifest(path: Union[str, os.PathLike]) -> Manifest:
+def load_manifest(path: str | os.PathLike) -> Manifest:
     return Manifest(path)
 
 
@@ -434,7 +434,7 @@ class ManifestMeta:
 
     def __init__(self, manifest: Manifest, short_side: int):
         self.manifest, self.short_side = manifest, short_side
-        self._overlay: Dict[str, Tuple[float, int]] = {}
+        self._overlay: dict[str, tuple[float, int]] = {}
 
     def __contains__(self, path) -> bool:
         return path in self._overlay or self.manifest.row_of(path) >= 0

@@ -27,7 +27,7 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -39,7 +39,7 @@ _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _LAYOUTS = ("cfhw", "patches")
 
 _ext = None
-_ext_error: Optional[str] = None
+_ext_error: str | None = None
 _ext_lock = threading.Lock()
 
 
@@ -146,8 +146,8 @@ def _affine(C: int, mean, std, device):
     return m.to(device), inv.to(device)
 
 
-def preprocess_reference(frames: torch.Tensor, *, mean: Optional[Sequence[float]] = None,
-                         std: Optional[Sequence[float]] = None, dtype: torch.dtype = torch.float32,
+def preprocess_reference(frames: torch.Tensor, *, mean: Sequence[float] | None = None,
+                         std: Sequence[float] | None = None, dtype: torch.dtype = torch.float32,
                          layout: str = "cfhw", tubelet: int = 2, patch: int = 16) -> torch.Tensor:
     """Plain PyTorch version of :func:`preprocess_frames` (fallback and test oracle)."""
     _check(frames, mean, std, dtype, layout, tubelet, patch)
@@ -166,8 +166,8 @@ def preprocess_reference(frames: torch.Tensor, *, mean: Optional[Sequence[float]
     return out if batched else out.squeeze(0)
 
 
-def preprocess_frames(frames: torch.Tensor, *, mean: Optional[Sequence[float]] = None,
-                      std: Optional[Sequence[float]] = None, dtype: torch.dtype = torch.float32,
+def preprocess_frames(frames: torch.Tensor, *, mean: Sequence[float] | None = None,
+                      std: Sequence[float] | None = None, dtype: torch.dtype = torch.float32,
                       layout: str = "cfhw", tubelet: int = 2, patch: int = 16,
                       backend: str = "auto") -> torch.Tensor:
     """uint8 ``(B?, F, H, W, C)`` -> normalised ``dtype`` in ``layout`` (see the module doc).

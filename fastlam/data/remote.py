@@ -18,12 +18,12 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import IO, Optional, Union
+from typing import IO
 
 __all__ = ["is_remote", "open_binary", "FileCache", "default_cache"]
 
 
-def is_remote(path: Union[str, os.PathLike]) -> bool:
+def is_remote(path: str | os.PathLike) -> bool:
     """True for a URL with a scheme other than ``file://`` (those go through fsspec)."""
     s = str(path)
     return "://" in s and not s.startswith("file://")
@@ -33,7 +33,7 @@ def _local(path: str) -> str:
     return path[len("file://"):] if path.startswith("file://") else path
 
 
-def open_binary(path: Union[str, os.PathLike]) -> IO[bytes]:
+def open_binary(path: str | os.PathLike) -> IO[bytes]:
     """A readable, seekable binary file object for a local path or an fsspec URL."""
     s = str(path)
     if not is_remote(s):
@@ -46,7 +46,7 @@ def open_binary(path: Union[str, os.PathLike]) -> IO[bytes]:
 class FileCache:
     """Whole-file local copies of remote files, bounded to ``max_bytes`` in total."""
 
-    def __init__(self, cache_dir: Union[str, os.PathLike, None] = None, max_bytes: int = 8 << 30):
+    def __init__(self, cache_dir: str | os.PathLike | None = None, max_bytes: int = 8 << 30):
         if not isinstance(max_bytes, int) or max_bytes < 1:
             raise ValueError(f"max_bytes must be a positive int (cache size in bytes), got {max_bytes!r}")
         self.dir = Path(cache_dir if cache_dir is not None
@@ -61,7 +61,7 @@ class FileCache:
         suffix = "".join(Path(url.split("?")[0]).suffixes[-2:])[:16]
         return self.dir / (digest + suffix)
 
-    def open(self, path: Union[str, os.PathLike]) -> IO[bytes]:
+    def open(self, path: str | os.PathLike) -> IO[bytes]:
         """An open binary handle on the file, fetched into the cache first if remote."""
         s = str(path)
         if not is_remote(s):
@@ -121,7 +121,7 @@ class FileCache:
         return sum(p.stat().st_size for p in self.dir.iterdir() if not p.name.startswith(".part-"))
 
 
-_default: Optional[FileCache] = None
+_default: FileCache | None = None
 
 
 def default_cache() -> FileCache:

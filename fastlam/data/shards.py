@@ -43,7 +43,7 @@ import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -72,8 +72,8 @@ INDEX_NAME = "shards.json"
 
 
 # ---- writing -------------------------------------------------------------------------------
-def _reencode(path: str, fps: Optional[float], short_side: Optional[int],
-              max_seconds: Optional[float]) -> bytes:
+def _reencode(path: str, fps: float | None, short_side: int | None,
+              max_seconds: float | None) -> bytes:
     """H.264 MP4 of ``path`` at ``fps`` (frames picked by timestamp, the clip rule) with the
     shorter side scaled to ``short_side``; keyframe every second so clip reads seek close."""
     import av  # optional: PyAV (the data extra)
@@ -138,7 +138,7 @@ def _stored_meta(data: bytes) -> dict:
                 "sar": [sar.numerator, sar.denominator] if sar > 0 else [1, 1]}
 
 
-def _sample(job) -> Tuple[int, Optional[bytes], dict]:
+def _sample(job) -> tuple[int, bytes | None, dict]:
     i, path, label, meta, fps, short_side, max_seconds = job
     try:
         if fps is None and short_side is None and max_seconds is None:
@@ -156,9 +156,9 @@ def _sample(job) -> Tuple[int, Optional[bytes], dict]:
         return i, None, {"source": path, "reason": f"{type(e).__name__}: {e}"}
 
 
-def write_shards(manifest, out, *, shard_bytes: int = 512 << 20, fps: Optional[float] = None,
-                 short_side: Optional[int] = None, max_seconds: Optional[float] = None,
-                 workers: Optional[int] = None, progress: bool = True, seed: int = 0) -> dict:
+def write_shards(manifest, out, *, shard_bytes: int = 512 << 20, fps: float | None = None,
+                 short_side: int | None = None, max_seconds: float | None = None,
+                 workers: int | None = None, progress: bool = True, seed: int = 0) -> dict:
     """Write the manifest's usable videos into tar shards under ``out``; returns the index."""
     if not isinstance(shard_bytes, int) or shard_bytes < 1:
         raise ValueError(f"shard_bytes must be a positive int, got {shard_bytes!r}")
@@ -193,8 +193,8 @@ def write_shards(manifest, out, *, shard_bytes: int = 512 << 20, fps: Optional[f
     remote = is_remote(out_s)
     stage = Path(tempfile.mkdtemp(prefix="fastlam-shards-")) if remote else Path(out_s)
     stage.mkdir(parents=True, exist_ok=True)
-    shards: List[dict] = []
-    bad: List[dict] = []
+    shards: list[dict] = []
+    bad: list[dict] = []
     state = {"tar": None, "bytes": 0, "n": 0}
 
     def close():
@@ -269,7 +269,7 @@ def write_shards(manifest, out, *, shard_bytes: int = 512 << 20, fps: Optional[f
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
-def expand_braces(pattern: str) -> List[str]:
+def expand_braces(pattern: str) -> list[str]:
     """``a-{000..002}.tar`` -> ``a-000.tar, a-001.tar, a-002.tar`` (zero padding kept)."""
     m = _BRACE.search(pattern)
     if m is None:
@@ -288,9 +288,9 @@ def _join(base: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}" if is_remote(base) else os.path.join(base, name)
 
 
-def _tar_samples(f) -> List[Tuple[str, Dict[str, Tuple[int, int]]]]:
+def _tar_samples(f) -> list[tuple[str, dict[str, tuple[int, int]]]]:
     """[(key, {ext: (data offset, size)})] in file order, from the tar headers only."""
-    samples: List[Tuple[str, Dict[str, Tuple[int, int]]]] = []
+    samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
     with tarfile.open(fileobj=f, mode="r:") as tar:
         for member in tar:
             if not member.isfile():
@@ -303,7 +303,7 @@ def _tar_samples(f) -> List[Tuple[str, Dict[str, Tuple[int, int]]]]:
     return samples
 
 
-def read_shard_index(source: str, cache: Optional[FileCache] = None) -> Tuple[List[str], List[int]]:
+def read_shard_index(source: str, cache: FileCache | None = None) -> tuple[list[str], list[int]]:
     """(shard URLs, samples per shard) from a ``shards.json`` or a brace pattern of tars."""
     source = str(source)
     if source.endswith(".json"):
@@ -322,7 +322,7 @@ def read_shard_index(source: str, cache: Optional[FileCache] = None) -> Tuple[Li
 
 
 # ---- decoding one sample -------------------------------------------------------------------
-def clip_from_bytes(data: bytes, meta: dict, *, num_frames: int, fps: float, size: Tuple[int, int],
+def clip_from_bytes(data: bytes, meta: dict, *, num_frames: int, fps: float, size: tuple[int, int],
                     crop: str, short_policy: str, generator: torch.Generator) -> torch.Tensor:
     """A clip of an encoded video held in memory, uint8 (F, H, W, 3), with the start and crop
     rules of ``VideoClipDataset`` (start drawn in [0, duration - span), then crop)."""
@@ -365,7 +365,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, source: str, *, num_frames: int = 16, fps: float = 4.0,
                  size: Sequence[int] = (256, 256), crop: str = "random", short_policy: str = "pad",
                  seed: int = 0, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 64,
-                 drop_last: bool = False, cache: Optional[FileCache] = None):
+                 drop_last: bool = False, cache: FileCache | None = None):
         check_clip_args(num_frames, fps, 0.0, tuple(size), crop)
         if short_policy not in ("pad", "skip"):
             raise ValueError(f"short_policy must be 'pad' or 'skip', got {short_policy!r}")
@@ -416,12 +416,12 @@ class ShardStream(torch.utils.data.IterableDataset):
         share = np.array_split(self.remaining(self.epoch, self.base), self.world_size)[self.rank]
         return share[~self.mine[share]]
 
-    def _worker_keys(self) -> Tuple[np.ndarray, int]:
+    def _worker_keys(self) -> tuple[np.ndarray, int]:
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         return np.array_split(self.rank_share(), nw)[wid], wid
 
-    def _read(self, keys: np.ndarray) -> Iterator[Tuple[int, bytes, dict]]:
+    def _read(self, keys: np.ndarray) -> Iterator[tuple[int, bytes, dict]]:
         """(global id, encoded video, meta) for ``keys`` in order, opening each shard once."""
         cache = self.cache or default_cache()
         shard_of = np.searchsorted(self.offsets, keys, side="right") - 1
@@ -448,7 +448,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         keys, wid = self._worker_keys()
         rng = np.random.default_rng(np.random.SeedSequence(
             [self.seed, self.epoch, int(self.base.sum()), int(self.mine.sum()), self.rank, wid]))
-        buf: List[Tuple[int, bytes, dict]] = []
+        buf: list[tuple[int, bytes, dict]] = []
 
         def decode(item):
             g, data, meta = item
@@ -492,8 +492,8 @@ class ShardLoader:
         # counted as consumed, they simply wait for the next epoch's new order.
         self.drop_last_batch = bool(drop_last_batch)
         self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.bad: Dict[int, str] = {}
-        self.last_ids: List[int] = []  # global ids of the clips in the batch last yielded
+        self.bad: dict[int, str] = {}
+        self.last_ids: list[int] = []  # global ids of the clips in the batch last yielded
 
     @property
     def epoch(self) -> int:
@@ -537,8 +537,8 @@ class ShardLoader:
         # The workers get a copy of the stream (base and mine as they are now) and plan from it.
         loader = torch.utils.data.DataLoader(s, batch_size=None, num_workers=self.num_workers,
                                              pin_memory=self.pin_memory)
-        clips: List[torch.Tensor] = []
-        ids: List[int] = []
+        clips: list[torch.Tensor] = []
+        ids: list[int] = []
         for clip, g, reason in loader:
             if clip is None:
                 self.bad[int(g)] = reason

@@ -28,8 +28,6 @@ The action sprite is drawn on top, so it is always fully visible.
 """
 from __future__ import annotations
 
-from typing import Tuple, Union
-
 import torch
 
 __all__ = ["make_sprite_clips"]
@@ -58,7 +56,7 @@ def make_sprite_clips(
     wrap: bool = False,
     seed: int = 0,
     return_positions: bool = False,
-) -> Union[Tuple[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Clips of sprites moved by known actions.
 
     Returns ``video`` float32 ``(num_clips, 3, steps * tubelet, size, size)`` in ``[0, 1]``

@@ -12,7 +12,6 @@ import argparse
 import sys
 from fractions import Fraction
 from pathlib import Path
-from typing import List, Optional
 
 from ..cli_help import plain
 from ..inputs import output_folder, require_folder
@@ -24,8 +23,8 @@ _CODECS = {"vp9": ("libvpx-vp9", ".webm", "yuv420p"), "vp8": ("libvpx", ".webm",
            "mjpeg": ("mjpeg", ".avi", "yuvj420p")}
 
 
-def transcode(src, dst, *, codec: str = "vp9", max_seconds: Optional[float] = None,
-              max_side: Optional[int] = None) -> Path:
+def transcode(src, dst, *, codec: str = "vp9", max_seconds: float | None = None,
+              max_side: int | None = None) -> Path:
     """Re-encode ``src``'s first video stream into ``dst`` (written atomically)."""
     import av  # optional: PyAV (the data extra)
 
@@ -72,8 +71,8 @@ def transcode(src, dst, *, codec: str = "vp9", max_seconds: Optional[float] = No
     return dst
 
 
-def transcode_folder(src_dir, dst_dir, *, codec: str = "vp9", max_seconds: Optional[float] = 60.0,
-                     max_side: Optional[int] = 480) -> List[Path]:
+def transcode_folder(src_dir, dst_dir, *, codec: str = "vp9", max_seconds: float | None = 60.0,
+                     max_side: int | None = 480) -> list[Path]:
     """A ``codec`` copy of every video in ``src_dir`` (skipping copies already made)."""
     suffix = _CODECS[codec][1]
     out = []

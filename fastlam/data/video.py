@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ from .decoding import (
     too_short_error,
 )
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 # File suffixes taken for video when a folder is searched (the dataset's and the manifest's).
 VIDEO_EXTENSIONS = (".mp4", ".mpg", ".mpeg", ".avi", ".mkv", ".webm", ".mov")
@@ -87,8 +87,8 @@ def read_clip(
     start_s: float = 0.0,
     size: Sequence[int] = (256, 256),
     crop: str = "center",
-    generator: Optional[torch.Generator] = None,
-    timeout_s: Optional[float] = None,
+    generator: torch.Generator | None = None,
+    timeout_s: float | None = None,
 ) -> torch.Tensor:
     """Read ``num_frames`` frames sampled at ``fps`` starting ``start_s`` seconds in.
 
@@ -142,7 +142,7 @@ class DecodedVideo:
     origin: int
     time_base: Fraction
     end_pts: int  # the last frame stays on screen until here
-    size: Tuple[int, int]
+    size: tuple[int, int]
 
     @property
     def nbytes(self) -> int:
@@ -165,7 +165,7 @@ class DecodedVideo:
         return window[torch.from_numpy(idx)].contiguous()
 
 
-def resized_shape(path: PathLike, size: Sequence[int]) -> Tuple[int, int]:
+def resized_shape(path: PathLike, size: Sequence[int]) -> tuple[int, int]:
     """(height, width) the frames of ``path`` take before cropping to ``size``."""
     container, stream = open_video(path)
     try:
@@ -175,7 +175,7 @@ def resized_shape(path: PathLike, size: Sequence[int]) -> Tuple[int, int]:
 
 
 def decode_video(path: PathLike, *, size: Sequence[int] = (256, 256),
-                 timeout_s: Optional[float] = None) -> DecodedVideo:
+                 timeout_s: float | None = None) -> DecodedVideo:
     """Decode every frame of ``path``, resized so its shorter side is ``max(size)``."""
     check_clip_args(1, 1.0, 0.0, size, "center")
     size = (int(size[0]), int(size[1]))

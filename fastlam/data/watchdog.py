@@ -23,7 +23,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -197,7 +197,7 @@ class GuardedClipDataset(Dataset):
                                 f"got {type(dataset).__name__}")
         self.dataset = dataset
         self.timeout_s = float(timeout_s)
-        self._watchdog: Optional[Watchdog] = None
+        self._watchdog: Watchdog | None = None
 
     def __len__(self):
         return len(self.dataset)

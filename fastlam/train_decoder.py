@@ -35,6 +35,7 @@ from fastlam.configs import DecoderArch, DecoderData, DecoderTrainConfig, LPIPSC
 from fastlam.data import VideoClipDataset, list_videos
 from fastlam.epochs import EpochIndexed
 from fastlam.eval.visualize import contact_sheet
+from fastlam.loop import train_steps
 from fastlam.models import LatentActionWorldModel
 from fastlam.models.decoder import DecoderConfig, StateDecoder
 from fastlam.nn.lpips import LPIPS
@@ -88,7 +89,7 @@ def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False, overwrite: b
     dataset = _clips(train_paths, lam.cfg, cfg.data, cfg.seed, "random", cfg.data.clips_per_video)
     dcfg = DecoderConfig.for_lam(lam, width=cfg.decoder.width, depth=cfg.decoder.depth,
                                  heads=cfg.decoder.heads, mlp_ratio=cfg.decoder.mlp_ratio)
-    decoder = StateDecoder(dcfg).to(device).train()
+    decoder = StateDecoder(dcfg).to(device)
     opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.steps, cfg.warmup_frac))
     lpips_fn = None
@@ -122,46 +123,48 @@ def train_decoder(cfg: DecoderTrainConfig, *, resume: bool = False, overwrite: b
     metrics_file = out / "metrics.jsonl"
     bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, mininterval=2.0, file=sys.stdout)
     first = last = None
+    start = step
+    current: dict = {}  # this step's clip, reconstruction and loss terms, for its metrics row
+
+    def loss_of(_) -> torch.Tensor:
+        nonlocal position
+        video = next(batches).to(device)
+        position += 1
+        with torch.no_grad():
+            states = lam.encode(video)
+        recon = decoder(states)
+        l1 = (recon - video).abs().mean()
+        lp = lpips_fn.video(recon, video).mean() if lpips_fn is not None else None
+        current.update(video=video, recon=recon.detach(), l1=l1.detach(), lpips=None if lp is None else lp.detach())
+        return l1 if lp is None else l1 + cfg.lpips.weight * lp
+
+    def after_step(taken: int, loss: float) -> None:
+        # Called after every step (log_every=1): the rows and checkpoints keep their own intervals.
+        nonlocal step, first, last
+        step = start + taken
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            row = {"step": step, "loss": loss, "l1": float(current["l1"]),
+                   "psnr": psnr(current["recon"], current["video"]), "lr": sched.get_last_lr()[0]}
+            if current["lpips"] is not None:
+                row["lpips"] = float(current["lpips"])
+            first = row["loss"] if first is None else first
+            last = row["loss"]
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr']:.1f}")
+        if step % cfg.ckpt_every == 0 and step < cfg.steps:
+            save(step)
+
     with metrics_file.open("a") as log:
-        while step < cfg.steps:
-            video = next(batches).to(device)
-            position += 1
-            with torch.no_grad():
-                states = lam.encode(video)
-            recon = decoder(states)
-            l1 = (recon - video).abs().mean()
-            loss = l1
-            lp = None
-            if lpips_fn is not None:
-                lp = lpips_fn.video(recon, video).mean()
-                loss = loss + cfg.lpips.weight * lp
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                row = {"step": step, "loss": float(loss.detach()), "l1": float(l1.detach()), "psnr": psnr(recon.detach(), video),
-                       "lr": sched.get_last_lr()[0]}
-                if lp is not None:
-                    row["lpips"] = float(lp.detach())
-                first = row["loss"] if first is None else first
-                last = row["loss"]
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{row['psnr']:.1f}")
-            if step % cfg.ckpt_every == 0 and step < cfg.steps:
-                save(step)
+        train_steps(decoder, loss_of, max(0, cfg.steps - start), [opt], [sched],
+                    grad_clip=cfg.grad_clip if cfg.grad_clip > 0 else None, log_every=1, log=after_step)
     bar.close()
     ckpt = save(step)
     final = decoder.save_pretrained(out / "final", extra=meta)
     summary = {"steps": step, "first_loss": first, "last_loss": last, "checkpoint": str(ckpt), "model": str(final),
                "train_videos": [Path(p).name for p in train_paths], "heldout_videos": [Path(p).name for p in held_paths]}
     summary["loss_curve"] = str(plot_losses(metrics_file, out / "loss_curve.png"))
-    decoder.eval()
     for name, paths in (("heldout", held_paths), ("train", train_paths)):
         if not paths:
             continue

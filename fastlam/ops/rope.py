@@ -60,10 +60,14 @@ def rope_chunk_dim(head_dim: int) -> int:
 
 def token_positions(seq_len: int, frame_len: int, rope: Rope3D, device=None, dtype=torch.float32):
     """(t, h, w) positions of tokens ``0..seq_len-1``; prefix tokens get h = w = 0."""
+    return _id_positions(torch.arange(seq_len, device=device), frame_len, rope, dtype)
+
+
+def _id_positions(ids: torch.Tensor, frame_len: int, rope: Rope3D, dtype):
+    """(t, h, w) positions of the token ids ``ids`` (any shape) in the full layout."""
     rope.grid_h(frame_len)  # validates the layout
-    idx = torch.arange(seq_len, device=device)
-    t = idx // frame_len
-    j = idx % frame_len
+    t = ids // frame_len
+    j = ids % frame_len
     # Negative for prefix tokens, which the where() below discards. (Not clamped: inductor's
     # index simplification fails on clamp-then-floordiv, which broke torch.compile of blocks
     # with prefix tokens.)
@@ -165,15 +169,9 @@ def apply_rope(x: torch.Tensor, frame_len: int, rope, positions: torch.Tensor | 
     D = x.shape[-1]
     tdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if isinstance(rope, Rope3D):
-        rope.grid_h(frame_len)
-        t = ids // frame_len
-        j = ids % frame_len
-        p = j - rope.num_prefix
-        is_patch = j >= rope.num_prefix
-        h = torch.where(is_patch, p // rope.grid_w, torch.zeros_like(p)).to(tdtype) * rope.spatial_scale
-        w = torch.where(is_patch, p % rope.grid_w, torch.zeros_like(p)).to(tdtype) * rope.spatial_scale
+        t, h, w = _id_positions(ids, frame_len, rope, tdtype)
         freqs, axis = channel_frequencies(D, rope, device=x.device, dtype=tdtype)
-        pos = torch.stack([t.to(tdtype), h, w, torch.zeros_like(h)], dim=-1)  # (..., L, 4)
+        pos = torch.stack([t, h, w, torch.zeros_like(h)], dim=-1)  # (..., L, 4)
         angle = pos[..., axis % 4] * freqs
         d3 = 3 * rope_chunk_dim(D)
         if ids.dim() == 2:

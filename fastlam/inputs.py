@@ -130,25 +130,27 @@ def sniff(path: str | os.PathLike) -> tuple[str, str]:
     return "text", f"a text file (first line: {shown!r})"
 
 
+def _require(path: str | os.PathLike, name: str, expected: str, kind: str) -> Path:
+    """``path`` as a Path when it is a ``kind`` ("file": a regular file, or "folder");
+    otherwise an :class:`InputError` naming ``name`` (the argument or config key), the path,
+    what is there, and ``expected``."""
+    p = Path(path)
+    if p.is_file() if kind == "file" else p.is_dir():
+        return p
+    if not p.exists():
+        raise MissingInputError(f"{name}: no {kind} at {p}; pass {expected}")
+    raise InputError(f"{name}: {p} is {describe_path(p)}, not a {kind}; pass {expected}")
+
+
 def require_file(path: str | os.PathLike, name: str, expected: str) -> Path:
     """``path`` as a Path when it is a regular file; otherwise an :class:`InputError` naming
     ``name`` (the argument or config key), the path, what is there, and ``expected``."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    if not p.exists():
-        raise MissingInputError(f"{name}: no file at {p}; pass {expected}")
-    raise InputError(f"{name}: {p} is {describe_path(p)}, not a file; pass {expected}")
+    return _require(path, name, expected, "file")
 
 
 def require_folder(path: str | os.PathLike, name: str, expected: str) -> Path:
     """``path`` as a Path when it is a folder; otherwise an :class:`InputError` as above."""
-    p = Path(path)
-    if p.is_dir():
-        return p
-    if not p.exists():
-        raise MissingInputError(f"{name}: no folder at {p}; pass {expected}")
-    raise InputError(f"{name}: {p} is {describe_path(p)}, not a folder; pass {expected}")
+    return _require(path, name, expected, "folder")
 
 
 def output_folder(path: str | os.PathLike, name: str) -> Path:

@@ -52,6 +52,21 @@ def _lpips_note(rows) -> str:
             "from random weights.")
 
 
+def _two_condition_table(title: str, rows, rel, a: tuple[str, str], b: tuple[str, str], *, paper: str) -> list[str]:
+    """The splice evaluations' table (leakage: no cut / cut; transfer: own / cycle): each
+    condition's latent L1 and LPIPS and their ratios; ``a`` and ``b`` are (JSON key, column
+    label)."""
+    (ka, la), (kb, lb) = a, b
+    lines = [f"## {title}", "",
+             f"| model | regularizer | {la} (L1) | {lb} (L1) | ratio (L1) | {la} (LPIPS) | {lb} (LPIPS) | ratio (LPIPS) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for path, r in rows:
+        l1, lp = r["latent_l1"], r.get("lpips")
+        lines.append(f"| `{rel(path.parent)}` | {r['regularizer']} | {_fmt(l1[ka]['mean'])} | "
+                     f"{_fmt(l1[kb]['mean'])} | x{_fmt(l1['ratio'], 3)} | " + _lpips_cells(lp, ka, kb))
+    return lines + ["", f"{paper}.", _lpips_note(rows), ""]
+
+
 def write_report(results: str | Path, out: str | Path | None = None) -> Path:
     """Write ``report.md`` (default: inside ``results``) and return its path."""
     results = require_folder(results, "--results", "the folder holding the evaluations' --out folders")
@@ -84,28 +99,13 @@ def write_report(results: str | Path, out: str | Path | None = None) -> Path:
         if r.get("png"):
             lines += ["", f"![capacity curve]({rel(r['png'])})"]
         lines.append("")
-    rows = _load(results, "leakage.json")
-    if rows:
-        found = True
-        lines += ["## Future leakage: scene-cut splice", "",
-                  "| model | regularizer | no cut (L1) | cut (L1) | ratio (L1) | no cut (LPIPS) | cut (LPIPS) | ratio (LPIPS) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for path, r in rows:
-            l1, lp = r["latent_l1"], r.get("lpips")
-            lines.append(f"| `{rel(path.parent)}` | {r['regularizer']} | {_fmt(l1['no_cut']['mean'])} | "
-                         f"{_fmt(l1['cut']['mean'])} | x{_fmt(l1['ratio'], 3)} | " + _lpips_cells(lp, "no_cut", "cut"))
-        lines += ["", f"{PAPER['leakage']}.", _lpips_note(rows), ""]
-    rows = _load(results, "transfer.json")
-    if rows:
-        found = True
-        lines += ["## Cycle consistency / transfer: A -> B -> A", "",
-                  "| model | regularizer | A own (L1) | cycle (L1) | ratio (L1) | A own (LPIPS) | cycle (LPIPS) | ratio (LPIPS) |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for path, r in rows:
-            l1, lp = r["latent_l1"], r.get("lpips")
-            lines.append(f"| `{rel(path.parent)}` | {r['regularizer']} | {_fmt(l1['own']['mean'])} | "
-                         f"{_fmt(l1['cycle']['mean'])} | x{_fmt(l1['ratio'], 3)} | " + _lpips_cells(lp, "own", "cycle"))
-        lines += ["", PAPER["transfer"] + ".", _lpips_note(rows), ""]
+    for task, title, conditions in (("leakage", "Future leakage: scene-cut splice", (("no_cut", "no cut"), ("cut", "cut"))),
+                                    ("transfer", "Cycle consistency / transfer: A -> B -> A",
+                                     (("own", "A own"), ("cycle", "cycle")))):
+        rows = _load(results, f"{task}.json")
+        if rows:
+            found = True
+            lines += _two_condition_table(title, rows, rel, *conditions, paper=PAPER[task])
     for path, r in _load(results, "controller.json"):
         found = True
         lines += [f"## Controller: real action -> latent action (`{rel(path)}`)", "",

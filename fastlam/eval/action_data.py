@@ -284,23 +284,32 @@ def arm_trajectory(steps: int, gen: torch.Generator, max_delta: float = 0.05, ma
 def generate_arm(root: str | Path, *, episodes: int = 32, steps: int = 24, size: int = 64, seed: int = 0,
                  mp4_fps: float | None = 4.0) -> Path:
     """Write ``episodes`` DROID-style episodes of the simulated arm under ``root``."""
-    root = Path(root)
     gen = torch.Generator().manual_seed(seed)
-    for e in range(episodes):
-        r = ArmRenderer(size, seed=_arm_scene_seed(seed, e))
+
+    def episode(e: int):
+        r = ArmRenderer(size, seed=_scene_seed(seed, e))
         states, actions = arm_trajectory(steps, gen)
-        frames = torch.stack([r.render(s) for s in states]).numpy()
-        write_episode(root / f"episode_{e:05d}", frames, actions.numpy(), states.numpy(), mp4_fps=mp4_fps)
-    root.mkdir(parents=True, exist_ok=True)
+        return torch.stack([r.render(s) for s in states]), actions, states
+
     # seed and size let arm_renderer() rebuild each episode's scene (the planning oracle).
-    (root / "meta.json").write_text(json.dumps({"kind": "droid", "fps": mp4_fps or 4.0, "generator": "arm",
-                                                "action_names": ARM_ACTION_NAMES, "seed": seed, "size": size},
-                                               indent=2))
-    return root
+    return _write_simulated(root, episodes, episode, mp4_fps, "droid", generator="arm",
+                            action_names=ARM_ACTION_NAMES, seed=seed, size=size)
 
 
-def _arm_scene_seed(seed: int, episode: int) -> int:
+def _scene_seed(seed: int, episode: int) -> int:
     return seed * 100_003 + episode
+
+
+def _write_simulated(root: str | Path, episodes: int, episode, mp4_fps: float | None, kind: str, **meta) -> Path:
+    """Write the episodes ``episode(e)`` makes (frames, actions, states: tensors), ``e`` counting
+    from 0, under ``root``, then its meta.json (``kind``, fps, and ``meta``)."""
+    root = Path(root)
+    for e in range(episodes):
+        frames, actions, states = episode(e)
+        write_episode(root / f"episode_{e:05d}", frames.numpy(), actions.numpy(), states.numpy(), mp4_fps=mp4_fps)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "meta.json").write_text(json.dumps({"kind": kind, "fps": mp4_fps or 4.0, **meta}, indent=2))
+    return root
 
 
 def arm_renderer(root: str | Path, episode_path: str | Path) -> ArmRenderer:
@@ -313,7 +322,7 @@ def arm_renderer(root: str | Path, episode_path: str | Path) -> ArmRenderer:
     name = Path(episode_path).name
     if not name.startswith("episode_") or not name[len("episode_"):].isdigit():
         raise ValueError(f"episode_path: expected a folder named episode_<number>, got {name!r}")
-    return ArmRenderer(int(meta["size"]), seed=_arm_scene_seed(int(meta["seed"]), int(name[len("episode_"):])))
+    return ArmRenderer(int(meta["size"]), seed=_scene_seed(int(meta["seed"]), int(name[len("episode_"):])))
 
 
 # ---- simulated ego-camera navigation (RECON-style) ----------------------------------------
@@ -430,14 +439,11 @@ def nav_trajectory(renderer: NavRenderer, steps: int, gen: torch.Generator, max_
 def generate_nav(root: str | Path, *, episodes: int = 32, steps: int = 24, size: int = 64, seed: int = 0,
                  mp4_fps: float | None = 4.0) -> Path:
     """Write ``episodes`` RECON-style episodes of the simulated ego-camera robot under ``root``."""
-    root = Path(root)
     gen = torch.Generator().manual_seed(seed)
-    for e in range(episodes):
-        r = NavRenderer(size, seed=seed * 100_003 + e)
+
+    def episode(e: int):
+        r = NavRenderer(size, seed=_scene_seed(seed, e))
         poses, actions = nav_trajectory(r, steps, gen)
-        frames = torch.stack([r.render(p) for p in poses]).numpy()
-        write_episode(root / f"episode_{e:05d}", frames, actions.numpy(), poses.numpy(), mp4_fps=mp4_fps)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "meta.json").write_text(json.dumps({"kind": "recon", "fps": mp4_fps or 4.0, "generator": "nav",
-                                                "action_names": NAV_ACTION_NAMES}, indent=2))
-    return root
+        return torch.stack([r.render(p) for p in poses]), actions, poses
+
+    return _write_simulated(root, episodes, episode, mp4_fps, "recon", generator="nav", action_names=NAV_ACTION_NAMES)

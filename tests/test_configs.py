@@ -1,6 +1,7 @@
 """fastlam.configs: every run configuration in one place, each checking its own keys; the
 regularizer registry owning its kinds, their choices and their constructor arguments."""
 import dataclasses
+import warnings
 
 import pytest
 
@@ -10,7 +11,7 @@ from fastlam.config_checks import validate_train_config
 from fastlam.configs import (DataConfig, DecoderArch, DecoderData, DecoderTrainConfig, DistributedConfig, EncoderConfig,
                              LoggingConfig, LPIPSConfig, ModelConfig, OptimConfig, RegularizerConfig, TrainConfig,
                              TransformerConfig)
-from fastlam.nn import REGULARIZER_KINDS, check_regularizer_config, regularizer_from_config
+from fastlam.nn import REGULARIZER_KINDS, build_regularizer, check_regularizer_config, regularizer_from_config
 
 
 @pytest.mark.parametrize("make, prefix, match", [
@@ -89,11 +90,14 @@ def test_from_dict_builds_the_nested_classes():
 @pytest.mark.parametrize("kind", list(REGULARIZER_KINDS))
 def test_every_registered_kind_builds_from_a_config(kind):
     entry = REGULARIZER_KINDS[kind]
-    reg = regularizer_from_config(RegularizerConfig(kind=kind, num_codes=8, beta=0.5, l_l1=0.2), 16, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the registry uses each module's current argument names
+        reg = regularizer_from_config(RegularizerConfig(kind=kind, num_codes=8, beta=0.5, l_l1=0.2), 16, 3)
+        by_name = build_regularizer(kind, 16)
     if entry.module is None:
-        assert reg is None
+        assert reg is None and by_name is None
         return
-    assert type(reg) is entry.module
+    assert type(reg) is entry.module and type(by_name) is entry.module
     assert reg.head_features(16) in (16, 32)
     if kind == "noisy":
         assert reg.beta == 0.5

@@ -131,30 +131,30 @@ class RegularizerKind(NamedTuple):
     """One kind of :data:`REGULARIZER_KINDS`."""
 
     module: type[nn.Module] | None  # None: no latent at all (the IDM is dropped)
-    # (config, action_dim, transitions per video) -> the module's constructor keyword arguments
-    keywords: Callable[[RegularizerConfig, int, int], dict]
+    # (config, transitions per video) -> the module's other constructor keyword arguments
+    keywords: Callable[[RegularizerConfig, int], dict]
     choices: dict[str, tuple]  # config keys whose allowed values this kind's module owns
+    dim_argument: str = "action_dim"  # the module's name for the latent size (the VQ family's is "dim")
 
 
-def _sparse_keywords(cfg: RegularizerConfig, action_dim: int, transitions_per_video: int) -> dict:
-    return dict(action_dim=action_dim, l_l1=cfg.l_l1, l_l2=cfg.l_l2, l_v=cfg.l_v, l_c=cfg.l_c, l_m=cfg.l_m, mean_term=cfg.mean_term)
+def _sparse_keywords(cfg: RegularizerConfig, transitions_per_video: int) -> dict:
+    return dict(l_l1=cfg.l_l1, l_l2=cfg.l_l2, l_v=cfg.l_v, l_c=cfg.l_c, l_m=cfg.l_m, mean_term=cfg.mean_term)
 
 
-def _discrete_keywords(cfg: RegularizerConfig, action_dim: int, transitions_per_video: int) -> dict:
+def _discrete_keywords(cfg: RegularizerConfig, transitions_per_video: int) -> dict:
     # The paper counts the reset interval in videos; the quantizer counts the latents it sees.
-    return dict(dim=action_dim, codebook_size=cfg.num_codes, commitment=cfg.commitment,
+    return dict(codebook_size=cfg.num_codes, commitment=cfg.commitment,
                 reset_every=cfg.reset_every_videos * transitions_per_video or None,
                 reset_every_steps=cfg.reset_every_steps or None, threshold_dead_code=cfg.dead_code_threshold,
                 init=cfg.codebook_init, ema=cfg.ema, decay=cfg.ema_decay, eps=cfg.ema_eps, cosine=cfg.cosine)
 
 
 REGULARIZER_KINDS: dict[str, RegularizerKind] = {
-    "none": RegularizerKind(UnconstrainedLatent, lambda cfg, action_dim, n: dict(action_dim=action_dim), {}),
-    "deterministic": RegularizerKind(None, lambda cfg, action_dim, n: {}, {}),
+    "none": RegularizerKind(UnconstrainedLatent, lambda cfg, n: {}, {}),
+    "deterministic": RegularizerKind(None, lambda cfg, n: {}, {}),
     "sparse": RegularizerKind(SparseLatentRegularizer, _sparse_keywords, {"mean_term": MEAN_TERMS}),
-    "noisy": RegularizerKind(GaussianLatentRegularizer, lambda cfg, action_dim, n: dict(action_dim=action_dim,
-                                                                                          beta=cfg.beta), {}),
-    "discrete": RegularizerKind(VectorQuantizer, _discrete_keywords, {"codebook_init": VQ_INITS}),
+    "noisy": RegularizerKind(GaussianLatentRegularizer, lambda cfg, n: dict(beta=cfg.beta), {}),
+    "discrete": RegularizerKind(VectorQuantizer, _discrete_keywords, {"codebook_init": VQ_INITS}, dim_argument="dim"),
 }
 REGULARIZERS = tuple(REGULARIZER_KINDS)
 
@@ -177,7 +177,7 @@ def regularizer_from_config(cfg: RegularizerConfig, action_dim: int, transitions
     kind = REGULARIZER_KINDS[cfg.kind]
     if kind.module is None:
         return None
-    return kind.module(**kind.keywords(cfg, action_dim, transitions_per_video))
+    return kind.module(**{kind.dim_argument: action_dim}, **kind.keywords(cfg, transitions_per_video))
 
 
 def build_regularizer(kind: str, action_dim: int = 128, **kwargs) -> nn.Module | None:
@@ -185,5 +185,5 @@ def build_regularizer(kind: str, action_dim: int = 128, **kwargs) -> nn.Module |
     None (the model then has no z at all)."""
     if kind not in REGULARIZER_KINDS:
         raise ValueError(f"regularizer: expected one of {REGULARIZERS}, got {kind!r}")
-    module = REGULARIZER_KINDS[kind].module
-    return None if module is None else module(action_dim=action_dim, **kwargs)
+    entry = REGULARIZER_KINDS[kind]
+    return None if entry.module is None else entry.module(**{entry.dim_argument: action_dim}, **kwargs)

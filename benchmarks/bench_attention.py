@@ -31,10 +31,10 @@ import torch
 
 try:  # run as a script (python benchmarks/bench_x.py) or as a module
     from benchmarks._common import allow_many_compiles, git_commit, pyplot_or_none, versions
-    from benchmarks.result_csv import write_rows_csv
+    from benchmarks.result_files import save_figure, write_rows_csv
 except ImportError:  # pragma: no cover
     from _common import allow_many_compiles, git_commit, pyplot_or_none, versions
-    from result_csv import write_rows_csv
+    from result_files import save_figure, write_rows_csv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -365,10 +365,7 @@ def plot(rows, meta, path: Path) -> None:
         ax.set_title(f"{metric.replace('_', ' ')} (unmasked FLOPs)")
         ax.set_ylabel("TFLOP/s")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"st_attention bf16 on {meta['device']} ({meta['commit'][:10]}, {meta['date'][:10]})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, path, f"st_attention bf16 on {meta['device']} ({meta['commit'][:10]}, {meta['date'][:10]})")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._common import git_commit, versions  # noqa: E402
-from benchmarks.result_csv import write_rows_csv  # noqa: E402
+from benchmarks.result_files import write_rows_csv  # noqa: E402
 from fastlam.ops import gaussian_kl, gaussian_sample, gaussian_sample_kl  # noqa: E402
 from fastlam.testing import error_ratio, run_three  # noqa: E402
 

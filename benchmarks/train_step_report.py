@@ -8,11 +8,11 @@ from pathlib import Path
 
 try:  # run as a script (python benchmarks/bench_x.py) or as a module
     from benchmarks._common import pyplot_or_none
-    from benchmarks.result_csv import write_rows_csv
+    from benchmarks.result_files import save_figure, write_rows_csv
     from benchmarks.train_step_cases import VARIANTS
 except ImportError:  # pragma: no cover
     from _common import pyplot_or_none
-    from result_csv import write_rows_csv
+    from result_files import save_figure, write_rows_csv
     from train_step_cases import VARIANTS
 
 FIELDS = ["size", "mode", "backend", "status", "batch", "steps_timed", "step_ms", "wall_step_ms", "tokens_per_clip",
@@ -100,9 +100,5 @@ def plot(rows, meta, path: Path) -> Path | None:
     axes[2].set_xticklabels(labels, fontsize=6, rotation=90)
     axes[2].set_ylabel("step time (ms)")
     axes[2].legend(fontsize=8)
-    fig.suptitle(f"LAM training step on {meta['device']} ({meta['dtype']}, {str(meta['commit'])[:10]}, "
-                 f"{meta['date'][:10]})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path, f"LAM training step on {meta['device']} ({meta['dtype']}, "
+                                       f"{str(meta['commit'])[:10]}, {meta['date'][:10]})")

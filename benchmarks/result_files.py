@@ -1,6 +1,6 @@
-"""The CSV beside every benchmark's JSON: one line a result row, each stamped with the run's
-device, date and commit (from the run's metadata), so a CSV copied out alone still says where
-its numbers come from."""
+"""What a benchmark writes beside its JSON: the CSV, one line a result row, each stamped with
+the run's device, date and commit (from the run's metadata), so a CSV copied out alone still
+says where its numbers come from; and the figure, titled and saved the same way everywhere."""
 from __future__ import annotations
 
 import csv
@@ -19,3 +19,13 @@ def write_rows_csv(path: Path, rows: list[dict], meta: dict, fields: Sequence[st
         w.writeheader()
         for r in rows:
             w.writerow(dict(r, **{k: meta[k] for k in RUN_COLUMNS}))
+
+
+def save_figure(plt, fig, path: Path, title: str) -> Path:
+    """Title ``fig`` (made with ``plt``, matplotlib.pyplot), lay it out, write it to ``path`` at
+    110 dpi and close it (pyplot keeps every figure open until then)."""
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

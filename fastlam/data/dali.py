@@ -259,6 +259,14 @@ def check_batch_and_device(batch_size, device: str) -> None:
         raise ValueError("device='cuda' but CUDA is not available (use device='cpu')")
 
 
+def device_index_and_dtype(device: str, device_id: int | None,
+                           dtype: torch.dtype | None) -> tuple[int | None, torch.dtype]:
+    """The loaders' CUDA device index (the current device when not given; None on the CPU) and
+    output dtype (by default bfloat16 on CUDA, float32 on the CPU)."""
+    index = (torch.cuda.current_device() if device_id is None else device_id) if device == "cuda" else None
+    return index, dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+
+
 def rank_clip_dataset(source, *, batch_size: int, rank: int, world_size: int, seed: int, drop_last: bool,
                       **clip_args) -> tuple[VideoClipDataset, ShardedClipSampler]:
     """The loaders' clips (this module's and :mod:`.dali_stream`'s): the dataset, which
@@ -308,8 +316,7 @@ class DaliVideoLoader:
             num_frames=num_frames, fps=fps, size=tuple(size), extensions=extensions, short_policy=short_policy,
             crop=crop, clips_per_video=clips_per_video, bad_file_log=bad_file_log, decode_timeout_s=decode_timeout_s)
         self.batch_size, self.device, self.backend = batch_size, device, backend
-        self.device_id = (torch.cuda.current_device() if device_id is None else device_id) if device == "cuda" else None
-        self.dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+        self.device_id, self.dtype = device_index_and_dtype(device, device_id, dtype)
         self.pre = dict(dtype=self.dtype, layout=layout, mean=mean, std=std, tubelet=tubelet, patch=patch)
         self.num_threads, self.prefetch, self.drop_last = num_threads, prefetch, drop_last
         self._index: dict[str, VideoIndex] = {}

@@ -29,8 +29,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .dali import (DALI_CPU_CODECS, DALI_GPU_CODECS, DaliVideoLoader, check_batch_and_device, cut_stream, index_video,
-                   rank_clip_dataset)
+from .dali import (DALI_CPU_CODECS, DALI_GPU_CODECS, DaliVideoLoader, check_batch_and_device, cut_stream,
+                   device_index_and_dtype, index_video, rank_clip_dataset)
 from .dataset import VIDEO_EXTENSIONS, VideoClipDataset
 from .preprocess import preprocess_frames
 from .video import VideoDecodeError
@@ -111,8 +111,7 @@ class DaliStreamLoader:
             num_frames=num_frames, fps=fps, size=tuple(size), extensions=extensions, short_policy=short_policy,
             crop=crop, clips_per_video=clips_per_video, bad_file_log=bad_file_log, decode_timeout_s=decode_timeout_s)
         self.batch_size, self.device, self.num_frames = batch_size, device, num_frames
-        self.device_id = (torch.cuda.current_device() if device_id is None else device_id) if device == "cuda" else None
-        self.dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
+        self.device_id, self.dtype = device_index_and_dtype(device, device_id, dtype)
         self.pre = dict(dtype=self.dtype, **pre)
         self.num_threads, self.py_workers, self.prefetch = num_threads, py_workers, prefetch
         self.codecs = DALI_GPU_CODECS if device == "cuda" else DALI_CPU_CODECS

@@ -127,7 +127,7 @@ def test_vq_straight_through_gradient_reference():
 
 
 def test_vq_dead_code_reset_revives_codes():
-    vq = VectorQuantizer(num_codes=8, action_dim=4, reset_every=None, backend="torch")
+    vq = VectorQuantizer(codebook_size=8, dim=4, reset_every=None, backend="torch")
     with torch.no_grad():
         vq.codebook[4:] = 100.0  # far from every latent: never chosen
     z = torch.randn(32, 4)
@@ -145,7 +145,7 @@ def test_vq_dead_code_reset_revives_codes():
 
 
 def test_vq_automatic_reset_and_nonfinite_rows():
-    vq = VectorQuantizer(num_codes=8, action_dim=4, reset_every=20, backend="torch")
+    vq = VectorQuantizer(codebook_size=8, dim=4, reset_every=20, backend="torch")
     with torch.no_grad():
         vq.codebook[6:] = 100.0
     vq.train()

@@ -1,10 +1,11 @@
 """The small training loop that fastlam's own trainers of small models share: the study's LAMs
-on cached states, the controller, the action-conditioned baseline and the learning test.
+on cached states, the controller, the action-conditioned baseline, the pixel decoder (its run
+folder and resume stay in ``fastlam.train_decoder``) and the learning test.
 
-``fastlam.train`` (checkpoints, distributed runners, logging) and the decoder trainer (run
-folder, resume) have their own loops; everything that only needs "this many optimiser steps on
-this loss" calls :func:`train_steps`, so the order of the steps (gradients cleared, backward,
-clip, every optimiser, then every scheduler) is written once.
+``fastlam.trainer`` (checkpoints, distributed runners, logging) has its own loop; everything that
+only needs "this many optimiser steps on this loss" calls :func:`train_steps`, so the order of
+the steps (gradients cleared, backward, clip, every optimiser, then every scheduler) is written
+once.
 """
 from __future__ import annotations
 

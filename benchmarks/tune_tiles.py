@@ -108,8 +108,8 @@ class _Case:
 def _kernel_fn(kind: str):
     from fastlam.kernels import attention as A
 
-    return {"fwd": A._attn_fwd, "bwd_kv": A._attn_bwd_dkdv, "bwd_kv_atomic": A._attn_bwd_dkdv,
-            "bwd_q": A._attn_bwd_dq}[kind]
+    return {"fwd": A.attn_fwd, "bwd_kv": A.attn_bwd_dkdv, "bwd_kv_atomic": A.attn_bwd_dkdv,
+            "bwd_q": A.attn_bwd_dq}[kind]
 
 
 def _compiled_kernels(fn) -> dict:

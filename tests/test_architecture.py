@@ -51,9 +51,7 @@ OPTIONAL = {
 # (importer, imported): imports of the entry scripts, which should be a training library.
 ENTRY_IMPORT_DEBT: set[tuple[str, str]] = set()
 # importer -> imports inside functions of non-optional modules (87 on 2026-12-07, from 259).
-DEFERRED_DEBT: dict[str, int] = {
-    "fastlam.kernels.tile_tables": 2,
-}
+DEFERRED_DEBT: dict[str, int] = {}
 
 
 def package_modules() -> dict[str, Path]:

@@ -15,6 +15,7 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed", exc_type=ModuleNotFoundError)
 
 from fastlam.kernels import attention as kernels  # noqa: E402
+from fastlam.kernels import attention_common  # noqa: E402
 from fastlam.ops import st_attention  # noqa: E402
 from fastlam.ops.attention import mask_allows  # noqa: E402
 from fastlam.testing import assert_error_ratio  # noqa: E402
@@ -93,17 +94,17 @@ def test_temporal_tile_runs_visit_exactly_the_tiles_with_allowed_pairs():
         done = start * 0
         if KEYS:
             m1 = tl.minimum(start + BLOCK_M, L)
-            j_hi, n_j = kernels._temporal_key_shifts(start, L, MF, MW, BLOCK_M, TEMPORAL)
+            j_hi, n_j = attention_common.temporal_key_shifts(start, L, MF, MW, BLOCK_M, TEMPORAL)
             for t in range(0, n_j):
-                r0, r1, done = kernels._shifted_run(start, m1, -(j_hi - t) * MF, KL, done, BLOCK_N)
+                r0, r1, done = attention_common.shifted_run(start, m1, -(j_hi - t) * MF, KL, done, BLOCK_N)
                 for s in range(r0, r1, BLOCK_N):
                     p = OUT + tl.program_id(0) * NT + s // BLOCK_N
                     tl.store(p, tl.load(p) + 1)
         else:
             n1 = tl.minimum(start + BLOCK_M, KL)
-            j_lo, n_j = kernels._temporal_query_shifts(start, n1, L, MF, MW, TEMPORAL)
+            j_lo, n_j = attention_common.temporal_query_shifts(start, n1, L, MF, MW, TEMPORAL)
             for t in range(0, n_j):
-                r0, r1, done = kernels._shifted_run(start, n1, (j_lo + t) * MF, L, done, BLOCK_N)
+                r0, r1, done = attention_common.shifted_run(start, n1, (j_lo + t) * MF, L, done, BLOCK_N)
                 for s in range(r0, r1, BLOCK_N):
                     p = OUT + tl.program_id(0) * NT + s // BLOCK_N
                     tl.store(p, tl.load(p) + 1)

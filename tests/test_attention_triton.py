@@ -18,6 +18,7 @@ import torch
 pytest.importorskip("triton", reason="triton is not installed", exc_type=ModuleNotFoundError)
 
 from fastlam.kernels import attention as kernels  # noqa: E402
+from fastlam.kernels import attention_common, tile_tables  # noqa: E402
 from fastlam.ops import Rope3D, select_backend, st_attention  # noqa: E402
 from fastlam.ops import triton_attention as ta  # noqa: E402
 from fastlam.ops.attention import attention_math, attention_sdpa, mask_allows  # noqa: E402
@@ -250,10 +251,10 @@ def test_tile_ranges_skip_masked_tiles_and_never_mask_full_ones():
         # KEYS: the forward / dQ view (key tiles per query tile); else the dK/dV view.
         start = tl.program_id(0) * BLOCK_M
         if KEYS:
-            lo, hi, a, b = kernels._key_range(start, L, MF, MW, BLOCK_M)
+            lo, hi, a, b = attention_common.key_range(start, L, MF, MW, BLOCK_M)
         else:
-            lo, hi, a, b = kernels._query_range(start, L, MF, MW, BLOCK_M)
-        lo, s, e, hi = kernels._align_ranges(lo, hi, a, b, BLOCK_N)
+            lo, hi, a, b = attention_common.query_range(start, L, MF, MW, BLOCK_M)
+        lo, s, e, hi = attention_common.align_ranges(lo, hi, a, b, BLOCK_N)
         tl.store(OUT + tl.program_id(0) * 4 + tl.arange(0, 4),
                  tl.where(tl.arange(0, 4) == 0, lo, tl.where(tl.arange(0, 4) == 1, s,
                           tl.where(tl.arange(0, 4) == 2, e, hi))))
@@ -327,7 +328,7 @@ def test_rope_tables_match_reference_bitwise():
         L = 5 * F
         cos, sin, axis, npre, gw = ta.rope_position_tables(L, F, D, rope, "cpu")
         rc, rs = rope_tables(L, F, D, rope)
-        # Gather the kernel's lookup in torch: same index maths as kernels._rope_positions.
+        # Gather the kernel's lookup in torch: same index maths as attention_rope.rope_positions.
         idx = torch.arange(L)
         t, j = idx // F, idx % F
         p = (j - npre).clamp(min=0)
@@ -423,16 +424,14 @@ def test_gpu_auto_picks_triton_and_compiles_without_graph_break():
 def _per_release_tile_cases():
     return [pytest.param(kind, low, block_d, rope_on, tile,
                          id=f"triton{release}-{kind}-{'low' if low else 'fp32'}-hd{block_d}{'-rope' if rope_on else ''}")
-            for release, table in kernels._TRITON_TILES.items()
+            for release, table in tile_tables._TRITON_TILES.items()
             for (kind, low, block_d, rope_on), tile in table.items()]
 
 
 @pytest.mark.parametrize("kind,low,block_d,rope_on,tile", _per_release_tile_cases())
 def test_per_release_tiles_match_the_reference(kind, low, block_d, rope_on, tile):
-    """The tiles a triton release gets instead of the default ones (kernels._TRITON_TILES) give
+    """The tiles a triton release gets instead of the default ones (tile_tables._TRITON_TILES) give
     the reference's results: forced here, since the interpreter otherwise runs 16 x 16 tiles."""
-    from fastlam.kernels import tile_tables
-
     dtype = torch.float16 if low else torch.float32  # bf16 tl.dot is wrong in the interpreter
     rope = Rope3D(grid_w=3, num_prefix=2) if rope_on else None
     frame_len = 8

@@ -144,7 +144,7 @@ def test_bad_tuned_table_names_the_file(fake_gpu):
 def test_forced_tiles_reach_the_kernel_launch(monkeypatch):
     """The interpreter runs the forced tile (not its 16 x 16 default) and still matches SDPA."""
     seen = []
-    real = A._attn_fwd
+    real = A.attn_fwd
 
     class Spy:
         def __getitem__(self, grid):
@@ -153,7 +153,7 @@ def test_forced_tiles_reach_the_kernel_launch(monkeypatch):
                 return real[grid](*args, **kw)
             return launch
 
-    monkeypatch.setattr(A, "_attn_fwd", Spy())
+    monkeypatch.setattr(A, "attn_fwd", Spy())
     q, k, v = (torch.randn(1, 2, 40, 32) for _ in range(3))
     kw = dict(frame_len=8, mask="frame_causal", scale=32 ** -0.5)
     with tt.forced({"fwd,fp32,hd32": (32, 16, 4, 1)}):
@@ -169,6 +169,7 @@ def test_forced_tiles_reach_the_kernel_launch(monkeypatch):
 def test_every_sweep_candidate_is_registered_and_spill_free_in_the_pinned_report():
     """The static check compiles each candidate (registered, not default) and, under the triton
     the committed report was made with, none of them spills on sm_90 or sm_80."""
+    from fastlam.kernels.attention_configs import attn_kernel_config
     from fastlam.kernels.registry import all_configs
 
     by_name = {c.name: c for c in all_configs()}
@@ -180,7 +181,7 @@ def test_every_sweep_candidate_is_registered_and_spill_free_in_the_pinned_report
         default = A.block_config(int(hd[2:]), torch.bfloat16, interpret=False, rope=True)[kind]
         assert dtype_name == "bf16" and rope == "rope", key
         for tile in tiles:
-            cfg = A._attn_kernel_config(kind, torch.bfloat16, int(hd[2:]), True, tile, default=tile == default)
+            cfg = attn_kernel_config(kind, torch.bfloat16, int(hd[2:]), True, tile, default=tile == default)
             assert by_name.get(cfg.name) == cfg, f"{key} {tile}: not registered as {cfg.name}"
             for arch in ("sm_90", "sm_80"):
                 row = report.get((cfg.name, arch))

@@ -27,17 +27,45 @@ MAX_D = 16384
 
 
 @triton.jit
+def _frame_chunk(D, BLOCK_D: tl.constexpr):
+    """This program's frame and chunk (grid axes 0 and 1), the channels and which of them exist."""
+    frame = tl.program_id(0)
+    chunk = tl.program_id(1)
+    cols = tl.arange(0, BLOCK_D)
+    return frame, chunk, cols, cols < D
+
+
+@triton.jit
+def _frame_row(ptr, frame, stride_m, cols, cmask):
+    """One frame's modulation row (shift, scale or gate) in fp32."""
+    return tl.load(ptr + frame.to(tl.int64) * stride_m + cols, mask=cmask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _chunk_rows(frame, F, lo, hi, start, cmask, BLOCK_M: tl.constexpr):
+    """Rows ``lo + start ...`` of the frame's chunk [lo, hi): which lie in it, their row index in
+    the (R, D) view (int64) and the element mask."""
+    local = lo + start + tl.arange(0, BLOCK_M)
+    rmask = local < hi
+    rows = frame.to(tl.int64) * F + local
+    return rmask, rows, rmask[:, None] & cmask[None, :]
+
+
+@triton.jit
+def _load_rows(ptr, rows, stride, cols, mask):
+    """A (rows, channels) tile in fp32, zeros outside ``mask``."""
+    return tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _adaln_fwd_kernel(
     x_ptr, shift_ptr, scale_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr,
     F, D, CHUNK, stride_x, stride_m, stride_y, eps,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    frame = tl.program_id(0)
-    chunk = tl.program_id(1)
-    cols = tl.arange(0, BLOCK_D)
-    cmask = cols < D
-    shift = tl.load(shift_ptr + frame.to(tl.int64) * stride_m + cols, mask=cmask, other=0.0).to(tl.float32)
-    scale1 = 1.0 + tl.load(scale_ptr + frame.to(tl.int64) * stride_m + cols, mask=cmask, other=0.0).to(tl.float32)
+    frame, chunk, cols, cmask = _frame_chunk(D, BLOCK_D)
+    shift = _frame_row(shift_ptr, frame, stride_m, cols, cmask)
+    scale1 = 1.0 + _frame_row(scale_ptr, frame, stride_m, cols, cmask)
     if HAS_W:
         w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     if HAS_B:
@@ -45,11 +73,8 @@ def _adaln_fwd_kernel(
     lo = chunk * CHUNK
     hi = tl.minimum(lo + CHUNK, F)
     for start in range(0, CHUNK, BLOCK_M):
-        local = lo + start + tl.arange(0, BLOCK_M)
-        rmask = local < hi
-        rows = frame.to(tl.int64) * F + local
-        mask = rmask[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rmask, rows, mask = _chunk_rows(frame, F, lo, hi, start, cmask, BLOCK_M)
+        x = _load_rows(x_ptr, rows, stride_x, cols, mask)
         mean = tl.sum(x, axis=1) / D
         xc = tl.where(mask, x - mean[:, None], 0.0)
         rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / D + eps)
@@ -71,11 +96,8 @@ def _adaln_bwd_kernel(
     F, D, CHUNK, NCHUNK, stride_x, stride_m, stride_dy, stride_dx,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    frame = tl.program_id(0)
-    chunk = tl.program_id(1)
-    cols = tl.arange(0, BLOCK_D)
-    cmask = cols < D
-    scale1 = 1.0 + tl.load(scale_ptr + frame.to(tl.int64) * stride_m + cols, mask=cmask, other=0.0).to(tl.float32)
+    frame, chunk, cols, cmask = _frame_chunk(D, BLOCK_D)
+    scale1 = 1.0 + _frame_row(scale_ptr, frame, stride_m, cols, cmask)
     if HAS_W:
         w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     if HAS_B:
@@ -87,12 +109,9 @@ def _adaln_bwd_kernel(
     lo = chunk * CHUNK
     hi = tl.minimum(lo + CHUNK, F)
     for start in range(0, CHUNK, BLOCK_M):
-        local = lo + start + tl.arange(0, BLOCK_M)
-        rmask = local < hi
-        rows = frame.to(tl.int64) * F + local
-        mask = rmask[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rmask, rows, mask = _chunk_rows(frame, F, lo, hi, start, cmask, BLOCK_M)
+        x = _load_rows(x_ptr, rows, stride_x, cols, mask)
+        dy = _load_rows(dy_ptr, rows, stride_dy, cols, mask)
         mean = tl.load(mean_ptr + rows, mask=rmask, other=0.0)
         rstd = tl.load(rstd_ptr + rows, mask=rmask, other=0.0)
         xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
@@ -127,19 +146,14 @@ def _gated_residual_fwd_kernel(
     x_ptr, br_ptr, gate_ptr, out_ptr, F, D, CHUNK, stride_x, stride_br, stride_m, stride_o,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    frame = tl.program_id(0)
-    chunk = tl.program_id(1)
-    cols = tl.arange(0, BLOCK_D)
-    cmask = cols < D
-    gate = tl.load(gate_ptr + frame.to(tl.int64) * stride_m + cols, mask=cmask, other=0.0).to(tl.float32)
+    frame, chunk, cols, cmask = _frame_chunk(D, BLOCK_D)
+    gate = _frame_row(gate_ptr, frame, stride_m, cols, cmask)
     lo = chunk * CHUNK
     hi = tl.minimum(lo + CHUNK, F)
     for start in range(0, CHUNK, BLOCK_M):
-        local = lo + start + tl.arange(0, BLOCK_M)
-        rows = frame.to(tl.int64) * F + local
-        mask = (local < hi)[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        br = tl.load(br_ptr + rows[:, None] * stride_br + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        _, rows, mask = _chunk_rows(frame, F, lo, hi, start, cmask, BLOCK_M)
+        x = _load_rows(x_ptr, rows, stride_x, cols, mask)
+        br = _load_rows(br_ptr, rows, stride_br, cols, mask)
         out = x + gate[None, :] * br
         tl.store(out_ptr + rows[:, None] * stride_o + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -150,20 +164,15 @@ def _gated_residual_bwd_kernel(
     stride_br, stride_m, stride_do, stride_dbr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    frame = tl.program_id(0)
-    chunk = tl.program_id(1)
-    cols = tl.arange(0, BLOCK_D)
-    cmask = cols < D
-    gate = tl.load(gate_ptr + frame.to(tl.int64) * stride_m + cols, mask=cmask, other=0.0).to(tl.float32)
+    frame, chunk, cols, cmask = _frame_chunk(D, BLOCK_D)
+    gate = _frame_row(gate_ptr, frame, stride_m, cols, cmask)
     dgate = tl.zeros([BLOCK_D], dtype=tl.float32)
     lo = chunk * CHUNK
     hi = tl.minimum(lo + CHUNK, F)
     for start in range(0, CHUNK, BLOCK_M):
-        local = lo + start + tl.arange(0, BLOCK_M)
-        rows = frame.to(tl.int64) * F + local
-        mask = (local < hi)[:, None] & cmask[None, :]
-        br = tl.load(br_ptr + rows[:, None] * stride_br + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        do = tl.load(dout_ptr + rows[:, None] * stride_do + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        _, rows, mask = _chunk_rows(frame, F, lo, hi, start, cmask, BLOCK_M)
+        br = _load_rows(br_ptr, rows, stride_br, cols, mask)
+        do = _load_rows(dout_ptr, rows, stride_do, cols, mask)
         dgate += tl.sum(do * br, axis=0)
         tl.store(dbr_ptr + rows[:, None] * stride_dbr + cols[None, :],
                  (do * gate[None, :]).to(dbr_ptr.dtype.element_ty), mask=mask)

@@ -44,10 +44,9 @@ def _normal(seed, offsets, FAST_COS: tl.constexpr):
 
 
 @triton.jit
-def _gaussian_fwd_kernel(
-    mu_ptr, lv_ptr, z_ptr, part_ptr, N, D, stride_mu, stride_lv, stride_z, seed_ptr,
-    SAMPLE: tl.constexpr, FAST_COS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-):
+def _mu_logvar_rows(mu_ptr, lv_ptr, N, D, stride_mu, stride_lv, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's BLOCK_M rows of mu and logvar in fp32 (zeros outside N x D), with the
+    program id, row and column indices, the element mask and the rows as an int64 column."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
@@ -55,6 +54,15 @@ def _gaussian_fwd_kernel(
     r64 = rows.to(tl.int64)[:, None]
     mu = tl.load(mu_ptr + r64 * stride_mu + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     lv = tl.load(lv_ptr + r64 * stride_lv + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    return pid, rows, cols, mask, r64, mu, lv
+
+
+@triton.jit
+def _gaussian_fwd_kernel(
+    mu_ptr, lv_ptr, z_ptr, part_ptr, N, D, stride_mu, stride_lv, stride_z, seed_ptr,
+    SAMPLE: tl.constexpr, FAST_COS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid, rows, cols, mask, r64, mu, lv = _mu_logvar_rows(mu_ptr, lv_ptr, N, D, stride_mu, stride_lv, BLOCK_M, BLOCK_D)
     kl = tl.where(mask, 0.5 * (mu * mu + tl.exp(lv) - 1.0 - lv), 0.0)
     tl.store(part_ptr + pid, tl.sum(tl.sum(kl, axis=1), axis=0) / N)
     if SAMPLE:
@@ -68,13 +76,7 @@ def _gaussian_bwd_kernel(
     mu_ptr, lv_ptr, dz_ptr, gkl_ptr, dmu_ptr, dlv_ptr, N, D, stride_mu, stride_lv, stride_dz, stride_d, seed_ptr,
     SAMPLE: tl.constexpr, FAST_COS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_D)
-    mask = (rows < N)[:, None] & (cols < D)[None, :]
-    r64 = rows.to(tl.int64)[:, None]
-    mu = tl.load(mu_ptr + r64 * stride_mu + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    lv = tl.load(lv_ptr + r64 * stride_lv + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    pid, rows, cols, mask, r64, mu, lv = _mu_logvar_rows(mu_ptr, lv_ptr, N, D, stride_mu, stride_lv, BLOCK_M, BLOCK_D)
     gkl = tl.load(gkl_ptr).to(tl.float32) / N
     dmu = gkl * mu
     dlv = gkl * 0.5 * (tl.exp(lv) - 1.0)

@@ -92,15 +92,20 @@ def _vq_argmin_kernel(
 
 
 @triton.jit
+def _program_rows(N, BLOCK_N: tl.constexpr):
+    """This program's id, which of its BLOCK_N rows exist, and their indices as int64."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    return pid, rows < N, rows.to(tl.int64)
+
+
+@triton.jit
 def _vq_epilogue_kernel(
     z_ptr, cb_ptr, cand_d_ptr, cand_i_ptr, idx_ptr, zq_ptr, part_ptr, counts_ptr, bad_ptr,
     N, D, SPLIT, stride_z, stride_cb, stride_zq,
     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    r64 = rows.to(tl.int64)
+    pid, rmask, r64 = _program_rows(N, BLOCK_N)
     ss = tl.arange(0, BLOCK_S)
     smask = rmask[:, None] & (ss < SPLIT)[None, :]
     cd = tl.load(cand_d_ptr + r64[:, None] * SPLIT + ss[None, :], mask=smask, other=float("inf"))
@@ -128,10 +133,7 @@ def _vq_bwd_kernel(
     N, D, stride_z, stride_cb, stride_dzq, stride_dz, scale, commitment,
     HAS_DZQ: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    rmask = rows < N
-    r64 = rows.to(tl.int64)
+    pid, rmask, r64 = _program_rows(N, BLOCK_N)
     cols = tl.arange(0, BLOCK_D)
     mask = rmask[:, None] & (cols < D)[None, :]
     idx = tl.load(idx_ptr + r64, mask=rmask, other=0)

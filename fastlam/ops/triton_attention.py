@@ -273,23 +273,34 @@ register_backend("flex", flex_st_attention, flex_supports)
 # ----------------------------------------------------------------------------- flash-attn, xformers
 
 
-@functools.lru_cache(maxsize=1)
-def _import_flash_attn():
+@functools.lru_cache(maxsize=None)
+def _dense_library(name: str):
+    """flash-attn's ``flash_attn_func`` (``name="flash_attn"``) or ``xformers.ops``, imported on
+    first use; None where it is not installed or does not import."""
     try:
-        from flash_attn import flash_attn_func  # optional dependency: flash-attn (never required)
+        if name == "flash_attn":
+            from flash_attn import flash_attn_func  # optional dependency: flash-attn (never required)
 
-        return flash_attn_func
+            return flash_attn_func
+        if name == "xformers":
+            import xformers.ops as xops  # optional dependency: xformers (never required)
+
+            return xops
     except Exception:
         return None
+    raise ValueError(f"unknown dense attention library {name!r}")
+
+
+def _on_token_major(fn, q, k, v, **kwargs):
+    """``fn`` on the (B, L, H, D) layout flash-attn and xformers take; its output as (B, H, L, D)."""
+    return fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), **kwargs).transpose(1, 2)
 
 
 def flash_attn_st_attention(q, k, v, req: AttentionRequest):
     """Backend ``flash_attn``: FlashAttention-2 for the masks it has (full, causal)."""
     q, k = rotate_qk(q, k, req)
-    fn = _import_flash_attn()
-    out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=req.scale,
-             causal=req.mask == "causal", deterministic=req.deterministic)
-    return out.transpose(1, 2)
+    return _on_token_major(_dense_library("flash_attn"), q, k, v, softmax_scale=req.scale,
+                           causal=req.mask == "causal", deterministic=req.deterministic)
 
 
 def _dense_lib_supports(q, req, name, available):
@@ -309,28 +320,16 @@ def _dense_lib_supports(q, req, name, available):
 
 
 register_backend("flash_attn", flash_attn_st_attention,
-                 lambda q, req: _dense_lib_supports(q, req, "flash-attn", _import_flash_attn() is not None))
-
-
-@functools.lru_cache(maxsize=1)
-def _import_xformers():
-    try:
-        import xformers.ops as xops  # optional dependency: xformers (never required)
-
-        return xops
-    except Exception:
-        return None
+                 lambda q, req: _dense_lib_supports(q, req, "flash-attn", _dense_library("flash_attn") is not None))
 
 
 def xformers_st_attention(q, k, v, req: AttentionRequest):
     """Backend ``xformers``: memory-efficient attention for full / causal masks."""
     q, k = rotate_qk(q, k, req)
-    xops = _import_xformers()
+    xops = _dense_library("xformers")
     bias = xops.LowerTriangularMask() if req.mask == "causal" else None
-    out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias,
-                                          scale=req.scale)
-    return out.transpose(1, 2)
+    return _on_token_major(xops.memory_efficient_attention, q, k, v, attn_bias=bias, scale=req.scale)
 
 
 register_backend("xformers", xformers_st_attention,
-                 lambda q, req: _dense_lib_supports(q, req, "xformers", _import_xformers() is not None))
+                 lambda q, req: _dense_lib_supports(q, req, "xformers", _dense_library("xformers") is not None))

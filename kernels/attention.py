@@ -19,14 +19,30 @@ The pieces, one concern each:
 
 - :mod:`.attention_common`: the ``@triton.jit`` parts the kernels share (the program's tile,
   the mask predicate, the tile ranges that skip fully masked tiles and find the unmasked run);
-- :mod:`.attention_rope`: 3D RoPE fused into the kernels (the q / k tile loads), and the
-  point-wise rotation kernel (the two ``rope_fusion`` modes);
+- :mod:`.attention_rope`: the point-wise rotation kernel (the default ``rope_fusion="prepass"``)
+  and 3D RoPE fused into the kernels' q / k tile loads (``rope_fusion="kernel"``);
 - :mod:`.attention_fwd` / :mod:`.attention_bwd`: the forward and the backward kernels;
 - :mod:`.tile_tables`: the tiles (:func:`block_config`: a fixed table per triton release, no
   autotuning, replaced by tuned tables or ``FASTLAM_ATTN_TILES``);
 - :mod:`.attention_configs`: their static-check registry entries;
 - here: the launchers, plain functions (no autograd) that ``fastlam.ops.triton_attention``
   wraps, and the names that code outside the kernels imports.
+
+RoPE (``rope_tables``), two modes (``rope_fusion``):
+
+- ``"prepass"`` (default, :data:`DEFAULT_ROPE_FUSION`): FlashAttention's choice, rotary applied
+  once outside the attention kernel. The rotation kernel reads q and k where they are (any
+  (B, H, L) strides: the views of a packed qkv projection are read in place, no ``.contiguous()``
+  first) and writes rotated, contiguous q and k; the plain (ROPE=False) kernels then run with
+  the plain tiles of :func:`block_config` (``rope=False``), v still the caller's view.
+- ``"kernel"``: every q / k tile is rotated as the attention kernels load it (per tile visit:
+  a second load of the partner channels, cos / sin gathers, ``_ROPE_TILES`` where the plain
+  tile spilled with the extra registers). Kept as an option for the device tuning / the
+  benchmark suite to pick where it measures faster; no GPU has compared them yet.
+
+Both round the rotated operand to the input dtype before the matmuls, so they feed the
+kernels the same values. In both, dQ and dK leave the kernels in the rotated basis and one
+point-wise pass applies R^T (which also casts the fp32 atomic dQ accumulator).
 """
 from __future__ import annotations
 
@@ -41,10 +57,10 @@ from .attention_rope import rope_rotate_kernel
 from .tile_tables import block_config, mask_variant_config, mask_variant_gap, triton_tiles, use_atomic_dq
 
 __all__ = [
-    "DTYPES", "HEAD_DIMS", "MASKS", "ROPE_FUSIONS", "TEMPORAL_MODE", "attention_backward", "attention_forward",
-    "attn_bwd_dkdv", "attn_bwd_dq", "attn_bwd_preprocess", "attn_fwd", "block_config", "interpreting",
-    "mask_frames", "mask_variant_config", "mask_variant_gap", "rope_rotate", "rope_rotate_kernel", "triton_tiles",
-    "use_atomic_dq",
+    "DEFAULT_ROPE_FUSION", "DTYPES", "HEAD_DIMS", "MASKS", "ROPE_FUSIONS", "TEMPORAL_MODE", "attention_backward",
+    "attention_forward", "attn_bwd_dkdv", "attn_bwd_dq", "attn_bwd_preprocess", "attn_fwd", "block_config",
+    "interpreting", "mask_frames", "mask_variant_config", "mask_variant_gap", "rope_rotate", "rope_rotate_kernel",
+    "triton_tiles", "use_atomic_dq",
 ]
 
 MASKS = ("full", "causal", "frame_causal", "frame_local", "temporal_causal", "temporal")
@@ -53,7 +69,9 @@ MASKS = ("full", "causal", "frame_causal", "frame_local", "temporal_causal", "te
 TEMPORAL_MODE = {"temporal_causal": 1, "temporal": 2}
 HEAD_DIMS = (32, 64, 80, 96, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-ROPE_FUSIONS = ("kernel", "prepass")
+ROPE_FUSIONS = ("prepass", "kernel")
+# Rotate q and k once before the plain kernels (see the module docstring).
+DEFAULT_ROPE_FUSION = "prepass"
 
 
 def _check(name: str, x: torch.Tensor) -> None:
@@ -151,15 +169,16 @@ def _key_pad_args(key_lengths, B: int, dummy: torch.Tensor):
 
 
 def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, window_frames=None, rope_tables=None,
-                      rope_fusion: str = "kernel", out: torch.Tensor | None = None, lse: torch.Tensor | None = None,
-                      key_lengths: torch.Tensor | None = None):
+                      rope_fusion: str = DEFAULT_ROPE_FUSION, out: torch.Tensor | None = None,
+                      lse: torch.Tensor | None = None, key_lengths: torch.Tensor | None = None):
     """Launch the forward. Returns (out (B,H,L,D) in q's dtype, lse (B,H,L) fp32, natural log).
 
-    ``rope_tables``: None, or the tables of :func:`rope_rotate`. ``rope_fusion="kernel"``
-    rotates q and k inside the attention kernel (the resident q tile once, each streamed
-    k tile as it is loaded); ``"prepass"`` rotates them once by the rotation kernel into new
-    tensors first (see the module docstring). ``key_lengths``: int32 (B,), keys at or past
-    ``key_lengths[b]`` are padding (a row left with no key gets out 0, lse -inf).
+    ``rope_tables``: None, or the tables of :func:`rope_rotate`. ``rope_fusion="prepass"``
+    (default) rotates q and k once by the rotation kernel, reading them in place, into new
+    contiguous tensors that the plain kernels take; ``"kernel"`` rotates them inside the
+    attention kernel (the resident q tile once, each streamed k tile as it is loaded); see
+    the module docstring. ``key_lengths``: int32 (B,), keys at or past ``key_lengths[b]``
+    are padding (a row left with no key gets out 0, lse -inf).
     """
     _check_fusion(rope_fusion)
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -190,7 +209,7 @@ def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, windo
 
 
 def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scale: float, window_frames=None,
-                       rope_tables=None, rope_fusion: str = "kernel", deterministic: bool = False,
+                       rope_tables=None, rope_fusion: str = DEFAULT_ROPE_FUSION, deterministic: bool = False,
                        dlse: torch.Tensor | None = None, grads: tuple | None = None,
                        key_lengths: torch.Tensor | None = None):
     """Launch the backward. Returns (dq, dk, dv) in q's dtype, contiguous (B, H, L, D).
@@ -200,13 +219,19 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
     (:func:`use_atomic_dq`). ``dlse`` (B, H, L), the gradient of the lse output, if any:
     since d lse_i / d s_ij = p_ij it enters as dS = P * (dP - (Delta - dlse)). ``grads``:
     optional preallocated contiguous (dq, dk, dv) (tests poison them to prove every element
-    is written). With RoPE, the attention kernels see rotated q and k: rotated inside them
-    (``rope_fusion="kernel"``: the dK/dV pass rotates its resident k tile and each streamed
-    q tile, the dQ pass its resident q tile and each streamed k tile) or rotated again by
-    the rotation kernel first (``"prepass"``; cheaper than keeping copies from the
-    forward). Either way dQ and dK come out in the rotated basis and one point-wise pass
-    applies the transposed rotation to them in place (the atomic dQ accumulator is fp32;
-    that pass also casts it into dq).
+    is written). With RoPE, the attention kernels see rotated q and k, and dQ and dK come
+    out in the rotated basis; one point-wise pass applies the transposed rotation to them in
+    place (the atomic dQ accumulator is fp32; that pass also casts it into dq).
+
+    ``rope_fusion="prepass"`` (default): the backward recomputes the rotation of q and k
+    (the rotation kernel again, from the caller's q and k) instead of saving the rotated
+    copies from the forward. Why: saving them would keep two more (B, H, L, D) tensors per
+    attention layer alive from the forward to the backward, and they replace nothing (the
+    packed qkv projection stays pinned through the v view, which the backward needs); the
+    recomputation is O(L*D) memory traffic (2 reads, 2 writes) next to the backward's
+    O(L^2*D) matmuls, and it keeps the ops' saved inputs the same in both modes (activation
+    checkpointing recomputes them anyway). ``"kernel"``: the dK/dV pass rotates its resident
+    k tile and each streamed q tile, the dQ pass its resident q tile and each streamed k tile.
     """
     _check_fusion(rope_fusion)
     for name, x in (("do", do), ("q", q), ("k", k), ("v", v), ("out", out)):

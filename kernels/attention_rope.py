@@ -11,15 +11,17 @@ channel ``c ^ 1`` is read by a second load of the same rows (an L1/L2 hit), so e
 element-wise: an earlier in-register swap (reshape / split / join) forced layout conversions
 through shared memory and made the sm_90 builds spill.
 
-Two fusions (``rope_fusion``): ``"kernel"`` (default) rotates inside the attention kernels
-(constexpr ROPE): the forward rotates its resident q tile once and each streamed k tile as it
-is loaded; the dK/dV pass its resident k tile and each streamed q tile; the dQ pass its
-resident q tile and each streamed k tile. The rotated tile is rounded to the input dtype
-before the matmul, which is what the pre-pass stores, so both fusions feed the same operands.
-``"prepass"`` rotates q and k once by the point-wise :func:`rope_rotate_kernel` into new
-tensors. In both, dQ and dK leave the kernels in the rotated basis and one point-wise pass
-applies R^T in place (O(L*D); the atomic dQ path accumulates rotated-basis dQ in fp32 and that
-pass casts it). R^T in the epilogue would need the partner channel of an accumulator that
+Two fusions (``rope_fusion``): ``"prepass"`` (default) rotates q and k once by the point-wise
+:func:`rope_rotate_kernel`, which reads them in place (any (B, H, L) strides, e.g. the views
+of a packed qkv projection) and writes new contiguous tensors; the attention kernels then run
+without rotation (ROPE=False, the plain tiles). ``"kernel"`` rotates inside the attention
+kernels (constexpr ROPE) on every tile visit: the forward rotates its resident q tile once
+and each streamed k tile as it is loaded; the dK/dV pass its resident k tile and each
+streamed q tile; the dQ pass its resident q tile and each streamed k tile. The rotated tile
+is rounded to the input dtype before the matmul, which is what the pre-pass stores, so both
+fusions feed the same operands. In both, dQ and dK leave the kernels in the rotated basis
+and one point-wise pass applies R^T in place (O(L*D); the atomic dQ path accumulates
+rotated-basis dQ in fp32 and that pass casts it). R^T in the epilogue would need the partner channel of an accumulator that
 lives in registers of other threads: a store, a CTA barrier and a re-load, i.e. the same
 memory traffic as the post-pass but inside the most register-bound part of the kernel.
 The extra tiles of the fused rotation (x, partner, cos, sin and their 64-bit addresses) cost
@@ -29,8 +31,10 @@ sm_80 (STACK 8-496 B; e.g. bf16 hd64 forward 128x64: 32 / 168 B), so ``_ROPE_TIL
 tile (bf16 hd64 forward 128x32 with 8 warps: 208 / 244 registers, no spill); every default is
 spill-free (REG and STACK per config: benchmarks/results/static). The point-wise rotation
 kernel with 4 warps still spills at 64 rows x BLOCK_D 128 (STACK 168-432 B), with 8 warps it
-does not (104-158 registers). Which fusion is faster is for ``benchmarks/bench_attention.py``
-to measure (``fastlam_triton_rope_kernel`` vs ``fastlam_triton_rope_prepass``): no GPU has run
+does not (104-158 registers). The pre-pass is the default because it is what FlashAttention
+does and it lets the attention kernels keep their larger plain tiles; whether the per-visit
+fusion is faster on a device is for ``benchmarks/bench_attention.py`` / the tile tuning to
+measure (``fastlam_triton_rope_kernel`` vs ``fastlam_triton_rope_prepass``): no GPU has run
 it yet.
 """
 from __future__ import annotations

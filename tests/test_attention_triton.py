@@ -301,7 +301,9 @@ def test_flex_backend_forward_on_cpu():
         assert reason, f"{name} must refuse a CPU frame_causal request"
 
 
-def test_torch_compile_fullgraph_has_no_graph_break():
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_torch_compile_fullgraph_has_no_graph_break(fusion, monkeypatch):
+    monkeypatch.setenv(ta.ROPE_FUSION_ENV, fusion)
     rope = Rope3D(grid_w=2, num_prefix=1)
 
     def f(q, k, v):
@@ -429,11 +431,13 @@ def _per_release_tile_cases():
 
 
 @pytest.mark.parametrize("kind,low,block_d,rope_on,tile", _per_release_tile_cases())
-def test_per_release_tiles_match_the_reference(kind, low, block_d, rope_on, tile):
+def test_per_release_tiles_match_the_reference(kind, low, block_d, rope_on, tile, monkeypatch):
     """The tiles a triton release gets instead of the default ones (tile_tables._TRITON_TILES) give
     the reference's results: forced here, since the interpreter otherwise runs 16 x 16 tiles."""
     dtype = torch.float16 if low else torch.float32  # bf16 tl.dot is wrong in the interpreter
     rope = Rope3D(grid_w=3, num_prefix=2) if rope_on else None
+    # A ",rope" tile is the fused rotation's (ROPE=True): only the per-visit fusion launches it.
+    monkeypatch.setenv(ta.ROPE_FUSION_ENV, "kernel" if rope_on else "prepass")
     frame_len = 8
     key = tile_tables.tile_key(kind, "fp16" if low else "fp32", block_d, rope_on)
     with tile_tables.forced({key: tile}):

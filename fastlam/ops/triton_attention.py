@@ -8,11 +8,15 @@ with fake (meta) implementations and ``register_autograd``, so the op is differe
 unit stride on the head dim (views of a packed qkv projection are read in place); a tensor
 whose head dim is strided is copied with ``.contiguous()`` first. Outputs and gradients are
 contiguous. The log-sum-exp output is differentiable too (its gradient folds into Delta).
-RoPE is fused into the attention kernels by default (q and k tiles rotated as they are
-loaded, positions from the token index); ``FASTLAM_ROPE_FUSION=prepass`` rotates q and k
-once by a separate Triton kernel instead (:func:`rope_fusion`). Either way dQ and dK are
-rotated back by one point-wise pass after the backward, from position tables bit-identical
-to the reference.
+RoPE (Rope3D, positions from the token index) is applied once by default: a Triton rotation
+kernel reads q and k in place (the views of ``STAttention``'s packed qkv projection, no copy)
+and writes rotated contiguous copies that the plain attention kernels take; the backward
+recomputes that rotation rather than keeping the copies (the reason is in
+``fastlam.kernels.attention.attention_backward``). ``FASTLAM_ROPE_FUSION=kernel`` rotates the
+q and k tiles inside the attention kernels on every tile visit instead (:func:`rope_fusion`),
+an option for a device where the benchmark suite or tuning measures it faster. Either way dQ
+and dK are rotated back by one point-wise pass after the backward, from position tables
+bit-identical to the reference.
 
 ``flex``: FlexAttention with a block mask built from :func:`mask_allows` and cached per
 (L, frame_len, mask, window, device); compiled on CUDA. Its forward runs on CPU, its
@@ -48,12 +52,16 @@ ROPE_FUSION_ENV = "FASTLAM_ROPE_FUSION"
 
 
 def rope_fusion() -> str:
-    """Where the Triton backend applies RoPE: ``kernel`` (default: inside the attention
-    kernels) or ``prepass`` (a rotation kernel before them), from $FASTLAM_ROPE_FUSION.
-    Read at call time, so a benchmark can compare both in one process."""
-    value = os.environ.get(ROPE_FUSION_ENV, "kernel").strip().lower() or "kernel"
-    if value not in ("kernel", "prepass"):
-        raise ValueError(f"{ROPE_FUSION_ENV}: expected 'kernel' or 'prepass', got {value!r}")
+    """Where the Triton backend applies RoPE, from $FASTLAM_ROPE_FUSION: ``prepass`` (default:
+    q and k rotated once by a rotation kernel before the plain attention kernels) or
+    ``kernel`` (rotated inside the attention kernels on every tile visit; which one is faster
+    on a device is for ``benchmarks/bench_attention.py`` and the tile tuning to measure).
+    Read at call time, so a benchmark can compare both in one process. Only the Triton
+    backend asks, so the kernel module is importable here."""
+    default = _kernels.DEFAULT_ROPE_FUSION
+    value = os.environ.get(ROPE_FUSION_ENV, default).strip().lower() or default
+    if value not in _kernels.ROPE_FUSIONS:
+        raise ValueError(f"{ROPE_FUSION_ENV}: expected one of {_kernels.ROPE_FUSIONS}, got {value!r}")
     return value
 
 
@@ -177,7 +185,7 @@ def _op_args(req: AttentionRequest) -> tuple:
         req.frame_len, req.mask, req.scale, req.window_frames or 0, req.deterministic, rope is not None,
         rope.grid_w if rope else 1, rope.num_prefix if rope else 0, rope.duplicated_freqs if rope else True,
         float(rope.theta) if rope else 10000.0, float(rope.spatial_scale) if rope else 1.0,
-        rope_fusion() if rope else "kernel",
+        rope_fusion() if rope else "prepass",  # no RoPE: unused
         None if req.key_lengths is None else req.key_lengths.to(torch.int32).contiguous(),
     )
 

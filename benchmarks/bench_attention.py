@@ -1,7 +1,8 @@
-"""GPU benchmark of spatio-temporal attention: fastlam's Triton kernels against PyTorch SDPA
-(dense boolean mask, V-JEPA 2-AC's path), FlexAttention (compiled, block mask), flash-attn
-when installed, and SDPA's own flash kernel on the causal mask (the FA2-class upper bound at
-the same FLOP count when flash-attn cannot be installed).
+"""GPU benchmark of spatio-temporal attention: fastlam's Triton kernels against cuDNN SDPA (the
+FA3-class kernel on the GPU image), FlexAttention (compiled, block mask), SDPA flash (causal,
+or on the (B*T, H, F, D) layout for frame_local), dense-mask SDPA (memory-efficient and
+math kernels, V-JEPA 2-AC's path), flash-attn and xformers when installed; the runners and why
+one is skipped are in benchmarks/attention_baselines.py.
 
 With the frame_causal mask fastlam is also timed with 3D RoPE both ways
 (``fastlam_triton_rope_kernel``: rotation fused into the attention kernels;
@@ -9,13 +10,24 @@ With the frame_causal mask fastlam is also timed with 3D RoPE both ways
 against FlexAttention with the reference rotation, so the default fusion follows the data;
 the summary prints the kernel / prepass time ratio.
 
-FLOPs follow kernels-and-env.md: forward ``4 * B * H * D * (allowed query-key pairs)`` (the
-unmasked fraction only), backward 2.5 x forward. Times are ``triton.testing.do_bench``
-medians. Writes ``attention.csv`` / ``attention.json`` (device, date, commit, torch and
-triton versions) and ``attention.png`` to ``--out`` (default ``$OUT`` or
-benchmarks/results/gpu).
+Before it is timed, every runner's output and gradients are checked against the float64
+reference by fastlam.testing's error-ratio rule (``benchmarks/attention_check.py``, batch 1,
+at most 4096 tokens); a runner that fails is reported ``failed check`` and not timed. Results
+are rewritten after each timed runner, so a run cut off at its budget keeps what it measured.
 
-    python benchmarks/bench_attention.py --out DIR [--quick]
+Timing: ``triton.testing.do_bench`` medians of the forward and of forward + backward, at a
+batch where the host's launch overhead is not the measurement: the shape's batch doubled
+until the forward computes >= 0.5 TFLOP (:data:`MIN_TIMED_FWD_FLOPS`; each row's ``B`` is the
+batch timed). FLOPs follow FlashAttention's convention (fastlam.flops, as the training-step
+MFU): forward ``4 * B * H * D * (allowed query-key pairs)`` (the unmasked fraction only;
+causal pairs for the causal bounds), backward ``ATTENTION_BACKWARD_FACTOR`` (2.5) x forward.
+Each TFLOP/s is also given as a share of the bf16 matmul peak measured at the start of the
+run (an 8192^3 ``torch.matmul``; not measured in the CPU dry run, where the shares are null).
+Writes ``attention.csv`` / ``attention.json`` (device, date, commit, torch and triton
+versions, every runner's check or skip reason) and ``attention.png`` to ``--out`` (default
+``$OUT`` or benchmarks/results/gpu).
+
+    python benchmarks/bench_attention.py --out DIR [--quick] [--dry-run]
 """
 from __future__ import annotations
 
@@ -23,22 +35,43 @@ import argparse
 import datetime as dt
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
+# Without CUDA the Triton kernels run only under the interpreter (the dry run), which must be
+# switched on before triton is first imported (by fastlam below).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 try:  # run as a script (python benchmarks/bench_x.py) or as a module
     from benchmarks._common import allow_many_compiles, git_commit, pyplot_or_none, versions
+    from benchmarks.attention_baselines import Runner, make_runners, rope_for, rope_runners  # noqa: F401
+    from benchmarks.attention_check import check_inputs, check_runner, check_shape
     from benchmarks.result_files import save_figure, write_rows_csv
 except ImportError:  # pragma: no cover
     from _common import allow_many_compiles, git_commit, pyplot_or_none, versions
+    from attention_baselines import Runner, make_runners, rope_for, rope_runners  # noqa: F401
+    from attention_check import check_inputs, check_runner, check_shape
     from result_files import save_figure, write_rows_csv
+from fastlam.flops import ATTENTION_BACKWARD_FACTOR  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-
+# Forward + backward over forward FLOPs (3.5): the one attention backward factor of fastlam.flops.
+FWD_BWD_FACTOR = 1.0 + ATTENTION_BACKWARD_FACTOR
+# About 1 ms of forward at 500 TFLOP/s: twice the ~0.5 ms the host spends per st_attention call
+# (mostly custom-op dispatch), so the GPU queue stays ahead of the host and the events time
+# the kernels, not the launches.
+MIN_TIMED_FWD_FLOPS = 0.5e12
+MAX_TIMED_TENSOR_BYTES = 2 << 30  # per q / k / v / grad tensor: ~16 GiB for the eight of them
+# A math kernel's scores (fp32, ~4 live copies through the backward) may take this share of
+# the free memory; beyond it the runner is skipped rather than run out of memory.
+MATH_SCORES_SHARE = 0.4
+DENSE_MASK_MAX_L = 8192  # beyond it the dense-mask path is too slow for the suite's budget
 
 
 def allowed_pairs(L: int, F: int, mask: str, window: int | None = None) -> int:
@@ -58,7 +91,8 @@ def allowed_pairs(L: int, F: int, mask: str, window: int | None = None) -> int:
     return F * F * sum(min(t + 1, w) for t in range(T))
 
 
-# (B, H, frames, frame_len, head_dim): V-JEPA-like shapes from issue 9.
+# (B, H, frames, frame_len, head_dim): V-JEPA-like shapes from issue 9; B is the smallest batch
+# timed (timed_batch raises it until launch overhead is not the measurement).
 SHAPES = [
     (4, 16, 8, 256, 64),
     (4, 16, 8, 258, 64),
@@ -73,134 +107,57 @@ QUICK_SHAPES = [(4, 16, 8, 256, 64), (4, 16, 8, 258, 64)]
 DRY_SHAPES = [(1, 2, 3, 18, 16)]  # --dry-run: CPU, Triton interpreter (2 prefix tokens, as 258)
 
 
-def frame_local_sdpa(sdpa_backend):
-    """frame_local is full attention within each frame: SDPA's own flash / memory-efficient
-    kernel on the (B*T, H, F, D) layout (the transposes to and from it included), the fair
-    baseline for that mask instead of a dense L x L mask."""
-    from torch.nn.attention import sdpa_kernel
-
-    def run(q, k, v, F):
-        B, H, L, D = q.shape
-        T = L // F
-        to = lambda x: x.view(B, H, T, F, D).transpose(1, 2).reshape(B * T, H, F, D)  # noqa: E731
-        with sdpa_kernel(sdpa_backend):
-            o = torch.nn.functional.scaled_dot_product_attention(to(q), to(k), to(v))
-        return o.view(B, T, H, F, D).transpose(1, 2).reshape(B, H, L, D)
-    return run
+def forward_flops(B: int, H: int, L: int, F: int, D: int, mask: str) -> float:
+    """Forward FLOPs of attention (QK^T and PV) over the pairs ``mask`` allows."""
+    return 4.0 * B * H * D * allowed_pairs(L, F, mask)
 
 
-def make_runners(mask: str, F: int, notes: list, device: str = "cuda"):
-    """name -> fn(q, k, v) for every backend that can run this mask here."""
-    from fastlam.ops import st_attention
-    from fastlam.ops.dispatch import AttentionRequest, attention_backend
-    from torch.nn.attention import SDPBackend
-
-    runners = {
-        "fastlam_triton": lambda q, k, v: st_attention(q, k, v, frame_len=F, mask=mask, backend="triton"),
-        "fastlam_triton_det": lambda q, k, v: st_attention(q, k, v, frame_len=F, mask=mask, backend="triton",
-                                                           deterministic=True),
-        "sdpa_dense_mask" if mask != "full" else "sdpa": (
-            lambda q, k, v: st_attention(q, k, v, frame_len=F, mask=mask, backend="torch")),
-    }
-    if mask == "frame_local":
-        for label, be in (("sdpa_flash_reshaped", SDPBackend.FLASH_ATTENTION),
-                          ("sdpa_efficient_reshaped", SDPBackend.EFFICIENT_ATTENTION),
-                          ("sdpa_math_reshaped", SDPBackend.MATH)):
-            if device == "cuda" or be == SDPBackend.MATH:
-                runners[label] = lambda q, k, v, f=frame_local_sdpa(be): f(q, k, v, F)
-    if device != "cuda":  # --dry-run: FlexAttention has no CPU backward, flash-attn no CPU kernels
-        runners.pop("fastlam_triton_det")  # one interpreted kernel pair is enough to prove the path
-        return runners
-    runners["flex"] = lambda q, k, v: st_attention(q, k, v, frame_len=F, mask=mask, backend="flex")
-    probe = torch.empty(1, 1, F, 64, device="cuda", dtype=torch.bfloat16)
-    req = AttentionRequest(F, "causal" if mask == "frame_causal" else mask, None, 0.125, None, False, False)
-    reason = attention_backend("flash_attn").supports(probe, req)
-    label = "flash_attn_causal" if mask == "frame_causal" else "flash_attn"
-    if reason is None:
-        # frame_causal has no flash-attn mask: its causal kernel is the upper bound at a similar FLOP count.
-        m = req.mask
-        runners[label] = lambda q, k, v: st_attention(q, k, v, frame_len=F, mask=m, backend="flash_attn")
-    else:
-        notes.append(f"{label} skipped: {reason}")
-    if mask == "frame_causal":
-        runners["sdpa_flash_causal"] = lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=True)
-    if mask in ("temporal_causal", "temporal"):
-        # What Genie / UniVLA-style code does: reshape to (B*S, H, T, D), SDPA, reshape back.
-        def factorised(q, k, v):
-            B, H, L, D = q.shape
-
-            def fact(x):
-                return x.unflatten(2, (L // F, F)).permute(0, 3, 1, 2, 4).reshape(B * F, H, L // F, D)
-
-            o = torch.nn.functional.scaled_dot_product_attention(fact(q), fact(k), fact(v),
-                                                                 is_causal=mask == "temporal_causal")
-            return o.reshape(B, F, H, L // F, D).permute(0, 2, 3, 1, 4).reshape(B, H, L, D)
-
-        runners["sdpa_factorised"] = factorised
-    return runners
+def timed_batch(B: int, H: int, L: int, F: int, D: int, mask: str, itemsize: int = 2) -> int:
+    """``B`` doubled until the forward computes :data:`MIN_TIMED_FWD_FLOPS`, or until one
+    (B, H, L, D) tensor would pass :data:`MAX_TIMED_TENSOR_BYTES`."""
+    while (forward_flops(B, H, L, F, D, mask) < MIN_TIMED_FWD_FLOPS
+           and 2 * B * H * L * D * itemsize <= MAX_TIMED_TENSOR_BYTES):
+        B *= 2
+    return B
 
 
-def rope_for(F: int):
-    """V-JEPA 2 layout for a frame of F tokens: a square patch grid after the per-frame
-    prefix tokens (258 = 2 action/state tokens + 16 x 16), duplicated-frequency quirk on."""
-    from fastlam.ops import Rope3D
+def matmul_peak(device: str) -> float | None:
+    """FLOP/s of one large bf16 matmul (8192^3, ``do_bench`` median) timed on the GPU at the
+    start of the run: the denominator of every ``*_peak_share``. None on the CPU (the dry
+    run): a CPU matmul rate says nothing about the GPU's, so the shares are not measured there."""
+    if device != "cuda":
+        return None
+    import triton  # optional dependency: triton (the GPU timing path)
 
-    import math
+    n = 8192
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))  # random: zeros run faster
+    ms = triton.testing.do_bench(lambda: torch.matmul(a, b), warmup=25, rep=100, return_mode="median")
+    return 2.0 * n ** 3 / (ms / 1e3)
 
-    prefix = 2 if F % 2 else F % 16  # 258: V-JEPA 2-AC's action + state tokens
-    return Rope3D(grid_w=math.isqrt(F - prefix), num_prefix=prefix)
 
-
-def rope_runners(F: int) -> dict:
-    """fastlam with RoPE fused into the kernels and as a pre-pass, and FlexAttention + RoPE."""
-    from fastlam.ops import st_attention
-    from fastlam.ops.triton_attention import ROPE_FUSION_ENV
-
-    rope = rope_for(F)
-
-    def fused(fusion):
-        def run(q, k, v):
-            # Read when the forward is called; the backward reuses the forward's choice.
-            old = os.environ.get(ROPE_FUSION_ENV)
-            os.environ[ROPE_FUSION_ENV] = fusion
-            try:
-                return st_attention(q, k, v, frame_len=F, mask="frame_causal", rope=rope, backend="triton")
-            finally:
-                if old is None:
-                    os.environ.pop(ROPE_FUSION_ENV, None)
-                else:
-                    os.environ[ROPE_FUSION_ENV] = old
-        return run
-
-    return {
-        "fastlam_triton_rope_kernel": fused("kernel"),
-        "fastlam_triton_rope_prepass": fused("prepass"),
-        "flex_rope": lambda q, k, v: st_attention(q, k, v, frame_len=F, mask="frame_causal", rope=rope,
-                                                  backend="flex"),
-    }
+def wall_ms(fn, repeats: int) -> float:
+    """Median wall-clock milliseconds of ``fn`` after one warm-up call (CPU ops are synchronous)."""
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts)
 
 
 def bench_one_cpu(fn, q, k, v, do, repeats: int = 1):
-    """--dry-run timing: wall-clock medians (CPU ops are synchronous); peak memory not measured."""
-    import statistics
-
+    """--dry-run timing: wall-clock medians; peak memory not measured."""
     def fwd_bwd():
         fn(q, k, v).backward(do)
 
-    times = {}
-    for name, f in (("fwd", lambda: fn(q, k, v)), ("both", fwd_bwd)):
-        ts = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            f()
-            ts.append((time.perf_counter() - t) * 1e3)
-        times[name] = statistics.median(ts)
-    return times["fwd"], times["both"], 0
+    return wall_ms(lambda: fn(q, k, v), repeats), wall_ms(fwd_bwd, repeats), 0
 
 
 def bench_one(fn, q, k, v, do, quick: bool):
-    import triton
+    """do_bench medians (ms) of the forward and of forward + backward, and the peak memory of
+    one forward + backward over what was allocated before it."""
+    import triton  # optional dependency: triton (the GPU timing path)
 
     rep, warm = (30, 10) if quick else (100, 25)
     fwd = triton.testing.do_bench(lambda: fn(q, k, v), warmup=warm, rep=rep, return_mode="median")
@@ -219,6 +176,95 @@ def bench_one(fn, q, k, v, do, quick: bool):
     peak = torch.cuda.max_memory_allocated() - base
     both = triton.testing.do_bench(fwd_bwd, warmup=warm, rep=rep, grad_to_none=[q, k, v], return_mode="median")
     return fwd, both, peak
+
+
+def too_big_to_time(runner: Runner, B: int, H: int, L: int, F: int, device: str) -> str | None:
+    """Why ``runner`` is not timed at this size (dense-mask paths at long sequences, math
+    kernels whose scores would not fit), or None."""
+    if runner.name.startswith("sdpa_dense") and L > DENSE_MASK_MAX_L:
+        return f"L={L} > {DENSE_MASK_MAX_L}: the dense mask path is too slow for the suite's budget"
+    if runner.materialises_scores and device == "cuda":
+        need = 4 * 4 * B * H * allowed_pairs(L, F, runner.materialises_scores)
+        free = torch.cuda.mem_get_info()[0]
+        if need > MATH_SCORES_SHARE * free:
+            return (f"the math kernel's scores need ~{need / 2**30:.1f} GiB at B={B}, over "
+                    f"{MATH_SCORES_SHARE:.0%} of the {free / 2**30:.1f} GiB free")
+    return None
+
+
+def check_then_time(runners: list[Runner], shape: tuple, mask: str, dtype, device: str, quick: bool,
+                    deadline: float, peak_flops: float | None,
+                    on_row: Callable[[list[dict], list[dict]], None] | None = None) -> tuple[list[dict], list[dict]]:
+    """Check each runner against the float64 reference and time it only if it passes, runner by
+    runner in the list's order (a run cut off at its budget has timed the first ones, not only
+    checked them all). Returns (timed rows, one status row per runner: ``ok``, ``skipped: why``,
+    ``failed check: why``, ``failed: why``); ``on_row(rows, statuses)`` is called after each
+    timed runner, so the caller can write what was measured so far."""
+    B, H, T, F, D = shape
+    L = T * F
+    where = dict(mask=mask, frame_len=F, L=L, head_dim=D)
+    statuses, rows = [], []
+    inputs, refs = check_inputs(check_shape(*shape), dtype, device), {}
+    timed_inputs = None  # allocated when the first runner passes its check
+    Bt = B if device != "cuda" else timed_batch(B, H, L, F, D, mask, torch.tensor([], dtype=dtype).element_size())
+    for r in runners:
+        if r.fn is None:
+            statuses.append(dict(backend=r.name, status=f"skipped: {r.skipped}", **where))
+            continue
+        if time.time() > deadline:
+            statuses.append(dict(backend=r.name, status="skipped: time budget", **where))
+            continue
+        check = check_runner(r, inputs, F, backward=True, refs=refs)
+        status = dict(backend=r.name, status=check.status, check_errors=check.errors, **where)
+        statuses.append(status)
+        if not check.ok:
+            continue
+        why = "time budget" if time.time() > deadline else too_big_to_time(r, Bt, H, L, F, device)
+        if why:
+            status["status"] = f"skipped: {why}"
+            continue
+        if timed_inputs is None:
+            torch.manual_seed(0)
+            timed_inputs = [torch.randn(Bt, H, L, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
+            timed_inputs.append(torch.randn(Bt, H, L, D, device=device, dtype=dtype))
+        try:
+            t_fwd, t_both, peak = (bench_one_cpu(r.fn, *timed_inputs) if device != "cuda"
+                                   else bench_one(r.fn, *timed_inputs, quick))
+        except Exception as exc:  # report and go on: one backend failing must not hide the rest
+            status["status"] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
+            continue
+        finally:
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        status["B"] = Bt
+        rows.append(timing_row(r, mask, (Bt, H, T, F, D), dtype, (t_fwd, t_both, peak), peak_flops))
+        print(json.dumps(rows[-1]), flush=True)
+        if on_row is not None:
+            on_row(rows, statuses)
+    return rows, statuses
+
+
+def timing_row(r: Runner, mask: str, shape: tuple, dtype, timing: tuple, peak_flops: float | None) -> dict:
+    """One timed runner of ``mask``: times (ms) and peak memory (``timing``), TFLOP/s on the
+    pairs it computes (backward counted ATTENTION_BACKWARD_FACTOR x the forward) and as a share
+    of the measured matmul peak (None where ``peak_flops`` was not measured)."""
+    B, H, T, F, D = shape
+    t_fwd, t_both, peak = timing
+    L = T * F
+    counted = forward_flops(B, H, L, F, D, r.computes)
+    t_bwd = max(t_both - t_fwd, 1e-9)
+    fwd, both = counted / (t_fwd / 1e3), FWD_BWD_FACTOR * counted / (t_both / 1e3)
+
+    def share(flop_s):
+        return None if peak_flops is None else round(flop_s / peak_flops, 3)
+
+    return dict(backend=r.name, mask=mask, computes=r.computes, B=B, H=H, frames=T, frame_len=F, L=L, head_dim=D,
+                dtype=str(dtype).replace("torch.", ""), fwd_ms=round(t_fwd, 4), bwd_ms=round(t_bwd, 4),
+                fwd_bwd_ms=round(t_both, 4), fwd_tflops=round(fwd / 1e12, 1),
+                bwd_tflops=round(ATTENTION_BACKWARD_FACTOR * counted / (t_bwd / 1e3) / 1e12, 1),
+                fwd_bwd_tflops=round(both / 1e12, 1), fwd_peak_share=share(fwd),
+                fwd_bwd_peak_share=share(both), peak_mem_mb=round(peak / 2**20, 1),
+                unmasked_fraction=round(allowed_pairs(L, F, r.computes) / L / L, 4))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,71 +290,59 @@ def main(argv=None) -> int:
               "benchmarks/test_bench_attention_cpu.py; --dry-run runs this script at tiny shapes)")
         return 0
     device = "cpu" if args.dry_run else "cuda"
-    if args.dry_run:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
     args.out.mkdir(parents=True, exist_ok=True)
 
     # Every (shape, mask) is a new FlexAttention compile; keep them all compiled.
     allow_many_compiles()
     t_start = time.time()
+    deadline = t_start + args.budget_s
     notes: list[str] = []
-    rows = []
+    rows, statuses = [], []
     dtype = torch.float32 if args.dry_run else torch.bfloat16
+    peak = matmul_peak(device)
+    print("bf16 matmul peak (8192^3): " + (f"{peak / 1e12:.3g} TFLOP/s" if peak else "not measured (CPU)"), flush=True)
     for B, H, T, F, D in (DRY_SHAPES if args.dry_run else QUICK_SHAPES if args.quick else SHAPES):
-        if time.time() - t_start > args.budget_s:
+        if time.time() > deadline:
             notes.append(f"time budget reached: skipped shape B={B} H={H} T={T} F={F} D={D} and later")
             break
-        L = T * F
         for mask in args.masks:
-            pairs = allowed_pairs(L, F, mask)
-            fwd_flops = 4.0 * B * H * D * pairs
-            runners = make_runners(mask, F, notes, device)
-            if mask == "frame_causal" and not args.dry_run:
-                runners.update(rope_runners(F))
-            for name, fn in runners.items():
-                if name.startswith("sdpa_dense") and L > 8192:
-                    notes.append(f"{name} skipped at L={L}: the dense mask path is too slow for the suite's budget")
-                    continue
-                counted = fwd_flops
-                if name in ("sdpa_flash_causal", "flash_attn_causal"):
-                    counted = 4.0 * B * H * D * allowed_pairs(L, F, "causal")
-                torch.manual_seed(0)
-                q, k, v = (torch.randn(B, H, L, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-                do = torch.randn(B, H, L, D, device=device, dtype=dtype)
-                try:
-                    t_fwd, t_both, peak = (bench_one_cpu(fn, q, k, v, do) if args.dry_run
-                                           else bench_one(fn, q, k, v, do, args.quick))
-                except Exception as exc:  # report and go on: one backend failing must not hide the rest
-                    notes.append(f"{name} failed on B={B} L={L} D={D} {mask}: {type(exc).__name__}: {str(exc)[:200]}")
-                    continue
-                finally:
-                    if device == "cuda":
-                        torch.cuda.empty_cache()
-                t_bwd = max(t_both - t_fwd, 1e-9)
-                row = dict(backend=name, mask=mask, B=B, H=H, frames=T, frame_len=F, L=L, head_dim=D,
-                           dtype=str(dtype).replace("torch.", ""), fwd_ms=round(t_fwd, 4), bwd_ms=round(t_bwd, 4),
-                           fwd_bwd_ms=round(t_both, 4), fwd_tflops=round(counted / t_fwd / 1e9, 1),
-                           bwd_tflops=round(2.5 * counted / t_bwd / 1e9, 1),
-                           fwd_bwd_tflops=round(3.5 * counted / t_both / 1e9, 1),
-                           peak_mem_mb=round(peak / 2**20, 1), unmasked_fraction=round(pairs / L / L, 4))
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                del q, k, v, do
-        write_results(args.out, rows, notes)
-    write_results(args.out, rows, notes, final=True)
+            runners = make_runners(mask, F, device, dtype, D, with_rope=not args.dry_run)
+            got, status = check_then_time(
+                runners, (B, H, T, F, D), mask, dtype, device, args.quick, deadline, peak,
+                on_row=lambda done, now: write_results(args.out, rows + done, notes, statuses=statuses + now, peak=peak,
+                                                      device=device))
+            rows += got
+            statuses += status
+            for s in status:
+                if s["status"] != "ok":
+                    print(f"{s['backend']} ({mask}, L={s['L']}, D={D}): {s['status']}", flush=True)
+        write_results(args.out, rows, notes, statuses=statuses, peak=peak, device=device)
+    write_results(args.out, rows, notes, final=True, statuses=statuses, peak=peak, device=device)
     for n in notes:
         print("note:", n)
     return 0
 
 
-def write_results(out: Path, rows, notes, final: bool = False) -> None:
-    """(Re)write JSON / CSV (after every shape, so a timeout keeps what was measured) and the plot."""
-    meta = dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", date=dt.datetime.now(dt.timezone.utc).isoformat(),
-                commit=git_commit(), **versions(),
-                flops_rule="fwd 4*B*H*D*allowed_pairs (unmasked pairs only), bwd 2.5x fwd",
-                timing="triton.testing.do_bench median" if torch.cuda.is_available() else "wall clock, one run (dry run)",
+def write_results(out: Path, rows, notes, final: bool = False, statuses=(), peak: float | None = None,
+                  device: str = "cuda") -> None:
+    """(Re)write JSON / CSV (after every timed runner and shape, so a timeout keeps what was
+    measured) and, at the end, the plot. ``statuses``: every runner's check or skip reason;
+    ``peak``: the measured matmul FLOP/s (None: not measured)."""
+    cuda = device == "cuda"
+    meta = dict(device=torch.cuda.get_device_name() if cuda else "cpu",
+                date=dt.datetime.now(dt.timezone.utc).isoformat(), commit=git_commit(), **versions(),
+                flops_rule=f"fwd 4*B*H*D*allowed_pairs (unmasked pairs only, causal for the causal bounds), "
+                           f"bwd {ATTENTION_BACKWARD_FACTOR}x fwd (fastlam.flops.ATTENTION_BACKWARD_FACTOR)",
+                timing=(f"triton.testing.do_bench median at the batch B of each row (the shape's batch doubled until "
+                        f"the fwd is >= {MIN_TIMED_FWD_FLOPS / 1e12:g} TFLOP)" if cuda
+                        else "wall clock, one run after a warm-up (dry run)"),
+                check="float64 reference, fastlam.testing error-ratio rule (2x out, 3x grads), batch 1, "
+                      "<= 4096 tokens, before timing; failing runners not timed",
+                matmul_peak_tflops=None if peak is None else float(f"{peak / 1e12:.3g}"),
+                matmul_peak=("bf16 8192^3 torch.matmul, do_bench median, at the start of the run" if peak is not None
+                             else "not measured (CPU dry run): *_peak_share are null"),
                 complete=final, notes=notes)
-    (out / "attention.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    (out / "attention.json").write_text(json.dumps(dict(meta=meta, rows=rows, runners=list(statuses)), indent=1))
     if not rows:
         return
     write_rows_csv(out / "attention.csv", rows, meta)

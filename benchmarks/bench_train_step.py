@@ -34,8 +34,10 @@ predictor / optimizer are split.
 Model FLOPs (for MFU) are counted analytically from the modules' shapes by fastlam.flops (the
 model the training log's MFU uses too; ``train_step_cases.ac_flops`` for V-JEPA 2-AC): 2 x in x out per token per linear layer (the tubelet conv as a linear),
 4 x width per query-key pair the mask allows for attention (QK^T and AV; masked pairs are
-not counted), elementwise work not counted; the trainable parts count forward + backward as
-3 x forward, the frozen encoder forward only; activation recomputation is not counted. MFU
+not counted), elementwise work not counted; the trainable parts count forward + backward
+(backward 2 x the forward for linear layers, 2.5 x for attention: FlashAttention's convention,
+the one benchmarks/bench_attention.py uses), the frozen encoder forward only; activation
+recomputation is not counted. MFU
 is against the bf16 matmul peak measured on the device at start-up (``mfu``) and against
 the datasheet dense peak (``mfu_datasheet``). Peak memory is ``max_memory_allocated`` over
 the timed steps minus what was allocated before the model was built (the input batch).
@@ -342,7 +344,8 @@ def main(argv=None) -> int:
                 measured_bf16_peak_tflops=None if peak is None else round(peak / 1e12, 1),
                 datasheet_bf16_peak_tflops=None if sheet is None else round(sheet / 1e12, 1),
                 flops_rule="linear 2*in*out per token; attention 4*width per allowed query-key pair; trainable "
-                           "parts 3x forward, frozen encoder 1x; elementwise and recomputation not counted",
+                           "parts fwd+bwd = 3x linear + 3.5x attention fwd (fastlam.flops), frozen encoder 1x; "
+                           "elementwise and recomputation not counted",
                 timing=("CUDA events" if cuda else "wall clock") + ", median over timed steps; parts split at "
                        "forward boundaries and gradient hooks", complete=False)
     for name in args.sizes:

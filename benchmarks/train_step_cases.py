@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fastlam.flops import allowed_pairs, block_flops, lam_train_flops_per_clip, linear_flops
+from fastlam.flops import (FORWARD, FORWARD_BACKWARD, allowed_pairs, block_flops, lam_train_flops_per_clip,
+                           linear_flops)
 from fastlam.models.ac_predictor import ACPredictor, ACPredictorConfig
 from fastlam.models.blocks import AdaLNZeroBlock, Block
 from fastlam.models.encoder import EncoderConfig
@@ -87,9 +88,10 @@ VARIANTS = {
 # ----------------------------------------------------------------------------- FLOP count
 
 
-def ac_flops(model: ACPredictor, frames: int, rollout_steps: int, dense: bool = False) -> float:
+def ac_flops(model: ACPredictor, frames: int, rollout_steps: int, dense: bool = False, passes=FORWARD) -> float:
     """Forward FLOPs of one clip of V-JEPA 2-AC's loss: teacher forcing over ``frames - 1``
-    frames plus the rollout's extra predictor calls (on 2..rollout_steps frames)."""
+    frames plus the rollout's extra predictor calls (on 2..rollout_steps frames); with
+    ``passes=FORWARD_BACKWARD`` forward + backward, counted as fastlam.flops counts the LAM."""
     cfg = model.cfg
     N = cfg.grid_size * cfg.grid_size
     k = cfg.cond_tokens
@@ -100,16 +102,18 @@ def ac_flops(model: ACPredictor, frames: int, rollout_steps: int, dense: bool = 
         if cfg.use_extrinsics:
             f += linear_flops(t, model.extrinsics_encoder)
         mask = "frame_causal" if cfg.frame_causal else "full"
-        return f + sum(block_flops(b, 1, t * (N + k), allowed_pairs(t, N + k, mask, dense)) for b in model.predictor_blocks)
+        return passes[0] * f + sum(block_flops(b, 1, t * (N + k), allowed_pairs(t, N + k, mask, dense), passes=passes)
+                                   for b in model.predictor_blocks)
 
     return call(frames - 1) + sum(call(n + 1) for n in range(1, rollout_steps))
 
 
 def train_flops_per_clip(model, size: Size, mode: str) -> float:
-    """Model FLOPs of one training clip: frozen encoder forward (video mode), 3 x forward of the
-    trainable parts."""
+    """Model FLOPs of one training clip: frozen encoder forward (video mode), forward + backward
+    of the trainable parts (fastlam.flops' convention: backward 2 x the forward for linear
+    layers, 2.5 x for attention)."""
     if size.kind == "ac":
-        return 3.0 * ac_flops(model, size.ac_frames, size.ac_rollout)
+        return ac_flops(model, size.ac_frames, size.ac_rollout, passes=FORWARD_BACKWARD)
     return lam_train_flops_per_clip(model, with_encoder=mode == "video")
 
 

@@ -18,8 +18,9 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def train_flops_per_clip(model: nn.Module) -> float:
-    """Model FLOPs of one training clip (video in: frozen encoder forward + 3 x IDM and
-    predictor forward), the FLOP model of fastlam.flops that the benchmarks use too."""
+    """Model FLOPs of one training clip (video in: frozen encoder forward + IDM and predictor
+    forward and backward, 3 x their linear and 3.5 x their attention forward FLOPs), the FLOP
+    model of fastlam.flops that the benchmarks use too."""
     return lam_train_flops_per_clip(model, with_encoder=True)
 
 

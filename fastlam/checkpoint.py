@@ -11,6 +11,7 @@ pass, which every command line prints as such with exit status 2.
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import tempfile
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from .inputs import InputError, MissingInputError, describe_path, sniff
 
@@ -39,6 +40,18 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def save_weights_folder(directory: str | Path, module: torch.nn.Module, config: dict) -> Path:
+    """Write ``module``'s weights as ``model.safetensors`` and ``config`` as ``config.json`` into
+    ``directory``, each atomically: the layout every fastlam model, decoder and controller
+    folder has, which their ``from_pretrained`` / loaders read back."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    atomic_write(directory / "model.safetensors", lambda p: save_file(state, str(p)))
+    atomic_write(directory / "config.json", lambda p: Path(p).write_text(json.dumps(config, indent=2)))
+    return directory
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:

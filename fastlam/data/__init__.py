@@ -11,6 +11,7 @@ from .preprocess import preprocess_frames, preprocess_reference
 from .sampler import ShardedClipSampler
 from .watchdog import DecodeTimeout, GuardedClipDataset, Watchdog
 from .synthetic import make_sprite_clips
+from . import video
 from .video import (
     ClipTooShort,
     DecodedVideo,
@@ -27,16 +28,8 @@ from .sample_videos import fetch_samples
 from .dali import DaliVideoLoader
 
 __all__ = [
-    "VideoInfo",
-    "VideoDecodeError",
-    "ClipTooShort",
-    "probe_video",
-    "read_clip",
-    "clip_to_tensor",
-    "decode_video",
-    "DecodedVideo",
+    *video.__all__,  # probing, reading and decoding video, and their errors
     "VideoClipDataset",
-    "VIDEO_EXTENSIONS",
     "list_videos",
     "fetch_samples",
     "make_sprite_clips",

@@ -17,20 +17,10 @@ from ..inputs import output_file, output_folder
 from ..models.decoder import StateDecoder
 from ..nn.lpips import LPIPS
 from ..trainer import TrainConfig
-from . import action_data, study
+from . import action_data, controller, study
 from .action_data import integrate_actions
 from .capacity import PAPER_GRIDS, capacity_sweep, compare_capacity
 from .common import encode_batched, load_clips, load_lam, pyplot, save_figure, write_json
-from .controller import (
-    ControllerConfig,
-    ControllerTrainConfig,
-    build_controller,
-    controller_error,
-    controller_pairs,
-    load_controller,
-    save_controller,
-    train_controller,
-)
 from .leakage import future_leakage
 from .planning import (
     ACBaselineConfig,
@@ -181,7 +171,7 @@ def controller_data(model, data: str, steps: int | None = None):
         b = ds.batch(idx)
         states = encode_batched(model, b["video"])
         z = model.infer_actions(states=states)
-        out.append(controller_pairs(states, b["actions"], z))
+        out.append(controller.controller_pairs(states, b["actions"], z))
     return out
 
 
@@ -189,20 +179,22 @@ def run_controller(args) -> Path:
     torch.manual_seed(args.seed)
     model = load_lam(args.checkpoint, args.expect_regularizer)
     (s_tr, a_tr, z_tr), (s_va, a_va, z_va) = controller_data(model, args.data)
-    tcfg = ControllerTrainConfig(iterations=args.iterations, warmup=args.warmup, batch_size=args.batch_size,
-                                 lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
+    tcfg = controller.ControllerTrainConfig(iterations=args.iterations, warmup=args.warmup,
+                                            batch_size=args.batch_size, lr=args.lr,
+                                            weight_decay=args.weight_decay, seed=args.seed)
     var = float(z_va.var(0, unbiased=False).sum())
     res, curves = {"pairs_train": int(s_tr.shape[0]), "pairs_val": int(s_va.shape[0]),
                    "latent_variance": var, "train": vars(tcfg)}, {}
     for kind in ("state", "mlp"):
-        ccfg = ControllerConfig(kind=kind, state_dim=s_tr.shape[-1], action_dim=a_tr.shape[-1],
-                                latent_dim=z_tr.shape[-1], width=args.width, heads=args.heads,
-                                mlp_hidden=args.width)
-        ctrl = build_controller(ccfg)
-        curves[kind] = train_controller(ctrl, s_tr, a_tr, z_tr, tcfg, log_every=args.log_every)
-        err = controller_error(ctrl, s_va, a_va, z_va)
+        ccfg = controller.ControllerConfig(kind=kind, state_dim=s_tr.shape[-1], action_dim=a_tr.shape[-1],
+                                           latent_dim=z_tr.shape[-1], width=args.width, heads=args.heads,
+                                           mlp_hidden=args.width)
+        ctrl = controller.build_controller(ccfg)
+        curves[kind] = controller.train_controller(ctrl, s_tr, a_tr, z_tr, tcfg, log_every=args.log_every)
+        err = controller.controller_error(ctrl, s_va, a_va, z_va)
+        folder = Path(args.out) / ("controller" if kind == "state" else "controller_mlp")
         res[kind] = {"val_l2": err, "val_fvu": err / max(var, 1e-12), "train_l2_last": curves[kind][-1],
-                     "dir": str(save_controller(ctrl, Path(args.out) / ("controller" if kind == "state" else "controller_mlp")))}
+                     "dir": str(controller.save_controller(ctrl, folder))}
         print(f"controller {kind}: held-out L2 {err:.4f} (fraction of variance unexplained {err / max(var, 1e-12):.3f})")
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -256,7 +248,7 @@ def run_plan(args) -> Path:
     res = {"checkpoint": args.checkpoint, "data": args.data}
     worlds = {}
     if args.controller:
-        ctrl = load_controller(args.controller)
+        ctrl = controller.load_controller(args.controller)
         if ctrl.cfg.action_dim != ds.action_dim:
             raise ValueError(f"--controller: trained for {ctrl.cfg.action_dim}-d actions, the data has {ds.action_dim}-d")
         worlds["lam_controller"] = (LatentRollout(model, ctrl), states, None)

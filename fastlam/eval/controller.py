@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import load_safetensors
+from ..checkpoint import load_safetensors, save_weights_folder
 from ..inputs import InputError, MissingInputError, read_json, require_folder
 from ..models.blocks import MLP, Block
 from .fitting import fit_on_random_batches
@@ -217,12 +216,7 @@ def controller_error(model: nn.Module, states: torch.Tensor, actions: torch.Tens
 
 def save_controller(model: nn.Module, directory: str | Path) -> Path:
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-              str(directory / "model.safetensors"))
-    (directory / "config.json").write_text(json.dumps(asdict(model.cfg), indent=2))
-    return directory
+    return save_weights_folder(directory, model, asdict(model.cfg))
 
 
 CONTROLLER_EXPECTED = "a controller folder written by 'python -m fastlam.eval controller' (OUT/controller or OUT/controller_mlp)"

@@ -31,10 +31,9 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import atomic_write
+from ..checkpoint import save_weights_folder
 from ..inputs import InputError, MissingInputError, read_json, require_folder
 from ..ops import Rope3D
 from .blocks import Block
@@ -204,12 +203,7 @@ class ACPredictor(nn.Module):
     # ---- persistence ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(directory / "model.safetensors", lambda p: save_file(state, str(p)))
-        atomic_write(directory / "config.json", lambda p: Path(p).write_text(json.dumps(asdict(self.cfg), indent=2)))
-        return directory
+        return save_weights_folder(directory, self, asdict(self.cfg))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "ACPredictor":

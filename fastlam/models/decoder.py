@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import atomic_write, load_checkpoint, load_safetensors
+from ..checkpoint import load_checkpoint, load_safetensors, save_weights_folder
 from ..config import ConfigError, from_dict, to_dict
 from ..inputs import InputError, MissingInputError, read_json
 from ..ops import Rope3D
@@ -114,13 +113,7 @@ class StateDecoder(nn.Module):
 
     # ---- persistence (same layout as the LAM's final/) ---------------------------------
     def save_pretrained(self, directory: str | Path, extra: dict | None = None) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        meta = {"decoder": to_dict(self.cfg), **(extra or {})}
-        atomic_write(directory / "model.safetensors", lambda p: save_file(state, str(p)))
-        atomic_write(directory / "config.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
-        return directory
+        return save_weights_folder(directory, self, {"decoder": to_dict(self.cfg), **(extra or {})})
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location="cpu") -> "StateDecoder":

@@ -13,8 +13,8 @@ from .attention_bwd import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess
 from .attention_fwd import attn_fwd
 from .attention_rope import rope_rotate_kernel
 from .registry import KernelConfig, register
-from .tile_tables import (DTYPE_NAME, KINDS, SWEEP_CANDIDATES, block_config, mask_variant_config,
-                          mask_variant_gap, tile_key)
+from .tile_candidates import CANDIDATES
+from .tile_tables import DTYPE_NAME, KINDS, block_config, mask_variant_config, mask_variant_gap, tile_key
 _REF_B, _REF_H, _REF_L, _REF_F = 4, 16, 2048, 256  # V-JEPA-like: 8 frames of 256 tokens
 
 
@@ -36,7 +36,7 @@ def attn_kernel_config(kind: str, dtype: torch.dtype, head_dim: int, rope: bool,
 
     FLOPs / bytes refer to the frame-causal reference shape B=4, H=16, L=2048 (8 x 256),
     counting only the unmasked fraction (36/64 of the L^2 pairs), backward = 2.5 x forward.
-    Non-default tiles (the tile sweep's candidates) carry warps, stages and ``sweep`` in the name.
+    Non-default tiles (the tuning candidates) carry warps, stages and ``sweep`` in the name.
     """
     tname = DTYPE_NAME[dtype]
     el = torch.finfo(dtype).bits // 8
@@ -83,7 +83,8 @@ def attn_kernel_config(kind: str, dtype: torch.dtype, head_dim: int, rope: bool,
 
 def _register_configs() -> None:
     """Register every configuration the launchers of :mod:`.attention` can pick on a GPU (see
-    block_config) and every candidate of the tile sweep (``SWEEP_CANDIDATES``, not default).
+    block_config) and every tile candidate (:data:`.tile_candidates.CANDIDATES`, timed by the
+    device-side tuning and the offline sweep; registered not as a default).
 
     Each attention kernel is registered with ROPE off and on (the fused rotation; tiles
     from ``tile_tables._ROPE_TILES`` where they differ).
@@ -107,7 +108,7 @@ def _register_configs() -> None:
                         continue
                     register(attn_kernel_config(kind, dtype, head_dim, rope, cfg[kind]))
                     key = tile_key(kind, tname, BD, rope)
-                    for tile in SWEEP_CANDIDATES.get(key, ()):
+                    for tile in CANDIDATES.get(key, ()):
                         if tuple(tile) != tuple(cfg[kind]):
                             register(attn_kernel_config(kind, dtype, head_dim, rope, tile, default=False))
             cfg = block_config(head_dim, dtype, interpret=False)

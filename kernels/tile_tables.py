@@ -13,12 +13,17 @@ kernel), e.g. ``"fwd,bf16,hd64,rope"``. Kinds: ``fwd``, ``bwd_kv`` (dK/dV pass),
      ``FASTLAM_ATTN_TILES="fwd,bf16,hd64,rope=64,64,4,2;bwd_q,bf16,hd64,rope=64,32,4,2"``.
    Forced tiles apply under the interpreter too (they are an explicit choice). A bad value is a
    ``ValueError`` that names the variable, the entry and the expected form.
-2. On CUDA only: ``kernels/tuned/<device>.json`` for the current device (``device_key``
+2. Device-side tuning, when on (``FASTLAM_ATTN_TUNE=1`` or ``tuning.enable()``; off by
+   default): on CUDA, the first launch of a shape class times the fallback tile (3. or 4.)
+   against :mod:`.tile_candidates` and keeps the winner in a per-user disk cache
+   (:mod:`.attention_tuning`, rule and cache in :mod:`.tuning`), installed here through
+   :func:`set_device_tuner`. Never while 1. decides.
+3. On CUDA only: ``kernels/tuned/<device>.json`` for the current device (``device_key``
    normalises ``torch.cuda.get_device_name``: ``"NVIDIA H100 80GB HBM3"`` ->
    ``nvidia-h100-80gb-hbm3``), written by ``benchmarks/tune_tiles.py``; used only when its
    triton major.minor is the installed one (tiles timed under another compiler can spill
    under this one); otherwise ignored with one warning.
-3. The built-in default table (spill-free under every supported triton, see
+4. The built-in default table (spill-free under every supported triton, see
    benchmarks/results/static/versions.md).
 
 Tuned-table format (JSON): ``{"format": 1, "device": <torch.cuda.get_device_name>, "triton":
@@ -49,8 +54,23 @@ BLOCK_DS = (16, 32, 64, 128)
 FORMAT = 1
 _KEY_RE = re.compile(r"^(?P<kind>[a-z_]+),(?P<dtype>[a-z0-9]+),hd(?P<bd>\d+)(?P<rope>,rope)?$")
 
-# Set by benchmarks/tune_tiles.py around a timed launch (same validation as the variable).
+# Set by the tile timing (kernels/attention_tuning.py, benchmarks/tune_tiles.py) around a timed
+# launch (same validation as the variable).
 _FORCED: dict = {}
+# The device-side tuner (kernels/attention_tuning.py installs it on import; it imports the
+# launchers, which import this module, hence a slot rather than an import): called by
+# block_config as tuner(device, dtype, block_d, rope, seq_len, baseline_cfg) -> {key: tile}.
+_DEVICE_TUNER: list = [None]
+
+
+def set_device_tuner(tuner) -> None:
+    """Install the function :func:`block_config` asks for device-tuned tiles (None: none)."""
+    _DEVICE_TUNER[0] = tuner
+
+
+def explicit_override() -> bool:
+    """True while forced tiles or ``FASTLAM_ATTN_TILES`` decide (then nothing is tuned)."""
+    return bool(_FORCED) or bool(os.environ.get(ENV, "").strip())
 
 
 def tile_key(kind: str, dtype_name: str, block_d: int, rope: bool) -> str:
@@ -205,23 +225,6 @@ class forced:
         return False
 
 
-# The tile sweep's candidates per key (benchmarks/tune_tiles.py times the default tile and
-# these). bf16 only (the GPU training dtype), head dims 64 and 128, the fused rotation and the
-# plain kernels. Every candidate is registered (not as a default) in fastlam.kernels.registry,
-# so the static check compiles it for sm_90 / sm_80; each is spill-free there under the pinned
-# triton (tests/test_tile_tables.py reads the committed report), and the sweep also drops any
-# candidate that the device's own compiler makes spill.
-SWEEP_CANDIDATES: dict = {  # in the order the sweep times them (what training launches first)
-    "fwd,bf16,hd64,rope": [(64, 32, 4, 2)],  # 64x64/4w/3 stages: 48 B STACK on sm_90 (3.7.1)
-    "bwd_kv_atomic,bf16,hd64,rope": [(64, 32, 8, 2)],
-    "fwd,bf16,hd128,rope": [(128, 32, 8, 2)],  # 64x32/4w/3 stages: 496-512 B STACK (3.9.0)
-    "bwd_kv,bf16,hd128,rope": [(32, 32, 8, 1), (16, 32, 8, 2)],
-    "bwd_q,bf16,hd128,rope": [(64, 32, 8, 2)],
-    "bwd_kv,bf16,hd64,rope": [(32, 32, 8, 2)],  # 64x64/8w: 272 B STACK on sm_80 (triton 3.7.1)
-    "bwd_q,bf16,hd64,rope": [(32, 64, 4, 2)],
-}
-
-
 # ----------------------------------------------------------------------------- the default tiles
 
 
@@ -357,7 +360,7 @@ def triton_tiles(version: str | None = None) -> dict:
 
 
 def block_config(head_dim: int, dtype: torch.dtype, interpret: bool | None = None, rope: bool = False,
-                 device: torch.device | None = None) -> dict:
+                 device: torch.device | None = None, seq_len: int | None = None) -> dict:
     """Tile sizes and launch parameters for a head dim / dtype (a fixed table, no autotune).
 
     The head dim is padded to the next power of two (BLOCK_D, masked loads), so hd 80 and
@@ -370,7 +373,11 @@ def block_config(head_dim: int, dtype: torch.dtype, interpret: bool | None = Non
     preprocess 32 at BLOCK_D 128; the rotation 8 warps there). Under the interpreter every
     tile is 16 (the tl.dot minimum), so tiny test shapes still cross many tile boundaries.
     ``device``: the launch's device; a tuned table for it, or ``FASTLAM_ATTN_TILES``, replaces
-    entries (:mod:`.tile_tables`). Without it (the registry): the default table.
+    entries (:mod:`.tile_tables`), and with device-side tuning on (:mod:`.attention_tuning`,
+    ``FASTLAM_ATTN_TUNE=1``) the tiles timed on it at first use replace those, unless forced
+    tiles or ``FASTLAM_ATTN_TILES`` decide. ``seq_len``: the launch's sequence length, which
+    picks the tuning's shape class (None: the reference class). Without ``device`` (the
+    registry): the default table.
     """
     block_d = max(16, triton.next_power_of_2(head_dim))
     if interpret is None:
@@ -380,7 +387,7 @@ def block_config(head_dim: int, dtype: torch.dtype, interpret: bool | None = Non
         t = (16, 16, 4, 1)
         cfg = dict(BLOCK_D=block_d, fwd=t, bwd_kv=t, bwd_kv_atomic=t, bwd_q=t, pointwise=(16, 4),
                    rope_pointwise=(16, 4))
-        return _apply_overrides(cfg, over, dtype, block_d, rope)
+        return _device_tuned(_apply_overrides(cfg, over, dtype, block_d, rope), device, dtype, rope, seq_len)
     if block_d > 128:
         raise ValueError(f"head_dim: the Triton attention kernel takes head dims up to 128, got {head_dim}")
     low = dtype != torch.float32
@@ -395,7 +402,19 @@ def block_config(head_dim: int, dtype: torch.dtype, interpret: bool | None = Non
     # The rotation kernel at 64 rows x 128 channels: 4 warps spilled 168-432 B (32 rows
     # fit but staged through shared memory at 200-245 registers); 8 warps: 104-158, no spill.
     rope_pw = (64, 4) if block_d <= 64 else (64, 8)
-    return dict(BLOCK_D=block_d, pointwise=(64 if block_d <= 64 else 32, 4), rope_pointwise=rope_pw, **cfg)
+    cfg = dict(BLOCK_D=block_d, pointwise=(64 if block_d <= 64 else 32, 4), rope_pointwise=rope_pw, **cfg)
+    return _device_tuned(cfg, device, dtype, rope, seq_len)
+
+
+def _device_tuned(cfg: dict, device, dtype: torch.dtype, rope: bool, seq_len: int | None) -> dict:
+    """``cfg`` (the fallback: table, tuned file) with the device tuner's tiles, if one is
+    installed and nothing explicit decides; the tuner returns {} when tuning is off."""
+    tuner = _DEVICE_TUNER[0]
+    if device is None or tuner is None or explicit_override():
+        return cfg
+    baseline = {kind: cfg[kind] for kind in KINDS}
+    return _apply_overrides(cfg, tuner(device, dtype, cfg["BLOCK_D"], rope, seq_len, baseline), dtype,
+                            cfg["BLOCK_D"], rope)
 
 
 def _apply_overrides(cfg: dict, over: dict, dtype: torch.dtype, block_d: int, rope: bool) -> dict:

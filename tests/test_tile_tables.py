@@ -166,22 +166,27 @@ def test_forced_tiles_reach_the_kernel_launch(monkeypatch):
     torch.testing.assert_close(out, out_default, atol=1e-5, rtol=1e-5)
 
 
-def test_every_sweep_candidate_is_registered_and_spill_free_in_the_pinned_report():
+def test_every_tuning_candidate_is_registered_and_spill_free_in_the_pinned_report():
     """The static check compiles each candidate (registered, not default) and, under the triton
     the committed report was made with, none of them spills on sm_90 or sm_80."""
     from fastlam.kernels.attention_configs import attn_kernel_config
     from fastlam.kernels.registry import all_configs
+    from fastlam.kernels.tile_candidates import CANDIDATES
 
     by_name = {c.name: c for c in all_configs()}
     with open(REPO / "benchmarks" / "results" / "static" / "static_report.csv", newline="") as f:
         report = {(r["config"], r["arch"]): r for r in csv.DictReader(f)}
-    assert tt.SWEEP_CANDIDATES
-    for key, tiles in tt.SWEEP_CANDIDATES.items():
-        kind, dtype_name, hd, rope = key.split(",")
-        default = A.block_config(int(hd[2:]), torch.bfloat16, interpret=False, rope=True)[kind]
-        assert dtype_name == "bf16" and rope == "rope", key
+    dtypes = {name: dtype for dtype, name in tt.DTYPE_NAME.items()}
+    # Both dtypes, both head dims, the plain and the fused kernels, every kind that exists there.
+    assert {(k.split(",")[1], k.split(",")[2], k.endswith(",rope")) for k in CANDIDATES} == {
+        (d, h, r) for d in ("bf16", "fp16") for h in ("hd64", "hd128") for r in (False, True)}
+    for key, tiles in CANDIDATES.items():
+        kind, dtype_name, hd = key.split(",")[:3]
+        rope, dtype = key.endswith(",rope"), dtypes[dtype_name]
+        default = A.block_config(int(hd[2:]), dtype, interpret=False, rope=rope)[kind]
+        assert default is not None and tiles and len(set(tiles)) == len(tiles), key
         for tile in tiles:
-            cfg = attn_kernel_config(kind, torch.bfloat16, int(hd[2:]), True, tile, default=tile == default)
+            cfg = attn_kernel_config(kind, dtype, int(hd[2:]), rope, tile, default=tile == default)
             assert by_name.get(cfg.name) == cfg, f"{key} {tile}: not registered as {cfg.name}"
             for arch in ("sm_90", "sm_80"):
                 row = report.get((cfg.name, arch))
@@ -192,7 +197,7 @@ def test_every_sweep_candidate_is_registered_and_spill_free_in_the_pinned_report
 def test_tile_sweep_dry_run_writes_a_loadable_table_and_csv(tmp_path):
     """benchmarks/tune_tiles.py end to end on the CPU: interpreter, tiny shapes, two keys."""
     env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = run_guarded([sys.executable, "benchmarks/tune_tiles.py", "--out", str(tmp_path), "--dry-run"],
+    proc = run_guarded([sys.executable, "-m", "benchmarks.tune_tiles", "--out", str(tmp_path), "--dry-run"],
                           cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     tables = list((tmp_path / "tuned").glob("*.json"))
@@ -209,23 +214,3 @@ def test_tile_sweep_dry_run_writes_a_loadable_table_and_csv(tmp_path):
         if r["role"] == "candidate":  # every candidate's output was checked against the default tile's
             assert float(r["max_rel_diff"]) <= 0.03, r
     assert "tune_tiles on cpu (triton interpreter, dry run)" in proc.stdout
-
-
-def test_sweep_keeps_the_default_unless_both_timings_win_by_the_margin():
-    from benchmarks.tune_tiles import decide
-
-    def rows(*times):
-        return [dict(tile=f"t{i}", t1_ms=str(a), t2_ms=str(b), verdict="") for i, (a, b) in enumerate(times)]
-
-    # Default 1.00 / 1.00: a 10% win in both rounds is taken; 10% in one round only is noise.
-    assert decide(rows((1.0, 1.0), (0.9, 0.9)))[0] == "t1"
-    assert decide(rows((1.0, 1.0), (0.9, 1.01)))[0] is None
-    # 2% faster twice is inside the 3% floor of the margin.
-    r = rows((1.0, 1.0), (0.98, 0.98))
-    assert decide(r)[0] is None and "within" in r[1]["verdict"]
-    # A noisy default (1.0 vs 1.2: 18% spread) widens the margin to 36%: a 20% win is not enough.
-    assert decide(rows((1.0, 1.2), (0.8, 0.95)))[0] is None
-    # Several winners: the fastest on average; a spilling candidate (verdict set) is never chosen.
-    r = rows((1.0, 1.0), (0.8, 0.8), (0.7, 0.75), (0.5, 0.5))
-    r[3]["verdict"] = "spills (8 B)"
-    assert decide(r)[0] == "t2" and r[2]["verdict"].startswith("CHOSEN")

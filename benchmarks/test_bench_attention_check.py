@@ -108,6 +108,22 @@ def test_a_wrong_runner_is_reported_failing_and_not_timed(monkeypatch):
     assert rows == [] and timed == [] and status["absent"]["status"] == "skipped: not installed"
 
 
+def test_the_check_applies_the_runner_s_rope_to_its_reference(monkeypatch):
+    """RoPE runners are judged against the rotated reference: one that rotates passes, one that
+    forgets the rotation fails and is not timed."""
+    from benchmarks.attention_baselines import rope_for
+
+    rope = rope_for(F)
+
+    def rotated(q, k, v):
+        return st_attention(q, k, v, frame_len=F, mask="frame_causal", rope=rope, backend="math")
+
+    runners = [Runner("rotated", rotated, "frame_causal", rope), Runner("not_rotated", _attend, "frame_causal", rope)]
+    rows, status, timed = _check_then_time(runners, "frame_causal", monkeypatch)
+    assert timed == [rotated] and status["rotated"]["status"] == "ok"
+    assert status["not_rotated"]["status"].startswith("failed check: out")
+
+
 def test_past_the_deadline_nothing_is_checked_or_timed(monkeypatch):
     rows, status, timed = _check_then_time([Runner("right", _attend, "frame_causal")], "frame_causal", monkeypatch,
                                            deadline=0.0)

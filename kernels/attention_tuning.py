@@ -8,9 +8,10 @@ atomic dQ, dQ), the fallback tile (what tuning off would launch: the table or a 
 ``kernels/tuned/<device>.json``) and the kind's :mod:`.tile_candidates`, by the rule of
 :mod:`.tuning` (two rounds of ``triton.testing.do_bench``; never a candidate that fails to
 build, spills on this device or changes the output). Synthetic inputs of the shape class:
-B=4 x 16 heads, frames of 256 tokens with the frame-causal mask, the class's sequence length
-(2048 tokens, 8 frames, unless the launcher passes ``seq_len``, which rounds up to a power of
-two in 256..16384), RoPE tables of that layout for fused keys. The choice is written to the
+16 heads, frames of 256 tokens with the frame-causal mask, the class's sequence length (2048
+tokens, 8 frames, B=4, unless the launcher passes ``seq_len``, which rounds up to a power of
+two in 256..16384; B keeps 8192 tokens per head, at least 1), RoPE tables of that layout for
+fused keys. The choice is written to the
 tuning cache (:func:`.tuning.cache_path`: device name, Triton version, shape class), kept in
 memory, and read back by later processes without timing anything; a cache file made for
 another fallback tile or candidate list is timed again. Costs a few seconds per class at
@@ -68,7 +69,8 @@ def timing_shape(block_d: int, seq_len: int | None, interpret: bool) -> tuple:
         return 1, 1, 2, 16, block_d
     L = seq_bucket(seq_len)
     frame = min(REF_FRAME, L)
-    return REF_B, REF_H, L // frame, frame, block_d
+    # The reference's token count per head for longer classes (inputs stay ~100 MB), B >= 1.
+    return max(1, REF_B * REF_SEQ // L), REF_H, L // frame, frame, block_d
 
 
 def timing_rope_tables(n_frames: int, frame_len: int, head_dim: int, device) -> tuple:

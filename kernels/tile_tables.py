@@ -61,6 +61,8 @@ _FORCED: dict = {}
 # launchers, which import this module, hence a slot rather than an import): called by
 # block_config as tuner(device, dtype, block_d, rope, seq_len, baseline_cfg) -> {key: tile}.
 _DEVICE_TUNER: list = [None]
+# block_config's entry holding the tiles a device-tuned config replaced.
+UNTUNED = "untuned"
 
 
 def set_device_tuner(tuner) -> None:
@@ -321,10 +323,12 @@ def mask_variant_config(cfg: dict, masked: bool, low_precision: bool = True) -> 
     bf16 hd64 forward 128x64 / 4 warps spill on sm_90 (TEMPORAL 1: 80 B, 2: 48 B, KEY_PAD:
     8 B); more warps halve the registers per thread (benchmarks.static_check). The dQ pass
     keeps its warps (fp32 32x32 with 8 warps spilled 8 B on sm_80, TEMPORAL 1; 4: none) and
-    takes key tiles of at most 32."""
+    takes key tiles of at most 32. Device-tuned tiles (timed with the frame masks only) give
+    way to the fallback tiles here: only those are compiled with the mask variants in CI."""
     if not masked:
         return cfg
     out = dict(cfg)
+    out.update(out.pop(UNTUNED, {}))
     if low_precision and out.get("bwd_q") is not None:
         # bf16 hd32 dQ (TEMPORAL 2) on sm_80: 64x64 spilled with 4 or 8 warps (16-32 B), 64x32 did not.
         BM, BN, w, st = out["bwd_q"]
@@ -413,8 +417,11 @@ def _device_tuned(cfg: dict, device, dtype: torch.dtype, rope: bool, seq_len: in
     if device is None or tuner is None or explicit_override():
         return cfg
     baseline = {kind: cfg[kind] for kind in KINDS}
-    return _apply_overrides(cfg, tuner(device, dtype, cfg["BLOCK_D"], rope, seq_len, baseline), dtype,
-                            cfg["BLOCK_D"], rope)
+    tuned = tuner(device, dtype, cfg["BLOCK_D"], rope, seq_len, baseline)
+    if tuned:
+        cfg = _apply_overrides(cfg, tuned, dtype, cfg["BLOCK_D"], rope)
+        cfg[UNTUNED] = baseline  # for mask_variant_config
+    return cfg
 
 
 def _apply_overrides(cfg: dict, over: dict, dtype: torch.dtype, block_d: int, rope: bool) -> dict:

@@ -283,3 +283,14 @@ def test_tuned_tiles_reach_the_launch_and_match_the_default_output(tuner, monkey
     ref, _ = A.attention_forward(q, k, v, **kw)
     assert seen[-1] == DEFAULT[:2]
     torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_masked_launches_keep_the_fallback_tiles(tuner):
+    """Tuning times the frame masks; the temporal masks and key padding are compiled in CI only
+    at the fallback tiles, so they keep those."""
+    tuner["times"] = {FASTER: 0.5}
+    cfg = A.block_config(HEAD_DIM, torch.bfloat16, device=CPU)
+    assert cfg["fwd"] == FASTER
+    assert A.mask_variant_config(cfg, False)["fwd"] == FASTER
+    assert A.mask_variant_config(cfg, True)["fwd"] == A.mask_variant_config(
+        A.block_config(HEAD_DIM, torch.bfloat16), True)["fwd"]

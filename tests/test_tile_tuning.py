@@ -9,18 +9,16 @@ tile that ``forced`` put in place for the launch it times).
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 import triton
-from conftest import INTERPRETER
 
 from fastlam.kernels import attention as A
 from fastlam.kernels import attention_tuning as at
 from fastlam.kernels import tile_tables as tt
 from fastlam.kernels import tuning
-
-pytestmark = pytest.mark.skipif(not INTERPRETER, reason="CPU tests: the tuner times CPU launches only under the interpreter")
 
 CPU = torch.device("cpu")
 HEAD_DIM = 16  # BLOCK_D 16: the smallest interpreter launches
@@ -33,6 +31,8 @@ FAST, FASTER = (16, 32, 4, 1), (32, 16, 4, 1)  # the interpreter candidates
 def tuner(monkeypatch, tmp_path):
     """Tuning on, its cache in a temporary folder, only the forward key tuned, and a timer
     that reads each launch's time from ``times`` (tile -> ms; 1.0 when absent)."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the tuner times CPU launches only under the Triton interpreter")
     monkeypatch.setenv(tuning.ENV_CACHE, str(tmp_path))
     monkeypatch.delenv(tt.ENV, raising=False)
     monkeypatch.setattr(at, "candidates", lambda key, interpret=False: (

@@ -31,10 +31,11 @@ The pieces, one concern each:
 RoPE (``rope_tables``), two modes (``rope_fusion``):
 
 - ``"prepass"`` (default, :data:`DEFAULT_ROPE_FUSION`): FlashAttention's choice, rotary applied
-  once outside the attention kernel. The rotation kernel reads q and k where they are (any
-  (B, H, L) strides: the views of a packed qkv projection are read in place, no ``.contiguous()``
-  first) and writes rotated, contiguous q and k; the plain (ROPE=False) kernels then run with
-  the plain tiles of :func:`block_config` (``rope=False``), v still the caller's view.
+  once outside the attention kernel (:func:`rope_rotate_qk`). The rotation kernel reads q and
+  k where they are (any (B, H, L) strides: the views of a packed qkv projection are read in
+  place, no ``.contiguous()`` first, both by one launch) and writes rotated, contiguous q and
+  k; the plain (ROPE=False) kernels then run with the plain tiles of :func:`block_config`
+  (``rope=False``), v still the caller's view.
 - ``"kernel"``: every q / k tile is rotated as the attention kernels load it (per tile visit:
   a second load of the partner channels, cos / sin gathers, ``_ROPE_TILES`` where the plain
   tile spilled with the extra registers). Kept as an option for the device tuning / the
@@ -60,7 +61,7 @@ __all__ = [
     "DEFAULT_ROPE_FUSION", "DTYPES", "HEAD_DIMS", "MASKS", "ROPE_FUSIONS", "TEMPORAL_MODE", "attention_backward",
     "attention_forward", "attn_bwd_dkdv", "attn_bwd_dq", "attn_bwd_preprocess", "attn_fwd", "block_config",
     "interpreting", "mask_frames", "mask_variant_config", "mask_variant_gap", "rope_rotate", "rope_rotate_kernel",
-    "triton_tiles", "use_atomic_dq",
+    "rope_rotate_qk", "triton_tiles", "use_atomic_dq",
 ]
 
 MASKS = ("full", "causal", "frame_causal", "frame_local", "temporal_causal", "temporal")
@@ -93,22 +94,62 @@ def rope_rotate(x: torch.Tensor, frame_len: int, rope_tables, *, transpose: bool
     ``rope_tables`` = (cos, sin, axis, n_prefix, grid_w): cos/sin fp32 (n_positions, D)
     contiguous, axis int32 (D,) in {0=t, 1=h, 2=w, 3=none}.
     """
+    _check_rotation_input(x)
+    if out is None:
+        out = torch.empty(x.shape, device=x.device, dtype=out_dtype or x.dtype)
+    elif not out.is_contiguous() or out.shape != x.shape:
+        raise ValueError(f"out: expected a contiguous tensor of shape {tuple(x.shape)}")
+    _launch_rotation(x, out, frame_len, rope_tables, transpose=transpose, count=1, stride_t=0)
+    return out
+
+
+def rope_rotate_qk(q: torch.Tensor, k: torch.Tensor, frame_len: int, rope_tables) -> tuple:
+    """(R q, R k), contiguous, for the pre-pass; q and k are read in place (any (B, H, L) strides).
+
+    When k is q's layout shifted inside the same storage (the q and k views of a packed qkv
+    projection) one launch rotates both, straight from the projection, into one (2, B, H, L, D)
+    buffer; the same tensor passed as q and k is rotated once; otherwise one launch each.
+    """
+    _check_rotation_input(q)
+    offset = _pair_offset(q, k)
+    if offset is None:
+        return rope_rotate(q, frame_len, rope_tables), rope_rotate(k, frame_len, rope_tables)
+    if offset == 0:
+        rotated = rope_rotate(q, frame_len, rope_tables)
+        return rotated, rotated
+    out = torch.empty((2, *q.shape), device=q.device, dtype=q.dtype)
+    _launch_rotation(q, out, frame_len, rope_tables, transpose=False, count=2, stride_t=offset)
+    return out[0], out[1]
+
+
+def _check_rotation_input(x: torch.Tensor) -> None:
     if x.dtype not in DTYPES or x.dim() != 4 or x.stride(-1) != 1:
         raise ValueError(f"x: expected a (B, H, L, D) float tensor with unit head-dim stride, got {x.dtype} "
                          f"{tuple(x.shape)} strides {x.stride()}")
+
+
+def _pair_offset(q: torch.Tensor, k: torch.Tensor) -> int | None:
+    """Elements from q's first element to k's when k has q's shape, strides and dtype in q's
+    storage (then k = q's layout shifted), else None. 0: k is q."""
+    if (k.shape != q.shape or k.stride() != q.stride() or k.dtype != q.dtype or k.device != q.device
+            or k.untyped_storage().data_ptr() != q.untyped_storage().data_ptr()):
+        return None
+    offset = k.storage_offset() - q.storage_offset()
+    return offset if abs(offset) < 2**31 else None  # an i32 kernel argument
+
+
+def _launch_rotation(x: torch.Tensor, out: torch.Tensor, frame_len: int, rope_tables, *, transpose: bool,
+                     count: int, stride_t: int) -> None:
+    """The rotation kernel over ``count`` sources, the t-th ``t * stride_t`` elements after x,
+    into the contiguous ``out`` ((count, B, H, L, D) or, count 1, (B, H, L, D))."""
     B, H, L, D = x.shape
     cos, sin, axis, n_prefix, grid_w = rope_tables
-    if out is None:
-        out = torch.empty((B, H, L, D), device=x.device, dtype=out_dtype or x.dtype)
-    elif not out.is_contiguous() or out.shape != x.shape:
-        raise ValueError(f"out: expected a contiguous tensor of shape {tuple(x.shape)}")
     BM, warps = block_config(D, x.dtype)["rope_pointwise"]
-    rope_rotate_kernel[(triton.cdiv(L, BM), B * H)](
-        x, out, cos, sin, axis, *_bhl_strides(x),
+    rope_rotate_kernel[(triton.cdiv(L, BM), B * H, count)](
+        x, out, cos, sin, axis, *_bhl_strides(x), stride_t,
         H, L, D, frame_len, int(n_prefix), int(grid_w),
         TRANSPOSE=transpose, BLOCK_M=BM, BLOCK_D=max(16, triton.next_power_of_2(D)), num_warps=warps,
     )
-    return out
 
 
 def mask_frames(seq_len: int, frame_len: int, mask: str, window_frames: int | None = None) -> tuple[int, int]:
@@ -194,8 +235,7 @@ def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, windo
     if lse is None:
         lse = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
     if rope_tables is not None and not fused:
-        q = rope_rotate(q, frame_len, rope_tables)
-        k = rope_rotate(k, frame_len, rope_tables)
+        q, k = rope_rotate_qk(q, k, frame_len, rope_tables)
     cos, sin, axis, F, npre, gw = _rope_kernel_args(rope_tables, fused, frame_len, lse)
     klen, key_pad = _key_pad_args(key_lengths, B, lse)
     attn_fwd[(triton.cdiv(L, BM), B * H)](
@@ -252,8 +292,7 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
         if g.shape != q.shape or g.dtype != q.dtype or not g.is_contiguous():
             raise ValueError(f"grads: {name} must be a contiguous {tuple(q.shape)} {q.dtype} tensor")
     if rope_tables is not None and not fused:
-        q = rope_rotate(q, frame_len, rope_tables)
-        k = rope_rotate(k, frame_len, rope_tables)
+        q, k = rope_rotate_qk(q, k, frame_len, rope_tables)
 
     delta = torch.empty((B, H, L), device=q.device, dtype=torch.float32)
     PM, pw = cfg["pointwise"]

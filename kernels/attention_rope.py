@@ -114,20 +114,25 @@ def load_qk(PTR, tok, offs_d, stride_l, L, D, COS, SIN, AXIS, F, NPREFIX, GRID_W
 @triton.jit(do_not_specialize=ROPE_INTS)
 def rope_rotate_kernel(
     X, Y, COS, SIN, AXIS,
-    stride_xb, stride_xh, stride_xl,
+    stride_xb, stride_xh, stride_xl, stride_xt,
     H, L, D, F, NPREFIX, GRID_W,
     TRANSPOSE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Y = R x (q or k before attention) or Y = R^T x (dq, dk after it), in fp32, stored in
-    Y's dtype into a contiguous (B, H, L, D) Y. Y may alias a contiguous X: a program owns
-    whole rows (BLOCK_D >= D) and reads them (both loads) before a barrier, then writes."""
+    Y's dtype into a contiguous (T, B, H, L, D) Y. Grid axis 2 picks the tensor t < T: the
+    t-th source starts ``t * stride_xt`` elements after X, so q and k, two views of one packed
+    qkv projection, are rotated by one launch (T = 1: ``stride_xt`` unused). Y may alias a
+    contiguous X (T = 1): a program owns whole rows (BLOCK_D >= D) and reads them (both
+    loads) before a barrier, then writes."""
     start_m, bh, off_b, off_h = program_tile(BLOCK_M, H)
+    t = tl.program_id(2).to(tl.int64)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     ok = (offs_m < L)[:, None] & (offs_d < D)[None, :]
-    y = rope_load(X + off_b * stride_xb + off_h * stride_xh, offs_m, offs_d, stride_xl, L, D, COS, SIN, AXIS,
-                  F, NPREFIX, GRID_W, TRANSPOSE)
+    src = X + t * stride_xt + off_b * stride_xb + off_h * stride_xh
+    y = rope_load(src, offs_m, offs_d, stride_xl, L, D, COS, SIN, AXIS, F, NPREFIX, GRID_W, TRANSPOSE)
     # In place, another warp of this program may still have to read (as a partner) an
     # element this warp is about to overwrite.
     tl.debug_barrier()
-    tl.store(Y + bh.to(tl.int64) * L * D + offs_m[:, None] * D + offs_d[None, :], y.to(Y.dtype.element_ty), mask=ok)
+    rows = (t * tl.num_programs(1) + bh) * L * D
+    tl.store(Y + rows + offs_m[:, None] * D + offs_d[None, :], y.to(Y.dtype.element_ty), mask=ok)

@@ -32,6 +32,7 @@ DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 # (rope, frame_len, head_dim): V-JEPA 2-AC's two prefix tokens per frame before a 2 x 3 grid,
 # head dim 32; no prefix, a 3 x 3 grid (odd 9-token frames), the textbook rotation, head dim 40
 # (three 12-channel chunks, 4 channels left unrotated, BLOCK_D 64 with 24 padding channels).
+# The reference tests feed the first as views of a packed qkv tensor, the second as 3 tensors.
 ROPE_CASES = {
     "prefix": (Rope3D(grid_w=3, num_prefix=2), 8, 32),
     "no_prefix": (Rope3D(grid_w=3, num_prefix=0, duplicated_freqs=False), 9, 40),
@@ -54,7 +55,7 @@ class LaunchLog:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            self.log.append((self.name, args, kwargs))
+            self.log.append((self.name, args, dict(kwargs, grid=tuple(grid))))
             return self.real[grid](*args, **kwargs)
         return launch
 
@@ -66,14 +67,28 @@ def _record_launches(monkeypatch) -> list:
     return log
 
 
-def _compare_with_reference(q, k, v, do, dtype, *, frame_len, mask, rope, deterministic):
+def _packed_views(q, k, v, dtype):
+    """q, k, v as the strided views of one (B, L, 3, H, D) tensor, as STAttention's qkv projection
+    gives them (gradients retained on the views)."""
+    packed = torch.stack([x.detach().transpose(1, 2) for x in (q, k, v)], dim=2).to(dtype).requires_grad_()
+    views = list(packed.permute(2, 0, 3, 1, 4))
+    for x in views:
+        x.retain_grad()
+    return views
+
+
+def _compare_with_reference(q, k, v, do, dtype, *, frame_len, mask, rope, deterministic, packed=False):
     """Forward and backward (cotangent ``do``) of the Triton backend on (q, k, v) in ``dtype``
     against the float64 reference, with the error-ratio rule (2x torch's own error in ``dtype``
-    for the output, 3x for the gradients). Returns the Triton output and gradients."""
+    for the output, 3x for the gradients). ``packed``: the Triton side gets q, k, v as views of
+    one packed qkv tensor. Returns the Triton output and gradients."""
     kw = dict(frame_len=frame_len, mask=mask, rope=rope)
     sides = {}
     for tag, dt, backend in (("ref", torch.float64, "math"), ("pt", dtype, "math"), ("out", dtype, "triton")):
-        xs = [x.detach().to(dt).requires_grad_() for x in (q, k, v)]
+        if packed and backend == "triton":
+            xs = _packed_views(q, k, v, dt)
+        else:
+            xs = [x.detach().to(dt).requires_grad_() for x in (q, k, v)]
         y = st_attention(*xs, backend=backend, deterministic=deterministic, **kw)
         sides[tag] = (y, xs)
     for y, _ in sides.values():
@@ -130,55 +145,73 @@ def test_default_path_matches_the_float64_reference(dtype, case, mask, default_f
     rope, F, D = ROPE_CASES[case]
     q, k, v, do = (torch.randn(1, 2, 3 * F, D, device=DEV) for _ in range(4))
     # The deterministic dQ pass on full attention, the atomic fp32 dQ accumulator otherwise.
-    _compare_with_reference(q, k, v, do, dtype, frame_len=F, mask=mask, rope=rope, deterministic=mask == "full")
+    _compare_with_reference(q, k, v, do, dtype, frame_len=F, mask=mask, rope=rope, deterministic=mask == "full",
+                            packed=case == "prefix")
 
 
 # ---------------------------------------------------------------------------- packed qkv views
 
 
-def test_packed_qkv_views_are_rotated_in_place_without_a_copy(default_fusion, monkeypatch):
-    """STAttention splits its qkv projection into strided views; the rotation kernel reads q and k
-    from those views (their own addresses and strides: no .contiguous() copy first) and writes
-    contiguous rotated copies, which the attention kernels take with v still the view."""
+def test_packed_qkv_views_are_rotated_in_place_by_one_launch(default_fusion, monkeypatch):
+    """STAttention splits its qkv projection into strided views; one rotation launch reads q and k
+    from those views (q's own address and strides, k ``C`` elements further: no .contiguous()
+    copy first) and writes contiguous rotated copies, which the attention kernels take with v
+    still the view. The backward rotates the same saved views again."""
     B, H, D, F = 2, 2, 32, 8
+    C = H * D
     rope = ROPE_CASES["prefix"][0]
-    attn = STAttention(H * D, H, backend="triton").to(DEV)
+    attn = STAttention(C, H, backend="triton").to(DEV)
     projected = []
     attn.qkv.register_forward_hook(lambda mod, inp, out: projected.append(out))
     log = _record_launches(monkeypatch)
-    x = torch.randn(B, 3 * F, H * D, device=DEV, requires_grad=True)
+    x = torch.randn(B, 3 * F, C, device=DEV, requires_grad=True)
     y = attn(x, frame_len=F, mask="frame_causal", rope=rope)
 
     (qkv,) = projected
-    el = qkv.element_size()
-    C = H * D
-    # Where the q, k, v views of the (B, L, 3 * C) projection start, and their (B, H, L) strides.
-    view_ptrs = [qkv.data_ptr() + i * C * el for i in range(3)]
-    view_strides = (qkv.stride(0), D, qkv.stride(1))
-    rotations = [args for name, args, kw in log if name == "rope_rotate_kernel"]
-    assert len(rotations) == 2
-    rotated = []
-    for args, ptr in zip(rotations, view_ptrs[:2]):
-        src, dst = args[0], args[1]
-        assert src.data_ptr() == ptr and tuple(args[5:8]) == view_strides, "q / k were copied before rotation"
-        assert not src.is_contiguous() and dst.is_contiguous()
-        rotated.append(dst.data_ptr())
+    q_ptr, v_ptr = qkv.data_ptr(), qkv.data_ptr() + 2 * C * qkv.element_size()
+    view_strides = (qkv.stride(0), D, qkv.stride(1))  # (B, H, L) strides of the q / k / v views
+    (rotation,) = [(args, kw) for name, args, kw in log if name == "rope_rotate_kernel"]
+    args, kw = rotation
+    src, dst = args[0], args[1]
+    assert kw["grid"][2] == 2, "q and k rotated by separate launches"
+    assert src.data_ptr() == q_ptr and tuple(args[5:9]) == (*view_strides, C), "q / k copied before rotation"
+    assert dst.shape == (2, B, H, 3 * F, D) and dst.is_contiguous()
     (fwd_args,) = [args for name, args, kw in log if name == "attn_fwd"]
-    assert [t.data_ptr() for t in fwd_args[:3]] == rotated + [view_ptrs[2]]
+    assert [t.data_ptr() for t in fwd_args[:3]] == [dst[0].data_ptr(), dst[1].data_ptr(), v_ptr]
 
-    # The backward re-rotates the same views (saved, not copied) and matches the reference module.
     log.clear()
     dy = torch.randn_like(y)
     y.backward(dy)
-    recomputed = [args for name, args, kw in log if name == "rope_rotate_kernel" and not kw["TRANSPOSE"]]
-    assert [args[0].data_ptr() for args in recomputed] == view_ptrs[:2]
-    ref = STAttention(H * D, H, backend="math").to(DEV).double()
+    recomputed = [(args, kw) for name, args, kw in log if name == "rope_rotate_kernel" and not kw["TRANSPOSE"]]
+    assert [(args[0].data_ptr(), kw["grid"][2]) for args, kw in recomputed] == [(q_ptr, 2)]
+    ref = STAttention(C, H, backend="math").to(DEV).double()
     ref.load_state_dict(attn.state_dict())
     x64 = x.detach().double().requires_grad_()
     y64 = ref(x64, frame_len=F, mask="frame_causal", rope=rope)
     y64.backward(dy.double())
     torch.testing.assert_close(y.double(), y64, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(x.grad.double(), x64.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_rope_rotate_qk_layouts(monkeypatch):
+    """One launch for two views of one packed buffer, one rotation for k = q, one launch each for
+    separate tensors; every way gives the reference rotation (fp64 ``apply_rope_3d``)."""
+    from fastlam.ops.rope import apply_rope_3d
+
+    rope, F, D = ROPE_CASES["no_prefix"]
+    B, H, L = 2, 3, 2 * F
+    tables = ta.rope_position_tables(L, F, D, rope, DEV)
+    packed = torch.randn(B, L, 3, H, D, device=DEV)
+    q, k, _ = packed.permute(2, 0, 3, 1, 4)
+    separate = torch.randn(B, H, L, D, device=DEV)
+    log = _record_launches(monkeypatch)
+    for a, b, launches in ((q, k, [2]), (q, q, [1]), (q, separate, [1, 1]), (k, q, [2])):
+        log.clear()
+        ra, rb = kernels.rope_rotate_qk(a, b, F, tables)
+        assert [kw["grid"][2] for _, _, kw in log] == launches
+        assert ra.is_contiguous() and rb.is_contiguous()
+        for got, x in ((ra, a), (rb, b)):
+            torch.testing.assert_close(got.double(), apply_rope_3d(x.double(), F, rope), atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------- the two modes

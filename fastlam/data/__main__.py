@@ -28,6 +28,8 @@ def _index(args) -> int:
         print(f"  bad: {b['path']}: {b['reason']}")
     if s["bad"] > 20:
         print(f"  ... {s['bad'] - 20} more in {args.out}.summary.json")
+    for u in s["unreadable_dirs"]:  # their videos are in no row: never left out silently
+        print(f"  unreadable directory (its videos are not indexed): {u['path']}: {u['reason']}")
     print(f"wrote {args.out} and {args.out}.summary.json")
     return 0
 

@@ -10,6 +10,13 @@ Robustness policy (in-the-wild folders always contain some broken files):
   through) counts as a bad file too; the check runs between decoded frames.
 * Videos shorter than a clip: ``short_policy="pad"`` repeats the last available frame,
   ``"skip"`` treats the video as bad.
+* A video whose stated duration (the manifest's, else the header's) runs past its real end:
+  a clip start drawn past that end finds no frame. The clip is still served, from as far back
+  as the missing frames need, else from t=0, so the item is never lost; but the file is
+  listed in :meth:`report` (and the run summary) as overstating its duration, with the stated
+  duration and the start that failed, because every such clip starts early: re-index the
+  manifest (``python -m fastlam.data index``) to fix it. A start that finds some frames but
+  not all (headers are often a frame or two off) is moved back quietly.
 * With DataLoader workers each worker holds its own copy of the dataset, so pass
   ``bad_file_log`` (a path) to share what workers find: they append one JSON line per bad
   file, every copy reads it back, and :meth:`report` in the main process sees them all.
@@ -39,16 +46,19 @@ from .decoding import (
 from .manifest import ManifestMeta, is_manifest, load_manifest
 from .seeding import mix_seed
 from .video import VIDEO_EXTENSIONS, DecodedVideo, clip_to_tensor, decode_video
+from .walk import walk_videos, warn_unreadable
 
 PathLike = str | Path
 
 __all__ = ["VideoClipDataset", "VIDEO_EXTENSIONS", "list_videos"]
 
 
-def list_videos(source, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[str]:
+def list_videos(source, extensions: Sequence[str] = VIDEO_EXTENSIONS,
+                unreadable: list[dict] | None = None) -> list[str]:
     """Resolve ``source`` (directory, text file of paths, list of paths, or one video file).
 
-    Raises ``ValueError`` naming ``source`` when it is missing or yields no videos.
+    Raises ``ValueError`` naming ``source`` when it is missing or yields no videos. Directories
+    that cannot be listed are warned about and appended to ``unreadable`` when a list is given.
     """
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
     if isinstance(source, (str, os.PathLike)):
@@ -57,11 +67,16 @@ def list_videos(source, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[st
             raise ValueError(f"source {str(src)!r} does not exist (expected a directory of "
                              f"videos, a text file listing video paths, or a list of paths)")
         if src.is_dir():
-            paths = sorted(str(p) for p in src.rglob("*")
-                           if p.suffix.lower() in exts and p.is_file())
+            found, skipped = walk_videos(src, exts)
+            warn_unreadable(source, skipped)
+            if unreadable is not None:
+                unreadable.extend(skipped)
+            paths = sorted(p for p in found if os.path.isfile(p))
             if not paths:
+                where = f" ({len(skipped)} unreadable director{'y' if len(skipped) == 1 else 'ies'}, " \
+                        f"first {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
                 raise ValueError(f"source {str(src)!r}: no video files found searching the "
-                                 f"directory recursively for extensions {list(exts)}")
+                                 f"directory recursively for extensions {list(exts)}{where}")
             return paths
         if src.suffix.lower() in exts:
             return [str(src)]  # a single video
@@ -133,6 +148,7 @@ class VideoClipDataset(Dataset):
         if not isinstance(clips_per_video, int) or clips_per_video < 1:
             raise ValueError(f"clips_per_video must be a positive int, got {clips_per_video!r}")
         self.manifest = None
+        self.unreadable: list[dict] = []  # directories of a source folder that could not be listed
         if is_manifest(source):
             # Probed offline (`python -m fastlam.data index`): no file is listed or probed here.
             self.manifest = load_manifest(source)
@@ -141,7 +157,7 @@ class VideoClipDataset(Dataset):
                                  f"({self.manifest.bad} bad rows)")
             self.paths = self.manifest.paths
         else:
-            self.paths = list_videos(source, extensions)
+            self.paths = list_videos(source, extensions, self.unreadable)
         self.num_frames = num_frames
         self.fps = float(fps)
         self.size = (int(size[0]), int(size[1]))
@@ -159,6 +175,7 @@ class VideoClipDataset(Dataset):
         self.bad_file_log = str(bad_file_log) if bad_file_log is not None else None
         self.epoch = 0
         self._bad: dict[str, str] = {}
+        self._overstated: dict[str, str] = {}  # path -> what showed its duration is overstated
         # path -> (header duration, est. bytes); read from the manifest when there is one.
         self._meta = ({} if self.manifest is None
                       else ManifestMeta(self.manifest, max(self.size)))
@@ -193,7 +210,10 @@ class VideoClipDataset(Dataset):
         for line in complete.splitlines():
             try:
                 rec = json.loads(line)
-                self._bad.setdefault(rec["path"], rec["reason"])
+                if "overstated" in rec:
+                    self._overstated.setdefault(rec["path"], rec["overstated"])
+                else:
+                    self._bad.setdefault(rec["path"], rec["reason"])
             except (ValueError, KeyError, TypeError):
                 continue
 
@@ -201,8 +221,17 @@ class VideoClipDataset(Dataset):
         if path in self._bad:
             return
         self._bad[path] = reason
+        self._log({"path": path, "reason": reason})
+
+    def _mark_overstated(self, path: str, what: str) -> None:
+        if path in self._overstated:
+            return
+        self._overstated[path] = what
+        self._log({"path": path, "overstated": what})
+
+    def _log(self, record: dict) -> None:
         if self.bad_file_log is not None:
-            line = json.dumps({"path": path, "reason": reason}) + "\n"
+            line = json.dumps(record) + "\n"
             # O_APPEND makes each single write land whole even with concurrent workers.
             fd = os.open(self.bad_file_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
@@ -216,8 +245,16 @@ class VideoClipDataset(Dataset):
         self._sync_log()
         return dict(self._bad)
 
+    @property
+    def overstated(self) -> dict[str, str]:
+        """path -> what showed it: videos that end before their stated duration (all workers,
+        with a log); their late clips were served from earlier starts."""
+        self._sync_log()
+        return dict(self._overstated)
+
     def report(self) -> str:
         bad = self.bad_files
+        overstated = self.overstated
         n = len(self.paths)
         lines = [f"{len(bad)} of {n} video files unusable ({100.0 * len(bad) / max(n, 1):.1f}%)"
                  + (":" if bad else "")]
@@ -226,6 +263,15 @@ class VideoClipDataset(Dataset):
         if self._padded:
             lines.append(f"{len(self._padded)} short video(s) padded by repeating the last "
                          f"frame (short_policy='pad')")
+        if overstated:
+            lines.append(f"{len(overstated)} video(s) end before their stated duration (manifest or header): "
+                         f"their clips drawn past the end start earlier; re-index to fix:")
+            lines += [f"  {path}: {what}" for path, what in sorted(overstated.items())]
+        if self.unreadable:
+            n_dirs = len(self.unreadable)
+            lines.append(f"{n_dirs} director{'y' if n_dirs == 1 else 'ies'} of the source could not be "
+                         f"read; their videos are not in the dataset:")
+            lines += [f"  {u['path']}: {u['reason']}" for u in self.unreadable]
         return "\n".join(lines)
 
     # ---- reading ---------------------------------------------------------------------------
@@ -289,6 +335,9 @@ class VideoClipDataset(Dataset):
                 return read(start, rewind=False)
             except ClipTooShort as e:
                 frames, reason = e.frames, e.reason
+            if not (len(frames) if frames is not None else 0) and start > 0:
+                self._mark_overstated(path, f"stated duration {duration:.2f} s, but a clip start at "
+                                            f"{start:.2f} s finds no frame")
             # The header duration overstated the video (it can be off by frames, or be an
             # estimate): move the start back by what was missing, then to 0.
             got = len(frames) if frames is not None else 0

@@ -45,8 +45,10 @@ from .decoding import (VideoDecodeError, decode_errors, open_video, probe_opened
                        stream_sar)
 from .remote import is_remote, open_binary
 from .video import VIDEO_EXTENSIONS
+from .walk import walk_videos, warn_unreadable
 
-__all__ = ["scan_sources", "probe_file", "build_manifest", "load_manifest", "Manifest",
+__all__ = ["scan_sources", "probe_file", "build_manifest", "load_manifest", "read_columns", "Manifest",
+           "check_manifest_files",
            "is_manifest", "MANIFEST_SUFFIXES", "summarize", "write_manifest"]
 
 MANIFEST_SUFFIXES = (".parquet", ".jsonl")
@@ -85,13 +87,15 @@ def _read_list(src: str, csv: bool) -> Iterator[tuple[str, int]]:
         yield (line if is_remote(line) else os.path.abspath(os.path.expanduser(line))), label
 
 
-def scan_sources(sources: Sequence[str | os.PathLike],
-                 extensions: Sequence[str] | None = None) -> list[tuple[str, int]]:
+def scan_sources(sources: Sequence[str | os.PathLike], extensions: Sequence[str] | None = None,
+                 unreadable: list[dict] | None = None) -> list[tuple[str, int]]:
     """``(path, label)`` for every video the sources name, in order, duplicates dropped.
 
     A directory is walked recursively (``extensions`` filter, default the dataset's); a
     ``.csv`` is a V-JEPA 2 list (``path label``); any other file is a list of paths, unless its
     suffix is a video extension (then it is one video). ``label`` is -1 when there is none.
+    Directories that cannot be listed are warned about (:class:`~fastlam.data.walk.UnreadableWarning`)
+    and appended to ``unreadable`` (``{"path", "reason"}``) when a list is given.
     """
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower()
                  for e in (extensions or VIDEO_EXTENSIONS))
@@ -117,11 +121,12 @@ def scan_sources(sources: Sequence[str | os.PathLike],
             raise ValueError(f"source {s!r} does not exist (expected a directory of videos, a "
                              f"text file of paths, a 'path label' .csv list, or a video)")
         if p.is_dir():
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                for name in sorted(files):
-                    if name.lower().endswith(exts):
-                        add(os.path.abspath(os.path.join(root, name)), -1)
+            found, skipped = walk_videos(p, exts)
+            for path in found:
+                add(os.path.abspath(path), -1)
+            warn_unreadable(s, skipped)
+            if unreadable is not None:
+                unreadable.extend(skipped)
         elif p.suffix.lower() in exts:
             add(str(p.absolute()), -1)
         else:
@@ -276,7 +281,8 @@ def build_manifest(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
         raise ValueError(f"out must end in {' or '.join(MANIFEST_SUFFIXES)}, got {str(out)!r}")
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise ValueError(f"workers must be an int >= 0 (0: probe in this process), got {workers!r}")
-    items = scan_sources(sources, extensions)
+    unreadable: list[dict] = []
+    items = scan_sources(sources, extensions, unreadable)
     if not items:  # before anything is written: an empty manifest helps nobody
         raise InputError(f"sources: no video files in {[str(s) for s in sources]} (folders are searched "
                          f"recursively by extension); pass {_SOURCES}")
@@ -320,8 +326,9 @@ def build_manifest(sources: Sequence[str | os.PathLike], out: str | os.PathLike,
     rows = [done[p] for p, _ in items]
     write_manifest(rows, out)
     summary = summarize(rows)
+    # Directories the walk could not list: their videos are in no row, so the summary says so.
     summary.update(complete=True, manifest=str(out), probe_seconds=time.perf_counter() - t0,
-                   probed_this_run=len(todo))
+                   probed_this_run=len(todo), unreadable_dirs=unreadable)
     with open(out.with_name(out.name + ".summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     journal.unlink()
@@ -368,32 +375,12 @@ class Manifest:
                 raise MissingInputError(f"manifest {self.source!r}: no such file; pass {what}")
             if not os.path.isfile(self.source):
                 raise InputError(f"manifest {self.source!r} is {describe_path(self.source)}, not a file; pass {what}")
-        # Only what a loader needs (reasons, codecs, labels stay on disk).
-        cols = ["path", "ok", "duration_s", "num_frames", "width", "height", "sar_num", "sar_den"]
         if not self.source.endswith((".parquet", ".jsonl")):
             found = describe_path(self.source) if not is_remote(self.source) else "a file"
             raise InputError(f"manifest {self.source!r} is {found}, not a .parquet or .jsonl manifest; pass {what}")
-        try:
-            if self.source.endswith(".parquet"):
-                import pyarrow.parquet as pq  # optional: pyarrow
-
-                # One thread: arrow's reader pool costs more than it saves for a few columns (and
-                # ~50 MiB of resident memory), measured on 100k rows.
-                # ParquetFile, not read_table(path): that one imports pyarrow.dataset (~1-3 s).
-                with open_binary(self.source) as f:
-                    table = pq.ParquetFile(f).read(columns=cols, use_threads=False)
-            else:
-                import pyarrow.json as pj  # optional: pyarrow
-
-                with open_binary(self.source) as f:
-                    table = pj.read_json(f).select(cols)
-        # pyarrow's errors (ArrowInvalid, KeyError for a missing column, OSError) span lines and
-        # never name the file: a text, empty, truncated or foreign file gets one line instead.
-        except Exception as e:  # noqa: BLE001
-            found = describe_path(self.source) if not is_remote(self.source) else "unreadable"
-            why = " ".join(str(e).split())[:200]
-            raise InputError(f"manifest {self.source!r} is {found}, not a readable manifest ({why}); "
-                             f"pass {what}") from None
+        # Only what a loader needs (reasons, codecs, labels stay on disk).
+        table = read_columns(self.source, ["path", "ok", "duration_s", "num_frames", "width", "height",
+                                           "sar_num", "sar_den"])
         n_all = table.num_rows
         ok = table["ok"].to_numpy()  # numpy, not pyarrow.compute (importing it costs ~1 s)
         if not ok.all():
@@ -423,8 +410,64 @@ class Manifest:
                 "sar": Fraction(int(self._sar[0][row]), int(self._sar[1][row]))}
 
 
+def read_columns(source: str, columns: Sequence[str]):
+    """The Arrow table of ``columns`` of the manifest ``source`` (.parquet or .jsonl). A file
+    that is no manifest, or one without some of the columns, is an :class:`InputError` (one
+    line naming the file and what is missing; exit status 2 from every command line), never
+    pyarrow's multi-line error or a ``KeyError`` traceback."""
+    what = "a manifest written by 'python -m fastlam.data index' (.parquet or .jsonl)"
+    try:
+        if source.endswith(".parquet"):
+            import pyarrow.parquet as pq  # optional: pyarrow (the data extra)
+
+            # One thread: arrow's reader pool costs more than it saves for a few columns (and
+            # ~50 MiB of resident memory), measured on 100k rows.
+            # ParquetFile, not read_table(path): that one imports pyarrow.dataset (~1-3 s).
+            with open_binary(source) as f:
+                pf = pq.ParquetFile(f)
+                have = pf.schema_arrow.names
+                missing = [c for c in columns if c not in have]
+                table = None if missing else pf.read(columns=list(columns), use_threads=False)
+        else:
+            import pyarrow.json as pj  # optional: pyarrow (the data extra)
+
+            with open_binary(source) as f:
+                table = pj.read_json(f)
+            have = table.column_names
+            missing = [c for c in columns if c not in have]
+            table = None if missing else table.select(list(columns))
+    # pyarrow's errors (ArrowInvalid, OSError) span lines and never name the file: a text,
+    # empty, truncated or foreign file gets one line instead.
+    except Exception as e:  # noqa: BLE001
+        found = describe_path(source) if not is_remote(source) else "unreadable"
+        why = " ".join(str(e).split())[:200]
+        raise InputError(f"manifest {source!r} is {found}, not a readable manifest ({why}); "
+                         f"pass {what}") from None
+    if missing:
+        raise InputError(f"manifest {source!r} has no column {', '.join(map(repr, missing))} (it has "
+                         f"{', '.join(have)}); pass {what}")
+    return table
+
+
 def load_manifest(path: str | os.PathLike) -> Manifest:
     return Manifest(path)
+
+
+def check_manifest_files(source, sample: int = 16) -> None:
+    """Before a run writes anything: ``source``, if it is a manifest, must load and its videos
+    must still be where it says. Up to ``sample`` rows spread over the table are looked at
+    (a stat each, so a manifest of millions costs the same); none of them there means the
+    videos moved since indexing, a :class:`MissingInputError`. A few missing files are the
+    bad-file policy's business (reported when read), not a reason to refuse the run."""
+    if not is_manifest(source):
+        return
+    m = load_manifest(source)
+    rows = sorted({int(i) for i in np.linspace(0, len(m) - 1, min(sample, len(m)))}) if len(m) else []
+    local = [m.paths[i] for i in rows if not is_remote(m.paths[i])]
+    if local and not any(os.path.exists(p) for p in local):
+        raise MissingInputError(f"manifest {str(source)!r}: none of the {len(local)} videos looked at exists "
+                                f"(e.g. {local[0]}); the videos moved since it was indexed: index them again "
+                                f"where they are ('python -m fastlam.data index')")
 
 
 class ManifestMeta:

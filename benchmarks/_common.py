@@ -9,10 +9,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def git_commit() -> str:
-    """The commit under test: $FASTLAM_COMMIT (set by gpu_suite.sh for copies without .git)
-    or ``git rev-parse HEAD``."""
+    """The commit under test: $FASTLAM_COMMIT (gpu_suite.sh sets it from --commit, for copies
+    without .git), else ``git rev-parse HEAD`` where this tree has its own .git (never that of
+    a repository it was copied into), else "unknown"."""
     if os.environ.get("FASTLAM_COMMIT"):
         return os.environ["FASTLAM_COMMIT"]
+    if not (REPO / ".git").exists():
+        return "unknown"
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               check=True).stdout.strip()

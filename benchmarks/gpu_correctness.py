@@ -16,11 +16,17 @@ each timed; the run stops starting new ones at ``--budget-s`` and records the re
 - sparse, Gaussian (KL and sample + KL) regularizers and the VQ at ~100 latents (one GPU's
   share) and at 8192.
 
-``--dry-run``: tiny shapes, fp32 + fp16, under the Triton interpreter on CPU (what CI runs).
-Writes ``correctness.csv`` / ``correctness.json`` (device, date, commit, versions) to ``--out``;
-exit status 1 when a case fails.
+``--part first`` runs only the first dtype's head-dim-64 attention, poisoned-buffer and fused-op
+cases (bf16 on a GPU: what training runs), ``--part rest`` the others (head dim 128, fp16), so
+the GPU suite can time the kernels between the two.
 
-    python benchmarks/gpu_correctness.py --out DIR [--budget-s 90] [--dry-run]
+``--dry-run``: tiny shapes, fp32 + fp16, under the Triton interpreter on CPU (what CI runs).
+Writes ``correctness.csv`` / ``correctness.json`` (``correctness_rest.*`` for ``--part rest``;
+device, date, commit, versions) to ``--out`` as it goes: a CSV line per check appended when its
+case ends, the JSON replaced after every case, so a run cut off keeps every finished case. Exit
+status 1 when a case fails.
+
+    python -m benchmarks.gpu_correctness --out DIR [--budget-s 90] [--dry-run] [--part first|rest]
 """
 from __future__ import annotations
 
@@ -39,10 +45,9 @@ if not torch.cuda.is_available():  # the kernels run only under the interpreter 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from benchmarks._common import git_commit, versions  # noqa: E402
-from benchmarks.result_files import write_rows_csv  # noqa: E402
+from benchmarks.result_files import append_row_csv, write_text_atomic  # noqa: E402
 from fastlam.ops import gaussian_kl, gaussian_sample, gaussian_sample_kl  # noqa: E402
 from fastlam.testing import error_ratio, run_three  # noqa: E402
 
@@ -227,8 +232,12 @@ def _att_case(att, dtype, F, D, rope, det):
     return ("attention", name, dtype, lambda: attention_case(att["B"], att["H"], att["T"], F, D, dtype, rope, det))
 
 
-def plan(dry_run: bool):
-    """[(group, name, dtype, fn)] in order of importance."""
+PARTS = ("all", "first", "rest")
+
+
+def plan(dry_run: bool, part: str = "all"):
+    """[(group, name, dtype, fn)] in order of importance; ``part`` (:data:`PARTS`): all of them,
+    or the first dtype's head-dim-64, poisoned-buffer and fused-op cases, or the others."""
     if dry_run:  # one case of each kind is enough to prove the script runs; the unit tests cover the rest
         att = dict(B=1, H=2, T=3)
         plan_att = [(torch.float16, 16, 16, None, False), (torch.float32, 18, 16, "kernel", True)]
@@ -245,6 +254,7 @@ def plan(dry_run: bool):
     # Per dtype: head dim 64 (the paper's), the poisoned-buffer check, the fused ops, then head
     # dim 128, so a budget cut drops the least important cases.
     cases = []
+    first_part_ends = None
     for dtype in dict.fromkeys([c[0] for c in plan_att] + dtypes):
         for dt_, F, D, rope, det in plan_att:
             if dt_ == dtype and D <= 64:
@@ -255,20 +265,24 @@ def plan(dry_run: bool):
                               lambda F=F, D=D, dtype=dtype: attention_poison_case(dtype, F, D)))
         if dtype in dtypes:
             cases += [("fused", name, dtype, fn) for name, fn in ops_cases(dtype, sizes)]
+        if first_part_ends is None:
+            first_part_ends = len(cases)
         for dt_, F, D, rope, det in plan_att:
             if dt_ == dtype and D > 64:
                 cases.append(_att_case(att, dtype, F, D, rope, det))
-    return cases
+    return {"all": cases, "first": cases[:first_part_ends], "rest": cases[first_part_ends:]}[part]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python benchmarks/gpu_correctness.py", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_correctness", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "benchmarks/results/gpu")),
                     help="folder for correctness.json / .csv (default: $OUT, else benchmarks/results/gpu)")
     ap.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_BUDGET_S", 90)),
                     help="start no new case after this many seconds (default: $BENCH_BUDGET_S, else 90)")
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes, fp32/fp16, Triton interpreter on CPU")
     ap.add_argument("--only", default=None, help="run only cases whose name contains this")
+    ap.add_argument("--part", choices=PARTS, default="all",
+                    help="first: the first dtype's head-dim-64 and fused-op cases; rest: the others (default: all)")
     return ap
 
 
@@ -282,14 +296,24 @@ def main(argv=None) -> int:
     meta = dict(device=torch.cuda.get_device_name() if CUDA else "cpu (Triton interpreter)",
                 date=dt.datetime.now(dt.timezone.utc).isoformat(), commit=git_commit(), **versions(),
                 rule="max|out-ref| <= 2 x max|pt-ref| + atol (3x for gradients), ref float64, non-finite fails",
-                dry_run=args.dry_run)
+                dry_run=args.dry_run, part=args.part)
+    stem = "correctness_rest" if args.part == "rest" else "correctness"
+    csv_path = args.out / f"{stem}.csv"
+    csv_path.unlink(missing_ok=True)  # appended to case by case below
     rows = []
-    for group, name, dtype, fn in plan(args.dry_run):
+
+    def record(new_rows):
+        rows.extend(new_rows)
+        for r in new_rows:
+            append_row_csv(csv_path, r, meta, CSV_FIELDS)
+        write_json(args.out / f"{stem}.json", meta, rows)
+
+    for group, name, dtype, fn in plan(args.dry_run, args.part):
         if args.only and args.only not in name:
             continue
         dname = str(dtype).replace("torch.", "")
         if rows and time.time() - t0 > args.budget_s:  # the first case always runs
-            rows.append(dict(group=group, case=name, dtype=dname, check="", ok=None, status="skipped: budget"))
+            record([dict(group=group, case=name, dtype=dname, check="", ok=None, status="skipped: budget")])
             continue
         torch.manual_seed(len(rows))
         start = time.time()
@@ -300,12 +324,11 @@ def main(argv=None) -> int:
             results = [dict(check="", ok=False, msg=f"{type(exc).__name__}: {str(exc)[:300]}")]
             status = "error"
             traceback.print_exc()
-        for r in results:
-            rows.append(dict(group=group, case=name, dtype=dname, status=status, seconds=round(time.time() - start, 2), **r))
+        record([dict(group=group, case=name, dtype=dname, status=status, seconds=round(time.time() - start, 2), **r)
+                for r in results])
         print(f"{status:7s} {dname:9s} {name} ({time.time() - start:.1f} s)", flush=True)
-        write(args.out, meta, rows)
     meta["elapsed_s"] = round(time.time() - t0, 1)
-    write(args.out, meta, rows)
+    write_json(args.out / f"{stem}.json", meta, rows)
     n_fail = sum(1 for r in rows if r.get("ok") is False)
     n_ok = sum(1 for r in rows if r.get("ok") is True)
     n_skip = sum(1 for r in rows if r.get("ok") is None)
@@ -313,10 +336,11 @@ def main(argv=None) -> int:
     return 1 if n_fail else 0
 
 
-def write(out: Path, meta: dict, rows: list) -> None:
-    (out / "correctness.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    fields = ["group", "case", "dtype", "check", "status", "ok", "err", "torch_err", "seconds", "msg"]
-    write_rows_csv(out / "correctness.csv", rows, meta, fields)
+CSV_FIELDS = ["group", "case", "dtype", "check", "status", "ok", "err", "torch_err", "seconds", "msg"]
+
+
+def write_json(path: Path, meta: dict, rows: list) -> None:
+    write_text_atomic(path, json.dumps(dict(meta=meta, rows=rows), indent=1))
 
 
 if __name__ == "__main__":

@@ -9,11 +9,8 @@ import io
 import json
 import platform
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Largest dynamic shared memory one block may opt into (cudaDevAttrMaxSharedMemoryPerBlockOptin),
 # the figure Triton compares `metadata.shared` with before it launches.
@@ -269,9 +266,7 @@ def report_meta(rows: list, archs: list, n_configs: int, argv: list) -> dict:
     import torch
     import triton
 
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    from benchmarks._common import git_commit
+    from benchmarks._common import git_commit  # run as python -m benchmarks.static_check
 
     compiled = [r for r in rows if r.arch is not None]
     return {

@@ -3,16 +3,12 @@ and a plumbing check of every GPU benchmark case through the Triton interpreter.
 
 Run: ``python -m pytest benchmarks/test_bench_losses_cpu.py``.
 """
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from fastlam import ops
 
 pytest.importorskip("pytest_benchmark")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _time(benchmark, fn, rounds=5):

@@ -1,19 +1,32 @@
-"""benchmarks/gpu_suite.sh: the --quick plan fits its 7-minute budget by construction, and its
---dry-run (tiny shapes, Triton interpreter) runs end to end on CPU with only what the GPU image
-has: deepspeed, DALI, PyAV, transformers and flash-attn imports are made to fail."""
+"""benchmarks/gpu_suite.sh: the --quick plan fits its 7-minute budget by construction and runs
+its steps in the order of value; its --dry-run (tiny shapes, Triton interpreter) runs end to end
+on CPU with only what the GPU image has (deepspeed, DALI, PyAV, transformers and flash-attn
+imports are made to fail) and returns everything in at most 8 plain files; a step killed half-way
+keeps the rows it wrote. The set-up on a bare copy with an old pip: tests/test_suite_setup.py."""
 import csv
+import io
+import json
 import os
 import re
+import signal
+import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 
 import pytest
-from subprocess_guard import run_guarded
+from subprocess_guard import StallWatch, kill_group, run_guarded
+
+from benchmarks import _common, gpu_correctness
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = REPO / "benchmarks" / "gpu_suite.sh"
 # Not installed on the GPU image (issue 16): anything the suite touches must import without them.
 MISSING_ON_GPU_IMAGE = ("deepspeed", "nvidia.dali", "av", "transformers", "flash_attn", "decord")
+# What a device call returns (device README): 8 files, named in letters, digits, '.', '_', '-'.
+MAX_FILES_BACK = 8
+FILE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 BLOCKER = f'''
 import importlib.abc, sys
@@ -27,38 +40,132 @@ sys.meta_path.insert(0, _NotOnTheGpuImage())
 '''
 
 
-def test_quick_plan_fits_seven_minutes_by_construction():
+def suite_env(tmp_path: Path, **extra) -> dict:
+    """The suite's environment for a dry run from this test run's Python, with the GPU image's
+    missing packages blocked (through a sitecustomize on PYTHONPATH)."""
+    block = tmp_path / "block"
+    block.mkdir(exist_ok=True)
+    (block / "sitecustomize.py").write_text(BLOCKER)
+    base = {k: v for k, v in os.environ.items() if k not in ("FASTLAM_COMMIT", "SUITE_STEPS")}
+    return dict(base, OUT=str(tmp_path / "out"), SUITE_WORK_DIR=str(tmp_path / "work"), PYTHON=sys.executable,
+                PYTHONPATH=f"{block}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra)
+
+
+def archived(out: Path) -> dict:
+    """{path inside results.tar.gz: bytes} of the suite's archive."""
+    with tarfile.open(out / "results.tar.gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def test_quick_plan_fits_seven_minutes_in_the_order_of_value():
     text = SUITE.read_text()
-    quick = text[text.index('if [ "$MODE" = quick ]'):text.index('if [ "$MODE" = dry ]')]
-    budgets = [int(b) for b in re.findall(r"run_step \w+ (\d+) ", quick)]
-    setup = int(re.search(r"timeout (\d+) pip install", text).group(1))
-    assert len(budgets) == 4, "correctness, tile sweep, attention, training step"
-    assert sum(budgets) + setup < 7 * 60
+    start = text.index('if [ "$MODE" = quick ]')
+    quick = text[start:text.index('if [ "$MODE" = dry ]', start)]
+    steps = re.findall(r"run_step (\w+) (\d+) ", quick)
+    setup = int(re.search(r"quick\) SETUP_S=(\d+)", text).group(1))
+    # Compile first, then bf16 hd64 correctness and the fused ops, then timing, then the rest.
+    assert [name for name, _ in steps] == ["warmup", "correctness", "attention", "train_step", "correctness_rest",
+                                           "tune_tiles"]
+    assert sum(int(b) for _, b in steps) + setup < 7 * 60
+    # The dry run runs the same steps in the same order.
+    dry = text[text.index('if [ "$MODE" = dry ]', start):text.index("# ---- full mode")]
+    assert re.findall(r"run_step (\w+) ", dry) == [name for name, _ in steps]
+
+
+def test_correctness_parts_put_bf16_head_dim_64_first():
+    first = [(name, str(dtype)) for _, name, dtype, _ in gpu_correctness.plan(False, "first")]
+    rest = [(name, str(dtype)) for _, name, dtype, _ in gpu_correctness.plan(False, "rest")]
+    assert first[0] == ("attention F=256 hd=64 rope=none dq=atomic", "torch.bfloat16")
+    assert any(n.startswith("attention F=258 hd=64") for n, _ in first)
+    assert all(d == "torch.bfloat16" and "hd=128" not in n for n, d in first)
+    assert any(n.startswith("prediction_loss") for n, _ in first)  # the fused ops
+    assert all("hd=128" in n or d == "torch.float16" for n, d in rest)
+    assert len(first) + len(rest) == len(gpu_correctness.plan(False, "all"))
+
+
+def test_commit_comes_from_the_environment_not_from_another_repository(tmp_path, monkeypatch):
+    monkeypatch.setattr(_common, "REPO", tmp_path)  # a copy of the tree without .git
+    monkeypatch.delenv("FASTLAM_COMMIT", raising=False)
+    assert _common.git_commit() == "unknown"
+    monkeypatch.setenv("FASTLAM_COMMIT", "0123abc")
+    assert _common.git_commit() == "0123abc"
 
 
 @pytest.mark.slow
-def test_dry_run_end_to_end_without_the_gpu_image_extras(tmp_path):
-    block = tmp_path / "block"
-    block.mkdir()
-    (block / "sitecustomize.py").write_text(BLOCKER)
-    out = tmp_path / "out"
-    env = dict(os.environ, OUT=str(out), PYTHONPATH=f"{block}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               SUITE_DRY_CORRECTNESS_BUDGET_S="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    res = run_guarded(["bash", str(SUITE), "--dry-run"], cwd=REPO, env=env)
+def test_dry_run_end_to_end_returns_everything_in_at_most_8_files(tmp_path):
+    env = suite_env(tmp_path, SUITE_DRY_CORRECTNESS_BUDGET_S="1")
+    res = run_guarded(["bash", str(SUITE), "--dry-run", "--commit", "feedc0de"], cwd=REPO, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
+    out = tmp_path / "out"
+    entries = sorted(out.iterdir())
+    assert len(entries) <= MAX_FILES_BACK and all(p.is_file() for p in entries), entries
+    assert all(FILE_NAME.fullmatch(p.name) for p in entries), entries
+    names = {p.name for p in entries}
+    assert {"summary.txt", "steps.csv", "results.tar.gz"} <= names
+    files = archived(out)
+    logs = {name: data.decode(errors="replace") for name, data in files.items() if name.startswith("results/logs/")}
     steps = {r["step"]: r["status"] for r in csv.DictReader(open(out / "steps.csv"))}
-    assert list(steps) == ["correctness", "tune_tiles", "attention", "train_step"]
-    for name in ("correctness", "attention", "train_step"):
-        assert steps[name] == "ok", (name, (out / f"{name}.log").read_text()[-3000:])
-    if (REPO / "benchmarks" / "tune_tiles.py").is_file():
-        assert steps["tune_tiles"] == "ok", (out / "tune_tiles.log").read_text()[-3000:]
-    else:
-        assert steps["tune_tiles"] == "skipped: not present"
-    for f in ("correctness.json", "correctness.csv", "attention.json", "train_step.json", "suite.json",
-              "summary_table.txt"):
-        assert (out / f).is_file(), f
-    # The summary table is what the output ends with.
-    table = (out / "summary_table.txt").read_text().strip()
+    assert list(steps) == ["warmup", "correctness", "attention", "train_step", "correctness_rest", "tune_tiles"]
+    for name, status in steps.items():
+        assert status == "ok", (name, logs.get(f"results/logs/{name}.log", "")[-3000:])
+    for f in ("warmup.csv", "correctness.json", "correctness.csv", "correctness_rest.json", "correctness_rest.csv",
+              "attention.json", "train_step.json", "suite.json", "summary_table.txt", "steps.csv", "logs/setup.log"):
+        assert f"results/{f}" in files, f
+    # The tuning step's table comes back as a plain file, named for where the next run reads it.
+    tuned = [name[len("results/tuned/"):] for name in files if name.startswith("results/tuned/")]
+    assert tuned and {f"kernels_tuned_{t}" for t in tuned} <= names
+    # The commit comes in as an argument, in every result file.
+    assert json.loads(files["results/suite.json"])["commit"] == "feedc0de"
+    assert json.loads(files["results/correctness.json"])["meta"]["commit"] == "feedc0de"
+    assert "commit: feedc0de\n" in (out / "summary.txt").read_text()
+    # The warm-up ran its jobs in worker processes, not in the step's own.
+    warm = list(csv.DictReader(io.StringIO(files["results/warmup.csv"].decode())))
+    assert any(r["status"] == "ok" for r in warm), warm
+    # The summary table is what the output (and summary.txt) ends with.
+    table = files["results/summary_table.txt"].decode().strip()
     assert res.stdout.strip().endswith(table)
-    assert "correctness:" in table and "step tiny/states fastlam_triton" in table
+    assert (out / "summary.txt").read_text().strip().endswith(table)
+    assert "correctness:" in table and "correctness_rest:" in table and "warm-up:" in table
+    assert "step tiny/states fastlam_triton" in table
     assert "attn frame_local" in table and "sdpa_math_reshaped" in table
+
+
+@pytest.mark.slow
+def test_a_step_killed_half_way_keeps_the_rows_it_wrote(tmp_path):
+    """SIGKILL the correctness step once its first case is on disk: its finished rows come back
+    whole in the archive, the step is recorded as killed, and the suite still ends with its table."""
+    env = suite_env(tmp_path, SUITE_STEPS="correctness", SUITE_DRY_CORRECTNESS_BUDGET_S="1000000")
+    work = tmp_path / "work"
+    incremental = work / "results" / "correctness.csv"
+    log = open(tmp_path / "suite.log", "w+")
+    proc = subprocess.Popen(["bash", str(SUITE), "--dry-run", "--commit", "k1ll"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        watch = StallWatch(proc)
+        rows_seen = []
+        while proc.poll() is None:
+            step_pid = (work / "step.pid").read_text().strip() if (work / "step.pid").is_file() else ""
+            if step_pid and incremental.is_file() and len(incremental.read_text().splitlines()) >= 2:
+                os.kill(int(step_pid), signal.SIGSTOP)  # no row can be added between reading and killing
+                rows_seen = list(csv.DictReader(open(incremental)))
+                os.kill(int(step_pid), signal.SIGKILL)
+                break
+            watch.check()
+            time.sleep(0.1)
+        assert rows_seen, "the step ended before it could be killed: " + open(tmp_path / "suite.log").read()[-2000:]
+        assert proc.wait() == 0
+    finally:
+        kill_group(proc)
+    out = tmp_path / "out"
+    steps = {r["step"]: r["status"] for r in csv.DictReader(open(out / "steps.csv"))}
+    assert steps["correctness"] == "killed (signal 9: KILL)", steps
+    planned = [name for _, name, _, _ in gpu_correctness.plan(True, "first")]
+    cases = list(dict.fromkeys(r["case"] for r in rows_seen))
+    assert cases == planned[:len(cases)] and len(cases) < len(planned)  # killed half-way
+    files = archived(out)
+    kept = list(csv.DictReader(io.StringIO(files["results/correctness.csv"].decode())))
+    assert kept == rows_seen  # every finished row, each whole
+    assert all(r["status"] == "ok" and r["ok"] == "True" and r["commit"] == "k1ll" for r in kept), kept
+    json.loads(files["results/correctness.json"])  # replaced atomically: never half a file
+    assert "correctness: killed (signal 9: KILL)" in (out / "summary.txt").read_text()

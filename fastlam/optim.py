@@ -2,7 +2,9 @@
 
 Muon updates the 2-D hidden weights (the matrices inside transformer blocks); AdamW updates
 everything else (embeddings, input/output projections, norms, biases, the VQ codebook),
-both with decoupled weight decay, linear warmup then cosine decay.
+both with decoupled weight decay, linear warmup then cosine decay. Muon is fastlam's
+(:class:`fastlam.muon.Muon`): torch.optim.Muon's update with its Newton-Schulz iteration
+batched over the matrices of one shape.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from torch import nn
 from fastlam import MIN_TORCH
 # Lives with every run configuration; imported here under its old name (fastlam.optim.OptimConfig).
 from fastlam.configs import OptimConfig
+from fastlam.muon import Muon
 
 __all__ = ["OptimConfig", "build_optimizers", "build_schedulers", "is_hidden_matrix", "split_params", "warmup_cosine"]
 
@@ -39,7 +42,7 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
         if not hasattr(torch.optim, "Muon"):
             raise RuntimeError(f"optim.use_muon: this torch ({torch.__version__}) has no torch.optim.Muon (needs torch "
                                f">= {'.'.join(map(str, MIN_TORCH))}); set optim.use_muon=false")
-        opts.append(torch.optim.Muon(muon, lr=cfg.muon_lr, weight_decay=cfg.weight_decay))
+        opts.append(Muon(muon, lr=cfg.muon_lr, weight_decay=cfg.weight_decay))
     else:
         adamw = muon + adamw
     if adamw:

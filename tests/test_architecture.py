@@ -28,8 +28,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "models": ("fastlam.models",),
     # Beside models: fastlam.data knows nothing of them (its own rule below).
     "data": ("fastlam.data",),
-    "training": ("fastlam.config_checks", "fastlam.run_folder", "fastlam.optim", "fastlam.step_metrics",
-                 "fastlam.dashboard", "fastlam.diagnostics", "fastlam.distributed", "fastlam.flops",
+    "training": ("fastlam.config_checks", "fastlam.run_folder", "fastlam.optim", "fastlam.muon",
+                 "fastlam.step_metrics", "fastlam.dashboard", "fastlam.diagnostics", "fastlam.distributed", "fastlam.flops",
                  "fastlam.drawing", "fastlam.clips", "fastlam.epochs", "fastlam.loop", "fastlam.rollouts", "fastlam.trainer"),
     "entry": ("fastlam.train", "fastlam.train_decoder", "fastlam.eval"),
 }

@@ -89,6 +89,7 @@ archive() {  # $OUT/steps.csv, results.tar.gz and tuned tables from what is on d
   export_tuned_tables
 }
 STEP_PID=""
+ARCHIVE_EVERY_S="${SUITE_ARCHIVE_EVERY_S:-15}"  # while a step runs
 on_signal() {
   [ -n "$STEP_PID" ] && kill "$STEP_PID" 2>/dev/null
   echo "suite interrupted by a signal: results so far are in $OUT" | tee -a "$SUMMARY"
@@ -172,7 +173,15 @@ run_step() {  # name budget_s command...: run, record, archive; never abort the 
   fi
   STEP_PID=$!
   echo "$STEP_PID" >"$WORK/step.pid"  # the running step, for whoever must cut it short
-  wait "$STEP_PID"
+  # Re-archived while the step runs too: a suite killed outright (SIGKILL, where no trap runs,
+  # as when a device call runs past its limit) still leaves the step's rows of a moment ago.
+  local ticks=0
+  while kill -0 "$STEP_PID" 2>/dev/null; do
+    sleep 1 & wait $!  # `wait`, not a plain sleep: a signal reaches the trap at once
+    ticks=$(( ticks + 1 ))
+    [ $(( ticks % ARCHIVE_EVERY_S )) = 0 ] && archive
+  done
+  wait "$STEP_PID"  # its exit status, kept by the shell since it ended
   rc=$?
   STEP_PID=""
   local seconds=$(( $(date +%s) - t0 ))

@@ -131,41 +131,86 @@ def test_dry_run_end_to_end_returns_everything_in_at_most_8_files(tmp_path):
     assert "attn frame_local" in table and "sdpa_math_reshaped" in table
 
 
+def run_until(proc: subprocess.Popen, condition) -> bool:
+    """Poll ``condition()`` while ``proc`` runs (and makes progress); whether it came true."""
+    watch = StallWatch(proc)
+    while proc.poll() is None:
+        if condition():
+            return True
+        watch.check()
+        time.sleep(0.1)
+    return False
+
+
+def start_suite(tmp_path: Path, **env) -> subprocess.Popen:
+    """The dry run of the correctness step alone, every case run (no budget cut)."""
+    env = suite_env(tmp_path, SUITE_STEPS="correctness", SUITE_DRY_CORRECTNESS_BUDGET_S="1000000", **env)
+    log = open(tmp_path / "suite.log", "w")
+    return subprocess.Popen(["bash", str(SUITE), "--dry-run", "--commit", "k1ll"], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def csv_rows(text: str) -> list:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def assert_killed_half_way(rows: list) -> None:
+    """``rows`` are whole rows of finished checks, a strict prefix of the planned cases."""
+    planned = [name for _, name, _, _ in gpu_correctness.plan(True, "first")]
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    assert cases and cases == planned[:len(cases)] and len(cases) < len(planned), cases
+    assert all(r["status"] == "ok" and r["ok"] == "True" and r["commit"] == "k1ll" for r in rows), rows
+
+
 @pytest.mark.slow
 def test_a_step_killed_half_way_keeps_the_rows_it_wrote(tmp_path):
     """SIGKILL the correctness step once its first case is on disk: its finished rows come back
     whole in the archive, the step is recorded as killed, and the suite still ends with its table."""
-    env = suite_env(tmp_path, SUITE_STEPS="correctness", SUITE_DRY_CORRECTNESS_BUDGET_S="1000000")
     work = tmp_path / "work"
     incremental = work / "results" / "correctness.csv"
-    log = open(tmp_path / "suite.log", "w+")
-    proc = subprocess.Popen(["bash", str(SUITE), "--dry-run", "--commit", "k1ll"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = start_suite(tmp_path)
+    rows_seen = []
     try:
-        watch = StallWatch(proc)
-        rows_seen = []
-        while proc.poll() is None:
-            step_pid = (work / "step.pid").read_text().strip() if (work / "step.pid").is_file() else ""
-            if step_pid and incremental.is_file() and len(incremental.read_text().splitlines()) >= 2:
-                os.kill(int(step_pid), signal.SIGSTOP)  # no row can be added between reading and killing
-                rows_seen = list(csv.DictReader(open(incremental)))
-                os.kill(int(step_pid), signal.SIGKILL)
-                break
-            watch.check()
-            time.sleep(0.1)
-        assert rows_seen, "the step ended before it could be killed: " + open(tmp_path / "suite.log").read()[-2000:]
+        def first_case_written():
+            return ((work / "step.pid").is_file() and incremental.is_file()
+                    and len(incremental.read_text().splitlines()) >= 2)
+
+        assert run_until(proc, first_case_written), (tmp_path / "suite.log").read_text()[-2000:]
+        step_pid = int((work / "step.pid").read_text())
+        os.kill(step_pid, signal.SIGSTOP)  # no row can be added between reading and killing
+        rows_seen = csv_rows(incremental.read_text())
+        os.kill(step_pid, signal.SIGKILL)
         assert proc.wait() == 0
     finally:
         kill_group(proc)
+    assert_killed_half_way(rows_seen)
     out = tmp_path / "out"
     steps = {r["step"]: r["status"] for r in csv.DictReader(open(out / "steps.csv"))}
     assert steps["correctness"] == "killed (signal 9: KILL)", steps
-    planned = [name for _, name, _, _ in gpu_correctness.plan(True, "first")]
-    cases = list(dict.fromkeys(r["case"] for r in rows_seen))
-    assert cases == planned[:len(cases)] and len(cases) < len(planned)  # killed half-way
     files = archived(out)
-    kept = list(csv.DictReader(io.StringIO(files["results/correctness.csv"].decode())))
-    assert kept == rows_seen  # every finished row, each whole
-    assert all(r["status"] == "ok" and r["ok"] == "True" and r["commit"] == "k1ll" for r in kept), kept
+    assert csv_rows(files["results/correctness.csv"].decode()) == rows_seen  # every finished row, each whole
     json.loads(files["results/correctness.json"])  # replaced atomically: never half a file
     assert "correctness: killed (signal 9: KILL)" in (out / "summary.txt").read_text()
+
+
+@pytest.mark.slow
+def test_a_suite_killed_outright_mid_step_leaves_that_steps_rows_in_out(tmp_path):
+    """SIGKILL the whole suite (no trap runs, as when a device call runs past its limit) while a
+    step runs: $OUT, re-archived as the step goes, already holds its finished rows."""
+    out = tmp_path / "out"
+    proc = start_suite(tmp_path, SUITE_ARCHIVE_EVERY_S="1")
+    try:
+        def rows_in_out():
+            if not (out / "results.tar.gz").is_file():
+                return False
+            text = archived(out).get("results/correctness.csv", b"").decode()
+            return len(text.splitlines()) >= 2
+
+        assert run_until(proc, rows_in_out), (tmp_path / "suite.log").read_text()[-2000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        kill_group(proc)
+    entries = sorted(out.iterdir())
+    assert len(entries) <= MAX_FILES_BACK and all(p.is_file() and FILE_NAME.fullmatch(p.name) for p in entries)
+    assert_killed_half_way(csv_rows(archived(out)["results/correctness.csv"].decode()))

@@ -11,12 +11,16 @@ build, spills on this device or changes the output). Synthetic inputs of the sha
 16 heads, frames of 256 tokens with the frame-causal mask, the class's sequence length (2048
 tokens, 8 frames, B=4, unless the launcher passes ``seq_len``, which rounds up to a power of
 two in 256..16384; B keeps 8192 tokens per head, at least 1), RoPE tables of that layout for
-fused keys. The choice is written to the
-tuning cache (:func:`.tuning.cache_path`: device name, Triton version, shape class), kept in
-memory, and read back by later processes without timing anything; a cache file made for
-another fallback tile or candidate list is timed again. Costs a few seconds per class at
-first use (compiles included); tuning never runs during CUDA graph capture (the fallback is
-used, with a warning).
+fused keys. The choice is written to the tuning cache (:func:`.tuning.cache_path`: device
+name, Triton version, shape class), kept in memory, and read back by later processes without
+timing anything; a cache file made for another fallback tile or candidate list is timed
+again. First use of a class costs the compiles of up to 8 extra binaries (two candidates for
+each of four kinds, seconds each) and about 0.3 s of timing per kind (not yet measured on a
+GPU). Tuning never runs during CUDA graph capture (the fallback is used, with a warning).
+Launches with the temporal masks or key padding keep the fallback tiles
+(:func:`.tile_tables.mask_variant_config`). Every rank of a multi-GPU job tunes for itself
+(the same file is replaced atomically; ranks may settle on different tiles, whose outputs
+agree to rounding).
 
 Precedence: forced tiles / ``FASTLAM_ATTN_TILES`` > device tuning (when on) > a committed
 tuned table > the built-in table. Off (the default), nothing here runs. Under the Triton

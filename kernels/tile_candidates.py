@@ -33,7 +33,7 @@ _BY_LAUNCH: dict = {
     ("bwd_kv", 64, False): [(32, 64, 8, 2), (32, 32, 4, 2)],
     ("bwd_kv", 128, False): [(32, 32, 8, 2), (32, 64, 8, 1)],
     ("bwd_kv_atomic", 64, False): [(32, 64, 8, 2), (64, 32, 8, 2)],
-    ("bwd_q", 64, False): [(64, 32, 4, 2), (32, 64, 4, 2)],
+    ("bwd_q", 64, False): [(64, 32, 4, 2), (64, 64, 8, 2)],  # 32x64/4w: 8 B STACK on sm_80
     ("bwd_q", 128, False): [(64, 32, 8, 2), (32, 64, 8, 2)],
     # RoPE fused into the kernels. Defaults: fwd 128x32/8w/3 (hd64, hd128); bwd_kv 32x64/8w/2,
     # 32x32/8w/2; bwd_kv_atomic 32x64/8w/2; bwd_q 64x32/4w/2, 64x64/8w/2.

@@ -72,8 +72,10 @@ def latent_diagnostics(model, states: torch.Tensor) -> dict:
 
 def held_out_clips(cfg, num_clips: int) -> torch.Tensor:
     """A fixed batch for the diagnostics of a training config: for ``data.source: synthetic``
-    clips drawn like the training ones with another seed; otherwise centre crops spread over
-    the source's videos (fixed, but not unseen videos: a training corpus has no split)."""
+    clips drawn like the training ones with another seed; otherwise the data layer's fixed
+    clips of the source, whatever its type (:func:`fastlam.data.source_clips.fixed_clips`:
+    centre crops spread over the videos of a folder, list or manifest, the first samples of
+    shards; fixed, but not unseen: a training corpus has no split)."""
     m = cfg.model
     with torch.random.fork_rng(devices=[]):
         if cfg.data.source == "synthetic":

@@ -336,6 +336,10 @@ class LoggingConfig:
 
 
 # ---- a LAM training run ----------------------------------------------------------------------
+# torch.compile backends a training run may name (TrainConfig.compile_backend).
+COMPILE_BACKENDS = ("inductor", "aot_eager")
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -353,6 +357,13 @@ class TrainConfig:
     progress: bool = True
     grad_accum_steps: int = 1  # micro-batches per optimizer step (per rank)
     activation_checkpointing: bool = False  # recompute predictor blocks in backward
+    # torch.compile the model's forward and backward (fastlam's custom ops are single nodes of the
+    # graph; the VQ's codebook edits run eagerly between forward and backward); not with
+    # DeepSpeed, whose engine owns the model. compile_backend: torch.compile's backend, inductor
+    # (generated kernels; on CPU it needs a C++ compiler and minutes to compile) or aot_eager
+    # (the same graphs run by eager kernels: checks capture quickly, no speed-up)
+    compile: bool = False
+    compile_backend: str = "inductor"
     diagnostics_clips: int = 8  # fixed held-out clips for the diag/* latent-use metrics (0: off)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)  # TensorBoard / W&B (metrics.jsonl always)
@@ -363,7 +374,12 @@ class TrainConfig:
         check_keys(self, "", {
             "batch_size": at_least(1), "steps": at_least(1), "log_every": at_least(1), "ckpt_every": at_least(1),
             "keep_checkpoints": at_least(1), "grad_accum_steps": at_least(1), "out_dir": NON_EMPTY,
-            "precision": one_of("auto", "bf16", "fp32")})
+            "precision": one_of("auto", "bf16", "fp32"), "compile_backend": one_of(*COMPILE_BACKENDS)})
+        deepspeed = self.distributed.backend == "deepspeed" or (self.distributed.backend == "auto"
+                                                                and bool(self.distributed.deepspeed_config))
+        if self.compile and deepspeed:
+            raise ConfigError("compile: true is not supported with DeepSpeed (its engine wraps the model; "
+                              "use distributed.backend=ddp or none, or compile=false)")
         self.data.check("data")
         self.optim.check("optim")
         self.model.check("model")

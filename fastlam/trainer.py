@@ -48,6 +48,7 @@ from fastlam.inputs import one_line
 from fastlam.models import LatentActionWorldModel
 from fastlam.models.encoder_record import encoder_record, load_without_encoder, strip_encoder, verify_encoder
 from fastlam.models.vjepa2 import load_vjepa2_encoder
+from fastlam.muon import muon_step_flops
 from fastlam.optim import build_optimizers, build_schedulers
 from fastlam.step_metrics import NonFiniteWindow, StepMetrics
 
@@ -253,8 +254,13 @@ def _set_rng_state(state: dict) -> None:
 
 
 class _LocalRunner:
-    """One optimizer step of fastlam's own optimizers (torch Muon + AdamW) on this process,
-    optionally as one rank of DDP; checkpoints are single ``.pt`` files written by rank 0."""
+    """One optimizer step of fastlam's own optimizers (fastlam's Muon + AdamW) on this process,
+    optionally as one rank of DDP; checkpoints are single ``.pt`` files written by rank 0.
+
+    ``compile: true`` runs the model's forward (and its backward, through AOTAutograd) as
+    ``torch.compile`` graphs with fastlam's custom ops as single nodes inside them; the VQ's
+    codebook edits leave the graph and run eagerly between forward and backward (see
+    ``LatentActionWorldModel.defer_codebook_edits``), so a steady-state step has no graph break."""
 
     def __init__(self, model: LatentActionWorldModel, cfg: TrainConfig, env: fdist.DistEnv, device: torch.device):
         self.cfg, self.env, self.device, self.model = cfg, env, device, model
@@ -262,10 +268,17 @@ class _LocalRunner:
         self.scheds = build_schedulers(self.opts, cfg.steps, cfg.optim)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.encoder: dict | None = None  # encoder_record, computed at the first save
-        self.net = model
+        self.net = self.ddp = model
         if env.backend == "ddp":
             ids = [device.index] if device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            self.net = self.ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if cfg.compile:
+            model.defer_codebook_edits()
+            # fallback_random: Inductor draws the noisy regularizer's noise from torch's RNG as
+            # eager does (its own RNG would give other samples): same losses as eager, and a
+            # resumed run still continues the uninterrupted one. (aot_eager runs torch's ops.)
+            options = {"fallback_random": True} if cfg.compile_backend == "inductor" else None
+            self.net = torch.compile(self.ddp, backend=cfg.compile_backend, options=options)
 
     @property
     def lrs(self) -> list[float]:
@@ -278,10 +291,12 @@ class _LocalRunner:
         chunks = video.chunk(accum) if accum > 1 else (video,)
         for i, micro in enumerate(chunks):
             last = i == len(chunks) - 1
-            sync = contextlib.nullcontext() if last or self.env.backend != "ddp" else self.net.no_sync()
+            sync = contextlib.nullcontext() if last or self.env.backend != "ddp" else self.ddp.no_sync()
             with sync:
                 with autocast_for(self.device, cfg.precision):
                     out = self.net(micro)
+                # Where the eager forward makes them: after the search, before the backward.
+                out.metrics.update(self.model.apply_codebook_edits())
                 (out.loss / accum if accum > 1 else out.loss).backward()
             acc.add_micro(out, accum)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
@@ -456,6 +471,11 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
 
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and env.is_main), mininterval=2.0, file=sys.stdout)
     speed = fdist.Throughput(model, device, env.world_size)
+    # Muon's Newton-Schulz FLOPs per optimizer step on each process (each orthogonalises every
+    # matrix), reported beside the model's MFU, not inside it, and as a share of the model FLOPs
+    # one process computes per step. (The DeepSpeed runner's optimizer lives in its engine: not counted.)
+    muon_flops = muon_step_flops(getattr(runner, "opts", []))
+    muon_share = muon_flops * env.world_size / (speed.flops_per_clip * cfg.batch_size)
     first, last, preempted, measured = None, None, False, False
     nonfinite = NonFiniteWindow()
     log = metrics_file.open("a") if env.is_main else None
@@ -495,6 +515,8 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
                     rates = speed.window()
                     row = {"step": step, "loss": sums[0], "pred_loss": sums[1], "reg_loss": sums[2],
                            "grad_norm": grad_norm, **rates, "lr": runner.lrs}
+                    if "mfu" in rates and muon_flops:  # steps/s x Muon FLOPs per step / one device's peak
+                        row["muon_mfu"] = rates["clips_per_s"] / cfg.batch_size * muon_flops / speed.peak
                     row.update(metrics)
                     if hasattr(dataset, "bad_files"):
                         row["bad_files"] = len(dataset.bad_files)
@@ -529,7 +551,8 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
     final_ckpt = checkpoint(step)
     summary = {"steps": step, "first_loss": first_loss, "last_loss": last_loss, "checkpoint": str(final_ckpt),
                "model": None, "loss_curve": None, "device": str(device), "backend": env.backend,
-               "world_size": env.world_size, "preempted": preempted}
+               "world_size": env.world_size, "preempted": preempted, "muon_flops_per_step": muon_flops,
+               "muon_flops_share": muon_share}
     if preempted:
         if env.is_main:
             print(f"\nstopped by signal at step {step}: checkpoint {final_ckpt} (continue with --resume)")

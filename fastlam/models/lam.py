@@ -16,7 +16,7 @@ from ..config import from_dict, to_dict
 # names (fastlam.models.lam.ModelConfig, RegularizerConfig, TransformerConfig).
 from ..configs import EncoderConfig, ModelConfig, RegularizerConfig, TransformerConfig
 from ..inputs import one_line
-from ..nn import PredictionLoss, regularizer_from_config
+from ..nn import PredictionLoss, VectorQuantizer, regularizer_from_config
 from .encoder import build_encoder
 from .encoder_record import load_without_encoder, rebuild_encoder
 from .idm import InverseDynamicsModel
@@ -114,6 +114,25 @@ class LatentActionWorldModel(nn.Module):
             return None, states.new_zeros((), dtype=torch.float32), {}
         out = self.regularizer(self.idm(states))
         return out.z, out.loss, out.metrics
+
+    def defer_codebook_edits(self, defer: bool = True) -> None:
+        """For a compiled forward: the VQ's codebook edits (EMA updates, expiries, dead-code
+        resets) leave the forward, whose graph then has no data-dependent branch, and wait for
+        :meth:`apply_codebook_edits`. Its first-batch initialisation stays in the forward, run
+        eagerly (``torch.compiler.disable``) on the first training step only."""
+        for m in self.modules():
+            if isinstance(m, VectorQuantizer):
+                m.defer_codebook_edits = defer
+
+    def apply_codebook_edits(self) -> dict:
+        """The deferred codebook edits of the last training forward (see
+        :meth:`defer_codebook_edits`) and their metrics; ``{}`` when none are pending. Call it
+        after the forward and before the backward, where the eager forward makes them."""
+        metrics = {}
+        for m in self.modules():
+            if isinstance(m, VectorQuantizer):
+                metrics.update(m.apply_codebook_edits())
+        return metrics
 
     @torch.no_grad()
     def infer_actions(self, video: torch.Tensor | None = None, *, states: torch.Tensor | None = None,

@@ -322,6 +322,15 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("steps_since_reset", torch.zeros((), dtype=torch.long))
         self.register_buffer("initted", torch.tensor(init in ("uniform", "randn")))
         self.register_buffer("batch_usage", torch.zeros(codebook_size, dtype=torch.long), persistent=False)
+        # ``initted`` as a Python bool, the one a compiled forward reads: reading the buffer
+        # there would break the graph; torch.compile guards on this flag instead, so the step
+        # after the initialisation recompiles once and later steps see no branch at all.
+        self._initted_flag = bool(self.initted)
+        # True (the trainer's ``compile: true`` sets it): the forward only searches, counts and
+        # keeps the batch; EMA updates, expiries and dead-code resets wait for
+        # apply_codebook_edits(), which runs eagerly outside the compiled region.
+        self.defer_codebook_edits = False
+        self._pending: tuple | None = None
 
     @staticmethod
     def head_features(action_dim: int) -> int:
@@ -384,8 +393,12 @@ class VectorQuantizer(nn.Module):
             state_dict.setdefault(prefix + "cluster_size", torch.ones(self.codebook_size))
             state_dict.setdefault(prefix + "embed_avg", state_dict[prefix + "codebook.weight"].clone())
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        self._initted_flag = bool(self.initted)
 
     # ---- codebook edits ---------------------------------------------------------------
+    # Every edit is data-dependent (nonzero, k-means, a count read back): run eagerly even when
+    # called from a compiled forward (once, on the first training step), never traced.
+    @torch.compiler.disable
     @torch.no_grad()
     def init_codebook(self, z: torch.Tensor, force: bool = False) -> None:
         """Initialise the codes from latents ``z`` (..., D) per ``init`` (``uniform`` / ``randn``
@@ -410,6 +423,7 @@ class VectorQuantizer(nn.Module):
             _broadcast_(self.cluster_size, self.embed_avg)
         _broadcast_(w)
         self.initted.fill_(True)
+        self._initted_flag = True
 
     @torch.no_grad()
     def _replace(self, dead: torch.Tensor, samples: torch.Tensor, cluster_size: float = 1.0) -> int:
@@ -460,13 +474,52 @@ class VectorQuantizer(nn.Module):
             w = _l2norm(w)
         self.codebook.weight.copy_(w.to(self.codebook.weight.dtype))
 
+    def _needs_init(self) -> bool:
+        if torch.compiler.is_compiling():
+            return not self._initted_flag
+        self._initted_flag = bool(self.initted)  # eager: the buffer decides (it may have been set by hand)
+        return not self._initted_flag
+
+    @torch.no_grad()
+    def _edit_codebook(self, x: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> dict:
+        """The training step's codebook edits from its (detached) latents ``x``, their codes and
+        finite-row counts, in the eager order: EMA update, EMA expiry, scheduled dead-code reset."""
+        metrics = {}
+        if self.ema and not self.frozen:
+            self._ema_update(x, idx, counts)
+            if self.threshold_ema_dead_code > 0:
+                n = self._replace(self.cluster_size < self.threshold_ema_dead_code, x,
+                                  cluster_size=self.threshold_ema_dead_code)
+                metrics["reg/codes_expired"] = torch.tensor(float(n))
+        due = ((self.reset_every and int(self.seen_since_reset) >= self.reset_every)
+               or (self.reset_every_steps and int(self.steps_since_reset) >= self.reset_every_steps))
+        if due:
+            metrics["reg/codes_reset"] = torch.tensor(float(self.reset_dead_codes(x)))
+        return metrics
+
+    @torch.compiler.disable
+    def apply_codebook_edits(self) -> dict:
+        """With ``defer_codebook_edits``: apply the codebook edits of the last training forward
+        (call it after the forward, before the backward, as the eager forward would have made
+        them) and return their metrics (``reg/codes_reset``, ``reg/codes_expired``); ``{}`` when
+        nothing is pending. Raises, as the eager forward does, when that batch held NaN / Inf
+        latents and ``check_finite`` is on."""
+        if self._pending is None:
+            return {}
+        x, idx, counts, all_finite = self._pending
+        self._pending = None
+        if self.check_finite and not bool(all_finite):
+            bad = x.shape[0] - int(torch.isfinite(x).all(dim=1).sum())
+            raise ValueError(f"z: {bad} of {x.shape[0]} latents contain NaN or Inf; refusing to quantize them")
+        return self._edit_codebook(x, idx, counts)
+
     # ---- forward ----------------------------------------------------------------------
     def forward(self, h: torch.Tensor) -> VQOutput:
         if h.dim() < 1 or h.shape[-1] != self.dim:
             raise ValueError(f"h: expected shape (..., {self.dim}), got {tuple(h.shape)}")
         flat = h.reshape(-1, self.dim)
         training = self.training
-        if training and not bool(self.initted) and not self.frozen:
+        if training and not self.frozen and self._needs_init():
             self.init_codebook(flat)
         x = _l2norm(flat) if self.cosine else flat
         codes = self.codes()
@@ -474,32 +527,33 @@ class VectorQuantizer(nn.Module):
             # EMA updates and resets below edit the codebook in place; the fused backward reads
             # the codes it searched, so it gets its own copy (gradients still reach the weight)
             codes = codes.clone()
+        defer = training and self.defer_codebook_edits
         counts = torch.zeros(self.codebook_size, dtype=torch.long, device=h.device) if training else None
-        z_q, idx, cb_loss, commit_loss = vector_quantize(x, codes, self.commitment, usage=counts,
-                                                         check_finite=self.check_finite, backend=self.backend)
+        # Deferred: no usage counting or finiteness check inside the op (both read data-dependent
+        # shapes or values back, a graph break); the rows are counted here with static shapes.
+        z_q, idx, cb_loss, commit_loss = vector_quantize(x, codes, self.commitment, usage=None if defer else counts,
+                                                         check_finite=self.check_finite and not defer,
+                                                         backend=self.backend)
         learned = not self.ema and not self.frozen and self.codebook.weight.requires_grad
         loss = commit_loss + self.codebook_weight * cb_loss if learned else commit_loss
         if self.rotation_trick and training and x.requires_grad:
             z_q = _rotation_trick(x, z_q.detach())
         metrics = {"reg/codebook": cb_loss.detach(), "reg/commitment": commit_loss.detach()}
         if training:
+            if defer:
+                finite = torch.isfinite(x.detach()).all(dim=1)
+                counts.index_add_(0, idx, finite.long())
             self.batch_usage.copy_(counts)
             self.usage += counts
             self.seen_since_reset += flat.shape[0]
             self.steps_since_reset += 1
-            if self.ema and not self.frozen:
-                self._ema_update(x.detach(), idx, counts)
-                if self.threshold_ema_dead_code > 0:
-                    n = self._replace(self.cluster_size < self.threshold_ema_dead_code, x.detach(),
-                                      cluster_size=self.threshold_ema_dead_code)
-                    metrics["reg/codes_expired"] = torch.tensor(float(n))
             st = self.stats()
             metrics.update({"reg/codes_used": st["codes_used"].float(), "reg/perplexity": st["perplexity"],
                             "reg/batch_perplexity": st["batch_perplexity"]})
-            due = ((self.reset_every and int(self.seen_since_reset) >= self.reset_every)
-                   or (self.reset_every_steps and int(self.steps_since_reset) >= self.reset_every_steps))
-            if due:
-                metrics["reg/codes_reset"] = torch.tensor(float(self.reset_dead_codes(x.detach())))
+            if defer:
+                self._pending = (x.detach(), idx, counts, finite.all())
+            else:
+                metrics.update(self._edit_codebook(x.detach(), idx, counts))
         z = z_q.reshape(*h.shape[:-1], self.dim)
         return VQOutput(z, idx.reshape(h.shape[:-1]), loss, metrics)
 

@@ -208,6 +208,9 @@ def main(argv=None) -> int:
         return 0
     if args.dry_run:  # inherited by the spawned workers
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    # Each worker is already one of the pool's parallel compiles: Inductor (FlexAttention) must
+    # not start a compile pool of its own in every worker on top (workers x cores processes).
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path = args.out / "warmup.csv"
     csv_path.unlink(missing_ok=True)

@@ -35,20 +35,22 @@ setup_seconds_left() {
   [ "$left" -gt "$SETUP_MIN_COMMAND_S" ] && echo "$left" || echo "$SETUP_MIN_COMMAND_S"
 }
 
-# Exit 0 when fastlam and fastlam.kernels import from THIS tree (not another install), from a
-# folder that is not the repository.
+# Exit 0 when fastlam, fastlam.kernels and fastlam.ops (the kernels' launchers: what every step
+# needs) import from THIS tree (not another install), from a folder that is not the repository.
 fastlam_imports_from_repo() {
   local limit rc
   limit=$(setup_seconds_left)
   (cd "$SHIM" && timeout "$limit" "$PY" - "$REPO" <<'PY'
 import os, sys
 repo = os.path.realpath(sys.argv[1])
-import fastlam, fastlam.kernels.registry
+import fastlam, fastlam.kernels.registry, fastlam.ops
 where = {"fastlam": os.path.realpath(fastlam.__file__),
-         "fastlam.kernels": os.path.realpath(fastlam.kernels.registry.__file__)}
+         "fastlam.kernels": os.path.realpath(fastlam.kernels.registry.__file__),
+         "fastlam.ops": os.path.realpath(fastlam.ops.__file__)}
 for name, path in where.items():
     print(f"{name} from {path}")
-expected = {"fastlam": os.path.join(repo, "fastlam"), "fastlam.kernels": os.path.join(repo, "kernels")}
+expected = {"fastlam": os.path.join(repo, "fastlam"), "fastlam.kernels": os.path.join(repo, "kernels"),
+            "fastlam.ops": os.path.join(repo, "fastlam")}
 wrong = [n for n, p in where.items() if not p.startswith(expected[n] + os.sep)]
 if wrong:
     sys.exit(f"imported from another tree than {repo}: {', '.join(wrong)}")

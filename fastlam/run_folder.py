@@ -45,15 +45,19 @@ def check_out_dir(out_dir: str | Path, *, resume: bool, overwrite: bool) -> bool
         raise RunFolderError("--resume and --overwrite: pass one (--resume continues the run in out_dir, "
                              "--overwrite moves it aside and starts again)")
     if resume:
-        if not has_checkpoint(out):
+        # A run that died before its first checkpoint completed (killed, disk full) holds a
+        # run but no checkpoint: --resume restarts it from step 0 (the trainer says so) rather
+        # than refusing both ways and leaving only --overwrite.
+        if not has_checkpoint(out) and not holds_run(out):
             raise RunFolderError(f"--resume: no checkpoint in {out / 'checkpoints'} (latest.pt, or latest for "
                                  "DeepSpeed); drop --resume to start a new run there")
         return False
     if not holds_run(out):
         return False
     if not overwrite:
+        again = "" if has_checkpoint(out) else " (no checkpoint was completed: it starts again from step 0)"
         raise RunFolderError(
-            f"out_dir {out} already holds a run{_describe(out)}; pass --resume to continue it, "
+            f"out_dir {out} already holds a run{_describe(out)}; pass --resume to continue it{again}, "
             f"out_dir=<another folder> to start a new one, or --overwrite to move it aside "
             f"(to {out}.old-<time>) and start again")
     return True

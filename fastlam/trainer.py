@@ -39,8 +39,9 @@ from fastlam.dashboard import Dashboard
 from fastlam.data import VideoClipDataset
 from fastlam.data.dali import DaliVideoLoader, dali_available
 from fastlam.data.dali_stream import DaliStreamLoader
+from fastlam.data.manifest import check_manifest_files
 from fastlam.data.shards import (ShardLoader, ShardStream, is_shard_source, load_stream_state, merge_states,
-                                 save_stream_state)
+                                 prune_stream_states, save_stream_state)
 from fastlam.data.synthetic import make_sprite_clips
 from fastlam.diagnostics import TrainDiagnostics, plot_diagnostics, progress_postfix
 from fastlam.epochs import EpochIndexed
@@ -378,6 +379,9 @@ def check_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
     # Settle every configuration mismatch before a process group, a model or data exist.
     ds_config = fdist.preflight(cfg, backend, int(os.environ.get("WORLD_SIZE", "1") or 1),
                                 resolve_device(cfg.device).type)
+    # Data checks that can fail (a manifest that is no manifest, or whose videos moved) come
+    # before out_dir is touched: a failed start leaves no run folder to clean up.
+    check_manifest_files(cfg.data.source)
     run_folder.check_out_dir(cfg.out_dir, resume=resume, overwrite=overwrite)
     return backend, ds_config
 
@@ -438,7 +442,10 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
         runner = _LocalRunner(model, cfg, env, device)
 
     step, position = 0, 0
-    if resume:
+    if resume and not run_folder.has_checkpoint(out):  # let through by check_out_dir: see there
+        if env.is_main:
+            print(f"--resume: no checkpoint in {ckpt_dir} was completed; starting from step 0")
+    elif resume:
         state = runner.load(ckpt_dir)
         step, position = int(state["step"]), int(state["data_position"])
         _set_rng_state(state["rng"])
@@ -460,13 +467,18 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
     model_config = json.dumps(to_dict(cfg.model))
 
     def checkpoint(at_step: int) -> Path:
+        # Data state, then the model checkpoint (which moves latest), then pruning: a kill at any
+        # point leaves latest naming a step whose data state is on disk (fastlam.data.stream_state).
         if shards:  # collective: every rank's consumed clips, merged (any world size resumes)
             live = getattr(dataset, "loader_state", None)  # None before the first batch
             merged = merge_states(fdist.all_gather_objects(env, live() if live else data_state))
             if env.is_main and merged is not None:
-                save_stream_state(ckpt_dir, at_step, merged, keep=cfg.keep_checkpoints)
-        return runner.save(ckpt_dir, at_step, position, {"rng": _rng_state(), "model_config": model_config},
+                save_stream_state(ckpt_dir, at_step, merged)
+        path = runner.save(ckpt_dir, at_step, position, {"rng": _rng_state(), "model_config": model_config},
                            cfg.keep_checkpoints)
+        if shards and env.is_main:
+            prune_stream_states(ckpt_dir, cfg.keep_checkpoints, at_step)
+        return path
 
 
     bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and env.is_main), mininterval=2.0, file=sys.stdout)

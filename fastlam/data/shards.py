@@ -23,14 +23,18 @@ samples of the epoch *not yet consumed* are split into ``world_size`` contiguous
 chunks (one per rank), each into one chunk per DataLoader worker; a worker reads its chunk's
 members shard by shard and passes them through a shuffle buffer (encoded bytes are buffered,
 decoding happens on the way out). The loader in the training process records the global id
-of every clip it hands out, so ``state_dict()`` is ``{epoch, consumed-bitmap}``: a resumed
-stream re-plans exactly the unconsumed clips, whatever the world size or worker count, and no
-clip is seen twice in an epoch. States of several ranks merge by OR-ing their bitmaps
-(:func:`merge_states`), which is how a 4-rank checkpoint resumes on 2 ranks.
+of every clip it hands out, so ``state_dict()`` is ``{epoch, consumed-bitmap}`` plus the plan
+the epoch was made from (its settings and the bitmap it started from; see
+:mod:`fastlam.data.stream_state`). Resumed on the same world size, worker count and buffer, a
+stream rebuilds that plan, replays each worker's shuffle-buffer draws (a pure function of
+``(seed, epoch, rank, worker)``) while skipping the consumed clips unread, and hands out exactly
+the clips, in exactly the order, of the run that was never interrupted. On other settings it
+re-plans the unconsumed clips: none lost, none seen twice in the epoch. States of several ranks
+merge by OR-ing their bitmaps (:func:`merge_states`), which is how a 4-rank checkpoint resumes
+on 2 ranks.
 """
 from __future__ import annotations
 
-import base64
 import io
 import json
 import math
@@ -59,14 +63,15 @@ from .decoding import (
     resized_frame_shape,
     stream_sar,
 )
-from .manifest import load_manifest
+from .manifest import load_manifest, read_columns
 from .remote import FileCache, default_cache, is_remote, open_binary
 from .seeding import mix_seed
+from .stream_state import load_stream_state, merge_states, prune_stream_states, save_stream_state
 from .video import clip_to_tensor
 
 __all__ = ["write_shards", "ShardStream", "ShardLoader", "merge_states", "read_shard_index",
            "clip_from_bytes", "expand_braces", "is_shard_source", "save_stream_state",
-           "load_stream_state"]
+           "load_stream_state", "prune_stream_states"]
 
 INDEX_NAME = "shards.json"
 
@@ -168,16 +173,7 @@ def write_shards(manifest, out, *, shard_bytes: int = 512 << 20, fps: float | No
         raise ValueError(f"short_side must be an int >= 2 or None (keep), got {short_side!r}")
     m = load_manifest(manifest)
     order = np.random.default_rng(seed).permutation(len(m))
-    if str(manifest).endswith(".parquet"):
-        import pyarrow.parquet as pq  # optional: pyarrow (the data extra)
-
-        with open_binary(manifest) as f:
-            extra = pq.read_table(f, columns=["path", "ok", "label", "codec", "fps"])
-    else:
-        import pyarrow.json as pj  # optional: pyarrow (the data extra)
-
-        with open_binary(manifest) as f:
-            extra = pj.read_json(f).select(["path", "ok", "label", "codec", "fps"])
+    extra = read_columns(str(manifest), ["path", "ok", "label", "codec", "fps"])
     extra = extra.filter(extra["ok"])  # the same rows, in the same (path) order, as m
     labels = extra["label"].to_numpy()
     jobs = []
@@ -417,12 +413,22 @@ class ShardStream(torch.utils.data.IterableDataset):
         return share[~self.mine[share]]
 
     def _worker_keys(self) -> tuple[np.ndarray, int]:
+        """The plan's chunk this DataLoader worker replays, and which worker of the plan it is.
+
+        The DataLoader merges its workers' items round-robin, and the plan's chunks differ in
+        length by at most one (longer first), so the uninterrupted run's order is item ``j``
+        from worker ``j % nw``. Resumed after ``done`` of this rank's items, the DataLoader's
+        worker ``k`` must therefore replay the plan's worker ``(k + done) % nw``."""
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        return np.array_split(self.rank_share(), nw)[wid], wid
+        share = np.array_split(self.remaining(self.epoch, self.base), self.world_size)[self.rank]
+        plan_worker = (wid + int(self.mine[share].sum())) % nw
+        return np.array_split(share, nw)[plan_worker], plan_worker
 
-    def _read(self, keys: np.ndarray) -> Iterator[tuple[int, bytes, dict]]:
-        """(global id, encoded video, meta) for ``keys`` in order, opening each shard once."""
+    def _read(self, keys: np.ndarray, skip: np.ndarray) -> Iterator[tuple[int, bytes | None, dict | None]]:
+        """(global id, encoded video, meta) for ``keys`` in order, opening each shard once;
+        ``(id, None, None)`` for the ids set in ``skip``, whose bytes are not read (a shard
+        with nothing left to read is not opened)."""
         cache = self.cache or default_cache()
         shard_of = np.searchsorted(self.offsets, keys, side="right") - 1
         i = 0
@@ -431,9 +437,18 @@ class ShardStream(torch.utils.data.IterableDataset):
             j = i
             while j < len(keys) and shard_of[j] == s:
                 j += 1
+            group = keys[i:j]
+            if skip[group].all():
+                for g in group:
+                    yield int(g), None, None
+                i = j
+                continue
             with cache.open(self.urls[s]) as f:
                 members = _tar_samples(f)
-                for g in keys[i:j]:
+                for g in group:
+                    if skip[g]:
+                        yield int(g), None, None
+                        continue
                     key, parts = members[int(g - self.offsets[s])]
                     off, size = parts["json"]
                     f.seek(off)
@@ -445,10 +460,13 @@ class ShardStream(torch.utils.data.IterableDataset):
             i = j
 
     def __iter__(self):
-        keys, wid = self._worker_keys()
+        keys, plan_worker = self._worker_keys()
+        # The draws depend on nothing a resume changes: a resumed worker replays them all,
+        # consumed clips included, so the clips still to come leave the buffer in the same order.
         rng = np.random.default_rng(np.random.SeedSequence(
-            [self.seed, self.epoch, int(self.base.sum()), int(self.mine.sum()), self.rank, wid]))
-        buf: list[tuple[int, bytes, dict]] = []
+            [self.seed, self.epoch, self.rank, plan_worker]))
+        skip = self.mine.copy()  # handed out before this iteration began (a resume, or a re-iteration)
+        buf: list[tuple[int, bytes | None, dict | None]] = []
 
         def decode(item):
             g, data, meta = item
@@ -463,15 +481,17 @@ class ShardStream(torch.utils.data.IterableDataset):
             except decode_errors() as e:
                 return None, g, f"{meta.get('source', g)}: {type(e).__name__}: {e}"
 
-        for item in self._read(keys):
+        for item in self._read(keys, skip):
             if len(buf) < self.shuffle_buffer:
                 buf.append(item)
                 continue
             k = int(rng.integers(len(buf)))
             out, buf[k] = buf[k], item
-            yield decode(out)
+            if out[1] is not None:
+                yield decode(out)
         for k in rng.permutation(len(buf)):
-            yield decode(buf[int(k)])
+            if buf[int(k)][1] is not None:
+                yield decode(buf[int(k)])
 
 
 class ShardLoader:
@@ -504,12 +524,21 @@ class ShardLoader:
         n = len(self.stream.rank_share())
         return n // self.batch_size if self.drop_last_batch else -(-n // self.batch_size)
 
+    def plan(self) -> dict:
+        """The settings an epoch's plan and shuffle-buffer draws depend on (besides the seed,
+        the epoch and the bitmap the plan started from)."""
+        s = self.stream
+        return {"world_size": s.world_size, "workers": max(1, self.num_workers),
+                "shuffle_buffer": s.shuffle_buffer, "drop_last": s.drop_last}
+
     def state_dict(self) -> dict:
         """This rank's view: the plan's base plus what this rank handed out (merge ranks with
-        :func:`merge_states`; one rank's state alone is enough only for world_size 1)."""
+        :func:`merge_states`; one rank's state alone is enough only for world_size 1), and the
+        plan, so that a resume on the same settings continues the same order."""
         s = self.stream
         return {"epoch": s.epoch, "n": s.n, "seed": s.seed,
-                "consumed": np.packbits(s.base | s.mine).tobytes()}
+                "consumed": np.packbits(s.base | s.mine).tobytes(),
+                "plan_consumed": np.packbits(s.base).tobytes(), "plan": self.plan()}
 
     def load_state_dict(self, state: dict) -> None:
         if int(state["n"]) != self.stream.n:
@@ -520,9 +549,15 @@ class ShardLoader:
                              f"stream has seed={self.stream.seed}: the order would differ")
         s = self.stream
         s.epoch = int(state["epoch"])
-        bits = np.frombuffer(state["consumed"], dtype=np.uint8)
-        s.base = np.unpackbits(bits, count=s.n).astype(bool)
-        s.mine = np.zeros(s.n, dtype=bool)
+        consumed = np.unpackbits(np.frombuffer(state["consumed"], dtype=np.uint8), count=s.n).astype(bool)
+        if state.get("plan") == self.plan() and state.get("plan_consumed") is not None:
+            # Same settings: the interrupted epoch's plan, and what was handed out from it.
+            s.base = np.unpackbits(np.frombuffer(state["plan_consumed"], dtype=np.uint8),
+                                   count=s.n).astype(bool)
+            s.mine = consumed & ~s.base
+        else:
+            # Other settings (or a state from before plans were saved): a new plan of the rest.
+            s.base, s.mine = consumed, np.zeros(s.n, dtype=bool)
 
     def _next_epoch(self) -> None:
         s = self.stream
@@ -535,8 +570,13 @@ class ShardLoader:
         if not len(s.rank_share()):
             self._next_epoch()
         # The workers get a copy of the stream (base and mine as they are now) and plan from it.
-        loader = torch.utils.data.DataLoader(s, batch_size=None, num_workers=self.num_workers,
-                                             pin_memory=self.pin_memory)
+        # Its own generator: without one, making the DataLoader draws its base seed from the
+        # global RNG, which moves the training's random stream (the noisy regularizer's noise)
+        # differently in a resumed run than in an uninterrupted one. Nothing here uses the seed
+        # (every clip's draws come from (seed, epoch, id)), so a fixed one per epoch does.
+        loader = torch.utils.data.DataLoader(
+            s, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            generator=torch.Generator().manual_seed(mix_seed(s.seed, s.epoch, s.rank)))
         clips: list[torch.Tensor] = []
         ids: list[int] = []
         for clip, g, reason in loader:
@@ -559,48 +599,7 @@ class ShardLoader:
         self._next_epoch()
 
 
-def merge_states(states: Sequence[dict]) -> dict:
-    """One state from the states of all ranks (same epoch): the union of consumed clips."""
-    if not states or any(s is None for s in states):
-        if states and all(s is None for s in states):
-            return None  # nothing consumed yet and no state loaded: nothing to merge
-        raise ValueError("merge_states: no states given (or only some ranks have one)")
-    epochs = {int(s["epoch"]) for s in states}
-    ns = {int(s["n"]) for s in states}
-    if len(epochs) != 1 or len(ns) != 1:
-        raise ValueError(f"merge_states: ranks disagree on epoch {sorted(epochs)} or n {sorted(ns)}; "
-                         f"checkpoint all ranks at the same step")
-    bits = np.bitwise_or.reduce([np.frombuffer(s["consumed"], dtype=np.uint8) for s in states])
-    return {"epoch": epochs.pop(), "n": ns.pop(), "seed": int(states[0]["seed"]),
-            "consumed": bits.tobytes()}
-
-
 def is_shard_source(source) -> bool:
     """True for a ``shards.json`` index or a tar URL / brace pattern (``.../shard-{0..9}.tar``)."""
     s = str(source)
     return s.endswith(".json") or s.endswith(".tar") or ".tar" in s.rsplit("/", 1)[-1]
-
-
-def save_stream_state(ckpt_dir, step: int, state: dict, keep: int = 2) -> Path:
-    """Write a (merged) stream state next to the checkpoint of ``step`` as JSON (no pickle),
-    keeping the newest ``keep``."""
-    ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    path = ckpt_dir / f"data_state_{int(step):07d}.json"
-    body = dict(state, consumed=base64.b64encode(state["consumed"]).decode("ascii"), step=int(step))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(body))
-    os.replace(tmp, path)
-    for old in sorted(ckpt_dir.glob("data_state_*.json"))[:-max(1, keep)]:
-        old.unlink(missing_ok=True)
-    return path
-
-
-def load_stream_state(ckpt_dir, step: int) -> dict:
-    path = Path(ckpt_dir) / f"data_state_{int(step):07d}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"resume: the shard stream state for step {step} ({path}) is "
-                                f"missing; it is written with every checkpoint of a shard source")
-    body = json.loads(path.read_text())
-    body["consumed"] = base64.b64decode(body["consumed"])
-    return body

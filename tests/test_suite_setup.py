@@ -3,6 +3,9 @@ on what a GPU machine gets: a bare copy of the working tree (no .git) and a fres
 environment with an old pip (the one this Python bundles: 23.2.1 on 3.11) and setuptools and
 wheel installed, the combination with which pip used to fall back to the legacy
 ``setup.py develop`` that loses setup.py's mapping of kernels/ to fastlam.kernels (issue 25).
+No network: pip and setuptools come with Python (ensurepip), wheel from this machine's local
+wheel folders (``pip install --no-index --find-links``); a package index is asked only where
+none of them has it.
 
 The venv sees this test run's packages (torch, numpy, triton, ...) through a folder of links
 named in a .pth file, without fastlam's own installation, pip, setuptools or wheel, so the

@@ -25,24 +25,39 @@ videos follow ``short_policy`` ("pad" repeats the last frame, "skip" marks them 
 The two decoders give the same frames; pixel values differ by colour conversion and resize
 filter (DALI: linear with antialiasing; PyAV: swscale area), measured in the tests.
 
+Speed (issue 26): nothing runs on the training thread but the hand-over. A background thread
+plans each batch; ``cut_workers`` threads cut the clips' packets (O(clip) bytes read, the
+inputs kept open per thread: :mod:`.video_index`); the DALI pipeline runs asynchronous and
+pipelined with ``prefetch`` batches queued (:mod:`.dali_decoder`), the execution settings of
+the stream loader (:mod:`.dali_stream`). This loader stays the default on CUDA
+(``data.loader: auto``) rather than the stream loader because the stream loader forks DALI
+worker processes when it builds its pipeline, at the start of every epoch, which in training
+is after CUDA is initialised (DALI's documentation: fork the workers before any CUDA call),
+and because a DALI error here costs PyAV re-decodes, not the run.
+
 Robustness: files are indexed (demuxed, :mod:`.video_index`) once before DALI sees them, so
 missing, empty, audio-only, corrupt-header and unreadable files never reach DALI; a DALI error
-on a batch rebuilds the pipeline and re-decodes that batch with PyAV, marking the files PyAV
-cannot read either. Bad files are reported like the dataset's (``bad_files``, ``report()``).
+drops the pipeline (a new one takes the next batches) and re-decodes the batches still queued
+in it with PyAV, marking the files PyAV cannot read either. Bad files are reported like the
+dataset's (``bad_files``, ``report()``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
-from dataclasses import dataclass
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
+from .dali_decoder import DaliDecoder
 from .dataset import VIDEO_EXTENSIONS, VideoClipDataset
-from .decoding import VideoDecodeError, crop_offsets, frame_thresholds, resized_frame_shape
+from .decoding import VideoDecodeError, crop_offsets, decode_errors, frame_thresholds, resized_frame_shape
 from .preprocess import load_extension, preprocess_frames
 from .sampler import ShardedClipSampler
 from .video_index import VideoIndex, cut_stream, index_video
@@ -55,6 +70,9 @@ log = logging.getLogger("fastlam.data")
 # FFmpeg codec names (PyAV's codec_context.name) each DALI backend decodes.
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
 DALI_GPU_CODECS = frozenset({"h264", "hevc", "av1", "vp8", "vp9", "mjpeg", "mpeg4"})
+
+# What DALI raises for a file or batch it cannot decode (its pipeline is unusable after it).
+_DALI_ERRORS = (RuntimeError, IndexError, ValueError, OSError)
 
 _logged_routes: set = set()
 _routes_lock = threading.Lock()
@@ -96,53 +114,17 @@ class _Plan:
     crop: tuple[int, int]  # top, left
 
 
-class _DaliDecoder:
-    """One DALI pipeline: encoded bytes + frame indices + geometry -> uint8 (F, h, w, C)."""
+@dataclass
+class _Job:
+    """One batch on its way: its sampler items, the clips PyAV already decoded, the plans
+    DALI decodes and their cut packets; ``consumed``: the sampler's count after its items."""
 
-    def __init__(self, max_batch: int, size: tuple[int, int], device: str, device_id: int | None,
-                 num_threads: int):
-        from nvidia.dali import fn, pipeline_def, types  # optional: NVIDIA DALI (the dali extra)
-
-        self.device, self.device_id, self.size = device, device_id, size
-
-        @pipeline_def(batch_size=max_batch, num_threads=num_threads, device_id=device_id,
-                      prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
-        def pipe():
-            enc = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-            frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-            resized = fn.external_source(name="resized", dtype=types.FLOAT, ndim=1)
-            anchor = fn.external_source(name="anchor", dtype=types.INT32, ndim=1)
-            video = fn.decoders.video(enc, device="mixed" if device == "cuda" else "cpu",
-                                      frames=frames)
-            # Antialiased linear: close to PyAV/swscale's area filter when shrinking.
-            video = fn.resize(video, size=resized, antialias=True, interp_type=types.INTERP_LINEAR)
-            return fn.slice(video, anchor, np.asarray(size, dtype=np.int32), axis_names="HW",
-                            out_of_bounds_policy="error")
-
-        self.pipe = pipe()
-        self.pipe.build()
-
-    def decode(self, plans: list[_Plan], encoded: list[np.ndarray]) -> torch.Tensor:
-        """uint8 (len(plans), F, H, W, C) on the decoder's device."""
-        p = self.pipe
-        p.feed_input("encoded", encoded)
-        p.feed_input("frames", [pl.frames for pl in plans])
-        p.feed_input("resized", [np.asarray(pl.resized, dtype=np.float32) for pl in plans])
-        p.feed_input("anchor", [np.asarray(pl.crop, dtype=np.int32) for pl in plans])
-        if self.device != "cuda":
-            (out,) = p.run()
-            return torch.from_numpy(np.array(out.as_tensor()))
-        from nvidia.dali.plugin.pytorch import feed_ndarray  # optional: NVIDIA DALI
-
-        dev = torch.device("cuda", self.device_id)
-        stream = torch.cuda.current_stream(dev)
-        # DALI makes its outputs ready on this (the loader thread's) stream; the copy into
-        # the torch tensor is queued on it too, so nothing blocks the training stream.
-        (out,) = p.run(stream.cuda_stream)
-        dense = out.as_tensor()
-        t = torch.empty(dense.shape(), dtype=torch.uint8, device=dev)
-        feed_ndarray(dense, t, cuda_stream=stream)
-        return t
+    items: list[int]
+    consumed: int
+    clips: list = field(default_factory=list)
+    plans: list[_Plan] = field(default_factory=list)
+    encoded: list[np.ndarray] = field(default_factory=list)
+    in_dali: bool = False  # submitted to the current decoder, not collected yet
 
 
 def check_batch_and_device(batch_size, device: str) -> None:
@@ -187,7 +169,9 @@ class DaliVideoLoader:
     and returns tensors on the GPU; ``device="cpu"`` uses DALI's CPU decoder where the codec
     allows it. ``dtype`` defaults to bfloat16 on CUDA and float32 on the CPU; ``layout``,
     ``mean``, ``std``, ``tubelet``, ``patch`` are passed to :func:`preprocess_frames`
-    (the defaults give the ``[0, 1]`` video the models take).
+    (the defaults give the ``[0, 1]`` video the models take). ``prefetch``: batches queued in
+    DALI and finished batches waiting; ``cut_workers``: threads cutting clips' packets;
+    ``num_threads``: DALI's own CPU threads.
     """
 
     def __init__(self, source, *, batch_size: int, num_frames: int = 16, fps: float = 4.0,
@@ -198,7 +182,7 @@ class DaliVideoLoader:
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  tubelet: int = 2, patch: int = 16, backend: str = "auto", num_threads: int = 2,
                  prefetch: int = 2, extensions: Sequence[str] = VIDEO_EXTENSIONS,
-                 bad_file_log=None, decode_timeout_s: float | None = 60.0):
+                 bad_file_log=None, decode_timeout_s: float | None = 60.0, cut_workers: int = 4):
         check_batch_and_device(batch_size, device)
         if backend not in ("auto", "dali", "pyav"):
             raise ValueError(f"backend must be 'auto', 'dali' or 'pyav', got {backend!r}")
@@ -207,6 +191,8 @@ class DaliVideoLoader:
                               "(the `dali` extra)")
         if not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"prefetch must be a positive int (batches prepared ahead), got {prefetch!r}")
+        if not isinstance(cut_workers, int) or cut_workers < 1:
+            raise ValueError(f"cut_workers must be a positive int (threads cutting clips), got {cut_workers!r}")
         self.dataset, self.sampler = rank_clip_dataset(
             source, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed, drop_last=drop_last,
             num_frames=num_frames, fps=fps, size=tuple(size), extensions=extensions, short_policy=short_policy,
@@ -215,8 +201,10 @@ class DaliVideoLoader:
         self.device_id, self.dtype = device_index_and_dtype(device, device_id, dtype)
         self.pre = dict(dtype=self.dtype, layout=layout, mean=mean, std=std, tubelet=tubelet, patch=patch)
         self.num_threads, self.prefetch, self.drop_last = num_threads, prefetch, drop_last
+        self.cut_workers = cut_workers
+        self._cutters: ThreadPoolExecutor | None = None
         self._index: dict[str, VideoIndex] = {}
-        self._dali: _DaliDecoder | None = None
+        self._dali: DaliDecoder | None = None  # this iteration's pipeline
         self._live: tuple[int, int] | None = None  # (epoch, consumed) while iterating
         self.counts = {"dali": 0, "pyav": 0, "dali_errors": 0}
         load_extension()  # a first-time JIT build happens here, not in the loader thread
@@ -320,31 +308,16 @@ class DaliVideoLoader:
                 return clip
         raise RuntimeError("no readable video left in the dataset: " + ds.report())
 
-    def _dali_batch(self, plans: list[_Plan]) -> torch.Tensor | None:
-        if self._dali is None:
-            self._dali = _DaliDecoder(self.batch_size, self.dataset.size, self.device,
-                                      self.device_id, self.num_threads)
-        try:
-            encoded = []
-            for pl in plans:
-                data, pl.frames = cut_stream(pl.index, pl.frames)
-                encoded.append(data)
-            out = self._dali.decode(plans, encoded)
-        except (RuntimeError, IndexError, ValueError, OSError) as e:
-            # A DALI error leaves its pipeline unusable: start a new one next time, and let
-            # PyAV decide which of these files are really bad.
-            log.warning("DALI failed on a batch (%s); decoding it with PyAV", str(e)[:300])
-            self.counts["dali_errors"] += 1
-            self._dali = None
-            return None
-        self.counts["dali"] += len(plans)
-        return out
+    def _cut_pool(self) -> ThreadPoolExecutor:
+        if self._cutters is None:
+            self._cutters = ThreadPoolExecutor(self.cut_workers, thread_name_prefix="fastlam-clip-cut")
+        return self._cutters
 
-    def _make_batch(self, items: list[int]) -> torch.Tensor:
+    def _prepare(self, items: list[int], out_dev: torch.device) -> _Job:
+        """Plan a batch: PyAV decodes the clips DALI does not take, the rest are planned and
+        their packets cut in the cutting threads (each keeps its own open inputs)."""
         ds = self.dataset
-        out_dev = torch.device("cuda", self.device_id) if self.device == "cuda" else torch.device("cpu")
-        clips: list[torch.Tensor | None] = [None] * len(items)
-        dali_plans: list[_Plan] = []
+        job = _Job(items, self.sampler.consumed, clips=[None] * len(items))
         for slot, item in enumerate(items):
             video = item // ds.clips_per_video
             n = len(ds.paths)
@@ -364,28 +337,76 @@ class DaliVideoLoader:
                     plan = self._plan(slot, item, path, idx)
                     if plan is None:
                         continue
-                    dali_plans.append(plan)
+                    job.plans.append(plan)
                 else:
                     clip = ds._try_read(path, item % ds.clips_per_video, ds._generator(item))
                     if clip is None:
                         continue
                     self.counts["pyav"] += 1
-                    clips[slot] = clip.to(out_dev, non_blocking=True)
+                    job.clips[slot] = clip.to(out_dev, non_blocking=True)
                 break
             else:
                 raise RuntimeError("no readable video left in the dataset: " + ds.report())
-        if dali_plans:
-            decoded = self._dali_batch(dali_plans)
-            for k, pl in enumerate(dali_plans):
-                if decoded is not None:
-                    clips[pl.slot] = decoded[k]
-                else:
-                    clips[pl.slot] = self._pyav_clip(items[pl.slot], pl.index.path).to(out_dev)
-        return preprocess_frames(torch.stack(clips), **self.pre)
+        cuts = [self._cut_pool().submit(cut_stream, pl.index, pl.frames) for pl in job.plans]
+        kept = []
+        for pl, cut in zip(job.plans, cuts):
+            try:
+                data, pl.frames = cut.result()
+            except decode_errors() as e:  # DALI never sees it; PyAV decides whether the file is bad
+                log.warning("cutting %s failed (%s); decoding the clip with PyAV", pl.index.path, str(e)[:200])
+                job.clips[pl.slot] = self._pyav_clip(items[pl.slot], pl.index.path).to(out_dev)
+                continue
+            kept.append(pl)
+            job.encoded.append(data)
+        job.plans = kept
+        return job
+
+    def _submit(self, job: _Job, queued) -> None:
+        """Hand a planned batch to DALI (a new decoder after an error or at an epoch start);
+        ``queued``: the jobs before it, re-decoded with PyAV if this breaks the pipeline."""
+        if not job.plans:
+            return
+        try:
+            if self._dali is None:
+                self._dali = DaliDecoder(self.batch_size, self.dataset.size, self.device, self.device_id,
+                                         self.num_threads, self.prefetch)
+            self._dali.submit([pl.frames for pl in job.plans], job.encoded, [pl.resized for pl in job.plans],
+                              [pl.crop for pl in job.plans])
+        except _DALI_ERRORS as e:
+            self._dali_failed(e, [*queued, job])
+            return
+        job.in_dali = True
+
+    def _dali_failed(self, error: BaseException, jobs) -> None:
+        # A DALI error leaves its pipeline unusable: start a new one for the next batches, and
+        # let PyAV decode (and judge) every batch that was still in it.
+        log.warning("DALI failed (%s); decoding its queued batches with PyAV", str(error)[:300])
+        self.counts["dali_errors"] += 1
+        self._dali = None
+        for job in jobs:
+            job.in_dali = False
+
+    def _finish(self, job: _Job, queued, out_dev: torch.device) -> torch.Tensor:
+        """The batch of ``job``: DALI's frames for its plans (collected in submission order),
+        or PyAV's when DALI failed; ``queued``: the jobs after it (re-decoded on a failure)."""
+        if job.in_dali:
+            try:
+                decoded = self._dali.collect()
+                self.counts["dali"] += len(job.plans)
+                for k, pl in enumerate(job.plans):
+                    job.clips[pl.slot] = decoded[k]
+                job.plans = []
+            except _DALI_ERRORS as e:
+                self._dali_failed(e, [job, *queued])
+        for pl in job.plans:  # not decoded by DALI
+            job.clips[pl.slot] = self._pyav_clip(job.items[pl.slot], pl.index.path).to(out_dev)
+        return preprocess_frames(torch.stack(job.clips), **self.pre)
 
     # ---- iteration ----------------------------------------------------------------------
     def __iter__(self) -> Iterator[torch.Tensor]:
-        """One epoch of batches, prepared ``prefetch`` batches ahead in a background thread."""
+        """One epoch of batches. A background thread plans and cuts (the cuts in
+        ``cut_workers`` threads) and keeps ``prefetch`` batches queued in DALI's pipelined,
+        asynchronous execution, up to ``prefetch`` finished batches waiting for the loop."""
         if self.sampler.consumed >= len(self.sampler):
             self.sampler.set_epoch(self.sampler.epoch + 1)
         self.dataset.set_epoch(self.sampler.epoch)
@@ -393,29 +414,50 @@ class DaliVideoLoader:
         q: "queue.Queue" = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         stream = torch.cuda.Stream(self.device_id) if self.device == "cuda" else None
+        out_dev = torch.device("cuda", self.device_id) if self.device == "cuda" else torch.device("cpu")
+
+        def next_items():
+            items = []
+            for i in indices:
+                items.append(i)
+                if len(items) == self.batch_size:
+                    break
+            if not items or (self.drop_last and len(items) < self.batch_size):
+                return None
+            return items
 
         def produce():
+            jobs: deque[_Job] = deque()
+            exhausted = False
             try:
-                while not stop.is_set():
-                    items = []
-                    for i in indices:
-                        items.append(i)
-                        if len(items) == self.batch_size:
+                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                    while not stop.is_set():
+                        # Keep `prefetch` batches in DALI (and the PyAV-only batches between them).
+                        while not exhausted and sum(j.in_dali for j in jobs) < self.prefetch:
+                            items = next_items()
+                            if items is None:
+                                exhausted = True
+                                break
+                            job = self._prepare(items, out_dev)
+                            self._submit(job, jobs)
+                            jobs.append(job)
+                            if not job.in_dali:
+                                break  # nothing queued in DALI: hand it out first
+                        if not jobs:
                             break
-                    if not items or (self.drop_last and len(items) < self.batch_size):
-                        break
-                    if stream is not None:
-                        with torch.cuda.stream(stream):
-                            batch = self._make_batch(items)
+                        job = jobs.popleft()
+                        batch = self._finish(job, jobs, out_dev)
+                        event = None
+                        if stream is not None:
                             event = torch.cuda.Event()
                             event.record(stream)
-                    else:
-                        batch, event = self._make_batch(items), None
-                    q.put((batch, event, self.sampler.consumed))
+                        q.put((batch, event, job.consumed))
                 if not stop.is_set():
                     q.put(None)  # the epoch is complete (a partial last batch is dropped)
             except BaseException as e:  # surfaced in the consumer
                 q.put(e)
+            finally:
+                self._dali = None  # batches still queued in DALI are drawn again next time
 
         worker = threading.Thread(target=produce, name="fastlam-video-loader", daemon=True)
         epoch = self.sampler.epoch

@@ -13,6 +13,7 @@ from fastlam.config import ConfigError, load_config
 from fastlam.models import LatentActionWorldModel
 from fastlam.nn import VectorQuantizer
 from fastlam.train import TrainConfig, train
+from simulated_crash import crash_in_forward
 
 SMALL = ["data.source=synthetic", "data.synthetic_clips=64", "model.image_size=32", "model.frames=8",
          "model.encoder.patch_size=8", "model.idm.width=32", "model.predictor.width=32", "batch_size=4",
@@ -169,3 +170,21 @@ def test_compiled_training_matches_eager(tmp_path, kind):
             assert c[k] == pytest.approx(e[k], rel=1e-4, abs=1e-6), (e["step"], k)
     if kind.startswith("discrete"):
         assert any("reg/codes_reset" in r for r in compiled)
+
+
+@pytest.mark.slow
+def test_compiled_run_resumes_as_the_uninterrupted_one(tmp_path, monkeypatch):
+    """A compiled discrete run that dies in step 4 and resumes from its step-3 checkpoint (a
+    fresh compile, the VQ initialised by the checkpoint, not by k-means) logs the losses of the
+    compiled run that never stopped."""
+    flags = [*REGULARIZERS["discrete"], "compile=true", "compile_backend=aot_eager", "steps=6", "ckpt_every=3"]
+    torch._dynamo.reset()
+    train(small_cfg(*flags, f"out_dir={tmp_path / 'full'}"))
+    torch._dynamo.reset()
+    crash_in_forward(lambda: train(small_cfg(*flags, f"out_dir={tmp_path / 'part'}")), 4, monkeypatch)
+    torch._dynamo.reset()
+    train(small_cfg(*flags, f"out_dir={tmp_path / 'part'}"), resume=True)
+    torch._dynamo.reset()
+    rows = {run: [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+            for run in ("full", "part")}
+    assert [(r["step"], r["loss"]) for r in rows["part"]] == [(r["step"], r["loss"]) for r in rows["full"]]

@@ -1,9 +1,9 @@
 """The DALI loader without a Python thread in the way: planning and cutting in DALI's own
 worker processes, DALI's prefetching and pipelined asynchronous execution on.
 
-:class:`DaliVideoLoader` (``dali.py``) plans every clip, remuxes its packets with PyAV and feeds
-DALI from one Python thread, synchronously (``prefetch_queue_depth=1``, no async execution):
-GPU decoding waits on that thread. :class:`DaliStreamLoader` hands the same work to DALI:
+:class:`DaliVideoLoader` (``dali.py``) plans every clip in a background thread, cuts the packets
+in a thread pool and feeds DALI (asynchronous, pipelined, ``prefetch`` batches queued) from that
+thread. :class:`DaliStreamLoader` hands the same work to DALI's own worker processes instead:
 
 * a *parallel external source* (``py_num_workers`` processes, forked) calls
   :class:`_ClipSource` per sample: it takes the sample's clip from this rank's shard of the
@@ -16,6 +16,10 @@ GPU decoding waits on that thread. :class:`DaliStreamLoader` hands the same work
 * **per-file codec fallback**: a file whose codec DALI cannot decode is decoded by PyAV in the
   same worker (the dataset's own read) and passed through a DALI conditional, so one such
   file costs one PyAV clip, not a PyAV batch.
+
+The workers are forked when the pipeline is built, at each epoch start (``py_start_method="fork"``);
+DALI asks for them to be forked before CUDA is initialised, which a training process has done by
+then, so ``data.loader: auto`` picks :class:`DaliVideoLoader` on CUDA and this loader is opt-in.
 
 ``state_dict``/``load_state_dict`` are the sampler's (epoch, clips handed out): batches DALI
 prefetched but the loop never received are drawn again after a resume. One pipeline per rank

@@ -308,6 +308,11 @@ class DaliVideoLoader:
                 return clip
         raise RuntimeError("no readable video left in the dataset: " + ds.report())
 
+    def __del__(self):
+        # The cutting threads (and the inputs each keeps open) end with the loader.
+        if getattr(self, "_cutters", None) is not None:
+            self._cutters.shutdown(wait=False)
+
     def _cut_pool(self) -> ThreadPoolExecutor:
         if self._cutters is None:
             self._cutters = ThreadPoolExecutor(self.cut_workers, thread_name_prefix="fastlam-clip-cut")

@@ -149,6 +149,7 @@ def test_shard_stream_resumes_mid_epoch_in_the_uninterrupted_order(corpus, worke
         assert resumed.epoch == 1
 
 
+@pytest.mark.slow  # 2 x 3 loaders with 2 workers each: ~13 s on 2 cores
 def test_two_ranks_resume_mid_epoch_in_the_uninterrupted_order(corpus):
     """Two ranks checkpointed after 1 or 2 batches (bitmaps merged, as the trainer saves them)
     and resumed on two ranks: each rank continues its own uninterrupted order."""

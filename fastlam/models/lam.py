@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from ..checkpoint import atomic_write, load_checkpoint
+from ..checkpoint import load_checkpoint, save_weights_folder
 from ..config import from_dict, to_dict
 # The model's configuration lives with every run configuration; imported here under its old
 # names (fastlam.models.lam.ModelConfig, RegularizerConfig, TransformerConfig).
@@ -172,12 +172,7 @@ class LatentActionWorldModel(nn.Module):
     # ---- persistence -------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (atomically) into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(directory / "model.safetensors", lambda p: save_file(state, str(p)))
-        atomic_write(directory / "config.json", lambda p: Path(p).write_text(json.dumps(to_dict(self.cfg), indent=2)))
-        return directory
+        return save_weights_folder(directory, self, to_dict(self.cfg))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location="cpu") -> "LatentActionWorldModel":

@@ -90,8 +90,13 @@ archive() {  # $OUT/steps.csv, results.tar.gz and tuned tables from what is on d
 }
 STEP_PID=""
 ARCHIVE_EVERY_S="${SUITE_ARCHIVE_EVERY_S:-15}"  # while a step runs
+STEP_NAME=""
+STEP_T0=0
 on_signal() {
-  [ -n "$STEP_PID" ] && kill "$STEP_PID" 2>/dev/null
+  if [ -n "$STEP_PID" ]; then
+    kill "$STEP_PID" 2>/dev/null
+    echo "$STEP_NAME,interrupted: the suite got a signal,$(( $(date +%s) - STEP_T0 )),,logs/$STEP_NAME.log" >>"$STEPS"
+  fi
   echo "suite interrupted by a signal: results so far are in $OUT" | tee -a "$SUMMARY"
   archive
   exit 143
@@ -172,6 +177,8 @@ run_step() {  # name budget_s command...: run, record, archive; never abort the 
     BENCH_BUDGET_S=$(( left * 3 / 4 )) timeout -k 5 "$left" "${args[@]}" >"$LOGS/$name.log" 2>&1 &
   fi
   STEP_PID=$!
+  STEP_NAME=$name
+  STEP_T0=$t0
   echo "$STEP_PID" >"$WORK/step.pid"  # the running step, for whoever must cut it short
   # Re-archived while the step runs too: a suite killed outright (SIGKILL, where no trap runs,
   # as when a device call runs past its limit) still leaves the step's rows of a moment ago.

@@ -214,3 +214,24 @@ def test_a_suite_killed_outright_mid_step_leaves_that_steps_rows_in_out(tmp_path
     entries = sorted(out.iterdir())
     assert len(entries) <= MAX_FILES_BACK and all(p.is_file() and FILE_NAME.fullmatch(p.name) for p in entries)
     assert_killed_half_way(csv_rows(archived(out)["results/correctness.csv"].decode()))
+
+
+@pytest.mark.slow
+def test_a_suite_sent_sigterm_stops_the_step_records_it_and_archives(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    proc = start_suite(tmp_path)
+    try:
+        assert run_until(proc, lambda: (work / "step.pid").is_file()), (tmp_path / "suite.log").read_text()[-2000:]
+        step_pid = int((work / "step.pid").read_text())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait() == 143
+        with pytest.raises(ProcessLookupError):  # the step was stopped with the suite
+            for _ in range(3000):  # a signalled process is gone in far less than these 5 min
+                os.kill(step_pid, 0)
+                time.sleep(0.1)
+    finally:
+        kill_group(proc)
+    steps = list(csv.DictReader(open(out / "steps.csv")))
+    assert [(s["step"], s["status"]) for s in steps][-1] == ("correctness", "interrupted: the suite got a signal")
+    assert "results/logs/correctness.log" in archived(out)
+    assert "suite interrupted by a signal" in (out / "summary.txt").read_text()

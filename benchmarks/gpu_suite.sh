@@ -84,8 +84,13 @@ export_tuned_tables() {
 }
 archive() {  # $OUT/steps.csv, results.tar.gz and tuned tables from what is on disk now; never half a file
   cp "$STEPS" "$OUT/steps.csv.partial" && mv -f "$OUT/steps.csv.partial" "$OUT/steps.csv"
-  tar -czf "$OUT/results.tar.gz.partial" -C "$WORK" results 2>/dev/null \
-    && mv -f "$OUT/results.tar.gz.partial" "$OUT/results.tar.gz"
+  # A file that changed while tar read it (a step appending a row) fails this round: the last
+  # whole archive stays, and no .partial is left to count among the files that come back.
+  if tar -czf "$OUT/results.tar.gz.partial" -C "$WORK" results 2>/dev/null; then
+    mv -f "$OUT/results.tar.gz.partial" "$OUT/results.tar.gz"
+  else
+    rm -f "$OUT/results.tar.gz.partial"
+  fi
   export_tuned_tables
 }
 STEP_PID=""

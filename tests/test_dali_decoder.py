@@ -198,3 +198,20 @@ def test_loader_resumes_mid_epoch_with_batches_queued(videos, monkeypatch):
     again.load_state_dict(state)
     rest = list(again)
     assert [_marks(b) for b in head + rest] == [_marks(b) for b in whole]
+
+
+def test_loader_interleaves_pyav_only_batches_in_order(videos, monkeypatch):
+    """Batches of one clip, half of them H.264 (PyAV on the CPU): a PyAV batch waiting behind
+    DALI batches, and DALI batches collected before the prefetch was full (padding), keep the
+    sampler's order."""
+    pipes: list = []
+    two = [videos[0], videos[2]]
+    # Seed 5's order: DALI, PyAV, DALI, PyAV, PyAV, DALI, PyAV, DALI.
+    loader = _loader(two, monkeypatch, pipes=pipes, batch_size=1, clips_per_video=4, prefetch=3, seed=5)
+    got = list(loader)
+    reference = list(D.DaliVideoLoader(two, batch_size=1, num_frames=4, fps=4.0, size=(48, 48), crop="center",
+                                       seed=5, clips_per_video=4, device="cpu", backend="pyav"))
+    assert len(got) == 8 and [_marks(b) for b in got] == [_marks(b) for b in reference]
+    assert loader.counts["dali"] == 4 and loader.counts["pyav"] == 4
+    # The first DALI batch was wanted before the prefetch was full: fed again twice (dropped).
+    assert len(pipes) == 1 and pipes[0].iterations == 4 + 2

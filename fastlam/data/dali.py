@@ -382,6 +382,9 @@ class DaliVideoLoader:
             return
         job.in_dali = True
 
+    def _in_dali(self) -> int:
+        return self._dali.in_flight if self._dali is not None else 0
+
     def _dali_failed(self, error: BaseException, jobs) -> None:
         # A DALI error leaves its pipeline unusable: start a new one for the next batches, and
         # let PyAV decode (and judge) every batch that was still in it.
@@ -438,7 +441,7 @@ class DaliVideoLoader:
                 with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                     while not stop.is_set():
                         # Keep `prefetch` batches in DALI (and the PyAV-only batches between them).
-                        while not exhausted and sum(j.in_dali for j in jobs) < self.prefetch:
+                        while not exhausted and (not jobs or self._in_dali() < self.prefetch):
                             items = next_items()
                             if items is None:
                                 exhausted = True

@@ -76,6 +76,11 @@ class DaliDecoder:
         """Batches submitted and not collected yet."""
         return sum(self._queued)
 
+    @property
+    def in_flight(self) -> int:
+        """Iterations fed and not collected, padding included: what DALI holds."""
+        return len(self._queued)
+
     def submit(self, frames: Sequence[np.ndarray], encoded: Sequence[np.ndarray],
                resized: Sequence[tuple[int, int]], anchors: Sequence[tuple[int, int]]) -> None:
         """Queue one batch: per clip its frame indices into its encoded bytes, its resized

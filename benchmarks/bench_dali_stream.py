@@ -1,6 +1,8 @@
-"""DALI-CPU on VP9 copies: today's DaliVideoLoader (one Python thread demuxes/remuxes and feeds
-DALI synchronously) against DaliStreamLoader (planning + cutting in DALI's parallel external
-source workers, prefetching and async execution on). Also the PyAV DataLoader path.
+"""DALI-CPU on VP9 copies: DaliVideoLoader (one Python thread plans and feeds DALI; synchronous
+until issue 26, since then cuts in a thread pool and DALI asynchronous and pipelined with
+``prefetch`` batches queued; the committed results are from before) against DaliStreamLoader
+(planning + cutting in DALI's parallel external source workers, prefetching and async execution
+on). Also the PyAV DataLoader path.
 
 Reports clips/s (wall) and the training process's CPU seconds per clip (getrusage SELF: the
 Python side plus DALI's decoder threads; DaliStreamLoader's worker processes are reported

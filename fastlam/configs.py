@@ -291,6 +291,9 @@ class DataConfig:
     loader: str = "auto"
     cache_mb: float = 0.0  # keep whole decoded videos in memory (per process) up to this size
     decode_timeout_s: float = 60.0
+    # Bad inputs (undecodable files, damaged shard samples) are skipped and reported; more than
+    # this share of an epoch's inputs bad stops the run with an error naming the worst files/shards.
+    max_bad_fraction: float = 0.25
     synthetic_clips: int = 512  # for source: synthetic (sprites moved by known actions)
     # > 1 with wrap: a pan of sprites on a torus, all moved by the action (the learning test's data)
     synthetic_sprites: int = 1
@@ -301,7 +304,7 @@ class DataConfig:
             "source": NON_EMPTY, "fps": above(0), "crop": one_of("random", "center"),
             "short_policy": one_of("pad", "skip"), "clips_per_video": at_least(1), "num_workers": at_least(0),
             "loader": one_of("auto", "dali", "dali_stream", "torch"), "cache_mb": at_least(0),
-            "decode_timeout_s": above(0), "synthetic_clips": at_least(1), "synthetic_sprites": at_least(1)})
+            "decode_timeout_s": above(0), "max_bad_fraction": within(0, 1), "synthetic_clips": at_least(1), "synthetic_sprites": at_least(1)})
 
 
 # ---- the dashboard -------------------------------------------------------------------------

@@ -19,11 +19,13 @@ Robustness policy (in-the-wild folders always contain some broken files):
   not all (headers are often a frame or two off) is moved back quietly.
 * With DataLoader workers each worker holds its own copy of the dataset, so pass
   ``bad_file_log`` (a path) to share what workers find: they append one JSON line per bad
-  file, every copy reads it back, and :meth:`report` in the main process sees them all.
+  file, every copy reads it back, and :meth:`report` in the main process sees them all
+  (:class:`fastlam.data.bad_log.BadLog`, the record every source shares).
+* More than ``max_bad_fraction`` of the files bad (``data.max_bad_fraction``): a
+  :class:`~fastlam.data.bad_log.TooManyBadInputs` error naming the worst files.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -32,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..inputs import InputError, check_path_list, describe_path
+from .bad_log import BadLog
 from .decoding import (
     ClipTooShort,
     VideoDecodeError,
@@ -141,6 +144,7 @@ class VideoClipDataset(Dataset):
         bad_file_log: PathLike | None = None,
         decode_timeout_s: float | None = 60.0,
         cache_mb: float = 0.0,
+        max_bad_fraction: float = 1.0,
     ):
         check_clip_args(num_frames, fps, 0.0, tuple(size), crop)
         if short_policy not in ("pad", "skip"):
@@ -174,15 +178,17 @@ class VideoClipDataset(Dataset):
         self.cache_mb = float(cache_mb)
         self.bad_file_log = str(bad_file_log) if bad_file_log is not None else None
         self.epoch = 0
-        self._bad: dict[str, str] = {}
-        self._overstated: dict[str, str] = {}  # path -> what showed its duration is overstated
+        if not 0 <= max_bad_fraction <= 1:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction!r}")
+        self.max_bad_fraction = float(max_bad_fraction)
+        # Bad files, and videos whose stated duration is overstated (path -> what showed it).
+        self._bad_log = BadLog(self.bad_file_log)
         # path -> (header duration, est. bytes); read from the manifest when there is one.
         self._meta = ({} if self.manifest is None
                       else ManifestMeta(self.manifest, max(self.size)))
         self._cache: dict[str, DecodedVideo] = {}
         self._cache_bytes = 0
         self._padded: dict[str, int] = {}
-        self._log_offset = 0
 
     def __getstate__(self):
         # Decoded frames stay in the process that decoded them: each DataLoader worker
@@ -197,60 +203,29 @@ class VideoClipDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    # ---- bad-file bookkeeping -------------------------------------------------------------
-    def _sync_log(self) -> None:
-        if self.bad_file_log is None or not os.path.exists(self.bad_file_log):
-            return
-        with open(self.bad_file_log, "r", encoding="utf-8") as f:
-            f.seek(self._log_offset)
-            data = f.read()
-        # Only whole lines: a line another worker is still writing is read next time.
-        complete = data[: data.rfind("\n") + 1]
-        self._log_offset += len(complete.encode("utf-8"))
-        for line in complete.splitlines():
-            try:
-                rec = json.loads(line)
-                if "overstated" in rec:
-                    self._overstated.setdefault(rec["path"], rec["overstated"])
-                else:
-                    self._bad.setdefault(rec["path"], rec["reason"])
-            except (ValueError, KeyError, TypeError):
-                continue
+    # ---- bad-file bookkeeping (fastlam.data.bad_log: the one mechanism every source uses) ----
+    @property
+    def _bad(self) -> dict[str, str]:
+        """This copy's bad files (without reading other processes' entries)."""
+        return self._bad_log.reasons("bad", sync=False)
 
     def _mark_bad(self, path: str, reason: str) -> None:
-        if path in self._bad:
-            return
-        self._bad[path] = reason
-        self._log({"path": path, "reason": reason})
+        if self._bad_log.add("bad", path, reason):
+            self._bad_log.check_share(len(self.paths), self.max_bad_fraction, "video files")
 
     def _mark_overstated(self, path: str, what: str) -> None:
-        if path in self._overstated:
-            return
-        self._overstated[path] = what
-        self._log({"path": path, "overstated": what})
-
-    def _log(self, record: dict) -> None:
-        if self.bad_file_log is not None:
-            line = json.dumps(record) + "\n"
-            # O_APPEND makes each single write land whole even with concurrent workers.
-            fd = os.open(self.bad_file_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line.encode("utf-8"))
-            finally:
-                os.close(fd)
+        self._bad_log.add("overstated", path, what)
 
     @property
     def bad_files(self) -> dict[str, str]:
         """path -> reason for every file found unusable so far (all workers, with a log)."""
-        self._sync_log()
-        return dict(self._bad)
+        return self._bad_log.reasons("bad")
 
     @property
     def overstated(self) -> dict[str, str]:
         """path -> what showed it: videos that end before their stated duration (all workers,
         with a log); their late clips were served from earlier starts."""
-        self._sync_log()
-        return dict(self._overstated)
+        return self._bad_log.reasons("overstated")
 
     def report(self) -> str:
         bad = self.bad_files
@@ -372,11 +347,12 @@ class VideoClipDataset(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {n} clips")
         index %= n
         video, clip_index = divmod(index, self.clips_per_video)
-        self._sync_log()
+        self._bad_log.sync()
         num_videos = len(self.paths)
+        bad = self._bad
         for offset in range(num_videos):
             path = self.paths[(video + offset) % num_videos]
-            if path in self._bad:
+            if path in bad:
                 continue
             # A fresh generator per attempt keeps a substitute's clip independent of how many
             # bad files were tried before it (which depends on what this copy already knew).

@@ -36,6 +36,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .remote import default_cache, is_remote
+
 try:  # PyAV is the `data` extra: importing fastlam must not need it.
     import av
 except ImportError:  # pragma: no cover - exercised only where av is absent
@@ -133,28 +135,40 @@ def decode_errors():
 def open_video(path: PathLike):
     """``(container, stream)``: ``path`` opened with its first video stream, checked usable.
 
-    Raises :class:`VideoDecodeError` for a missing, empty, unreadable or video-less file.
+    Raises :class:`VideoDecodeError` for a missing, empty, unreadable or video-less file. An
+    fsspec URL (a manifest of ``http(s)://`` videos) is read from a local copy in the process's
+    :class:`~fastlam.data.remote.FileCache` (one GET, retried on transient errors: no range
+    requests, which plain HTTP servers need not support; a clip then seeks locally).
     """
     require_av()
-    p = Path(path)
+    if is_remote(path):
+        try:
+            p = Path(default_cache().local_path(path))
+        except FileNotFoundError as e:  # RemoteMissing: 404 / 410, or the store says so
+            raise VideoDecodeError(str(path), f"file does not exist ({e})") from e
+        except OSError as e:  # RemoteUnavailable after the retries, or the cache's own failure
+            raise VideoDecodeError(str(path), f"cannot fetch: {type(e).__name__}: {e}") from e
+    else:
+        p = Path(path)
+    name = str(path) if is_remote(path) else p  # errors name the URL, not the cached copy
     if not p.exists():
-        raise VideoDecodeError(p, "file does not exist")
+        raise VideoDecodeError(name, "file does not exist")
     if p.is_dir():
-        raise VideoDecodeError(p, "is a directory, not a video file")
+        raise VideoDecodeError(name, "is a directory, not a video file")
     if p.stat().st_size == 0:
-        raise VideoDecodeError(p, "zero-length file")
+        raise VideoDecodeError(name, "zero-length file")
     try:
         container = av.open(str(p), mode="r")
     except decode_errors() as e:
-        raise VideoDecodeError(p, f"cannot open: {type(e).__name__}: {e}") from e
+        raise VideoDecodeError(name, f"cannot open: {type(e).__name__}: {e}") from e
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         container.close()
-        raise VideoDecodeError(p, f"no video stream (streams: {', '.join(kinds)})")
+        raise VideoDecodeError(name, f"no video stream (streams: {', '.join(kinds)})")
     stream = container.streams.video[0]
     if stream.codec_context is None or not stream.width or not stream.height:
         container.close()
-        raise VideoDecodeError(p, "video stream has no decodable codec or frame size")
+        raise VideoDecodeError(name, "video stream has no decodable codec or frame size")
     return container, stream
 
 

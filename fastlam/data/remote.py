@@ -8,19 +8,100 @@ file just fetched never). Files are written under a temporary name and renamed, 
 processes can share one cache directory; :meth:`FileCache.open` returns an open handle, which
 stays valid on POSIX even if another process evicts the file right after.
 
+Remote reads are retried: a transient error (HTTP 5xx / 408 / 429, a connection reset or
+refused, a timeout) is retried up to ``FASTLAM_REMOTE_TRIES`` times in all (default 5) after
+waits growing from ``FASTLAM_REMOTE_RETRY_S`` (default 1 s) by a factor of 2 (at most 30 s);
+"does not exist" (404 / 410, ``FileNotFoundError`` of a local path) is not retried and raises
+:class:`RemoteMissing` (a ``FileNotFoundError``); what is neither (403, ...) raises at once. A
+transient error that outlasts the tries raises :class:`RemoteUnavailable` (an ``OSError``, never
+a ``FileNotFoundError``: a refused connection does not mean the file is gone). fsspec's HTTP
+file system reports every failure of its size query as ``FileNotFoundError`` with the real error
+as its cause, which is why the cause chain, not the type, decides.
+
 ``s3://`` needs ``s3fs``, ``gs://`` ``gcsfs``, ``http(s)://`` ``aiohttp`` (the ``remote``
 extra installs fsspec and aiohttp; add s3fs / gcsfs for those stores).
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import IO
 
-__all__ = ["is_remote", "open_binary", "FileCache", "default_cache"]
+__all__ = ["is_remote", "open_binary", "read_bytes", "with_retries", "RemoteMissing",
+           "RemoteUnavailable", "FileCache", "default_cache"]
+
+
+class RemoteMissing(FileNotFoundError):
+    """The remote file does not exist (HTTP 404 / 410, or the store says so): not retried."""
+
+
+class RemoteUnavailable(OSError):
+    """A transient error (5xx, reset, refused, timeout) outlasted every retry."""
+
+
+_TRANSIENT_STATUS = {408, 425, 429}
+_MISSING_STATUS = {404, 410}
+
+
+def _classify(exc: BaseException) -> str:
+    """'missing', 'transient' or 'fatal', from the exception and its cause chain."""
+    seen = exc
+    chain = []
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for e in chain:
+        status = getattr(e, "status", None) or getattr(e, "code", None)
+        if isinstance(status, int) and 400 <= status < 600:
+            if status in _MISSING_STATUS:
+                return "missing"
+            return "transient" if status >= 500 or status in _TRANSIENT_STATUS else "fatal"
+    for e in chain:
+        if isinstance(e, FileNotFoundError) and e is chain[-1]:
+            return "missing"  # nothing below it: the store itself says the file is not there
+        if isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in (
+                "ClientConnectionError", "ClientConnectorError", "ServerDisconnectedError",
+                "ClientPayloadError", "ServerTimeoutError", "ClientOSError"):
+            return "transient"
+    return "fatal"
+
+
+def retry_policy() -> tuple[int, float]:
+    """(tries in all, first wait in seconds), from the environment (tests make waits tiny)."""
+    tries = int(os.environ.get("FASTLAM_REMOTE_TRIES", 5))
+    delay = float(os.environ.get("FASTLAM_REMOTE_RETRY_S", 1.0))
+    if tries < 1 or not delay >= 0:
+        raise ValueError(f"FASTLAM_REMOTE_TRIES must be >= 1 and FASTLAM_REMOTE_RETRY_S >= 0, "
+                         f"got {tries!r} and {delay!r}")
+    return tries, delay
+
+
+retries_done = 0  # retries this process made (the tests count them)
+
+
+def with_retries(what: str, fn):
+    """``fn()``, retried on transient errors with exponential backoff (see the module doc)."""
+    global retries_done
+    tries, delay = retry_policy()
+    for attempt in range(tries):
+        try:
+            return fn()
+        except Exception as e:
+            kind = _classify(e)
+            if kind == "missing":
+                raise RemoteMissing(f"{what}: does not exist ({type(e).__name__}: {e})") from e
+            if kind == "fatal":
+                raise
+            if attempt == tries - 1:
+                raise RemoteUnavailable(f"{what}: still failing after {tries} tries "
+                                        f"({type(e).__name__}: {e})") from e
+            time.sleep(min(30.0, delay * 2 ** attempt))
+            retries_done += 1
 
 
 def is_remote(path: str | os.PathLike) -> bool:
@@ -40,7 +121,27 @@ def open_binary(path: str | os.PathLike) -> IO[bytes]:
         return open(_local(s), "rb")
     import fsspec  # optional: fsspec (the remote extra)
 
-    return fsspec.open(s, "rb").open()
+    return with_retries(s, lambda: fsspec.open(s, "rb").open())
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The whole file (one GET for a URL, retried as a whole: no range requests, which plain
+    HTTP servers need not support)."""
+    s = str(path)
+    if not is_remote(s):
+        with open(_local(s), "rb") as f:
+            return f.read()
+    import fsspec  # optional: fsspec (the remote extra)
+
+    def get() -> bytes:
+        fs, remote_path = fsspec.core.url_to_fs(s)
+        buf = io.BytesIO()
+        with fs.open(remote_path, "rb", block_size=0) as f:  # block_size 0: one streamed GET
+            while chunk := f.read(1 << 20):
+                buf.write(chunk)
+        return buf.getvalue()
+
+    return with_retries(s, get)
 
 
 class FileCache:
@@ -66,10 +167,22 @@ class FileCache:
         s = str(path)
         if not is_remote(s):
             return open(_local(s), "rb")
+        return self._open_cached(s, "rb")
+
+    def local_path(self, path: str | os.PathLike) -> str:
+        """A local path holding the file (the cached copy of a URL, fetched first if needed).
+        Another process may evict the copy later: open it soon, or use :meth:`open`."""
+        s = str(path)
+        if not is_remote(s):
+            return _local(s)
+        self._open_cached(s, "rb").close()
+        return str(self._name(s))
+
+    def _open_cached(self, s: str, mode: str) -> IO[bytes]:
         target = self._name(s)
         for _ in range(3):
             try:
-                f = open(target, "rb")
+                f = open(target, mode)
                 os.utime(target)  # recently used: evicted last
                 return f
             except FileNotFoundError:
@@ -83,9 +196,10 @@ class FileCache:
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".part-")
         os.close(fd)
         try:
-            # One streamed GET (no range requests: plain HTTP servers need not support them).
+            # One streamed GET (no range requests: plain HTTP servers need not support them),
+            # retried whole on transient errors.
             fs, remote_path = fsspec.core.url_to_fs(url)
-            fs.get_file(remote_path, tmp)
+            with_retries(url, lambda: fs.get_file(remote_path, tmp))
             os.replace(tmp, target)
         except BaseException:
             if os.path.exists(tmp):

@@ -1,13 +1,9 @@
 """WebDataset-compatible tar shards and an exactly resumable shard stream.
 
-Writing (``python -m fastlam.data shard MANIFEST --out DIR``): the manifest's usable videos,
-in an order shuffled once by ``seed`` (so each shard mixes sources), go into
-``shard-000000.tar, ...`` of about ``shard_bytes`` each, every sample being two members,
-``<key>.<ext>`` (the video: the file as it is, or re-encoded to H.264 ``.mp4`` at the
-training frame rate and resolution, which cuts decode cost by the ratio of pixel rates) and
-``<key>.json`` (source path, label, and the stored video's duration, fps, frames, size,
-codec). Any WebDataset reader reads them. ``shards.json`` next to them lists each shard's
-sample count, which is all a reader needs at start-up (O(shards), not O(samples)).
+Writing (``python -m fastlam.data shard MANIFEST --out DIR``) is
+:mod:`fastlam.data.shard_writer`'s (atomic: a kill leaves the published set readable): tars of
+``<key>.json`` + ``<key>.<ext>`` samples that any WebDataset reader reads, and ``shards.json``
+with each shard's sample count, byte size and sha256 (O(shards) to read at start-up).
 
 Why plain ``tarfile`` rather than the ``webdataset`` library for reading: exact resume needs
 control at the level of one sample (which members a worker reads, and skipping the ones a
@@ -35,36 +31,27 @@ on 2 ranks.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
-import math
-import multiprocessing as mp
 import os
 import re
-import sys
 import tarfile
-import tempfile
-import time
-from fractions import Fraction
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from .bad_log import BadLog
 from .decoding import (
     ClipTooShort,
     VideoDecodeError,
     check_clip_args,
     decode_errors,
-    probe_opened,
     read_clip_opened,
-    resized_frame_shape,
-    stream_sar,
 )
-from .manifest import load_manifest, read_columns
-from .remote import FileCache, default_cache, is_remote, open_binary
+from .remote import FileCache, default_cache, is_remote, read_bytes
+from .shard_writer import write_shards
 from .seeding import mix_seed
 from .stream_state import load_stream_state, merge_states, prune_stream_states, save_stream_state
 from .video import clip_to_tensor
@@ -72,194 +59,6 @@ from .video import clip_to_tensor
 __all__ = ["write_shards", "ShardStream", "ShardLoader", "merge_states", "read_shard_index",
            "clip_from_bytes", "expand_braces", "is_shard_source", "save_stream_state",
            "load_stream_state", "prune_stream_states"]
-
-INDEX_NAME = "shards.json"
-
-
-# ---- writing -------------------------------------------------------------------------------
-def _reencode(path: str, fps: float | None, short_side: int | None,
-              max_seconds: float | None) -> bytes:
-    """H.264 MP4 of ``path`` at ``fps`` (frames picked by timestamp, the clip rule) with the
-    shorter side scaled to ``short_side``; keyframe every second so clip reads seek close."""
-    import av  # optional: PyAV (the data extra)
-
-    buf = io.BytesIO()
-    with av.open(path) as inp:
-        ist = inp.streams.video[0]
-        ist.thread_type = "AUTO"
-        w, h = ist.codec_context.width, ist.codec_context.height
-        if short_side:
-            h, w = resized_frame_shape(w, h, stream_sar(ist), short_side)
-        w, h = w - w % 2, h - h % 2  # yuv420p needs even sizes
-        src_rate = ist.average_rate or ist.guessed_rate or Fraction(25)
-        rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(src_rate)
-        with av.open(buf, "w", format="mp4") as out:
-            ost = out.add_stream("libx264", rate=rate)
-            ost.width, ost.height, ost.pix_fmt = w, h, "yuv420p"
-            ost.options = {"preset": "veryfast", "crf": "20", "g": str(max(1, round(float(rate))))}
-            origin = ist.start_time or 0
-            k, held = 0, None
-            tb = ist.time_base
-
-            def emit(frame):
-                nonlocal k
-                img = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
-                img.pts, img.time_base = k, 1 / rate
-                for packet in ost.encode(img):
-                    out.mux(packet)
-                k += 1
-
-            for frame in inp.decode(ist):
-                if frame.pts is None:
-                    continue
-                t = (frame.pts - origin) * tb
-                if max_seconds is not None and t > max_seconds:
-                    break
-                # Output frame k is the frame on screen at k / rate: emit ``held`` for every
-                # output instant before this frame's start.
-                while held is not None and k / rate < t:
-                    emit(held)
-                held, held_t = frame, t
-            if held is not None:
-                # The last frame stays on screen for one source frame duration.
-                dur = (Fraction(held.duration) * tb if getattr(held, "duration", None)
-                       else 1 / Fraction(src_rate))
-                while k / rate < held_t + dur:
-                    emit(held)
-            for packet in ost.encode():
-                out.mux(packet)
-    return buf.getvalue()
-
-
-def _stored_meta(data: bytes) -> dict:
-    import av  # optional: PyAV (the data extra)
-
-    with av.open(io.BytesIO(data)) as c:
-        s = c.streams.video[0]
-        info = probe_opened("<bytes>", c, s, exact=True)
-        sar = stream_sar(s)
-        return {"duration_s": info.duration_s, "fps": info.fps, "num_frames": info.num_frames,
-                "width": info.width, "height": info.height, "codec": info.codec,
-                "sar": [sar.numerator, sar.denominator] if sar > 0 else [1, 1]}
-
-
-def _sample(job) -> tuple[int, bytes | None, dict]:
-    i, path, label, meta, fps, short_side, max_seconds = job
-    try:
-        if fps is None and short_side is None and max_seconds is None:
-            with open_binary(path) as f:
-                data = f.read()
-            ext = Path(path).suffix.lstrip(".").lower() or "mp4"
-            m = dict(meta)
-        else:
-            data = _reencode(path, fps, short_side, max_seconds)
-            ext = "mp4"
-            m = _stored_meta(data)
-        m.update(source=path, label=label, ext=ext)
-        return i, data, m
-    except Exception as e:  # a file that went bad since indexing: left out, reported
-        return i, None, {"source": path, "reason": f"{type(e).__name__}: {e}"}
-
-
-def write_shards(manifest, out, *, shard_bytes: int = 512 << 20, fps: float | None = None,
-                 short_side: int | None = None, max_seconds: float | None = None,
-                 workers: int | None = None, progress: bool = True, seed: int = 0) -> dict:
-    """Write the manifest's usable videos into tar shards under ``out``; returns the index."""
-    if not isinstance(shard_bytes, int) or shard_bytes < 1:
-        raise ValueError(f"shard_bytes must be a positive int, got {shard_bytes!r}")
-    if fps is not None and not (fps > 0 and math.isfinite(fps)):
-        raise ValueError(f"fps must be a positive number or None (copy), got {fps!r}")
-    if short_side is not None and (not isinstance(short_side, int) or short_side < 2):
-        raise ValueError(f"short_side must be an int >= 2 or None (keep), got {short_side!r}")
-    m = load_manifest(manifest)
-    order = np.random.default_rng(seed).permutation(len(m))
-    extra = read_columns(str(manifest), ["path", "ok", "label", "codec", "fps"])
-    extra = extra.filter(extra["ok"])  # the same rows, in the same (path) order, as m
-    labels = extra["label"].to_numpy()
-    jobs = []
-    for i in order:
-        meta = m.meta(int(i))
-        jobs.append((len(jobs), m.paths[int(i)], int(labels[i]),
-                     {"duration_s": meta["duration_s"], "fps": float(extra["fps"][int(i)].as_py()),
-                      "num_frames": meta["num_frames"], "width": meta["width"],
-                      "height": meta["height"], "codec": extra["codec"][int(i)].as_py(),
-                      "sar": [meta["sar"].numerator, meta["sar"].denominator]},
-                     fps, short_side, max_seconds))
-    out_s = str(out)
-    remote = is_remote(out_s)
-    stage = Path(tempfile.mkdtemp(prefix="fastlam-shards-")) if remote else Path(out_s)
-    stage.mkdir(parents=True, exist_ok=True)
-    shards: list[dict] = []
-    bad: list[dict] = []
-    state = {"tar": None, "bytes": 0, "n": 0}
-
-    def close():
-        if state["tar"] is not None:
-            state["tar"].close()
-            name = f"shard-{len(shards):06d}.tar"
-            shards.append({"url": name, "samples": state["n"],
-                           "bytes": os.path.getsize(stage / name)})
-            state["tar"] = None
-
-    def add(key: str, ext: str, data: bytes):
-        info = tarfile.TarInfo(f"{key}.{ext}")
-        info.size, info.mtime, info.mode = len(data), 0, 0o644
-        state["tar"].addfile(info, io.BytesIO(data))
-
-    bar = None
-    if progress:
-        bar = tqdm(total=len(jobs), unit="video", desc="shard", file=sys.stderr)
-    workers = 1 if workers is None else workers
-    if workers > 1 and (fps is not None or short_side is not None or max_seconds is not None):
-        pool = mp.get_context("spawn").Pool(workers)
-        results = pool.imap(_sample, jobs, chunksize=1)  # ordered: shard contents are fixed
-    else:
-        pool, results = None, map(_sample, jobs)
-    try:
-        for i, data, meta in results:
-            if bar is not None:
-                bar.update(1)
-            if data is None:
-                bad.append(meta)
-                continue
-            body = json.dumps(meta, sort_keys=True).encode("utf-8")
-            size = len(data) + len(body) + 2048  # two headers + padding, roughly
-            if state["tar"] is not None and state["bytes"] + size > shard_bytes:
-                close()
-            if state["tar"] is None:
-                state["tar"] = tarfile.open(stage / f"shard-{len(shards):06d}.tar", "w",
-                                            format=tarfile.USTAR_FORMAT)
-                state["bytes"], state["n"] = 0, 0
-            key = f"{i:09d}"
-            add(key, "json", body)
-            add(key, meta["ext"], data)
-            state["bytes"] += size
-            state["n"] += 1
-        close()
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-        if bar is not None:
-            bar.close()
-    index = {"format": "fastlam-shards-1", "samples": sum(s["samples"] for s in shards),
-             "bytes": sum(s["bytes"] for s in shards), "shards": shards, "bad": bad,
-             "settings": {"fps": fps, "short_side": short_side, "max_seconds": max_seconds,
-                          "shard_bytes": shard_bytes, "seed": seed, "manifest": str(manifest)}}
-    with open(stage / INDEX_NAME, "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=1)
-    if remote:
-        import fsspec  # optional: fsspec (the remote extra)
-
-        fs, root = fsspec.core.url_to_fs(out_s)
-        fs.makedirs(root, exist_ok=True)
-        for name in [s["url"] for s in shards] + [INDEX_NAME]:
-            fs.put_file(str(stage / name), f"{root.rstrip('/')}/{name}")
-            os.unlink(stage / name)
-        os.rmdir(stage)
-    index["index_path"] = f"{out_s.rstrip('/')}/{INDEX_NAME}"
-    return index
-
 
 # ---- the shard list ------------------------------------------------------------------------
 _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -284,37 +83,87 @@ def _join(base: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}" if is_remote(base) else os.path.join(base, name)
 
 
-def _tar_samples(f) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """[(key, {ext: (data offset, size)})] in file order, from the tar headers only."""
+def _tar_samples(f, size: int | None = None) -> tuple[list[tuple[str, dict[str, tuple[int, int]]]], str]:
+    """``([(key, {ext: (data offset, size)})] in file order, damage)`` from the tar headers only.
+
+    A damaged tar gives the samples before the damage and ``damage`` saying what it is (empty
+    when none): a truncated tar ends early (a member's data running past the end of the file is
+    not kept), a zeroed one reads as an early end of the archive."""
     samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
-    with tarfile.open(fileobj=f, mode="r:") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            name = member.name.rsplit("/", 1)[-1]
-            key, _, ext = name.partition(".")
-            if not samples or samples[-1][0] != key:
-                samples.append((key, {}))
-            samples[-1][1][ext] = (member.offset_data, member.size)
-    return samples
+    damage = ""
+    try:
+        with tarfile.open(fileobj=f, mode="r:") as tar:
+            while True:
+                try:
+                    member = tar.next()
+                except tarfile.TarError as e:
+                    damage = f"tar unreadable after {len(samples)} samples ({type(e).__name__}: {e})"
+                    break
+                if member is None:
+                    break
+                if not member.isfile():
+                    continue
+                if size is not None and member.offset_data + member.size > size:
+                    damage = f"tar truncated: {member.name} runs past the end of the file ({size} bytes)"
+                    break
+                name = member.name.rsplit("/", 1)[-1]
+                key, _, ext = name.partition(".")
+                if not samples or samples[-1][0] != key:
+                    samples.append((key, {}))
+                samples[-1][1][ext] = (member.offset_data, member.size)
+    except (tarfile.TarError, EOFError, OSError) as e:  # not even a first header
+        damage = f"not a readable tar ({type(e).__name__}: {e})"
+    return samples, damage
 
 
-def read_shard_index(source: str, cache: FileCache | None = None) -> tuple[list[str], list[int]]:
-    """(shard URLs, samples per shard) from a ``shards.json`` or a brace pattern of tars."""
+def read_shard_index(source: str, cache: FileCache | None = None
+                     ) -> tuple[list[str], list[int], list[dict | None], list[tuple[str, str]]]:
+    """(shard URLs, samples per shard, per-shard ``{bytes, sha256}`` to verify or None,
+    [(url, problem)] for shards of a brace pattern that could not be counted) from a
+    ``shards.json`` or a brace pattern of tars."""
     source = str(source)
     if source.endswith(".json"):
-        with open_binary(source) as f:
-            index = json.loads(f.read().decode("utf-8"))
+        index = json.loads(read_bytes(source).decode("utf-8"))
         base = source.rsplit("/", 1)[0] if "/" in source else "."
+        checks = [({"bytes": int(s["bytes"]), "sha256": s["sha256"]} if "sha256" in s else None)
+                  for s in index["shards"]]
         return ([_join(base, s["url"]) for s in index["shards"]],
-                [int(s["samples"]) for s in index["shards"]])
+                [int(s["samples"]) for s in index["shards"]], checks, [])
     urls = expand_braces(source)
     cache = cache or default_cache()
-    counts = []
+    counts, problems = [], []
     for u in urls:  # no index: count from the tar headers (fetches each shard once)
-        with cache.open(u) as f:
-            counts.append(len(_tar_samples(f)))
-    return urls, counts
+        try:
+            with cache.open(u) as f:
+                samples, damage = _tar_samples(f, os.fstat(f.fileno()).st_size)
+        except OSError as e:  # missing (404) or unavailable after the retries: no samples
+            samples, damage = [], f"{type(e).__name__}: {e}"
+        counts.append(len(samples))
+        if damage:
+            problems.append((u, damage))
+    return urls, counts, [None] * len(urls), problems
+
+
+_verified: dict[tuple, str] = {}  # (path, size, mtime) -> sha256, per process: hashed once
+
+
+def _shard_damage(f, url: str, check: dict | None) -> str:
+    """What is wrong with an opened shard against its ``shards.json`` entry ('' if nothing)."""
+    if check is None:
+        return ""
+    st = os.fstat(f.fileno())
+    if st.st_size != check["bytes"]:
+        return f"size {st.st_size} bytes, shards.json says {check['bytes']}"
+    key = (url, st.st_size, st.st_mtime_ns)
+    if key not in _verified:
+        h = hashlib.sha256()
+        f.seek(0)
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+        _verified[key] = h.hexdigest()
+    if _verified[key] != check["sha256"]:
+        return "sha256 differs from shards.json"
+    return ""
 
 
 # ---- decoding one sample -------------------------------------------------------------------
@@ -361,7 +210,8 @@ class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, source: str, *, num_frames: int = 16, fps: float = 4.0,
                  size: Sequence[int] = (256, 256), crop: str = "random", short_policy: str = "pad",
                  seed: int = 0, rank: int = 0, world_size: int = 1, shuffle_buffer: int = 64,
-                 drop_last: bool = False, cache: FileCache | None = None):
+                 drop_last: bool = False, cache: FileCache | None = None,
+                 bad_file_log: str | os.PathLike | None = None, max_bad_fraction: float = 1.0):
         check_clip_args(num_frames, fps, 0.0, tuple(size), crop)
         if short_policy not in ("pad", "skip"):
             raise ValueError(f"short_policy must be 'pad' or 'skip', got {short_policy!r}")
@@ -371,8 +221,16 @@ class ShardStream(torch.utils.data.IterableDataset):
             raise ValueError(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
         if not isinstance(shuffle_buffer, int) or shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer must be an int >= 1 (1: no shuffling), got {shuffle_buffer!r}")
+        if not 0 <= max_bad_fraction <= 1:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction!r}")
+        self.max_bad_fraction = float(max_bad_fraction)
         self.cache = cache
-        self.urls, counts = read_shard_index(source, cache)
+        # Bad samples (path "<shard>#<position>", grouped by shard) and damaged shards: the
+        # record every source keeps (fastlam.data.bad_log), shared with the workers by file.
+        self.bad_log = BadLog(bad_file_log)
+        self.urls, counts, self.checks, problems = read_shard_index(source, cache)
+        for url, problem in problems:
+            self.bad_log.add("damaged", url, f"{problem}: its samples are not in the epoch")
         self.counts = np.asarray(counts, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
         self.n = int(self.offsets[-1])
@@ -393,6 +251,38 @@ class ShardStream(torch.utils.data.IterableDataset):
         state = dict(self.__dict__)
         state.pop("loader_state", None)  # a training loop's hook, not for DataLoader workers
         return state
+
+    # ---- bad samples and damaged shards ------------------------------------------------------
+    def sample_name(self, g: int) -> tuple[str, str]:
+        """(``<shard>#<position>``, shard URL) naming global sample ``g``."""
+        s = int(np.searchsorted(self.offsets, g, side="right") - 1)
+        return f"{self.urls[s]}#{int(g - self.offsets[s])}", self.urls[s]
+
+    def mark_bad(self, g: int, reason: str) -> None:
+        """Record sample ``g`` as skipped; an error naming the worst shards once more than
+        ``max_bad_fraction`` of the epoch is bad."""
+        name, url = self.sample_name(g)
+        if self.bad_log.add("bad", name, reason, group=url):
+            self.bad_log.check_share(self.n, self.max_bad_fraction, "shard samples")
+
+    @property
+    def bad_files(self) -> dict[str, str]:
+        """``<shard>#<position>`` -> reason for every sample skipped so far (all workers)."""
+        return self.bad_log.reasons("bad")
+
+    def report(self) -> str:
+        bad = self.bad_files
+        damaged = self.bad_log.reasons("damaged", sync=False)
+        lines = [f"{len(bad)} of {self.n} shard samples unusable "
+                 f"({100.0 * len(bad) / max(self.n, 1):.1f}%)" + (":" if bad else "")]
+        for url, count in self.bad_log.worst_groups("bad", top=len(self.urls) + 1):
+            lines.append(f"  {url}: {count} sample(s)")
+            lines += [f"    {p.rsplit('#', 1)[1]}: {r}" for p, r in sorted(bad.items())
+                      if p.rsplit("#", 1)[0] == url]
+        if damaged:
+            lines.append(f"{len(damaged)} shard(s) damaged (their readable, verified samples were used):")
+            lines += [f"  {u}: {r}" for u, r in sorted(damaged.items())]
+        return "\n".join(lines)
 
     # The plan: pure function of (seed, epoch, consumed, world size, rank, workers).
     def canonical(self, epoch: int) -> np.ndarray:
@@ -428,7 +318,8 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _read(self, keys: np.ndarray, skip: np.ndarray) -> Iterator[tuple[int, bytes | None, dict | None]]:
         """(global id, encoded video, meta) for ``keys`` in order, opening each shard once;
         ``(id, None, None)`` for the ids set in ``skip``, whose bytes are not read (a shard
-        with nothing left to read is not opened)."""
+        with nothing left to read is not opened); ``(id, None, {"bad": reason})`` for a sample
+        the shard's damage lost (missing shard, 404, truncated tar, corrupt member...)."""
         cache = self.cache or default_cache()
         shard_of = np.searchsorted(self.offsets, keys, side="right") - 1
         i = 0
@@ -438,26 +329,69 @@ class ShardStream(torch.utils.data.IterableDataset):
             while j < len(keys) and shard_of[j] == s:
                 j += 1
             group = keys[i:j]
+            i = j
             if skip[group].all():
                 for g in group:
                     yield int(g), None, None
-                i = j
                 continue
-            with cache.open(self.urls[s]) as f:
-                members = _tar_samples(f)
+            try:
+                f = cache.open(self.urls[s])
+            except OSError as e:  # missing (404, no file) or unavailable after the retries
+                what = "missing" if isinstance(e, FileNotFoundError) else "unreadable"
                 for g in group:
-                    if skip[g]:
-                        yield int(g), None, None
-                        continue
-                    key, parts = members[int(g - self.offsets[s])]
-                    off, size = parts["json"]
-                    f.seek(off)
-                    meta = json.loads(f.read(size).decode("utf-8"))
-                    ext = meta.get("ext") or next(e for e in parts if e != "json")
-                    off, size = parts[ext]
-                    f.seek(off)
-                    yield int(g), f.read(size), meta
-            i = j
+                    yield int(g), None, (None if skip[g] else {"bad": f"shard {what}: {type(e).__name__}: {e}"})
+                continue
+            with f:
+                yield from self._read_shard(f, s, group, skip)
+
+    def _read_shard(self, f, s: int, group: np.ndarray, skip: np.ndarray):
+        url = self.urls[s]
+        damage = _shard_damage(f, url, self.checks[s])
+        f.seek(0)
+        members, tar_damage = _tar_samples(f, os.fstat(f.fileno()).st_size)
+        if len(members) != self.counts[s]:
+            tar_damage = "; ".join(x for x in (tar_damage, f"{len(members)} samples readable, "
+                                               f"shards.json says {self.counts[s]}") if x)
+        damage = "; ".join(x for x in (damage, tar_damage) if x)
+        if damage:  # each sample still read is checked on its own (member sha256, JSON, decode)
+            self.bad_log.add("damaged", url, damage)
+        for g in group:
+            if skip[g]:
+                yield int(g), None, None
+                continue
+            pos = int(g - self.offsets[s])
+            if pos >= len(members):
+                yield int(g), None, {"bad": f"not in the shard ({damage})"}
+                continue
+            try:
+                yield int(g), *self._member(f, members[pos][1])
+            except (ValueError, KeyError, StopIteration, OSError) as e:
+                yield int(g), None, {"bad": f"{type(e).__name__}: {e}"}
+
+    @staticmethod
+    def _member(f, parts: dict) -> tuple[bytes, dict]:
+        """The video bytes and meta of one sample, checked against the meta's sha256."""
+        if "json" not in parts:
+            raise KeyError("no JSON member")
+        off, size = parts["json"]
+        f.seek(off)
+        try:
+            meta = json.loads(f.read(size).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"corrupt JSON member ({e})") from None
+        if not isinstance(meta, dict):
+            raise ValueError("corrupt JSON member (not an object)")
+        ext = meta.get("ext") or next(e for e in parts if e != "json")
+        if ext not in parts:
+            raise KeyError(f"no .{ext} member")
+        off, size = parts[ext]
+        f.seek(off)
+        data = f.read(size)
+        if len(data) != size:
+            raise ValueError(f"video member cut short ({len(data)} of {size} bytes)")
+        if "sha256" in meta and hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            raise ValueError("video member's sha256 differs from its JSON member's")
+        return data, meta
 
     def __iter__(self):
         keys, plan_worker = self._worker_keys()
@@ -470,6 +404,8 @@ class ShardStream(torch.utils.data.IterableDataset):
 
         def decode(item):
             g, data, meta = item
+            if data is None:  # lost to the shard's damage
+                return None, g, f"{meta['bad']}"
             gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, g))
             try:
                 clip = clip_from_bytes(data, meta, num_frames=self.num_frames, fps=self.fps,
@@ -487,10 +423,10 @@ class ShardStream(torch.utils.data.IterableDataset):
                 continue
             k = int(rng.integers(len(buf)))
             out, buf[k] = buf[k], item
-            if out[1] is not None:
+            if out[1] is not None or out[2] is not None:
                 yield decode(out)
         for k in rng.permutation(len(buf)):
-            if buf[int(k)][1] is not None:
+            if buf[int(k)][1] is not None or buf[int(k)][2] is not None:
                 yield decode(buf[int(k)])
 
 
@@ -500,7 +436,8 @@ class ShardLoader:
     Iterating yields the rest of the current epoch (the last batch may be short), then moves
     to the next epoch. ``state_dict()`` holds the epoch and the bitmap of clips handed out by
     this rank; :func:`merge_states` ORs the states of all ranks into one that any world size
-    can load. Bad samples are skipped (counted as consumed) and listed in ``bad``.
+    can load. Bad samples are skipped (counted as consumed) and recorded in the stream's
+    :class:`~fastlam.data.bad_log.BadLog` (``bad``, ``stream.report()``).
     """
 
     def __init__(self, stream: ShardStream, batch_size: int, num_workers: int = 0,
@@ -512,12 +449,16 @@ class ShardLoader:
         # counted as consumed, they simply wait for the next epoch's new order.
         self.drop_last_batch = bool(drop_last_batch)
         self.num_workers, self.pin_memory = num_workers, pin_memory
-        self.bad: dict[int, str] = {}
         self.last_ids: list[int] = []  # global ids of the clips in the batch last yielded
 
     @property
     def epoch(self) -> int:
         return self.stream.epoch
+
+    @property
+    def bad(self) -> dict[str, str]:
+        """``<shard>#<position>`` -> reason: every sample skipped so far."""
+        return self.stream.bad_files
 
     def __len__(self) -> int:
         """Batches left in this epoch for this rank."""
@@ -581,7 +522,7 @@ class ShardLoader:
         ids: list[int] = []
         for clip, g, reason in loader:
             if clip is None:
-                self.bad[int(g)] = reason
+                s.mark_bad(int(g), reason)
                 s.mine[int(g)] = True
                 continue
             clips.append(clip)

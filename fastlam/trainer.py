@@ -115,12 +115,15 @@ def build_dataset(cfg: TrainConfig):
         return ShardStream(cfg.data.source, num_frames=m.frames, fps=cfg.data.fps,
                            size=(m.image_size, m.image_size), crop=cfg.data.crop,
                            short_policy=cfg.data.short_policy, seed=cfg.seed,
-                           shuffle_buffer=cfg.data.shuffle_buffer, drop_last=True)
+                           shuffle_buffer=cfg.data.shuffle_buffer, drop_last=True,
+                           bad_file_log=Path(cfg.out_dir) / "bad_files.jsonl",
+                           max_bad_fraction=cfg.data.max_bad_fraction)
     return VideoClipDataset(
         cfg.data.source, num_frames=m.frames, fps=cfg.data.fps, size=(m.image_size, m.image_size),
         crop=cfg.data.crop, short_policy=cfg.data.short_policy, seed=cfg.seed,
         clips_per_video=cfg.data.clips_per_video, cache_mb=cfg.data.cache_mb,
         decode_timeout_s=cfg.data.decode_timeout_s, bad_file_log=Path(cfg.out_dir) / "bad_files.jsonl",
+        max_bad_fraction=cfg.data.max_bad_fraction,
     )
 
 
@@ -172,6 +175,7 @@ def iter_batches(cfg: TrainConfig, dataset, device: torch.device, env, position:
             dtype=torch.float32, bad_file_log=Path(cfg.out_dir) / "bad_files.jsonl",
             decode_timeout_s=cfg.data.decode_timeout_s,
         )
+        loader.dataset.max_bad_fraction = cfg.data.max_bad_fraction  # its own copy of the dataset
         state = loader.state_dict()["sampler"]
         state["epoch"], done = divmod(position, len(loader))
         state["consumed"] = done * per_rank
@@ -582,6 +586,7 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
         summary["loss_curve"] = str(png) if png else None
         if hasattr(dataset, "report"):
             summary["data_report"] = dataset.report()
+            summary["bad_inputs"] = len(dataset.bad_files)  # skipped, each listed in data_report
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -40,9 +40,14 @@ def _shard(args) -> int:
         size = args.size
     index = write_shards(args.manifest, args.out, shard_bytes=int(args.shard_mb * 2**20),
                          fps=args.fps, short_side=size, max_seconds=args.max_seconds,
-                         workers=args.workers, progress=not args.quiet, seed=args.seed)
+                         workers=args.workers, progress=not args.quiet, seed=args.seed,
+                         resume=args.resume, overwrite=args.overwrite)
+    for b in index["bad"]:  # every video left out, never only a count
+        print(f"  dropped: {b['source']}: {b['reason']}")
     print(f"{index['samples']} samples in {len(index['shards'])} shards, "
-          f"{index['bytes'] / 2**20:.1f} MiB; index {index['index_path']}")
+          f"{index['bytes'] / 2**20:.1f} MiB; {len(index['bad'])} video(s) dropped"
+          + (f"; {index['replaced']} tar(s) of the replaced set deleted" if index["replaced"] else "")
+          + f"; index {index['index_path']}")
     return 0
 
 
@@ -75,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="re-encode keeping at most this many seconds of each video (default: all)")
     sh.add_argument("--workers", type=int, default=None, help="re-encoding processes (default: CPUs)")
     sh.add_argument("--seed", type=int, default=0, help="order of videos across shards (default: %(default)s)")
+    sh.add_argument("--resume", action="store_true",
+                    help="continue an interrupted write into --out (its finished shards are kept)")
+    sh.add_argument("--overwrite", action="store_true",
+                    help="replace the set in --out (the old one stays readable until the new "
+                         "shards.json is published, then its tars are deleted)")
     sh.add_argument("--quiet", action="store_true", help="no progress bar")
     sh.set_defaults(fn=_shard, out_is="folder")
     return ap

@@ -53,13 +53,13 @@ def bare_copy(dest: Path) -> Path:
     return dest
 
 
-def old_pip_venv(path: Path) -> Path:
-    """A fresh venv with this Python's bundled pip, setuptools and wheel, and links to this
-    run's other packages. Returns its python."""
+def old_pip_venv(path: Path, pip: str | None = None) -> Path:
+    """A fresh venv with this Python's bundled pip (or ``pip``, a requirement such as
+    "pip>=25"), setuptools and wheel, and links to this run's other packages. Returns its python."""
     res = run_guarded([sys.executable, "-m", "venv", str(path)])
     assert res.returncode == 0, res.stderr[-2000:]
     py = path / "bin" / "python"
-    need = ["wheel"] + ([] if _imports(py, "setuptools") else ["setuptools"])
+    need = ["wheel"] + ([] if _imports(py, "setuptools") else ["setuptools"]) + ([pip] if pip else [])
     # Offline, from the wheel folders on this machine; a package index only where none has them.
     folders = [f for f in LOCAL_WHEEL_FOLDERS if Path(f).is_dir()]
     find_links = [arg for f in folders for arg in ("--find-links", f)]
@@ -119,9 +119,12 @@ def import_from(py: Path, reported: dict, cwd: Path) -> dict:
     return dict(fastlam=Path(fastlam_file), kernels=Path(kernels_file))
 
 
-def test_pep660_install_with_an_old_pip_imports_the_kernels_of_the_bare_copy(tmp_path):
+@pytest.mark.parametrize("pip", [None, "pip>=25"], ids=["bundled-old-pip", "modern-pip"])
+def test_pep660_install_imports_the_kernels_of_the_bare_copy(tmp_path, pip):
     tree = bare_copy(tmp_path / "tree")
-    py = old_pip_venv(tmp_path / "venv")
+    py = old_pip_venv(tmp_path / "venv", pip)
+    major = int(pip_version(py).split(".")[0])
+    assert major < 24 if pip is None else major >= 25, pip_version(py)  # what each case is for
     res, reported = setup_only(tree, py, tmp_path)
     summary = (tmp_path / "out" / "summary.txt").read_text()
     assert res.returncode == 0, (pip_version(py), res.stdout[-2000:], res.stderr[-2000:])

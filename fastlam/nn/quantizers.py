@@ -21,8 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import vector_quantize, vq_nearest
+from .vq_checkpoints import VECTOR_QUANTIZE_LAYOUT, peer_vq_keys_to_fastlam_
 
-VQ_INITS = ("uniform", "data", "kmeans", "randn")
+VQ_INITS = ("uniform", "kaiming", "data", "kmeans", "randn")
+# reset_every_steps=100 applies only when neither schedule argument is passed: passing
+# reset_every=None (the old way to switch resets off) must mean off, not "the default steps".
+_UNSET = object()
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -136,6 +140,11 @@ def _l2norm(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, p=2, dim=-1, eps=1e-6)
 
 
+def _work_dtype(t: torch.Tensor) -> torch.dtype:
+    """fp64 stays fp64 (float64 modules end to end); half precision is computed in fp32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def _perplexity(counts: torch.Tensor) -> torch.Tensor:
     """exp(entropy) of the code distribution given by counts (1 when nothing was counted)."""
     p = counts.float() / counts.float().sum().clamp_min(1.0)
@@ -175,13 +184,13 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, iters: int = 10, *, cosine: bool =
     """k-means++ seeding (D^2 sampling) of ``k`` centres from the rows of ``x`` (N, D), then
     ``iters`` Lloyd steps whose assignments use fastlam's (fused on CUDA) nearest-code search.
     Fewer rows than centres: every row becomes a centre and the rest are jittered rows."""
-    x = x.detach().float()
+    x = x.detach().to(_work_dtype(x))
     if cosine:
         x = _l2norm(x)
     n = x.shape[0]
     if n <= k:
         return _sample_rows(x, k)
-    centres = torch.empty(k, x.shape[1], device=x.device)
+    centres = torch.empty(k, x.shape[1], device=x.device, dtype=x.dtype)
     x_sq = x.pow(2).sum(1)
 
     def sq_dist(c: torch.Tensor) -> torch.Tensor:  # a matrix-vector product, not an (N, D) temporary
@@ -196,7 +205,7 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, iters: int = 10, *, cosine: bool =
         d2 = torch.minimum(d2, sq_dist(centres[i]))
     for _ in range(iters):
         idx = vq_nearest(x, centres, backend=backend)
-        counts = torch.bincount(idx, minlength=k).float()
+        counts = torch.bincount(idx, minlength=k).to(x.dtype)
         sums = torch.zeros_like(centres).index_add_(0, idx, x)
         keep = counts > 0
         centres[keep] = sums[keep] / counts[keep, None]
@@ -243,12 +252,15 @@ class VectorQuantizer(nn.Module):
         commitment: weight of the commitment term.
         reset_every: reset dead codes every this many latents seen in training (the paper: every
             300k videos x 7 latents); ``reset_every_steps``: every this many training calls.
-            Either may be None/0 (off); the first one reached triggers. A code is dead when it
+            Either may be None/0 (off); the first one reached triggers. ``reset_every_steps``
+            defaults to 100 only when neither is passed: ``reset_every=None`` alone (the old way
+            to switch resets off) means no resets. A code is dead when it
             was chosen fewer than ``threshold_dead_code`` times since the last reset (1: never;
             0: no code is ever dead); dead codes are re-initialised from rows of the current
             batch, distinct rows first (the peer's rule), jittered repeats when there are more
             dead codes than rows.
-        init: ``uniform`` (U(-1/K, 1/K), as taming/Genie-style peers), ``data`` (random rows of
+        init: ``uniform`` (U(-1/K, 1/K), as taming/Genie-style peers), ``kaiming``
+            (vector-quantize-pytorch's: U(-b, b), b = sqrt(6 / (K * D))), ``data`` (random rows of
             the first training batch), ``kmeans`` (k-means++ + ``kmeans_iters`` Lloyd steps on
             the first training batch) or ``randn`` (fastlam < 0.2; norms ~sqrt(D) collapse
             small-scale runs onto a handful of codes).
@@ -264,6 +276,18 @@ class VectorQuantizer(nn.Module):
             force=True)`` overrides both.
         backend: ``auto`` runs the fused Triton search on CUDA; ``torch`` the reference.
         check_finite: NaN / Inf latents raise instead of reaching the codebook statistics.
+        count_usage_in_eval: eval forwards count their codes too (``stats()`` and the metrics
+            in eval read the codes used since the module was put into eval); they never count
+            towards the training window that decides dead codes. False: eval counts nothing.
+        eval_loss: return the loss in eval too (fastlam's validation losses); False returns 0,
+            as vector-quantize-pytorch does.
+        peer_loss_value: a learnable codebook's loss reads as vector-quantize-pytorch's one term
+            (``commitment * ||z - e||^2``; same gradients) instead of the sum of the commitment
+            and codebook terms (by default twice that with ``codebook_weight == commitment``).
+
+    Every argument may be passed in vector-quantize-pytorch's form through
+    :meth:`from_vector_quantize_kwargs`; its checkpoints load directly (``load_state_dict``) and
+    ``fastlam.nn.vq_checkpoints.to_peer_state_dict`` writes them back. Works in float64.
 
     Example:
         >>> vq = VectorQuantizer(codebook_size=16, dim=8)
@@ -272,18 +296,24 @@ class VectorQuantizer(nn.Module):
         (True, torch.Size([5]))
     """
 
+    peer_checkpoint_layout = VECTOR_QUANTIZE_LAYOUT  # fastlam.nn.vq_checkpoints converts it
     num_codes = _RenamedAttribute("codebook_size")
     action_dim = _RenamedAttribute("dim")
     dead_code_threshold = _RenamedAttribute("threshold_dead_code")
 
     @_renamed_arguments(**_VQ_OLD_NAMES)
     def __init__(self, codebook_size: int = 1024, dim: int = 128, commitment: float = 0.25,
-                 reset_every: int | None = None, backend: str = "auto", check_finite: bool = True, *,
-                 reset_every_steps: int | None = 100, threshold_dead_code: float = 1.0,
+                 reset_every: int | None = _UNSET, backend: str = "auto", check_finite: bool = True, *,
+                 reset_every_steps: int | None = _UNSET, threshold_dead_code: float = 1.0,
                  codebook_weight: float = 1.0, init: str = "uniform", kmeans_iters: int = 10,
                  ema: bool = False, decay: float = 0.99, eps: float = 1e-5, threshold_ema_dead_code: float = 0.0,
-                 cosine: bool = False, rotation_trick: bool = False, freeze_codebook: bool = False):
+                 cosine: bool = False, rotation_trick: bool = False, freeze_codebook: bool = False,
+                 count_usage_in_eval: bool = True, eval_loss: bool = True, peer_loss_value: bool = False):
         super().__init__()
+        if reset_every_steps is _UNSET:
+            reset_every_steps = 100 if reset_every is _UNSET else None
+        if reset_every is _UNSET:
+            reset_every = None
         if codebook_size < 1 or dim < 1:
             raise ValueError(f"codebook_size, dim: expected >= 1, got {codebook_size}, {dim}")
         if init not in VQ_INITS:
@@ -305,10 +335,16 @@ class VectorQuantizer(nn.Module):
         self.ema, self.decay, self.eps, self.threshold_ema_dead_code = ema, decay, eps, threshold_ema_dead_code
         self.cosine, self.rotation_trick, self.freeze_codebook = cosine, rotation_trick, freeze_codebook
         self.backend, self.check_finite = backend, check_finite
+        self.count_usage_in_eval, self.eval_loss, self.peer_loss_value = count_usage_in_eval, eval_loss, peer_loss_value
         self.codebook = Codebook(codebook_size, dim)
         with torch.no_grad():
             if init == "randn":
                 self.codebook.weight.normal_()
+            elif init == "kaiming":
+                # vector-quantize-pytorch's init: kaiming_uniform_ of its (1, K, D) codebook,
+                # whose fan-in is K * D: U(-b, b) with b = sqrt(6 / (K * D))
+                bound = math.sqrt(6.0 / (codebook_size * dim))
+                self.codebook.weight.uniform_(-bound, bound)
             else:  # data / kmeans start uniform too, which is what eval sees before training
                 self.codebook.weight.uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
             if cosine:
@@ -320,8 +356,11 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("usage", torch.zeros(codebook_size, dtype=torch.long))
         self.register_buffer("seen_since_reset", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps_since_reset", torch.zeros((), dtype=torch.long))
-        self.register_buffer("initted", torch.tensor(init in ("uniform", "randn")))
+        self.register_buffer("initted", torch.tensor(init in ("uniform", "kaiming", "randn")))
         self.register_buffer("batch_usage", torch.zeros(codebook_size, dtype=torch.long), persistent=False)
+        # codes chosen in eval since the module last left training (count_usage_in_eval): kept
+        # apart from ``usage`` so that evaluating mid-run never keeps a code alive at a reset
+        self.register_buffer("eval_usage", torch.zeros(codebook_size, dtype=torch.long), persistent=False)
         # ``initted`` as a Python bool, the one a compiled forward reads: reading the buffer
         # there would break the graph; torch.compile guards on this flag instead, so the step
         # after the initialisation recompiles once and later steps see no branch at all.
@@ -336,24 +375,34 @@ class VectorQuantizer(nn.Module):
     def head_features(action_dim: int) -> int:
         return action_dim
 
-    @classmethod
-    def from_vector_quantize_kwargs(cls, dim: int, codebook_size: int, *, commitment_weight: float = 1.0,
-                                    decay: float = 0.8, eps: float = 1e-5, kmeans_init: bool = False,
-                                    kmeans_iters: int = 10, use_cosine_sim: bool = False,
-                                    threshold_ema_dead_code: float = 0, ema_update: bool = True,
-                                    learnable_codebook: bool = False, rotation_trick: bool = True,
-                                    freeze_codebook: bool = False, **kw) -> "VectorQuantizer":
-        """A VectorQuantizer configured as ``vector_quantize_pytorch.VectorQuantize(dim,
-        codebook_size, ...)`` with the same argument names and defaults (EMA, decay 0.8,
-        rotation trick, no schedule resets). Unsupported arguments raise."""
+    @staticmethod
+    def vector_quantize_arguments(dim: int, codebook_size: int, *, commitment_weight: float = 1.0,
+                                  decay: float = 0.8, eps: float = 1e-5, kmeans_init: bool = False,
+                                  kmeans_iters: int = 10, use_cosine_sim: bool = False,
+                                  threshold_ema_dead_code: float = 0, ema_update: bool = True,
+                                  learnable_codebook: bool = False, rotation_trick: bool = True,
+                                  freeze_codebook: bool = False, **kw) -> dict:
+        """This class's keyword arguments for ``vector_quantize_pytorch.VectorQuantize(dim,
+        codebook_size, ...)``, read with the peer's names and defaults: EMA, decay 0.8, rotation
+        trick, kaiming-uniform codes, no scheduled resets, the peer's loss value (one term for a
+        learnable codebook), loss 0 in eval. An argument the peer
+        takes but fastlam does not (heads, codebook_dim, ...) is a ValueError naming it."""
         if kw:
-            raise ValueError(f"from_vector_quantize_kwargs: unsupported arguments {sorted(kw)}")
-        ema = ema_update and not learnable_codebook
-        return cls(codebook_size, dim, commitment=commitment_weight, reset_every=None, reset_every_steps=None,
-                   codebook_weight=commitment_weight, init="kmeans" if kmeans_init else "uniform",
-                   kmeans_iters=kmeans_iters, ema=ema, decay=decay, eps=eps,
-                   threshold_ema_dead_code=threshold_ema_dead_code, cosine=use_cosine_sim,
-                   rotation_trick=rotation_trick and dim > 1, freeze_codebook=freeze_codebook)
+            raise ValueError(f"vector-quantize-pytorch arguments fastlam's VectorQuantizer does not support: "
+                             f"{sorted(kw)}; drop them, or use vector_quantize_pytorch itself")
+        return dict(codebook_size=codebook_size, dim=dim, commitment=commitment_weight, reset_every=None,
+                    reset_every_steps=None, codebook_weight=commitment_weight,
+                    init="kmeans" if kmeans_init else "kaiming", kmeans_iters=kmeans_iters,
+                    ema=ema_update and not learnable_codebook, decay=decay, eps=eps,
+                    threshold_ema_dead_code=threshold_ema_dead_code, cosine=use_cosine_sim,
+                    rotation_trick=rotation_trick and dim > 1, freeze_codebook=freeze_codebook, eval_loss=False,
+                    peer_loss_value=True)
+
+    @classmethod
+    def from_vector_quantize_kwargs(cls, dim: int, codebook_size: int, **peer_kwargs) -> "VectorQuantizer":
+        """A VectorQuantizer configured as ``vector_quantize_pytorch.VectorQuantize(dim,
+        codebook_size, **peer_kwargs)`` (see :meth:`vector_quantize_arguments`)."""
+        return cls(**cls.vector_quantize_arguments(dim, codebook_size, **peer_kwargs))
 
     # ---- state ------------------------------------------------------------------------
     @property
@@ -370,13 +419,28 @@ class VectorQuantizer(nn.Module):
 
     get_output_from_indices = get_codes_from_indices
 
+    def train(self, mode: bool = True):
+        if self.training and not mode:  # a new evaluation starts its own count
+            self.eval_usage.zero_()
+        return super().train(mode)
+
     @torch.no_grad()
     def stats(self) -> dict:
-        """Codes used and perplexity since the last reset, and for the last training batch (tensors)."""
-        return {"codes_used": (self.usage > 0).sum(), "perplexity": _perplexity(self.usage),
+        """Codes used and perplexity since the last reset (in eval mode with
+        ``count_usage_in_eval``: since the module was put into eval), and for the last batch
+        (tensors)."""
+        usage = self.eval_usage if not self.training and self.count_usage_in_eval else self.usage
+        return {"codes_used": (usage > 0).sum(), "perplexity": _perplexity(usage),
                 "batch_codes_used": (self.batch_usage > 0).sum(), "batch_perplexity": _perplexity(self.batch_usage)}
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # a vector-quantize-pytorch checkpoint: its layout is this module's up to names and a
+        # leading codebook axis; the dead-code window starts empty (the peer keeps none)
+        errors = peer_vq_keys_to_fastlam_(state_dict, prefix, codebook_size=self.codebook_size, dim=self.dim,
+                                          ema=self.ema)
+        if errors:
+            error_msgs.extend(errors)
+            return
         old = prefix + "codebook"
         if old in state_dict and prefix + "codebook.weight" not in state_dict:
             # fastlam < 0.2 stored the codebook as a bare Parameter; its codes were trained, so
@@ -406,7 +470,7 @@ class VectorQuantizer(nn.Module):
         if self.frozen and not force:
             return
         z = z.detach().reshape(-1, self.dim)
-        z = z[torch.isfinite(z).all(dim=1)].float()
+        z = z[torch.isfinite(z).all(dim=1)].to(_work_dtype(self.codebook.weight))
         if z.shape[0] == 0:
             return
         if self.cosine:
@@ -419,7 +483,7 @@ class VectorQuantizer(nn.Module):
         w.copy_(codes.to(w.dtype))
         if self.ema:
             self.cluster_size.fill_(1.0)
-            self.embed_avg.copy_(w.float())
+            self.embed_avg.copy_(w)
             _broadcast_(self.cluster_size, self.embed_avg)
         _broadcast_(w)
         self.initted.fill_(True)
@@ -428,7 +492,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _replace(self, dead: torch.Tensor, samples: torch.Tensor, cluster_size: float = 1.0) -> int:
         dead = dead.nonzero().flatten()
-        samples = samples[torch.isfinite(samples).all(dim=1)].float()
+        samples = samples[torch.isfinite(samples).all(dim=1)].to(_work_dtype(self.codebook.weight))
         if not dead.numel() or not samples.shape[0]:
             return 0
         if self.cosine:
@@ -439,7 +503,7 @@ class VectorQuantizer(nn.Module):
         _broadcast_(w)
         if self.ema:
             self.cluster_size[dead] = cluster_size
-            self.embed_avg[dead] = new * cluster_size
+            self.embed_avg[dead] = (new * cluster_size).to(self.embed_avg.dtype)
             _broadcast_(self.cluster_size, self.embed_avg)
         return int(dead.numel())
 
@@ -461,9 +525,11 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _ema_update(self, x: torch.Tensor, idx: torch.Tensor, counts: torch.Tensor) -> None:
         finite = torch.isfinite(x).all(dim=1)
-        xs = x.float() * finite[:, None]
-        embed_sum = torch.zeros(self.codebook_size, self.dim, device=x.device).index_add_(0, idx, xs.nan_to_num(0.0))
-        counts = counts.float()
+        dtype = self.embed_avg.dtype  # the EMA statistics' own dtype (fp64 in a float64 module)
+        xs = x.to(dtype) * finite[:, None]
+        embed_sum = torch.zeros(self.codebook_size, self.dim, device=x.device, dtype=dtype).index_add_(
+            0, idx, xs.nan_to_num(0.0))
+        counts = counts.to(self.cluster_size.dtype)
         _all_reduce_(counts, embed_sum)
         self.cluster_size.lerp_(counts, 1.0 - self.decay)
         self.embed_avg.lerp_(embed_sum, 1.0 - self.decay)
@@ -528,14 +594,23 @@ class VectorQuantizer(nn.Module):
             # the codes it searched, so it gets its own copy (gradients still reach the weight)
             codes = codes.clone()
         defer = training and self.defer_codebook_edits
-        counts = torch.zeros(self.codebook_size, dtype=torch.long, device=h.device) if training else None
+        counting = training or self.count_usage_in_eval
+        counts = torch.zeros(self.codebook_size, dtype=torch.long, device=h.device) if counting else None
         # Deferred: no usage counting or finiteness check inside the op (both read data-dependent
         # shapes or values back, a graph break); the rows are counted here with static shapes.
         z_q, idx, cb_loss, commit_loss = vector_quantize(x, codes, self.commitment, usage=None if defer else counts,
                                                          check_finite=self.check_finite and not defer,
                                                          backend=self.backend)
         learned = not self.ema and not self.frozen and self.codebook.weight.requires_grad
-        loss = commit_loss + self.codebook_weight * cb_loss if learned else commit_loss
+        if not learned:
+            loss = commit_loss
+        elif self.peer_loss_value:
+            # the peer's one term w * ||z - e||^2 with gradients to both sides: the codebook
+            # term's gradient, counted at value 0
+            cb_term = self.codebook_weight * cb_loss
+            loss = commit_loss + (cb_term - cb_term.detach())
+        else:
+            loss = commit_loss + self.codebook_weight * cb_loss
         if self.rotation_trick and training and x.requires_grad:
             z_q = _rotation_trick(x, z_q.detach())
         metrics = {"reg/codebook": cb_loss.detach(), "reg/commitment": commit_loss.detach()}
@@ -554,11 +629,23 @@ class VectorQuantizer(nn.Module):
                 self._pending = (x.detach(), idx, counts, finite.all())
             else:
                 metrics.update(self._edit_codebook(x.detach(), idx, counts))
+        elif counting:
+            self.batch_usage.copy_(counts)
+            self.eval_usage += counts
+            st = self.stats()
+            metrics.update({"reg/codes_used": st["codes_used"].float(), "reg/perplexity": st["perplexity"],
+                            "reg/batch_perplexity": st["batch_perplexity"]})
+        if not training and not self.eval_loss:  # the peer's eval loss: 0
+            loss = torch.zeros((), dtype=loss.dtype, device=loss.device)
         z = z_q.reshape(*h.shape[:-1], self.dim)
         return VQOutput(z, idx.reshape(h.shape[:-1]), loss, metrics)
 
 
 # ----------------------------------------------------------------------------- FSQ
+
+def _projection_dtype(project: nn.Module) -> torch.dtype:
+    return project.weight.dtype if isinstance(project, nn.Linear) else torch.get_default_dtype()
+
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (x.round() - x).detach()
@@ -612,9 +699,11 @@ class FSQ(nn.Module):
         return (codes * half + half).mul(self._basis.to(codes.dtype)).sum(-1).round().long()
 
     def indices_to_codes(self, indices: torch.Tensor, project_out: bool = True) -> torch.Tensor:
+        """Codes in the projection's dtype (fp64 for a float64 module), else the default dtype."""
         level_idx = (indices.long()[..., None] // self._basis) % self._levels
         half = self._levels // 2
-        codes = (level_idx - half).float() / half.float()
+        dtype = _projection_dtype(self.project_out)
+        codes = (level_idx - half).to(dtype) / half.to(dtype)
         return self.project_out(codes) if project_out else codes
 
     def forward(self, z: torch.Tensor) -> FSQOutput:
@@ -666,10 +755,22 @@ class LFQ(nn.Module):
         self.project_out = nn.Linear(self.codebook_dim, self.dim, bias=projection_has_bias) if proj else nn.Identity()
         self.entropy_loss_weight, self.commitment_loss_weight = entropy_loss_weight, commitment_loss_weight
         self.diversity_gamma, self.codebook_scale = diversity_gamma, codebook_scale
-        self.register_buffer("mask", 2 ** torch.arange(self.codebook_dim - 1, -1, -1), persistent=False)
+        # persistent, as vector-quantize-pytorch's: state dicts cross unchanged both ways
+        self.register_buffer("mask", 2 ** torch.arange(self.codebook_dim - 1, -1, -1))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        key = prefix + "mask"
+        if key not in state_dict:  # fastlam < 0.3 did not store it: it follows from codebook_size
+            state_dict[key] = self.mask.clone()
+        elif not torch.equal(state_dict[key].cpu().long(), self.mask.cpu()):
+            error_msgs.append(f"{key}: the checkpoint's bit mask {state_dict[key].tolist()} is not this LFQ's "
+                              f"{self.mask.tolist()} (codebook_size={self.codebook_size}, most significant bit first)")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def indices_to_codes(self, indices: torch.Tensor, project_out: bool = True) -> torch.Tensor:
-        bits = ((indices.long()[..., None] & self.mask) != 0).float()
+        """Codes in the projection's dtype (fp64 for a float64 module), else the default dtype."""
+        bits = ((indices.long()[..., None] & self.mask) != 0).to(_projection_dtype(self.project_out))
         codes = bits * (2 * self.codebook_scale) - self.codebook_scale
         return self.project_out(codes) if project_out else codes
 
@@ -703,14 +804,27 @@ class LFQ(nn.Module):
 
 # ----------------------------------------------------------------------------- residual VQ
 
+# VectorQuantizer arguments that are not vector-quantize-pytorch's (those that are, like decay
+# or rotation_trick, mean the same in both); and fastlam's name -> the peer's for one setting.
+_FASTLAM_ONLY_VQ_ARGUMENTS = frozenset(inspect.signature(VectorQuantizer.__init__.__wrapped__).parameters) - {
+    "self", "codebook_size", "dim"} - frozenset(inspect.signature(VectorQuantizer.vector_quantize_arguments).parameters)
+_SAME_MEANING = {"commitment": "commitment_weight", "codebook_weight": "commitment_weight", "ema": "ema_update",
+                 "cosine": "use_cosine_sim", "init": "kmeans_init"}
+
 class ResidualVQ(nn.Module):
     """Residual VQ (Zeghidour et al. 2021): ``num_quantizers`` VectorQuantizers in sequence,
     each quantising what the previous ones left (the residual passes on without gradient
     through the codes); the output is the sum of the codes.
 
     Returns :class:`RVQOutput` ``(z, indices (..., Q), losses (Q,))`` like
-    ``vector_quantize_pytorch.ResidualVQ``. ``vq_kwargs`` go to every :class:`VectorQuantizer`
-    (``ema``, ``cosine``, ``init``, ``commitment`` ...). No quantizer dropout or beam search.
+    ``vector_quantize_pytorch.ResidualVQ``. Built from the peer's arguments it builds the peer's
+    quantizer: each layer is ``VectorQuantizer.from_vector_quantize_kwargs(dim, codebook_size,
+    **peer_kwargs)`` (EMA, decay 0.8, ``commitment_weight`` 1, rotation trick, kaiming-uniform
+    codes, no scheduled resets, loss 0 in eval). fastlam's own VectorQuantizer arguments
+    (``commitment``, ``ema``, ``init``, ``reset_every_steps``, ``backend`` ...) may be passed
+    beside them and win; one name of each pair (``commitment`` / ``commitment_weight``, ``ema`` /
+    ``ema_update``, ``cosine`` / ``use_cosine_sim``, ``init`` / ``kmeans_init``) only. No
+    quantizer dropout, beam search or shared codebook (a ValueError names them).
 
     Example:
         >>> rvq = ResidualVQ(dim=16, num_quantizers=3, codebook_size=32)
@@ -720,12 +834,18 @@ class ResidualVQ(nn.Module):
     """
 
     @_renamed_arguments(dead_code_threshold="threshold_dead_code")  # one warning, at the caller's line
-    def __init__(self, *, dim: int, num_quantizers: int, codebook_size: int, **vq_kwargs):
+    def __init__(self, *, dim: int, num_quantizers: int, codebook_size: int, **kwargs):
         super().__init__()
         if num_quantizers < 1:
             raise ValueError(f"num_quantizers: expected >= 1, got {num_quantizers}")
         self.dim, self.num_quantizers, self.codebook_size = dim, num_quantizers, codebook_size
-        self.layers = nn.ModuleList(VectorQuantizer(codebook_size, dim, **vq_kwargs) for _ in range(num_quantizers))
+        ours = {k: kwargs.pop(k) for k in list(kwargs) if k in _FASTLAM_ONLY_VQ_ARGUMENTS}
+        for fastlam_name, peer_name in _SAME_MEANING.items():
+            if fastlam_name in ours and peer_name in kwargs:
+                raise TypeError(f"ResidualVQ: got both {fastlam_name!r} (fastlam's) and {peer_name!r} "
+                                f"(vector-quantize-pytorch's); pass one")
+        args = {**VectorQuantizer.vector_quantize_arguments(dim, codebook_size, **kwargs), **ours}
+        self.layers = nn.ModuleList(VectorQuantizer(**args) for _ in range(num_quantizers))
 
     @property
     def codebooks(self) -> torch.Tensor:

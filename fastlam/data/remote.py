@@ -24,7 +24,6 @@ extra installs fsspec and aiohttp; add s3fs / gcsfs for those stores).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tempfile
 import threading
@@ -133,15 +132,8 @@ def read_bytes(path: str | os.PathLike) -> bytes:
             return f.read()
     import fsspec  # optional: fsspec (the remote extra)
 
-    def get() -> bytes:
-        fs, remote_path = fsspec.core.url_to_fs(s)
-        buf = io.BytesIO()
-        with fs.open(remote_path, "rb", block_size=0) as f:  # block_size 0: one streamed GET
-            while chunk := f.read(1 << 20):
-                buf.write(chunk)
-        return buf.getvalue()
-
-    return with_retries(s, get)
+    fs, remote_path = fsspec.core.url_to_fs(s)
+    return with_retries(s, lambda: fs.cat_file(remote_path))
 
 
 class FileCache:
@@ -241,6 +233,8 @@ _default: FileCache | None = None
 def default_cache() -> FileCache:
     """The process-wide cache (``$FASTLAM_CACHE``, ``$FASTLAM_CACHE_BYTES``, default 8 GiB)."""
     global _default
-    if _default is None:
+    where = os.environ.get("FASTLAM_CACHE")
+    if _default is None or (where is not None and Path(where) != _default.dir):
+        # Made again when $FASTLAM_CACHE changes (a test, or a run pointing it elsewhere).
         _default = FileCache(max_bytes=int(os.environ.get("FASTLAM_CACHE_BYTES", 8 << 30)))
     return _default

@@ -42,12 +42,14 @@ from fastlam.data.dali_stream import DaliStreamLoader
 from fastlam.data.manifest import check_manifest_files
 from fastlam.data.shards import (ShardLoader, ShardStream, is_shard_source, load_stream_state, merge_states,
                                  prune_stream_states, save_stream_state)
+from fastlam.data.state_store import StateStream, is_state_store
 from fastlam.data.synthetic import make_sprite_clips
 from fastlam.diagnostics import TrainDiagnostics, plot_diagnostics, progress_postfix
 from fastlam.epochs import EpochIndexed
 from fastlam.inputs import one_line
 from fastlam.models import LatentActionWorldModel
-from fastlam.models.encoder_record import encoder_record, load_without_encoder, strip_encoder, verify_encoder
+from fastlam.models.encoder_record import (encoder_fingerprint, encoder_record, load_without_encoder, strip_encoder,
+                                           verify_encoder)
 from fastlam.models.vjepa2 import load_vjepa2_encoder
 from fastlam.muon import muon_step_flops
 from fastlam.optim import build_optimizers, build_schedulers
@@ -111,6 +113,10 @@ def build_dataset(cfg: TrainConfig):
         return _SyntheticClips(cfg)
 
     m = cfg.model
+    if is_state_store(cfg.data.source):  # encoder states (python -m fastlam.data encode): no decoding
+        return StateStream(cfg.data.source, seed=cfg.seed, shuffle_buffer=cfg.data.shuffle_buffer, drop_last=True,
+                           bad_file_log=Path(cfg.out_dir) / "bad_files.jsonl",
+                           max_bad_fraction=cfg.data.max_bad_fraction)
     if is_shard_source(cfg.data.source):  # rank and world size are set by iter_batches
         return ShardStream(cfg.data.source, num_frames=m.frames, fps=cfg.data.fps,
                            size=(m.image_size, m.image_size), crop=cfg.data.crop,
@@ -193,6 +199,25 @@ def iter_batches(cfg: TrainConfig, dataset, device: torch.device, env, position:
     )
 
 
+def check_state_store(store: StateStream, model: LatentActionWorldModel, cfg: TrainConfig) -> None:
+    """Refuse a state store made by another encoder (its fingerprint: config + weights) or for
+    other clips than the run's (frames, size, fps): its states would train a model of them."""
+    h, want = store.header, encoder_fingerprint(model.encoder)
+    if h["fingerprint"] != want:
+        raise ConfigError(f"data.source: the state store {cfg.data.source} was encoded by another encoder "
+                          f"(fingerprint {h['fingerprint'][:16]}..., {h['encoder'].get('kind')} encoder) than "
+                          f"model.encoder builds (fingerprint {want[:16]}..., {cfg.model.encoder.kind}); encode "
+                          f"the store with this run's model.encoder and seed, or train with the store's")
+    m = cfg.model
+    tub, p = m.encoder.tubelet, m.encoder.patch_size
+    shape = [m.frames // tub, (m.image_size // p) ** 2, model.encoder.width]
+    mine = {"num_frames": m.frames, "size": [m.image_size, m.image_size], "fps": float(cfg.data.fps), "shape": shape}
+    diff = {k: (h[k], v) for k, v in mine.items() if h[k] != v}
+    if diff:
+        raise ConfigError("data.source: the state store's clips differ from this run's: "
+                          + "; ".join(f"{k} {a} in the store, {b} here" for k, (a, b) in diff.items()))
+
+
 # ---- helpers -----------------------------------------------------------------------------
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -273,6 +298,8 @@ class _LocalRunner:
         self.scheds = build_schedulers(self.opts, cfg.steps, cfg.optim)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.encoder: dict | None = None  # encoder_record, computed at the first save
+        # Batches of encoder states (a state store source): the encoder forward is skipped.
+        self.from_states = is_state_store(cfg.data.source)
         self.net = self.ddp = model
         if env.backend == "ddp":
             ids = [device.index] if device.type == "cuda" else None
@@ -299,7 +326,7 @@ class _LocalRunner:
             sync = contextlib.nullcontext() if last or self.env.backend != "ddp" else self.ddp.no_sync()
             with sync:
                 with autocast_for(self.device, cfg.precision):
-                    out = self.net(micro)
+                    out = self.net(states=micro) if self.from_states else self.net(micro)
                 # Where the eager forward makes them: after the search, before the backward.
                 out.metrics.update(self.model.apply_codebook_edits())
                 (out.loss / accum if accum > 1 else out.loss).backward()
@@ -437,6 +464,11 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
     model.predictor.checkpoint_blocks = cfg.activation_checkpointing
     model.check_video_range = False  # the loaders give [0, 1] by construction: no per-step host sync
     model.to(device).train()
+    if isinstance(dataset, StateStream):
+        if env.backend == "deepspeed":
+            raise ConfigError("data.source: training from a state store runs with the local runner "
+                              "(single process or DDP), not DeepSpeed yet")
+        check_state_store(dataset, model, cfg)
     if env.world_size > 1:
         # Same weights on every rank (seeded above), but each rank's own noise stream.
         torch.manual_seed(cfg.seed + 1_000_003 * env.rank)
@@ -503,7 +535,8 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
                 with speed.waiting():
                     video = next(batches)
                 position += 1
-                dash.remember_clip(video)
+                if not isinstance(dataset, StateStream):  # the dashboard's strips draw video
+                    dash.remember_clip(video)
                 last = runner.train_step(video.to(device, non_blocking=True))
                 nonfinite.add(last.finite, step + 1)
                 first = last if first is None else first
@@ -597,6 +630,9 @@ def _diagnostics(cfg: TrainConfig, env: fdist.DistEnv):
     if cfg.diagnostics_clips < 0:
         raise ConfigError(f"diagnostics_clips: expected an int >= 0, got {cfg.diagnostics_clips}")
     if not env.is_main or cfg.diagnostics_clips == 0 or env.backend == "deepspeed":
+        return None
+    if is_state_store(cfg.data.source):
+        print("diagnostics off: a state store holds encoder states, not the video clips they need")
         return None
 
     try:

@@ -30,7 +30,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "data": ("fastlam.data",),
     "training": ("fastlam.config_checks", "fastlam.run_folder", "fastlam.optim", "fastlam.muon",
                  "fastlam.step_metrics", "fastlam.dashboard", "fastlam.diagnostics", "fastlam.distributed", "fastlam.flops",
-                 "fastlam.drawing", "fastlam.clips", "fastlam.epochs", "fastlam.loop", "fastlam.rollouts", "fastlam.trainer"),
+                 "fastlam.drawing", "fastlam.clips", "fastlam.epochs", "fastlam.loop", "fastlam.rollouts", "fastlam.trainer",
+                 "fastlam.encode_states"),
     "entry": ("fastlam.train", "fastlam.train_decoder", "fastlam.eval"),
 }
 RANK = {name: i for i, name in enumerate(LAYERS)}

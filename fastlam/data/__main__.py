@@ -1,12 +1,14 @@
-"""``python -m fastlam.data index|shard``: corpus manifests and WebDataset shards.
+"""``python -m fastlam.data index|shard|encode``: corpus manifests, WebDataset shards, encoder states.
 
     python -m fastlam.data index videos/ more.txt k400_train.csv --out corpus.parquet
     python -m fastlam.data shard corpus.parquet --out shards/ --shard-mb 512 --fps 4 --size 256
+    python -m fastlam.data encode --config configs/tiny_cpu.yaml data.source=shards/shards.json --out states/
 """
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 
 from ..cli_help import plain
@@ -54,8 +56,10 @@ def _shard(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m fastlam.data", description=plain(__doc__),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{index,shard}",
-                            help="index: probe videos into a manifest; shard: write WebDataset tar shards")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{index,shard,encode}",
+                            help="index: probe videos into a manifest; shard: write WebDataset tar shards; "
+                                 f"encode: write a frozen encoder's states of shards (python -m {ENCODE_MODULE}, "
+                                 f"whose --help lists its options)")
     ix = sub.add_parser("index", help="probe videos once into a manifest (resumable)")
     ix.add_argument("sources", nargs="+", help="folders, path lists, 'path label' .csv lists, "
                     "videos, or fsspec URLs of lists / videos")
@@ -90,7 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# ``encode`` runs a model, which this package may not import (docs/architecture.md): it is the
+# training layer's ``python -m fastlam.encode_states``, run as a command, not imported.
+ENCODE_MODULE = "fastlam.encode_states"
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["encode"]:
+        return subprocess.call([sys.executable, "-m", ENCODE_MODULE, *argv[1:]])
     ap = build_parser()
     args = ap.parse_args(argv)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 
 import torch
 from torch import nn
@@ -25,6 +26,17 @@ def encoder_sha256(encoder: nn.Module) -> str:
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def encoder_fingerprint(encoder: nn.Module) -> str:
+    """SHA-256 over the encoder's config and weights: what a state store was made with. The
+    weights file's path is left out (the same V-JEPA 2 file at another path makes the same
+    states; its bytes are in the weights hash)."""
+    cfg = dataclasses.asdict(encoder.cfg)
+    cfg.pop("checkpoint", None)
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode("utf-8"))
+    h.update(encoder_sha256(encoder).encode("ascii"))
     return h.hexdigest()
 
 

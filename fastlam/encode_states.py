@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fastlam.cli_help import plain
 from fastlam.config import ConfigError, load_config
 from fastlam.configs import TrainConfig
 from fastlam.data.decoding import VideoDecodeError, decode_errors
@@ -131,7 +132,8 @@ def _encode(encoder, clips: list[torch.Tensor], batch_size: int, device: torch.d
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m fastlam.encode_states", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m fastlam.encode_states", description=plain(__doc__),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="the training YAML config (encoder, clip settings, seed)")
     ap.add_argument("--out", required=True, help="folder (or fsspec URL) of the state store to write or resume")
     ap.add_argument("--dtype", default="bfloat16", choices=sorted(STORE_DTYPES),

@@ -390,6 +390,10 @@ class VectorQuantizer(nn.Module):
         if kw:
             raise ValueError(f"vector-quantize-pytorch arguments fastlam's VectorQuantizer does not support: "
                              f"{sorted(kw)}; drop them, or use vector_quantize_pytorch itself")
+        if threshold_ema_dead_code > 0 and (learnable_codebook or not ema_update):
+            raise ValueError("threshold_ema_dead_code > 0 with a learnable (non-EMA) codebook: fastlam expires "
+                             "codes by their EMA cluster size only with EMA; for a learnable codebook pass "
+                             "fastlam's scheduled reset instead (threshold_dead_code=..., reset_every_steps=...)")
         return dict(codebook_size=codebook_size, dim=dim, commitment=commitment_weight, reset_every=None,
                     reset_every_steps=None, codebook_weight=commitment_weight,
                     init="kmeans" if kmeans_init else "kaiming", kmeans_iters=kmeans_iters,

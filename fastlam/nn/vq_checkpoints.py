@@ -13,7 +13,8 @@ Peer -> fastlam: the codebook, ``initted`` and (with EMA) the statistics map one
 dead-code window starts empty, as after a reset (the peer has none); without EMA the peer's
 statistics are dropped (fastlam's learnable codebook reads none). fastlam -> peer: the window is
 dropped; without EMA the statistics are written as the peer initialises them (ones, and the
-codes), which is what its learnable codebook holds until it expires a code.
+current codes): the peer's learnable codebook never reads them (it tracks them only to expire
+codes by ``threshold_ema_dead_code``, which fastlam refuses for a learnable codebook).
 
 This module knows state-dict keys, not module classes: a module whose ``peer_checkpoint_layout``
 is ``"vector_quantize"`` (fastlam's VectorQuantizer) is converted, at any depth of a model.

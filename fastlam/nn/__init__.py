@@ -3,7 +3,7 @@ from ..ops.rope import Rope1D, Rope3D
 from .adaln import FrameAdaLN
 from .attention import STAttention
 from .prediction_loss import PredictionLoss
-from .quantizers import FSQ, LFQ, Codebook, ResidualVQ, VQOutput, kmeans_plus_plus
+from .quantizers import Codebook, ResidualVQ, VQOutput, kmeans_plus_plus
 from .regularizers import (
     REGULARIZER_KINDS,
     REGULARIZERS,
@@ -17,6 +17,8 @@ from .regularizers import (
     check_regularizer_config,
     regularizer_from_config,
 )
+from .scalar_quantizers import FSQ, LFQ
+from .vq_checkpoints import from_peer_state_dict, to_peer_state_dict
 
 __all__ = [
     "FSQ",
@@ -41,4 +43,6 @@ __all__ = [
     "build_regularizer",
     "check_regularizer_config",
     "regularizer_from_config",
+    "from_peer_state_dict",
+    "to_peer_state_dict",
 ]

@@ -25,9 +25,8 @@ def _modules(name):
         kw = dict(ema_update=False, learnable_codebook=True, rotation_trick=False)
         return VectorQuantizer.from_vector_quantize_kwargs(DIM, 1024, **kw), vqp.VectorQuantize(DIM, 1024, **kw)
     if name == "rvq4_256":
-        return (ResidualVQ(dim=DIM, num_quantizers=4, codebook_size=256, ema=True, decay=0.8, commitment=1.0,
-                           reset_every_steps=None),
-                vqp.ResidualVQ(dim=DIM, num_quantizers=4, codebook_size=256, rotation_trick=False))
+        kw = dict(dim=DIM, num_quantizers=4, codebook_size=256, rotation_trick=False)
+        return ResidualVQ(**kw), vqp.ResidualVQ(**kw)  # the peer's arguments build the peer's quantizer
     if name == "fsq_8555":
         return FSQ([8, 5, 5, 5], dim=DIM), vqp.FSQ(levels=[8, 5, 5, 5], dim=DIM)
     if name == "lfq_12":

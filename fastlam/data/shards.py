@@ -123,7 +123,13 @@ def read_shard_index(source: str, cache: FileCache | None = None
     ``shards.json`` or a brace pattern of tars."""
     source = str(source)
     if source.endswith(".json"):
-        index = json.loads(read_bytes(source).decode("utf-8"))
+        try:
+            index = json.loads(read_bytes(source).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"source {source!r}: not a shard index, not even JSON ({e})") from None
+        if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+            raise ValueError(f"source {source!r}: not a shard index (a shards.json written by "
+                             f"'python -m fastlam.data shard' lists its 'shards')")
         base = source.rsplit("/", 1)[0] if "/" in source else "."
         checks = [({"bytes": int(s["bytes"]), "sha256": s["sha256"]} if "sha256" in s else None)
                   for s in index["shards"]]

@@ -226,8 +226,9 @@ def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, windo
         _check(name, x)
     B, H, L, D = q.shape
     fused = rope_tables is not None and rope_fusion == "kernel"
-    cfg = mask_variant_config(block_config(D, q.dtype, rope=fused, device=q.device), mask in TEMPORAL_MODE or key_lengths is not None,
-                              q.dtype != torch.float32)
+    # seq_len picks the device tuning's shape class (kernels/attention_tuning.py).
+    tiles = block_config(D, q.dtype, rope=fused, device=q.device, seq_len=L)
+    cfg = mask_variant_config(tiles, mask in TEMPORAL_MODE or key_lengths is not None, q.dtype != torch.float32)
     BM, BN, warps, stages = cfg["fwd"]
     mask_frame, window = mask_frames(L, frame_len, mask, window_frames)
     if out is None:
@@ -278,8 +279,9 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
         _check(name, x)
     B, H, L, D = q.shape
     fused = rope_tables is not None and rope_fusion == "kernel"
-    cfg = mask_variant_config(block_config(D, q.dtype, rope=fused, device=q.device), mask in TEMPORAL_MODE or key_lengths is not None,
-                              q.dtype != torch.float32)
+    # seq_len picks the device tuning's shape class (kernels/attention_tuning.py).
+    tiles = block_config(D, q.dtype, rope=fused, device=q.device, seq_len=L)
+    cfg = mask_variant_config(tiles, mask in TEMPORAL_MODE or key_lengths is not None, q.dtype != torch.float32)
     BD = cfg["BLOCK_D"]
     mask_frame, window = mask_frames(L, frame_len, mask, window_frames)
     dot_fp32 = _dot_fp32(q.dtype)

@@ -214,6 +214,8 @@ def test_residual_vq_from_the_peers_arguments_is_the_peers_quantizer():
         ResidualVQ(dim=D, num_quantizers=2, codebook_size=K, commitment=0.1, commitment_weight=0.2)
     with pytest.raises(ValueError, match=r"does not support: \['quantize_dropout'\]"):
         ResidualVQ(dim=D, num_quantizers=2, codebook_size=K, quantize_dropout=True)
+    resets = ResidualVQ(dim=D, num_quantizers=2, codebook_size=K, threshold_dead_code=2)  # fastlam's reset asked for
+    assert all((layer.threshold_dead_code, layer.reset_every_steps) == (2, 100) for layer in resets.layers)
 
 
 def test_from_vector_quantize_kwargs_starts_the_codebook_as_the_peer_does():
@@ -253,6 +255,24 @@ def test_eval_loss_is_the_peers_when_built_from_its_arguments():
     own = VectorQuantizer(K, D, backend="torch").eval()
     assert float(own(x).loss.detach()) > 0  # fastlam's own default: the validation loss (documented)
     assert float(VectorQuantizer(K, D, backend="torch", eval_loss=False).eval()(x).loss) == 0.0
+
+
+def test_peer_expiry_of_a_learnable_codebook_is_an_error_that_says_what_to_pass():
+    with pytest.raises(ValueError, match="threshold_dead_code=.*reset_every_steps="):
+        VectorQuantizer.from_vector_quantize_kwargs(D, K, learnable_codebook=True, ema_update=False,
+                                                    threshold_ema_dead_code=2)
+
+
+def test_a_frozen_learnable_codebook_reads_the_peers_loss_and_gradients():
+    kw = dict(ema_update=False, learnable_codebook=True, rotation_trick=False, commitment_weight=0.25)
+    torch.manual_seed(0)
+    peer = vqp.VectorQuantize(dim=D, codebook_size=K, **kw)
+    ours = _torch_backend(VectorQuantizer.from_vector_quantize_kwargs(D, K, **kw))
+    ours.load_state_dict(peer.state_dict())
+    peer._codebook.embed.requires_grad_(False)
+    ours.codebook.weight.requires_grad_(False)
+    x, g = 0.1 * torch.randn(3, 6, D), torch.randn(3, 6, D)
+    _assert_same_outputs(_step(ours, x, g, True), _step(peer, x, g, True), exact=False)
 
 
 # ----------------------------------------------------------------------------- float64
@@ -332,20 +352,3 @@ def test_residual_vq_runs_in_float64():
     z, idx, _ = rvq(x.detach())
     torch.testing.assert_close(rvq.get_output_from_indices(idx), z, rtol=1e-12, atol=1e-12)
 
-
-def test_peer_expiry_of_a_learnable_codebook_is_an_error_that_says_what_to_pass():
-    with pytest.raises(ValueError, match="threshold_dead_code=.*reset_every_steps="):
-        VectorQuantizer.from_vector_quantize_kwargs(D, K, learnable_codebook=True, ema_update=False,
-                                                    threshold_ema_dead_code=2)
-
-
-def test_a_frozen_learnable_codebook_reads_the_peers_loss_and_gradients():
-    kw = dict(ema_update=False, learnable_codebook=True, rotation_trick=False, commitment_weight=0.25)
-    torch.manual_seed(0)
-    peer = vqp.VectorQuantize(dim=D, codebook_size=K, **kw)
-    ours = _torch_backend(VectorQuantizer.from_vector_quantize_kwargs(D, K, **kw))
-    ours.load_state_dict(peer.state_dict())
-    peer._codebook.embed.requires_grad_(False)
-    ours.codebook.weight.requires_grad_(False)
-    x, g = 0.1 * torch.randn(3, 6, D), torch.randn(3, 6, D)
-    _assert_same_outputs(_step(ours, x, g, True), _step(peer, x, g, True), exact=False)

@@ -657,6 +657,8 @@ class ResidualVQ(nn.Module):
     beside them and win; one name of each pair (``commitment`` / ``commitment_weight``, ``ema`` /
     ``ema_update``, ``cosine`` / ``use_cosine_sim``, ``init`` / ``kmeans_init``) only. No
     quantizer dropout, beam search or shared codebook (a ValueError names them).
+    ``threshold_dead_code`` alone switches fastlam's scheduled reset on at its default schedule
+    (``reset_every_steps=100``).
 
     Example:
         >>> rvq = ResidualVQ(dim=16, num_quantizers=3, codebook_size=32)
@@ -676,6 +678,10 @@ class ResidualVQ(nn.Module):
             if fastlam_name in ours and peer_name in kwargs:
                 raise TypeError(f"ResidualVQ: got both {fastlam_name!r} (fastlam's) and {peer_name!r} "
                                 f"(vector-quantize-pytorch's); pass one")
+        if "threshold_dead_code" in ours and not {"reset_every", "reset_every_steps"} & set(ours):
+            # fastlam's scheduled reset asked for by its threshold alone: its default schedule,
+            # not the peer's "no scheduled reset", which would make the threshold a no-op
+            ours["reset_every_steps"] = 100
         args = {**VectorQuantizer.vector_quantize_arguments(dim, codebook_size, **kwargs), **ours}
         self.layers = nn.ModuleList(VectorQuantizer(**args) for _ in range(num_quantizers))
 

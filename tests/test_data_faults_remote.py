@@ -70,6 +70,7 @@ class _FaultyHandler(http.server.SimpleHTTPRequestHandler):
 
     faults: dict = {}
     hits: dict = {}
+    ranges = [True]  # [False]: answer every request with the whole file (no Range support)
 
     def log_message(self, *args):
         pass
@@ -104,7 +105,7 @@ class _FaultyHandler(http.server.SimpleHTTPRequestHandler):
     def send_head(self):
         rng = self.headers.get("Range")
         path = self.translate_path(self.path)
-        if not rng or not Path(path).is_file():
+        if not rng or not self.ranges[0] or not Path(path).is_file():
             return super().send_head()
         data = Path(path).read_bytes()
         a, _, b = rng.replace("bytes=", "").partition("-")
@@ -121,14 +122,14 @@ class _FaultyHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture
 def server(corpus):
     pytest.importorskip("aiohttp")
-    handler_cls = type("Handler", (_FaultyHandler,), {"faults": {}, "hits": {}})
+    handler_cls = type("Handler", (_FaultyHandler,), {"faults": {}, "hits": {}, "ranges": [True]})
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
                                           functools.partial(handler_cls, directory=str(corpus["root"])))
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
         yield {"base": f"http://127.0.0.1:{srv.server_address[1]}", "faults": handler_cls.faults,
-               "hits": handler_cls.hits}
+               "hits": handler_cls.hits, "ranges": handler_cls.ranges}
     finally:
         srv.shutdown()
         srv.server_close()
@@ -217,6 +218,36 @@ def test_http_manifest_videos_are_read(tmp_path, corpus, server):
     for i in range(3):
         assert np.array_equal(rem[i].numpy(), loc[i].numpy())
     assert rem.bad_files == {}
+
+
+def test_shard_http_videos_without_range_support(tmp_path, corpus, server):
+    """Copying remote videos into shards needs no Range support (one GET per video), and a
+    503 on one of them is retried: nothing dropped."""
+    urls = [f"{server['base']}/videos/{p.name}" for p in corpus["paths"][:4]]
+    build_manifest(urls, tmp_path / "remote.parquet", workers=0, progress=False)
+    server["ranges"][0] = False
+    server["faults"]["/videos/v01.mp4"] = ["503"]
+    index = write_shards(tmp_path / "remote.parquet", tmp_path / "out", progress=False)
+    assert index["bad"] == [] and index["samples"] == 4
+    loader = ShardLoader(ShardStream(str(tmp_path / "out" / "shards.json"), **CLIP), batch_size=2)
+    assert sorted(_epoch(loader)) == [0, 1, 2, 3] and loader.bad == {}
+
+
+def test_folder_over_the_bad_share_names_the_files(tmp_path, corpus):
+    from fastlam.data import VideoClipDataset
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for p in corpus["paths"][:3]:
+        shutil.copy(p, folder / p.name)
+    (folder / "zz_empty.mp4").write_bytes(b"")
+    (folder / "zz_text.mp4").write_text("not a video\n" * 30)
+    ok = VideoClipDataset(str(folder), max_bad_fraction=0.4, bad_file_log=tmp_path / "a.jsonl", **CLIP)
+    assert len([ok[i] for i in range(len(ok))]) == 5 and len(ok.bad_files) == 2  # 2 of 5: skipped
+    strict = VideoClipDataset(str(folder), max_bad_fraction=0.2, bad_file_log=tmp_path / "b.jsonl", **CLIP)
+    with pytest.raises(TooManyBadInputs, match="2 of 5 video files") as err:
+        [strict[i] for i in range(len(strict))]
+    assert "zz_empty.mp4" in str(err.value) and "zz_text.mp4" in str(err.value)
 
 
 # ------------------------------------------------------------------------------ damaged shards

@@ -17,7 +17,7 @@ times each, with a clip of 16 frames at 4 fps taken from the middle:
 with the bytes each cut read and the machine's load average (the CPU is shared). Writes
 ``clip_cut.json``, ``clip_cut.csv`` and ``clip_cut.md`` under ``--out``.
 
-    python benchmarks/bench_clip_cut.py --sizes 10 100 500 --repeats 9 --out benchmarks/results/clip_cut
+    python -m benchmarks.bench_clip_cut --sizes 10 100 500 --repeats 9 --out benchmarks/results/clip_cut
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -35,9 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import git_commit  # noqa: E402
-from benchmarks.result_files import write_rows_csv, write_text_atomic  # noqa: E402
+from benchmarks._common import git_commit
+from benchmarks.result_files import write_rows_csv, write_text_atomic
 
 
 def encode_base(path: Path, *, seconds: float, fps: int, width: int, height: int, gop: int) -> Path:
@@ -170,7 +168,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python benchmarks/bench_clip_cut.py",
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_clip_cut",
                                  description="Time cutting one clip's packets from files of growing size "
                                              "(should be flat) against reading the whole file.")
     ap.add_argument("--sizes", type=float, nargs="+", default=[10, 100, 500], help="file sizes in MB")

@@ -43,8 +43,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 CSV_FIELDS = ["device", "date", "commit", "triton", "torch", "key", "shapes", "tile", "role", "t1_ms", "t2_ms",
               "spills", "compile_s", "max_rel_diff", "verdict"]

@@ -352,7 +352,7 @@ def test_shard_killed_mid_write_leaves_the_old_set(tmp_path, corpus, monkeypatch
     with pytest.raises(ShardFolderError, match="pass --resume .* or --overwrite"):
         write_shards(corpus["manifest"], out, shard_bytes=1, progress=False, seed=2)
     with monkeypatch.context() as m, pytest.raises(_Killed):
-        _kill_at(m, 5)  # one sample per shard: shards 0-4 written, then the kill
+        _kill_at(m, 5)  # one sample per shard: shards 0-3 closed, the 5th half written
         write_shards(corpus["manifest"], out, shard_bytes=1, progress=False, seed=2, overwrite=True)
     assert (out / "shards.json").read_bytes() == old_index
     stream = ShardStream(str(out / "shards.json"), **CLIP)
@@ -380,6 +380,41 @@ def test_shard_resume_continues_an_interrupted_write(tmp_path, corpus, monkeypat
     assert done["shards"] == full["shards"] and _shas(tmp_path / "part") == _shas(tmp_path / "full")
     with pytest.raises(ShardFolderError, match="no interrupted write"):
         write_shards(corpus["manifest"], tmp_path / "part", shard_bytes=1, progress=False, seed=2, resume=True)
+
+
+_SIGKILL_AT = """
+import os, signal, sys
+from fastlam.data import shard_writer
+real = shard_writer._sample
+def sample(job):
+    if job[0] == int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)  # no finally, no atexit: a real kill
+    return real(job)
+shard_writer._sample = sample
+shard_writer.write_shards(sys.argv[1], sys.argv[2], shard_bytes=1, progress=False, seed=2,
+                          overwrite=True)
+"""
+
+
+def test_shard_sigkilled_mid_write_leaves_the_old_set(tmp_path, corpus):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    shutil.copytree(corpus["shards"], out)
+    old_index = (out / "shards.json").read_bytes()
+    old_tars = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    proc = subprocess.run([sys.executable, "-c", _SIGKILL_AT, str(corpus["manifest"]), str(out), "4"],
+                          capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert (out / "shards.json").read_bytes() == old_index
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar") if p.name in old_tars} == old_tars
+    # The new set: 3 finished tars (one per sample; a tar is closed when the next sample comes)
+    # and the 4th half written under its temporary name, none of them published.
+    assert len(list(out.glob("shard-g1-*.tar"))) == 3 and len(list(out.glob(".shard-g1-*.part"))) == 1
+    loader = ShardLoader(ShardStream(str(out / "shards.json"), **CLIP), batch_size=2)
+    assert sorted(_epoch(loader)) == list(range(8)) and loader.bad == {}
 
 
 def test_reencoding_is_reproducible(tmp_path, corpus):

@@ -465,3 +465,27 @@ def test_train_on_http_manifest_reports_a_404(tmp_path, corpus, server):
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 3 and saved["bad_inputs"] == 1  # skipped, named, counted
     assert f"{gone}: file does not exist" in saved["data_report"] and rows[-1]["bad_files"] == 1
+
+
+@pytest.mark.slow
+def test_train_on_shards_reports_a_damaged_member(tmp_path, corpus):
+    """A corrupt sample in a shard: training goes on, and metrics.jsonl and summary.json count
+    and name it (ShardLoader's bad samples were once never read)."""
+    from fastlam.config import load_config
+    from fastlam.train import TrainConfig, train
+
+    folder = tmp_path / "shards"
+    shutil.copytree(corpus["shards"], folder)
+    _damage(folder, "video_checksum")
+    url = str(folder / json.loads((folder / "shards.json").read_text())["shards"][1]["url"])
+    cfg = load_config(TrainConfig, "configs/tiny_cpu.yaml", [
+        f"data.source={folder / 'shards.json'}", "data.shuffle_buffer=2", "model.image_size=32",
+        "model.frames=8", "model.encoder.patch_size=8", "model.idm.width=32", "model.predictor.width=32",
+        "batch_size=2", "progress=false", "log_every=1", "steps=4", "ckpt_every=100",
+        "diagnostics_clips=0", f"out_dir={tmp_path / 'run'}"])
+    train(cfg)  # 4 steps of 2: past the end of epoch 0 (7 good clips), so every sample was met
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4] and rows[-1]["bad_files"] == 1
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["bad_inputs"] == 1
+    assert f"{url}: 1 sample(s)" in saved["data_report"] and "sha256 differs" in saved["data_report"]

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..inputs import read_json
 from ..models import ACPredictor, ACPredictorConfig
-from .fitting import fit_on_random_batches
+from .fitting import RandomBatchRecipe, fit_on_random_batches
 
 
 class StandardizedACPredictor(nn.Module):
@@ -87,17 +87,12 @@ class StandardizedACPredictor(nn.Module):
 
 
 @dataclass
-class ACBaselineConfig:
+class ACBaselineConfig(RandomBatchRecipe):
+    """The baseline's predictor and its fitting schedule (the recipe's defaults)."""
     width: int = 96
     depth: int = 2
     heads: int = 4
-    iterations: int = 2000
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.04
-    warmup: int = 100
-    rollout_steps: int = 2
-    seed: int = 0
+    rollout_steps: int = 2  # autoregressive steps of the rollout loss
 
 
 def train_ac_baseline(states: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor,

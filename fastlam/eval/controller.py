@@ -25,7 +25,7 @@ from torch import nn
 from ..checkpoint import load_safetensors, save_weights_folder
 from ..inputs import InputError, MissingInputError, read_json, require_folder
 from ..models.blocks import MLP, Block
-from .fitting import fit_on_random_batches
+from .fitting import RandomBatchRecipe, fit_on_random_batches
 
 
 @dataclass
@@ -41,13 +41,11 @@ class ControllerConfig:
 
 
 @dataclass
-class ControllerTrainConfig:
+class ControllerTrainConfig(RandomBatchRecipe):
+    """The controller's fitting schedule: longer, with larger batches than the recipe's defaults."""
     iterations: int = 3000
     warmup: int = 300
     batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.04
-    seed: int = 0
 
 
 class CrossAttentionBlock(nn.Module):

@@ -2,13 +2,13 @@
 linear warmup then cosine, minibatches drawn at random with a seeded generator, one step each
 through :func:`fastlam.loop.train_steps`. The controller (:func:`fastlam.eval.controller.train_controller`)
 and the action-conditioned baseline (:func:`fastlam.eval.ac_baseline.train_ac_baseline`) fit
-this way; their training configs carry the fields of :class:`RandomBatchRecipe`, each with its
-own defaults.
+this way; their training configs extend :class:`RandomBatchRecipe`, with their own defaults where
+the paper's differ.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,13 +17,15 @@ from ..loop import train_steps
 from ..optim import warmup_cosine
 
 
-class RandomBatchRecipe(Protocol):
-    iterations: int
-    warmup: int  # steps of linear warmup before the cosine decay
-    batch_size: int
-    lr: float
-    weight_decay: float
-    seed: int  # of the generator that draws the minibatches
+@dataclass
+class RandomBatchRecipe:
+    """The fitting schedule; the defaults are the action-conditioned baseline's."""
+    iterations: int = 2000
+    warmup: int = 100  # steps of linear warmup before the cosine decay
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.04
+    seed: int = 0  # of the generator that draws the minibatches
 
 
 def fit_on_random_batches(model: nn.Module, batch_loss: Callable[[torch.Tensor], torch.Tensor], items: int,

@@ -20,8 +20,16 @@ Nothing a reader can see is ever half written, and a kill at any moment leaves t
   interrupted write: the finished shards, recorded in ``.shards-progress.jsonl`` as each is
   renamed, are kept and the rest written) or ``overwrite`` (write a new set, publish it, then
   delete the old one);
-* re-encoding runs x264 on one thread, so writing twice gives the same bytes (the test encodes
-  twice and compares), which is also what makes a resumed write equal to an uninterrupted one.
+* copying (no ``--fps/--size/--max-seconds``) is byte for byte reproducible, and so a resumed
+  copy equals an uninterrupted one (tested). Re-encoding is NOT byte for byte reproducible,
+  though x264 and swscale run on one thread: in tests, two writes in one process gave
+  identical decoded-and-scaled input planes (Y, U, V, hashed per frame) and the same x264
+  option string (``threads=1 lookahead_threads=1 sliced_threads=0``), yet in about 1 of 3
+  test-file runs every encoded video of the second write differed by a few bytes from the
+  first's; alone in a process 12 of 12 writes were identical. The cause inside libx264 / PyAV
+  was not found. What holds (tested): the same samples in the same shards with the same
+  metadata (fps, frames, size, duration), each video checked by its own sha256; a resumed
+  re-encoding is a valid set, not necessarily the uninterrupted one's bytes.
 
 Videos that cannot be read or encoded are left out and listed with the reason in the index's
 ``bad`` (the CLI prints each one and the count).
@@ -93,8 +101,8 @@ def _reencode(path: str, fps: float | None, short_side: int | None,
         with av.open(buf, "w", format="mp4") as out:
             ost = out.add_stream("libx264", rate=rate)
             ost.width, ost.height, ost.pix_fmt = w, h, "yuv420p"
-            # One encoder thread: x264's output depends on how frames are split between its
-            # threads (1 of 4 runs differed with the default), so the shards are reproducible.
+            # One encoder (and scaler) thread: x264's output depends on how frames are split
+            # between threads. Not enough for identical bytes, though: see the module docstring.
             ost.codec_context.thread_count = 1
             ost.options = {"preset": "veryfast", "crf": "20", "g": str(max(1, round(float(rate)))),
                            "threads": "1"}
@@ -104,7 +112,7 @@ def _reencode(path: str, fps: float | None, short_side: int | None,
 
             def emit(frame):
                 nonlocal k
-                img = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA")
+                img = frame.reformat(width=w, height=h, format="yuv420p", interpolation="AREA", threads=1)
                 img.pts, img.time_base = k, 1 / rate
                 for packet in ost.encode(img):
                     out.mux(packet)

@@ -3,7 +3,8 @@
 Writing (``python -m fastlam.data shard MANIFEST --out DIR``) is
 :mod:`fastlam.data.shard_writer`'s (atomic: a kill leaves the published set readable): tars of
 ``<key>.json`` + ``<key>.<ext>`` samples that any WebDataset reader reads, and ``shards.json``
-with each shard's sample count, byte size and sha256 (O(shards) to read at start-up).
+with each shard's sample count, byte size and sha256 (O(shards) to read at start-up), read and
+checked by :mod:`fastlam.data.shard_index`.
 
 Why plain ``tarfile`` rather than the ``webdataset`` library for reading: exact resume needs
 control at the level of one sample (which members a worker reads, and skipping the ones a
@@ -35,8 +36,6 @@ import hashlib
 import io
 import json
 import os
-import re
-import tarfile
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -50,7 +49,8 @@ from .decoding import (
     decode_errors,
     read_clip_opened,
 )
-from .remote import FileCache, default_cache, is_remote, read_bytes
+from .remote import FileCache, default_cache
+from .shard_index import expand_braces, read_shard_index, shard_damage, tar_samples
 from .shard_writer import write_shards
 from .seeding import mix_seed
 from .stream_state import load_stream_state, merge_states, prune_stream_states, save_stream_state
@@ -59,118 +59,6 @@ from .video import clip_to_tensor
 __all__ = ["write_shards", "ShardStream", "ShardLoader", "merge_states", "read_shard_index",
            "clip_from_bytes", "expand_braces", "is_shard_source", "save_stream_state",
            "load_stream_state", "prune_stream_states"]
-
-# ---- the shard list ------------------------------------------------------------------------
-_BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """``a-{000..002}.tar`` -> ``a-000.tar, a-001.tar, a-002.tar`` (zero padding kept)."""
-    m = _BRACE.search(pattern)
-    if m is None:
-        return [pattern]
-    lo, hi = m.group(1), m.group(2)
-    width = len(lo) if lo.startswith("0") else 0
-    out = []
-    for v in range(int(lo), int(hi) + 1):
-        out += expand_braces(pattern[:m.start()] + str(v).zfill(width) + pattern[m.end():])
-    return out
-
-
-def _join(base: str, name: str) -> str:
-    if is_remote(name) or os.path.isabs(name):
-        return name
-    return f"{base.rstrip('/')}/{name}" if is_remote(base) else os.path.join(base, name)
-
-
-def _tar_samples(f, size: int | None = None) -> tuple[list[tuple[str, dict[str, tuple[int, int]]]], str]:
-    """``([(key, {ext: (data offset, size)})] in file order, damage)`` from the tar headers only.
-
-    A damaged tar gives the samples before the damage and ``damage`` saying what it is (empty
-    when none): a truncated tar ends early (a member's data running past the end of the file is
-    not kept), a zeroed one reads as an early end of the archive."""
-    samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
-    damage = ""
-    try:
-        with tarfile.open(fileobj=f, mode="r:") as tar:
-            while True:
-                try:
-                    member = tar.next()
-                except tarfile.TarError as e:
-                    damage = f"tar unreadable after {len(samples)} samples ({type(e).__name__}: {e})"
-                    break
-                if member is None:
-                    break
-                if not member.isfile():
-                    continue
-                if size is not None and member.offset_data + member.size > size:
-                    damage = f"tar truncated: {member.name} runs past the end of the file ({size} bytes)"
-                    break
-                name = member.name.rsplit("/", 1)[-1]
-                key, _, ext = name.partition(".")
-                if not samples or samples[-1][0] != key:
-                    samples.append((key, {}))
-                samples[-1][1][ext] = (member.offset_data, member.size)
-    except (tarfile.TarError, EOFError, OSError) as e:  # not even a first header
-        damage = f"not a readable tar ({type(e).__name__}: {e})"
-    return samples, damage
-
-
-def read_shard_index(source: str, cache: FileCache | None = None
-                     ) -> tuple[list[str], list[int], list[dict | None], list[tuple[str, str]]]:
-    """(shard URLs, samples per shard, per-shard ``{bytes, sha256}`` to verify or None,
-    [(url, problem)] for shards of a brace pattern that could not be counted) from a
-    ``shards.json`` or a brace pattern of tars."""
-    source = str(source)
-    if source.endswith(".json"):
-        try:
-            index = json.loads(read_bytes(source).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"source {source!r}: not a shard index, not even JSON ({e})") from None
-        if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
-            raise ValueError(f"source {source!r}: not a shard index (a shards.json written by "
-                             f"'python -m fastlam.data shard' lists its 'shards')")
-        base = source.rsplit("/", 1)[0] if "/" in source else "."
-        checks = [({"bytes": int(s["bytes"]), "sha256": s["sha256"]} if "sha256" in s else None)
-                  for s in index["shards"]]
-        return ([_join(base, s["url"]) for s in index["shards"]],
-                [int(s["samples"]) for s in index["shards"]], checks, [])
-    urls = expand_braces(source)
-    cache = cache or default_cache()
-    counts, problems = [], []
-    for u in urls:  # no index: count from the tar headers (fetches each shard once)
-        try:
-            with cache.open(u) as f:
-                samples, damage = _tar_samples(f, os.fstat(f.fileno()).st_size)
-        except OSError as e:  # missing (404) or unavailable after the retries: no samples
-            samples, damage = [], f"{type(e).__name__}: {e}"
-        counts.append(len(samples))
-        if damage:
-            problems.append((u, damage))
-    return urls, counts, [None] * len(urls), problems
-
-
-_verified: dict[tuple, str] = {}  # (path, size, mtime) -> sha256, per process: hashed once
-
-
-def _shard_damage(f, url: str, check: dict | None) -> str:
-    """What is wrong with an opened shard against its ``shards.json`` entry ('' if nothing)."""
-    if check is None:
-        return ""
-    st = os.fstat(f.fileno())
-    if st.st_size != check["bytes"]:
-        return f"size {st.st_size} bytes, shards.json says {check['bytes']}"
-    key = (url, st.st_size, st.st_mtime_ns)
-    if key not in _verified:
-        h = hashlib.sha256()
-        f.seek(0)
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-        _verified[key] = h.hexdigest()
-    if _verified[key] != check["sha256"]:
-        return "sha256 differs from shards.json"
-    return ""
-
 
 # ---- decoding one sample -------------------------------------------------------------------
 def clip_from_bytes(data: bytes, meta: dict, *, num_frames: int, fps: float, size: tuple[int, int],
@@ -352,9 +240,9 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def _read_shard(self, f, s: int, group: np.ndarray, skip: np.ndarray):
         url = self.urls[s]
-        damage = _shard_damage(f, url, self.checks[s])
+        damage = shard_damage(f, url, self.checks[s])
         f.seek(0)
-        members, tar_damage = _tar_samples(f, os.fstat(f.fileno()).st_size)
+        members, tar_damage = tar_samples(f, os.fstat(f.fileno()).st_size)
         if len(members) != self.counts[s]:
             tar_damage = "; ".join(x for x in (tar_damage, f"{len(members)} samples readable, "
                                                f"shards.json says {self.counts[s]}") if x)

@@ -224,3 +224,28 @@ def test_two_ranks_split_an_epoch_and_a_damaged_member_is_a_bad_sample(corpus, t
     got = [int(loader.last_ids[0]) for _ in zip(range(12), loader)]
     assert len(got) == 11 and len(loader.bad) == 1
     assert "sha256" in next(iter(loader.bad.values()))
+
+
+def test_a_store_written_to_and_read_from_fsspec_memory(corpus, tmp_path):
+    """The writer publishes through fsspec (temporary name, then a move); the reader fetches
+    the shards through the FileCache: the same states as the local store's, the same index."""
+    fsspec = pytest.importorskip("fsspec")
+    from fastlam.data.remote import FileCache
+
+    fs = fsspec.filesystem("memory")
+    try:
+        index = encode_store(tiny(corpus["shards"], tmp_path / "x"), "memory://fastlam-states-test/store",
+                             dtype="float32", progress=False)
+        assert index["index_path"] == "memory://fastlam-states-test/store/states.json"
+        assert not [p for p in fs.ls("/fastlam-states-test/store", detail=False) if p.rsplit("/", 1)[-1].startswith(".")]
+        local = read_store_header(corpus["f32"])
+        assert [s["sha256"] for s in index["shards"]] == [s["sha256"] for s in local["shards"]]
+        remote = ShardLoader(StateStream(index["index_path"], cache=FileCache(tmp_path / "cache"), shuffle_buffer=4),
+                             batch_size=3)
+        here = ShardLoader(StateStream(str(corpus["f32"]), shuffle_buffer=4), batch_size=3)
+        for a, b in zip(remote, here):
+            assert remote.last_ids == here.last_ids and torch.equal(a, b)
+            if len(remote) == 0:
+                break
+    finally:
+        fs.rm("/fastlam-states-test", recursive=True)

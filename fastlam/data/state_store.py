@@ -188,7 +188,7 @@ class StateStoreWriter:
         else:
             self.fs, self.root = None, self.out
             Path(self.root).mkdir(parents=True, exist_ok=True)
-        found = self._read_text(HEADER_NAME)
+        found = self._read_bytes(HEADER_NAME)
         if found is None:
             self._write(HEADER_NAME, json.dumps(self.header, indent=1, sort_keys=True).encode("utf-8"))
         else:
@@ -209,13 +209,13 @@ class StateStoreWriter:
     def _exists(self, name: str) -> bool:
         return self.fs.exists(self._path(name)) if self.remote else os.path.exists(self._path(name))
 
-    def _read_text(self, name: str) -> str | None:
+    def _read_bytes(self, name: str) -> bytes | None:
         if not self._exists(name):
             return None
         if self.remote:
             with self.fs.open(self._path(name), "rb") as f:
-                return f.read().decode("utf-8")
-        return Path(self._path(name)).read_text(encoding="utf-8")
+                return f.read()
+        return Path(self._path(name)).read_bytes()
 
     def _write(self, name: str, data: bytes) -> None:
         """Publish ``data`` as ``name`` in one rename: a reader or a resume sees all of it or none."""
@@ -256,8 +256,7 @@ class StateStoreWriter:
             name = self.shard_name(i)
             if not self._exists(name):
                 raise StateStoreError(f"{self.out}: shard {name} is missing; encode again to finish the store")
-            with open_binary(self._path(name)) as f:
-                data = f.read()
+            data = self._read_bytes(name)
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
                 for member in tar:
                     if member.name.endswith(".json"):

@@ -249,3 +249,19 @@ def test_a_store_written_to_and_read_from_fsspec_memory(corpus, tmp_path):
                 break
     finally:
         fs.rm("/fastlam-states-test", recursive=True)
+
+
+def test_a_vit_encoder_store_trains_like_its_video(corpus, tmp_path):
+    """The ViT path (a V-JEPA 2 checkpoint's, here its seeded random init as the trainer builds
+    it): the store's encoder is the run's (the fingerprint check passes) and 2 steps from the
+    float32 store match the video run's losses (encoder batches of 3 vs 4: float rounding)."""
+    vit = ["model.encoder.kind=vit", "model.encoder.pool=1", "model.encoder.width=32", "model.encoder.depth=1",
+           "model.encoder.heads=2", "steps=2"]
+    store = encode_store(tiny(corpus["shards"], tmp_path / "x", *vit), str(tmp_path / "vit"), dtype="float32",
+                         batch_size=3, progress=False)["index_path"]
+    assert read_store_header(store)["header"]["shape"] == [4, 16, 32]
+    train(tiny(corpus["shards"], tmp_path / "video", *vit))
+    train(tiny(store, tmp_path / "states", *vit))
+    np.testing.assert_allclose(losses(tmp_path / "states"), losses(tmp_path / "video"), rtol=1e-5)
+    with pytest.raises(ConfigError, match="another encoder"):  # another seed: another random ViT
+        train(tiny(store, tmp_path / "seed1", *vit, "seed=1"))

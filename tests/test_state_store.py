@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 av = pytest.importorskip("av")
 pytest.importorskip("pyarrow")
@@ -187,7 +188,8 @@ train(load_config(TrainConfig, "configs/tiny_cpu.yaml", overrides))
 
 def test_training_from_states_killed_mid_epoch_resumes_exactly(corpus, tmp_path):
     """Batches of 2 from 12 states: 6 a epoch; killed in step 5 after the step-4 checkpoint (mid
-    epoch), resumed: the uninterrupted run's losses for steps 5-8 (across the epoch boundary)."""
+    epoch), resumed: the uninterrupted run's losses for steps 5-8 (across the epoch boundary) and
+    its final weights, bit for bit."""
     extra = ["steps=8", "ckpt_every=4", "batch_size=2", "data.shuffle_buffer=4"]
     train(tiny(corpus["f32"], tmp_path / "whole", *extra))
     cut = overrides(corpus["f32"], tmp_path / "cut", *extra)
@@ -195,6 +197,8 @@ def test_training_from_states_killed_mid_epoch_resumes_exactly(corpus, tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     train(tiny(corpus["f32"], tmp_path / "cut", *extra), resume=True)
     assert losses(tmp_path / "cut") == losses(tmp_path / "whole")
+    whole, cut = (load_file(str(tmp_path / run / "final" / "model.safetensors")) for run in ("whole", "cut"))
+    assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
 
 
 def test_two_ranks_split_an_epoch_and_a_damaged_member_is_a_bad_sample(corpus, tmp_path):

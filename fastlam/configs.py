@@ -277,9 +277,10 @@ class OptimConfig:
 @dataclass
 class DataConfig:
     # a directory, a text file of paths, a manifest (.parquet/.jsonl from `python -m
-    # fastlam.data index`), shards (shards.json or a tar URL pattern from `... shard`), or "synthetic"
+    # fastlam.data index`), shards (shards.json or a tar URL pattern from `... shard`), a state
+    # store (states.json from `... encode`: encoder states, no decoding), or "synthetic"
     source: str = "data/samples"
-    shuffle_buffer: int = 256  # shard sources: clips mixed in each loader worker's buffer
+    shuffle_buffer: int = 256  # shard sources and state stores: samples mixed in each loader worker's buffer
     fps: float = 4.0
     crop: str = "random"
     short_policy: str = "pad"

@@ -315,6 +315,20 @@ def test_damaged_shard_loses_only_its_bad_part(tmp_path, corpus, how):
     assert other.bad_files == loader.bad
 
 
+def test_brace_pattern_with_a_missing_tar_names_it(tmp_path, corpus):
+    """Without shards.json the counts come from the tars: a missing one cannot be counted, so
+    its samples are not in the epoch, and the report says so."""
+    folder = tmp_path / "shards"
+    shutil.copytree(corpus["shards"], folder)
+    names = [s["url"] for s in corpus["index"]["shards"]]
+    (folder / names[1]).unlink()
+    stream = ShardStream(str(folder / f"shard-{{000000..{len(names) - 1:06d}}}.tar"), **CLIP)
+    lost = corpus["index"]["shards"][1]["samples"]
+    assert stream.n == 8 - lost
+    assert sorted(_epoch(ShardLoader(stream, batch_size=1))) == list(range(8 - lost))
+    assert f"{folder / names[1]}: FileNotFoundError" in stream.report()
+
+
 def test_over_the_bad_share_is_a_clear_error(tmp_path, corpus):
     folder = tmp_path / "shards"
     shutil.copytree(corpus["shards"], folder)

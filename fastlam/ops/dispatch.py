@@ -34,7 +34,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from ._checks import check_choice
-from .rope import Rope3D, apply_rope
+from .rope import Rope1D, Rope3D, apply_rope, index_rope_gap
 
 # ----------------------------------------------------------------------------- attention backends
 
@@ -48,7 +48,7 @@ class AttentionRequest(NamedTuple):
 
     frame_len: int
     mask: str
-    rope: Rope3D | None
+    rope: Rope3D | Rope1D | None
     scale: float
     window_frames: int | None
     deterministic: bool
@@ -61,8 +61,9 @@ class AttentionRequest(NamedTuple):
 
     @property
     def plain_rope(self) -> bool:
-        """RoPE (if any) is a Rope3D at index positions: what the fused kernels implement."""
-        return self.rope is None or (isinstance(self.rope, Rope3D) and self.rope_positions is None)
+        """RoPE (if any) at index positions that per-axis tables express (a Rope3D, or a Rope1D
+        over time or space with interleaved pairs): what the fused kernels implement."""
+        return self.rope is None or (self.rope_positions is None and index_rope_gap(self.rope) is None)
 
 
 def rotate_qk(q: torch.Tensor, k: torch.Tensor, req: AttentionRequest):

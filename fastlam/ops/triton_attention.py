@@ -36,7 +36,7 @@ from torch.nn.attention import flex_attention as fa
 
 from .attention import mask_allows
 from .dispatch import AttentionRequest, kernel_import_error, register_backend, rotate_qk
-from .rope import Rope3D, channel_frequencies
+from .rope import Rope1D, Rope3D, channel_frequencies, index_rope_gap
 
 # Optional dependency: the kernels need triton, and fastlam's reference paths work without it.
 # The dispatch module checks the import (once, the same check the fused ops use) and keeps the
@@ -69,25 +69,37 @@ def rope_fusion() -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _rope_tables_cached(n_pos: int, head_dim: int, rope: Rope3D, device: torch.device):
+def _rope_tables_cached(n_pos: int, head_dim: int, rope, device: torch.device):
     freqs, axis = channel_frequencies(head_dim, rope, device=device, dtype=torch.float32)
     i = torch.arange(n_pos, device=device, dtype=torch.float32)[:, None]
-    # Same fp32 operations as fastlam.ops.rope.token_positions / rope_tables: the time axis
-    # is the integer index, the row / column axes are index * spatial_scale.
-    pos = torch.where(axis == 0, i, torch.where(axis > 0, i * rope.spatial_scale, torch.zeros_like(i)))
+    # Same fp32 operations as fastlam.ops.rope: the time axis is the integer index, the row /
+    # column axes are index * their scale (a non-square grid scales them differently); a
+    # channel past rotary_dim has axis -1 and frequency 0, so its rows are cos 1, sin 0.
+    _, row_scale, col_scale = rope.axis_scales if isinstance(rope, Rope3D) else (1.0, 1.0, 1.0)
+    pos = torch.where(axis == 0, i, torch.where(axis == 1, i * row_scale,
+                                                torch.where(axis == 2, i * col_scale, torch.zeros_like(i))))
     angle = pos * freqs
     axis_i32 = torch.where(axis < 0, torch.full_like(axis, 3), axis).to(torch.int32)
     return angle.cos().contiguous(), angle.sin().contiguous(), axis_i32.contiguous()
 
 
-def rope_position_tables(seq_len: int, frame_len: int, head_dim: int, rope: Rope3D, device) -> tuple:
+def rope_position_tables(seq_len: int, frame_len: int, head_dim: int, rope, device) -> tuple:
     """(cos, sin, axis, num_prefix, grid_w) for the kernel: cos/sin are (n_positions, head_dim)
     fp32 indexed by the integer position along the channel's axis, axis is int32 (head_dim,)
-    in {0=t, 1=h, 2=w, 3=none}. Bit-identical angles to :func:`fastlam.ops.rope.rope_tables`."""
-    grid_h = rope.grid_h(frame_len)
-    n_pos = max(seq_len // frame_len, grid_h, rope.grid_w, 1)
+    in {0=t, 1=h, 2=w, 3=none}. Bit-identical angles to :func:`fastlam.ops.rope.apply_rope`.
+
+    ``rope``: a Rope3D, or a Rope1D over time or space with interleaved pairs
+    (:func:`fastlam.ops.rope.index_rope_gap` says which): a Rope1D over space is laid out as
+    one row of ``frame_len`` columns without prefix tokens, so the kernel's column index is
+    the position inside the frame. Partial rotary (``rotary_dim``) is axis 3 past it, the
+    kernels' identity, so no kernel source knows about it."""
+    if isinstance(rope, Rope1D):
+        num_prefix, grid_w, grid_h = 0, frame_len, 1
+    else:
+        num_prefix, grid_w, grid_h = rope.num_prefix, rope.grid_w, rope.grid_h(frame_len)
+    n_pos = max(seq_len // frame_len, grid_h, grid_w, 1)
     cos, sin, axis = _rope_tables_cached(n_pos, head_dim, rope, torch.device(device))
-    return cos, sin, axis, rope.num_prefix, rope.grid_w
+    return cos, sin, axis, num_prefix, grid_w
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -98,15 +110,23 @@ def _unit_stride(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _rope_from_args(rope_on, grid_w, num_prefix, duplicated_freqs, theta, spatial_scale):
+def _rope_from_args(rope_on, grid_w, num_prefix, duplicated_freqs, theta, spatial_scale, col_scale, rotary_dim,
+                    rope_axis):
+    # The custom ops take plain scalars (their schema has no dataclass type): the rope is
+    # rebuilt from them. rope_axis "3d" is a Rope3D, "time" / "space" a Rope1D; rotary_dim 0 = all.
     if not rope_on:
         return None
+    rotary = rotary_dim or None
+    if rope_axis != "3d":
+        return Rope1D(axis=rope_axis, theta=theta, rotary_dim=rotary)
     return Rope3D(grid_w=grid_w, num_prefix=num_prefix, duplicated_freqs=duplicated_freqs, theta=theta,
-                  spatial_scale=spatial_scale)
+                  spatial_scale=spatial_scale, col_scale=col_scale, rotary_dim=rotary)
 
 
-def _kernel_args(q, frame_len, window_frames, rope_on, grid_w, num_prefix, duplicated_freqs, theta, spatial_scale):
-    rope = _rope_from_args(rope_on, grid_w, num_prefix, duplicated_freqs, theta, spatial_scale)
+def _kernel_args(q, frame_len, window_frames, rope_on, grid_w, num_prefix, duplicated_freqs, theta, spatial_scale,
+                 col_scale, rotary_dim, rope_axis):
+    rope = _rope_from_args(rope_on, grid_w, num_prefix, duplicated_freqs, theta, spatial_scale, col_scale,
+                           rotary_dim, rope_axis)
     tables = None
     if rope is not None:
         tables = rope_position_tables(q.shape[2], frame_len, q.shape[3], rope, q.device)
@@ -117,20 +137,21 @@ def _kernel_args(q, frame_len, window_frames, rope_on, grid_w, num_prefix, dupli
 def st_attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_len: int, mask: str, scale: float, window_frames: int,
     deterministic: bool, rope_on: bool, grid_w: int, num_prefix: int, duplicated_freqs: bool, theta: float,
-    spatial_scale: float, rope_fusion: str, key_lengths: torch.Tensor | None = None,
+    spatial_scale: float, col_scale: float, rotary_dim: int, rope_axis: str, rope_fusion: str,
+    key_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused attention forward: (out (B,H,L,D) in q's dtype, lse (B,H,L) fp32). window_frames 0 = none.
     ``key_lengths``: int32 (B,) valid keys per sample, or None."""
     q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
     window, tables = _kernel_args(q, frame_len, window_frames, rope_on, grid_w, num_prefix, duplicated_freqs, theta,
-                                  spatial_scale)
+                                  spatial_scale, col_scale, rotary_dim, rope_axis)
     return _kernels.attention_forward(q, k, v, frame_len=frame_len, mask=mask, scale=scale, window_frames=window,
                                       rope_tables=tables, rope_fusion=rope_fusion, key_lengths=key_lengths)
 
 
 @st_attention_fwd.register_fake
 def _(q, k, v, frame_len, mask, scale, window_frames, deterministic, rope_on, grid_w, num_prefix, duplicated_freqs,
-      theta, spatial_scale, rope_fusion, key_lengths=None):
+      theta, spatial_scale, col_scale, rotary_dim, rope_axis, rope_fusion, key_lengths=None):
     B, H, L, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=torch.float32)
 
@@ -140,12 +161,13 @@ def st_attention_bwd(
     dout: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor, frame_len: int, mask: str, scale: float, window_frames: int,
     deterministic: bool, rope_on: bool, grid_w: int, num_prefix: int, duplicated_freqs: bool, theta: float,
-    spatial_scale: float, rope_fusion: str, key_lengths: torch.Tensor | None = None,
+    spatial_scale: float, col_scale: float, rotary_dim: int, rope_axis: str, rope_fusion: str,
+    key_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused attention backward: (dq, dk, dv). ``dlse`` (or None) is the gradient of the lse output."""
     q, k, v, out, dout = (_unit_stride(x) for x in (q, k, v, out, dout))
     window, tables = _kernel_args(q, frame_len, window_frames, rope_on, grid_w, num_prefix, duplicated_freqs, theta,
-                                  spatial_scale)
+                                  spatial_scale, col_scale, rotary_dim, rope_axis)
     return _kernels.attention_backward(dout, q, k, v, out, lse, frame_len=frame_len, mask=mask, scale=scale,
                                        window_frames=window, rope_tables=tables, rope_fusion=rope_fusion,
                                        deterministic=deterministic, dlse=dlse, key_lengths=key_lengths)
@@ -153,12 +175,14 @@ def st_attention_bwd(
 
 @st_attention_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, frame_len, mask, scale, window_frames, deterministic, rope_on, grid_w,
-      num_prefix, duplicated_freqs, theta, spatial_scale, rope_fusion, key_lengths=None):
+      num_prefix, duplicated_freqs, theta, spatial_scale, col_scale, rotary_dim, rope_axis, rope_fusion,
+      key_lengths=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 _PARAMS = ("frame_len", "mask", "scale", "window_frames", "deterministic", "rope_on", "grid_w", "num_prefix",
-           "duplicated_freqs", "theta", "spatial_scale", "rope_fusion", "key_lengths")
+           "duplicated_freqs", "theta", "spatial_scale", "col_scale", "rotary_dim", "rope_axis", "rope_fusion",
+           "key_lengths")
 
 
 def _setup_context(ctx, inputs, output):
@@ -181,10 +205,13 @@ st_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def _op_args(req: AttentionRequest) -> tuple:
     rope = req.rope
+    r3 = rope if isinstance(rope, Rope3D) else None  # the Rope3D-only fields; placeholders otherwise
     return (
         req.frame_len, req.mask, req.scale, req.window_frames or 0, req.deterministic, rope is not None,
-        rope.grid_w if rope else 1, rope.num_prefix if rope else 0, rope.duplicated_freqs if rope else True,
-        float(rope.theta) if rope else 10000.0, float(rope.spatial_scale) if rope else 1.0,
+        r3.grid_w if r3 else 1, r3.num_prefix if r3 else 0, r3.duplicated_freqs if r3 else True,
+        float(rope.theta) if rope else 10000.0, float(r3.spatial_scale) if r3 else 1.0,
+        float(r3.axis_scales[2]) if r3 else 1.0, (rope.rotary_dim or 0) if rope else 0,
+        "3d" if r3 or rope is None else rope.axis,
         rope_fusion() if rope else "prepass",  # no RoPE: unused
         None if req.key_lengths is None else req.key_lengths.to(torch.int32).contiguous(),
     )
@@ -230,8 +257,11 @@ def _reference_only(req: AttentionRequest):
         return "attention dropout (runs on the reference path)"
     if req.kv_len is not None:
         return "cross-attention with another key length than the query's"
-    if not req.plain_rope:
-        return "Rope1D or explicit rope_positions (the kernel derives Rope3D positions from the token index)"
+    if req.rope_positions is not None:
+        return "explicit rope_positions (the kernel derives positions from the token index)"
+    gap = index_rope_gap(req.rope)
+    if gap is not None:
+        return gap
     return None
 
 

@@ -3,7 +3,7 @@
     python -m benchmarks.bench_state_store --config configs/tiny_cpu.yaml \\
         --source states=STORE/states.json --source shards=SHARDS/shards.json --source folder=data/samples
 
-Each source gets the trainer's own loader (``fastlam.trainer.build_dataset`` + ``iter_batches``)
+Each source gets the trainer's own loader (``fastlam.train_data.build_dataset`` + ``iter_batches``)
 and its own model and optimizers (same seed); the sources then take turns one training step at a
 time, so a machine whose load changes (a shared CI box) slows all of them alike. Reported per
 source: steps/s over the timed steps, and the share of each step spent waiting for the batch.
@@ -24,7 +24,7 @@ from fastlam.data.state_store import is_state_store
 from fastlam.distributed import DistEnv
 from fastlam.models import LatentActionWorldModel
 from fastlam.optim import build_optimizers
-from fastlam.trainer import build_dataset, iter_batches
+from fastlam.train_data import build_dataset, iter_batches
 
 
 def bench(config: str, sources: dict[str, str], steps: int, warmup: int, overrides: list[str]) -> dict:

@@ -37,7 +37,7 @@ from fastlam.data.state_store import (STORE_DTYPES, StateStoreError, StateStoreW
 from fastlam.models.encoder import build_encoder
 from fastlam.models.encoder_record import encoder_fingerprint
 from fastlam.models.vjepa2 import load_vjepa2_encoder
-from fastlam.trainer import autocast_for, resolve_device
+from fastlam.devices import autocast_for, resolve_device
 
 __all__ = ["build_frozen_encoder", "encode_store", "main"]
 

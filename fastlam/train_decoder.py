@@ -33,6 +33,7 @@ from fastlam.config import ConfigError, load_config, to_dict
 # users imported from this script (fastlam.train_decoder.DecoderTrainConfig, ...).
 from fastlam.configs import DecoderArch, DecoderData, DecoderTrainConfig, LPIPSConfig
 from fastlam.data import VideoClipDataset, list_videos
+from fastlam.devices import resolve_device
 from fastlam.epochs import EpochIndexed
 from fastlam.eval.visualize import contact_sheet
 from fastlam.loop import train_steps
@@ -41,7 +42,8 @@ from fastlam.models.decoder import DecoderConfig, StateDecoder
 from fastlam.nn.lpips import LPIPS
 from fastlam.optim import warmup_cosine
 from fastlam.run_folder import prepare_out_dir
-from fastlam.trainer import ResumableBatches, plot_losses, resolve_device
+from fastlam.run_summary import plot_losses
+from fastlam.train_data import ResumableBatches
 
 __all__ = ["DecoderArch", "DecoderData", "DecoderTrainConfig", "LPIPSConfig", "build_parser", "eval_clips", "main",
            "psnr", "split_videos", "train_decoder"]

@@ -31,6 +31,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "training": ("fastlam.config_checks", "fastlam.run_folder", "fastlam.optim", "fastlam.muon",
                  "fastlam.step_metrics", "fastlam.dashboard", "fastlam.diagnostics", "fastlam.distributed", "fastlam.flops",
                  "fastlam.drawing", "fastlam.clips", "fastlam.epochs", "fastlam.loop", "fastlam.rollouts", "fastlam.trainer",
+                 "fastlam.train_data", "fastlam.local_runner", "fastlam.devices", "fastlam.run_summary",
                  "fastlam.encode_states"),
     "entry": ("fastlam.train", "fastlam.train_decoder", "fastlam.eval"),
 }

@@ -31,6 +31,7 @@ pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+import fastlam.local_runner as local_runner  # noqa: E402
 import fastlam.trainer as trainer  # noqa: E402
 
 from fastlam.config import load_config  # noqa: E402
@@ -238,8 +239,10 @@ def test_kill_between_data_state_and_model_checkpoint_resumes(tmp_path, corpus, 
     extra = ["batch_size=2", "steps=7", "ckpt_every=2", "keep_checkpoints=1", "data.shuffle_buffer=4"]
     full, part = tmp_path / "full", tmp_path / "part"
     train(tiny(corpus["shards"], full, *extra))
-    name = "save_checkpoint_copies" if interrupted == "model checkpoint" else "prune_stream_states"
-    real, calls = getattr(trainer, name), {"n": 0}
+    # The model checkpoint is written by the local runner, the data states are pruned by the trainer.
+    module, name = ((local_runner, "save_checkpoint_copies") if interrupted == "model checkpoint"
+                    else (trainer, "prune_stream_states"))
+    real, calls = getattr(module, name), {"n": 0}
 
     def dies_the_second_time(*args, **kwargs):
         calls["n"] += 1
@@ -247,10 +250,10 @@ def test_kill_between_data_state_and_model_checkpoint_resumes(tmp_path, corpus, 
             raise KeyboardInterrupt("killed between the writes")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, name, dies_the_second_time)
+    monkeypatch.setattr(module, name, dies_the_second_time)
     with pytest.raises(KeyboardInterrupt):
         train(tiny(corpus["shards"], part, *extra))
-    monkeypatch.setattr(trainer, name, real)
+    monkeypatch.setattr(module, name, real)
     ckpts = part / "checkpoints"
     latest = torch.load(ckpts / "latest.pt", weights_only=True)["step"]
     assert latest == (2 if interrupted == "model checkpoint" else 4)

@@ -265,13 +265,13 @@ def test_pruning_never_removes_the_checkpoint_it_returns(tmp_path):
 
     from fastlam import distributed as fdist
     from fastlam.models import LatentActionWorldModel
-    from fastlam.trainer import _LocalRunner
+    from fastlam.local_runner import LocalRunner
 
     cfg = tiny(tmp_path, "steps=2")
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
     (ckpts / "step_0000200.pt").write_bytes(b"left over")
-    runner = _LocalRunner(LatentActionWorldModel(cfg.model), cfg, fdist.DistEnv("none"), torch.device("cpu"))
+    runner = LocalRunner(LatentActionWorldModel(cfg.model), cfg, fdist.DistEnv("none"), torch.device("cpu"))
     path = runner.save(ckpts, 2, 2, {"rng": {"torch": torch.get_rng_state()}, "model_config": "{}"}, keep=1)
     assert path.is_file() and path.name == "step_0000002.pt"
     assert sorted(p.name for p in ckpts.iterdir()) == ["latest.pt", "step_0000002.pt"]

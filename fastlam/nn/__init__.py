@@ -2,6 +2,8 @@
 from ..ops.rope import Rope1D, Rope3D
 from .adaln import FrameAdaLN
 from .attention import STAttention
+from .attention_checkpoints import from_peer_attention_state_dict, to_peer_attention_state_dict
+from .dropin_attention import GridAttention, SequenceAttention
 from .prediction_loss import PredictionLoss
 from .quantizers import Codebook, ResidualVQ, VQOutput, kmeans_plus_plus
 from .regularizers import (
@@ -28,6 +30,10 @@ __all__ = [
     "VQOutput",
     "kmeans_plus_plus",
     "FrameAdaLN",
+    "GridAttention",
+    "SequenceAttention",
+    "from_peer_attention_state_dict",
+    "to_peer_attention_state_dict",
     "GaussianLatentRegularizer",
     "PredictionLoss",
     "REGULARIZER_KINDS",

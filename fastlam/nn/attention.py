@@ -7,10 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import Rope3D, st_attention
+from .attention_checkpoints import ATTENTION_LAYOUT, peer_attention_keys_to_fastlam_
 
-# Peer parameter names this module loads (see :meth:`STAttention._load_from_state_dict`).
-_SEPARATE_QKV = ("to_q", "to_k", "to_v")
-_OUT_NAMES = ("to_out.0", "to_out")
+QK_NORMS = (False, True, "shared")
 
 
 class STAttention(nn.Module):
@@ -18,17 +17,23 @@ class STAttention(nn.Module):
 
     Parameter names (``qkv``, ``proj``) match V-JEPA 2's attention blocks, so their state dicts
     load directly; separate ``to_q / to_k / to_v / to_out`` weights (UniVLA / lucidrains-style
-    blocks) are fused on load (:meth:`from_separate_qkv`, or just ``load_state_dict``). The
-    mask and RoPE layout are per call, because the same block serves clips of different lengths.
+    blocks) and V-JEPA 2 ``CrossAttention``'s ``q / kv`` are fused on load
+    (:meth:`from_separate_qkv`, or just ``load_state_dict``); back to a peer's names:
+    :func:`fastlam.nn.attention_checkpoints.to_peer_attention_state_dict`. The mask and RoPE
+    layout (frame length, grid, prefix tokens) are per call, because the same block serves
+    clips of different lengths and grids.
 
     Args:
         dim: model width; ``num_heads`` must divide it.
         qkv_bias / proj_bias: biases of the two projections.
-        qk_norm: normalise q and k per head before RoPE and the dot product (parameters
-            ``q_norm`` / ``k_norm``, timm's names), built by ``norm_layer(head_dim)``.
+        qk_norm: normalise q and k per head before RoPE and the dot product, by
+            ``norm_layer(head_dim)``: True = one norm each (``q_norm`` / ``k_norm``, timm's
+            names); ``"shared"`` = one norm for both, named ``norm`` (1xgpt's ST blocks).
         scale: softmax scale (default ``head_dim ** -0.5``; muP configs use ``8 / head_dim``).
         attn_drop: dropout on the attention probabilities, in training mode only. Runs on the
             reference attention (the Triton kernels have no dropout; ``auto`` says so once).
+        out_proj: False = no output projection (``proj`` is the identity), as V-JEPA 2's
+            ``CrossAttention``.
 
     Example:
         >>> attn = STAttention(dim=64, num_heads=4)
@@ -37,10 +42,17 @@ class STAttention(nn.Module):
         torch.Size([2, 48, 64])
     """
 
+    peer_checkpoint_layout = ATTENTION_LAYOUT  # converted by fastlam.nn.attention_checkpoints
+
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, backend: str = "auto", *,
                  qk_norm: bool = False, norm_layer=nn.LayerNorm, scale: float | None = None,
-                 attn_drop: float = 0.0, proj_bias: bool = True):
-        super().__init__()
+                 attn_drop: float = 0.0, proj_bias: bool = True, out_proj: bool = True):
+        # nn.Module's own constructor, not super()'s: a swap class that also derives from a
+        # peer's attention class (so the peer's isinstance dispatch passes it the frame layout,
+        # as V-JEPA 2-AC's ACBlock does) must not run the peer's constructor.
+        nn.Module.__init__(self)
+        if qk_norm not in QK_NORMS or isinstance(qk_norm, int) and not isinstance(qk_norm, bool):
+            raise ValueError(f"qk_norm: expected one of {QK_NORMS}, got {qk_norm!r}")
         if dim % num_heads:
             raise ValueError(f"dim: expected a multiple of num_heads={num_heads}, got {dim}")
         if not 0.0 <= attn_drop < 1.0:
@@ -51,9 +63,15 @@ class STAttention(nn.Module):
         self.scale = scale
         self.attn_drop = float(attn_drop)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
-        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        # A shared norm is registered once, as ``norm``: two names for one module would store
+        # its weights twice and break strict loading of the peer's checkpoint.
+        self.shared_qk_norm = qk_norm == "shared"
+        if self.shared_qk_norm:
+            self.norm = norm_layer(self.head_dim)
+        separate = qk_norm is True
+        self.q_norm = norm_layer(self.head_dim) if separate else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim) if separate else nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=proj_bias) if out_proj else nn.Identity()
 
     def _heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
         # (B, L, n*dim) -> n x (B, heads, L, head_dim), views of the projection
@@ -87,7 +105,10 @@ class STAttention(nn.Module):
             w, b = self.qkv.weight, self.qkv.bias
             q = self._heads(F.linear(x, w[:C], None if b is None else b[:C]), 1)[0]
             k, v = self._heads(F.linear(kv, w[C:], None if b is None else b[C:]), 2)
-        q, k = self.q_norm(q), self.k_norm(k)
+        if self.shared_qk_norm:
+            q, k = self.norm(q), self.norm(k)
+        else:
+            q, k = self.q_norm(q), self.k_norm(k)
         out = st_attention(
             q, k, v,
             frame_len=frame_len, mask=mask, rope=rope, window_frames=window_frames, backend=self.backend,
@@ -100,28 +121,46 @@ class STAttention(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        """Also accept separate ``to_q / to_k / to_v`` linears (concatenated into ``qkv``)
-        and ``to_out.0`` or ``to_out`` (as ``proj``): the names of UniVLA / Genie-style
-        attention blocks. A peer without q/k/v biases loads into a biased ``qkv`` as zero
-        biases (the same function)."""
-        names = [f"{prefix}{n}.weight" for n in _SEPARATE_QKV]
-        if all(n in state_dict for n in names):
-            state_dict[f"{prefix}qkv.weight"] = torch.cat([state_dict.pop(n) for n in names], 0)
-            biases = [f"{prefix}{n}.bias" for n in _SEPARATE_QKV]
-            if all(b in state_dict for b in biases):
-                state_dict[f"{prefix}qkv.bias"] = torch.cat([state_dict.pop(b) for b in biases], 0)
-            elif not any(b in state_dict for b in biases) and self.qkv.bias is not None:
-                state_dict[f"{prefix}qkv.bias"] = torch.zeros_like(self.qkv.bias)
-        for out in _OUT_NAMES:
-            if f"{prefix}{out}.weight" not in state_dict:
-                continue
-            state_dict[f"{prefix}proj.weight"] = state_dict.pop(f"{prefix}{out}.weight")
-            if f"{prefix}{out}.bias" in state_dict:
-                state_dict[f"{prefix}proj.bias"] = state_dict.pop(f"{prefix}{out}.bias")
-            elif self.proj.bias is not None:  # a bias-free peer projection: the same function
-                state_dict[f"{prefix}proj.bias"] = torch.zeros_like(self.proj.bias)
+        """Also accept the peers' names (converted by
+        :func:`fastlam.nn.attention_checkpoints.peer_attention_keys_to_fastlam_`): separate
+        ``to_q / to_k / to_v`` linears and ``to_out.0`` / ``to_out`` (UniVLA / Genie-style), or
+        V-JEPA 2 ``CrossAttention``'s ``q`` and ``kv``. A peer without q/k/v or output biases
+        loads into biased linears as zero biases (the same function)."""
+        error_msgs += peer_attention_keys_to_fastlam_(
+            state_dict, prefix, qkv_bias=self.qkv.bias is not None,
+            proj_bias=None if isinstance(self.proj, nn.Identity) else self.proj.bias is not None)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+    @classmethod
+    def from_peer(cls, peer: nn.Module, **kwargs) -> "STAttention":
+        """This class, built to hold ``peer``'s weights and loaded from them (strict), on the
+        peer's device and dtype: ``peer`` is an attention module with ``qkv``, ``to_q/to_k/to_v``
+        or ``q/kv`` projections and ``proj``, ``to_out(.0)`` or no output projection, and a
+        ``num_heads`` or ``heads`` attribute. Biases, the output projection and the qk-norm
+        (``norm``: shared; ``q_norm`` / ``k_norm``: separate) follow the peer's state dict;
+        ``kwargs`` go to the constructor and win (``scale=``, ``rope_dim=``, ``num_heads=``...).
+        Anything of the peer's this module has no place for is a load error, not dropped."""
+        state = peer.state_dict()
+        qkv = next((n for n in ("qkv", "to_q", "q") if f"{n}.weight" in state), None)
+        if qkv is None:
+            raise ValueError(f"peer: no qkv, to_q or q projection in {type(peer).__name__}'s state dict "
+                             f"({sorted(state)})")
+        heads = kwargs.pop("num_heads", None) or getattr(peer, "num_heads", None) or getattr(peer, "heads", None)
+        if not isinstance(heads, int):
+            raise ValueError(f"num_heads: {type(peer).__name__} has no num_heads / heads attribute; pass num_heads=")
+        kwargs.setdefault("qkv_bias", f"{qkv}.bias" in state)
+        out = next((n for n in ("proj", "to_out.0", "to_out") if f"{n}.weight" in state), None)
+        kwargs.setdefault("out_proj", out is not None)
+        kwargs.setdefault("proj_bias", out is not None and f"{out}.bias" in state)
+        if "norm.weight" in state:
+            kwargs.setdefault("qk_norm", "shared")
+        elif "q_norm.weight" in state:
+            kwargs.setdefault("qk_norm", True)
+        weight = state[f"{qkv}.weight"]
+        module = cls(weight.shape[1], heads, **kwargs).to(device=weight.device, dtype=weight.dtype)
+        module.load_state_dict(state)
+        return module
 
     @classmethod
     def from_separate_qkv(cls, to_q: nn.Linear, to_k: nn.Linear, to_v: nn.Linear, to_out: nn.Linear,
@@ -138,8 +177,8 @@ class STAttention(nn.Module):
         ref = to_q.weight
         module = cls(dim, num_heads, qkv_bias=has_bias[0], proj_bias=to_out.bias is not None, **kwargs)
         module.to(device=ref.device, dtype=ref.dtype)
-        sd = {f"{n}.{p}": t for n, lin in zip(_SEPARATE_QKV + ("to_out",), (to_q, to_k, to_v, to_out))
+        sd = {f"{n}.{p}": t for n, lin in zip(("to_q", "to_k", "to_v", "to_out"), (to_q, to_k, to_v, to_out))
               for p, t in lin.state_dict().items()}
-        extra = {k: v for k, v in module.state_dict().items() if k.startswith(("q_norm", "k_norm"))}
+        extra = {k: v for k, v in module.state_dict().items() if k.startswith(("q_norm", "k_norm", "norm."))}
         module.load_state_dict({**sd, **extra})
         return module

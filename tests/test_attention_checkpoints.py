@@ -189,3 +189,28 @@ def test_shared_qk_norm_option():
         STAttention(16, 2, qk_norm="both")
     m = STAttention(16, 2, qk_norm="shared")
     assert {"norm.weight", "norm.bias"} <= set(m.state_dict()) and "q_norm.weight" not in m.state_dict()
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"),
+                    reason="needs CUDA or the Triton interpreter")
+@pytest.mark.parametrize("causal", [False, True])
+def test_univla_swap_runs_on_the_kernels(causal):
+    """The swapped UniVLA module (partial rotary over the reshaped sequence) is what the Triton
+    backend takes: forward and input gradient within the error-ratio rule of the fp64 peer."""
+    from fastlam.nn import SequenceAttention
+    from fastlam.testing import assert_error_ratio
+
+    torch.manual_seed(4)
+    dev = "cuda" if torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1" else "cpu"
+    peer = PartialRotaryAttention(32, 2).to(dev)
+    fast = SequenceAttention.from_peer(peer, rope_dim=8, backend="triton")
+    x = torch.randn(3, 7, 32, device=dev)
+    outs, grads = [], []
+    for module, dtype in ((fast, torch.float32), (copy.deepcopy(peer).double(), D64), (peer, torch.float32)):
+        xi = x.to(dtype).clone().requires_grad_()
+        y = module(xi, causal=causal)
+        y.square().sum().backward()
+        outs.append(y)
+        grads.append(xi.grad)
+    assert_error_ratio(outs[0], outs[1], outs[2], factor=2, atol=1e-5, what="out")
+    assert_error_ratio(grads[0], grads[1], grads[2], factor=3, atol=1e-5, what="dx")

@@ -17,7 +17,7 @@ Options: ``key_lengths`` (per-sample count of valid keys: key padding, computed 
 Triton), cross-attention (k, v with another length than q; ``mask="full"``), ``dropout_p``
 with an optional seed (training only; the reference path), RoPE as :class:`Rope3D` or
 :class:`Rope1D` with optional explicit token ids ``rope_positions`` (the reference path for
-ids and Rope1D). A row left with no visible key (padding) gets output 0 and lse -inf.
+ids, ``Rope1D("sequence")`` and ``interleaved=False``). A row left with no visible key (padding) gets output 0 and lse -inf.
 
 Backends: this module implements and registers ``math`` (explicit softmax, the test oracle,
 differentiable in float64) and ``torch`` (PyTorch SDPA with the mask built vectorised from
@@ -171,7 +171,8 @@ def st_attention(
         mask: one of ``full``, ``causal``, ``frame_causal``, ``frame_local``,
             ``temporal_causal``, ``temporal``.
         rope: optional :class:`Rope3D` or :class:`Rope1D`; q and k are rotated by their
-            positions (Rope3D is fused into the kernel on the Triton backend).
+            positions (on the Triton backend from per-axis tables: Rope3D, and Rope1D over
+            time or space with interleaved pairs; ``rotary_dim`` and non-square grids too).
         scale: softmax scale, default ``head_dim ** -0.5``.
         window_frames: with ``frame_causal`` / ``temporal_causal``, attend only to the last
             ``window_frames`` frames.

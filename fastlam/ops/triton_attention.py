@@ -8,7 +8,8 @@ with fake (meta) implementations and ``register_autograd``, so the op is differe
 unit stride on the head dim (views of a packed qkv projection are read in place); a tensor
 whose head dim is strided is copied with ``.contiguous()`` first. Outputs and gradients are
 contiguous. The log-sum-exp output is differentiable too (its gradient folds into Delta).
-RoPE (Rope3D, positions from the token index) is applied once by default: a Triton rotation
+RoPE (Rope3D, or Rope1D over time or space with interleaved pairs; positions from the token
+index; partial rotary and per-axis scales are in the tables) is applied once by default: a Triton rotation
 kernel reads q and k in place (the views of ``STAttention``'s packed qkv projection, no copy)
 and writes rotated contiguous copies that the plain attention kernels take; the backward
 recomputes that rotation rather than keeping the copies (the reason is in

@@ -148,6 +148,8 @@ def test_grid_attention_refuses_another_attn_mask():
         m(x, attn_mask=torch.ones(8, 8, dtype=torch.bool), T=2, H=2, W=2)
     with pytest.raises(ValueError, match="grid per call"):
         m(x)
+    with pytest.raises(ValueError, match="kept-token ids"):
+        m(x, mask=torch.arange(8)[None], T=2, H=2, W=2)
 
 
 @pytest.mark.parametrize("qkv_bias", [False, True])

@@ -45,8 +45,10 @@ class SequenceAttention(STAttention):
 class GridAttention(STAttention):
     """V-JEPA 2-AC's attention call with the frame layout per call (see module doc): frame-causal
     attention over ``T`` frames of ``action_tokens + H * W`` tokens, 3-D RoPE with the action
-    tokens rotated by time only. ``mask``: optional (B, N) ids of the kept tokens (the masked
-    predictor); ``attn_mask``: the peer's block-causal boolean mask, checked once per shape
+    tokens rotated by time only. ``mask`` (ids of kept tokens) must be None, as the AC
+    predictor passes it: frame-causal attention over a subset of the tokens would need each
+    token's frame from its id, which the fused mask does not take (an error, not ignored).
+    ``attn_mask``: the peer's block-causal boolean mask, checked on the first call of each shape
     against the frame-causal one this module runs (another mask is an error, not ignored)."""
 
     def __init__(self, dim: int, num_heads: int, *args, grid_size: int = 16, **kwargs):
@@ -59,12 +61,15 @@ class GridAttention(STAttention):
                 action_tokens: int = 0) -> torch.Tensor:  # type: ignore[override]
         if H is None or W is None:
             raise ValueError("GridAttention: pass the grid per call (H=, W=; T= optional), as ACBlock passes it")
+        if mask is not None:
+            raise ValueError("GridAttention: mask (kept-token ids) is not supported with frame-causal attention; "
+                             "run the whole clip (mask=None), as V-JEPA 2-AC's predictor does")
         frame_len = action_tokens + H * W
         rope = Rope3D(grid_w=W, num_prefix=action_tokens, spatial_scale=self.grid_size / H,
                       col_scale=self.grid_size / W)
         if attn_mask is not None:
             self._check_attn_mask(attn_mask, frame_len)
-        return super().forward(x, frame_len=frame_len, mask="frame_causal", rope=rope, rope_positions=mask)
+        return super().forward(x, frame_len=frame_len, mask="frame_causal", rope=rope)
 
     def _check_attn_mask(self, attn_mask: torch.Tensor, frame_len: int) -> None:
         key = (tuple(attn_mask.shape), frame_len)

@@ -339,6 +339,29 @@ class LoggingConfig:
                 raise ConfigError(f"{prefix}.decoder: no decoder at {self.decoder}")
 
 
+@dataclass
+class LatentCollapseConfig:
+    """When the training diagnostics call the latent action collapsed (``fastlam.diagnostics``):
+    the action dependence ``diag/action_dependence`` (held-out L1 with other clips' z / with the
+    IDM's own z) within ``tolerance`` of 1.0 for the last ``window`` measurements, all taken
+    after ``warmup`` (a share of the run's steps).
+
+    Why these defaults: the predictor's AdaLN-zero start ignores z by construction (ratio
+    exactly 1.0 at step 0) and a small one first learns to copy s_t, so the first half of a run
+    is not judged. 1%: issue 28's collapsed run read 0.0480 / 0.0480 (x1.000) while a run that
+    used z read x1.9; a z that moves the held-out error by under 1% carries next to nothing the
+    predictor uses. Three measurements (``log_every`` apart) so one noisy reading is not a
+    verdict."""
+
+    tolerance: float = 0.01  # |action dependence - 1| at most this counts as "z ignored"
+    window: int = 3  # consecutive diagnostics measurements that must all be within tolerance
+    warmup: float = 0.5  # share of the run's steps before any measurement is judged
+
+    def check(self, prefix: str = "latent_collapse") -> None:
+        check_keys(self, prefix, {"tolerance": at_least(0), "window": whole_at_least(1),
+                                  "warmup": within(0, 1)})
+
+
 # ---- a LAM training run ----------------------------------------------------------------------
 # torch.compile backends a training run may name (TrainConfig.compile_backend).
 COMPILE_BACKENDS = ("inductor", "aot_eager")
@@ -369,6 +392,8 @@ class TrainConfig:
     compile: bool = False
     compile_backend: str = "inductor"
     diagnostics_clips: int = 8  # fixed held-out clips for the diag/* latent-use metrics (0: off)
+    # when the diagnostics warn that z is ignored (see LatentCollapseConfig)
+    latent_collapse: LatentCollapseConfig = field(default_factory=LatentCollapseConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)  # TensorBoard / W&B (metrics.jsonl always)
 
@@ -389,6 +414,7 @@ class TrainConfig:
         self.model.check("model")
         self.distributed.check("distributed")
         self.logging.check("logging")
+        self.latent_collapse.check("latent_collapse")
 
 
 # ---- a pixel decoder training run (python -m fastlam.train_decoder) -------------------------

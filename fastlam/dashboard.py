@@ -2,7 +2,8 @@
 
 Off by default (``logging.tensorboard: true`` turns it on); metrics.jsonl is always written
 and stays the record of a run. Every row the trainer logs goes to the dashboard as scalars
-(lists such as ``lr`` become ``lr/0``, ``lr/1``). With ``logging.decoder`` set to a pixel
+(lists such as ``lr`` become ``lr/0``, ``lr/1``); a row's ``warnings`` (such as the diagnostics'
+latent-collapse warning) go to TensorBoard's Text tab and W&B alerts. With ``logging.decoder`` set to a pixel
 decoder (``python -m fastlam.train_decoder``'s ``final/``), every ``logging.image_every`` steps
 a strip of a fixed clip is added: ground truth | decoded ground truth | teacher-forced
 prediction | open-loop rollout with the inferred z | with z = 0.
@@ -77,6 +78,16 @@ class Dashboard:
                 self.tb.add_scalar(k, v, step)
         if self.wb is not None:
             self.wb.log(flat, step=step)
+        for text in row.get("warnings", ()):  # e.g. a latent collapse (fastlam.diagnostics): as text, not a scalar
+            self.warn(step, text)
+
+    def warn(self, step: int, text: str) -> None:
+        """A warning where the dashboard shows text: TensorBoard's Text tab (tag ``warnings``),
+        a W&B alert."""
+        if self.tb is not None:
+            self.tb.add_text("warnings", f"```\n{text}\n```", step)  # fenced: kept as printed
+        if self.wb is not None:
+            self.wb.alert(title=f"fastlam warning at step {step}", text=text)
 
     def remember_clip(self, video: torch.Tensor) -> None:
         """Keep the first clip seen as the fixed clip of every strip."""

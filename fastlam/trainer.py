@@ -224,7 +224,7 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
                         row["bad_files"] = len(dataset.bad_files)
                     if diag is not None:
                         with speed.paused():
-                            row.update(diag(model))
+                            row.update(diag(model, step))  # with the latent-collapse verdict
                     log.write(json.dumps(row) + "\n")
                     log.flush()
                     dash.scalars(step, row)
@@ -261,6 +261,8 @@ def _train(cfg: TrainConfig, env: fdist.DistEnv, resume: bool, ds_config: dict |
     else:
         final_dir = runner.export(ckpt_dir, Path(final_ckpt).name, out / "final")
         summary["model"] = str(final_dir) if final_dir else None
+    if diag is not None:  # rank 0: whether z collapsed, with the numbers (None: nothing judged)
+        summary["latent_collapse"] = diag.finish()
     if env.is_main:
         write_summary(summary, out, metrics_file, last_loss, dataset)
     return summary

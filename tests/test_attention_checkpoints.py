@@ -186,6 +186,15 @@ def test_univla_converter_refuses_a_bias_the_peer_cannot_hold():
         to_peer_attention_state_dict(m, "genie")
 
 
+def test_from_peer_keeps_the_peers_norm_eps():
+    peer = SharedNormAttention(2, 16).to(D64)
+    peer.norm.eps = 1e-3
+    x = torch.randn(2, 5, 16, dtype=D64) * 1e-2  # small activations: eps matters
+    fast = STAttention.from_peer(peer, scale=peer.scale)
+    assert fast.norm.eps == 1e-3
+    torch.testing.assert_close(fast(x, frame_len=5, mask="full"), peer(x), rtol=1e-12, atol=1e-12)
+
+
 def test_shared_qk_norm_option():
     with pytest.raises(ValueError, match="qk_norm"):
         STAttention(16, 2, qk_norm="both")

@@ -2,6 +2,8 @@
 blocks and (with the options below) Genie / UniVLA-style spatial and temporal attention."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -157,6 +159,9 @@ class STAttention(nn.Module):
             kwargs.setdefault("qk_norm", "shared")
         elif "q_norm.weight" in state:
             kwargs.setdefault("qk_norm", True)
+        peer_norm = getattr(peer, "norm" if "norm.weight" in state else "q_norm", None)
+        if isinstance(peer_norm, nn.LayerNorm):  # the peer's eps, not LayerNorm's default
+            kwargs.setdefault("norm_layer", functools.partial(nn.LayerNorm, eps=peer_norm.eps))
         weight = state[f"{qkv}.weight"]
         module = cls(weight.shape[1], heads, **kwargs).to(device=weight.device, dtype=weight.dtype)
         module.load_state_dict(state)

@@ -1,0 +1,63 @@
+"""The study's encoder probes (issue 28 item 2): before any LAM, does the frozen encoder show
+the move? Ridge from s_(t+1) - s_t and an MLP from (s_t, s_(t+1)), printed in the study report
+with a verdict beside the LAM probes, so "the encoder cannot see it" and "the LAM did not learn
+it" are never confused."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fastlam.eval.study import ENCODER_TARGET, StudyConfig, encoder_verdict, run_study, write_study_report
+
+SHOWS, BARELY = "the encoder shows the move", "the encoder barely shows the move"
+
+
+def test_verdict_takes_the_better_probe_against_the_target():
+    assert encoder_verdict(0.2, 0.75) == f"{SHOWS}: R^2 0.750 (MLP)"
+    assert encoder_verdict(0.81, None) == f"{SHOWS}: R^2 0.810 (ridge)"
+    low = encoder_verdict(0.025, 0.01)
+    assert low.startswith(f"{BARELY} (R^2 0.025 < {ENCODER_TARGET}")
+    assert "a LAM cannot learn what its frozen encoder does not show" in low
+    assert encoder_verdict(None, None) == "the encoder was not probed"
+
+
+def _encoder_only(out: Path, patch: int, pool: int) -> str:
+    # A clean multi-patch agent world at 16 px (no flicker, no distractors): small enough for
+    # seconds on a CPU, and a 2x2 grid of 8 px patches keeps the agent's move readable.
+    cfg = StudyConfig(world="agent_multi", kinds=(), size=16, patch=patch, pool=pool, train_clips=8, test_clips=128,
+                      leakage_clips=8, source=None, flicker=0.0, distractors=0)
+    run_study(cfg, out, log=lambda _: None)
+    return write_study_report(out).read_text()
+
+
+@pytest.mark.slow
+def test_report_shows_both_encoder_probes_and_the_verdict_flips_for_a_blind_encoder(tmp_path):
+    sighted = _encoder_only(tmp_path / "sighted", patch=8, pool=8)
+    res = json.loads((tmp_path / "sighted" / "study_agent_multi.json").read_text())
+    assert res["rows"] == {} and res["encoder_verdict"].startswith(SHOWS)
+    assert max(res["encoder_probe"]["pixels"], res["encoder_probe_mlp"]["pixels"]) >= ENCODER_TARGET
+    for text in ("| frozen encoder | ridge from s_(t+1) - s_t | MLP from (s_t, s_(t+1)) |",
+                 f"| pixels (the LAMs' encoder) | {res['encoder_probe']['pixels']:.3f} | "
+                 f"{res['encoder_probe_mlp']['pixels']:.3f} |",
+                 f"**Encoder verdict: {res['encoder_verdict']}.**", "## The encoder beside the LAMs",
+                 "No LAM trained for this world yet."):
+        assert text in sighted, text
+    # One token averaging the whole 16 px frame: the agent's move inside it is gone.
+    blind = _encoder_only(tmp_path / "blind", patch=16, pool=16)
+    res = json.loads((tmp_path / "blind" / "study_agent_multi.json").read_text())
+    assert res["encoder_verdict"].startswith(BARELY)
+    assert max(res["encoder_probe"]["pixels"], res["encoder_probe_mlp"]["pixels"]) < 0.2
+    assert f"**Encoder verdict: {res['encoder_verdict']}.**" in blind and SHOWS not in blind
+
+
+def test_report_reads_study_files_from_before_the_mlp_probe(tmp_path):
+    """The committed study results have the ridge probe only: the report still draws them, with
+    the verdict from the ridge and '-' for the MLP."""
+    src = Path("benchmarks/results/small_scale_study/study_agent.json")
+    shutil.copy(src, tmp_path / src.name)
+    md = write_study_report(tmp_path).read_text()
+    ridge = json.loads(src.read_text())["encoder_probe"]["pixels"]
+    assert f"| pixels (the LAMs' encoder) | {ridge:.3f} | - |" in md
+    assert f"**Encoder verdict: {encoder_verdict(ridge, None)}.**" in md
+    assert "| noisy" in md

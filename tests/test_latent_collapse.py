@@ -137,3 +137,18 @@ def test_a_run_whose_predictor_uses_z_does_not_warn(tmp_path, capfd):
     assert min(r["diag/action_dependence"] for r in judged) > 1.01  # z is used after the warm-up
     rec = json.loads((tmp_path / "used" / "summary.json").read_text())["latent_collapse"]
     assert rec == summary["latent_collapse"] and rec["detected"] is False and rec["holds_at_end"] is False
+
+
+def test_the_dashboard_shows_a_rows_warnings_as_text(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fastlam.configs import LoggingConfig
+    from fastlam.dashboard import Dashboard
+
+    dash = Dashboard(LoggingConfig(tensorboard=True), tmp_path)
+    dash.scalars(24, {"step": 24, "diag/latent_collapse": True, "warnings": ["LATENT COLLAPSE at step 24"]})
+    dash.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    assert acc.Scalars("diag/latent_collapse")[0].value == 1.0
+    texts = acc.Tensors("warnings/text_summary")
+    assert texts[0].step == 24 and b"LATENT COLLAPSE at step 24" in texts[0].tensor_proto.string_val[0]

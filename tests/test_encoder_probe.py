@@ -60,4 +60,9 @@ def test_report_reads_study_files_from_before_the_mlp_probe(tmp_path):
     ridge = json.loads(src.read_text())["encoder_probe"]["pixels"]
     assert f"| pixels (the LAMs' encoder) | {ridge:.3f} | - |" in md
     assert f"**Encoder verdict: {encoder_verdict(ridge, None)}.**" in md
-    assert "| noisy" in md
+    assert "| noisy" in md and "(z ignored)" not in md  # deterministic's x1.000 is no collapse: it has no z
+    res = json.loads(src.read_text())
+    res["rows"]["noisy"]["diag/action_dependence"] = 1.004  # within the training runs' 1% of x1.0
+    (tmp_path / src.name).write_text(json.dumps(res))
+    md = write_study_report(tmp_path).read_text()
+    assert [line.split(" ")[1] for line in md.splitlines() if "(z ignored)" in line] == ["noisy"]

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from ..configs import LatentCollapseConfig
 from ..data.worlds import load_backgrounds, make_world, other_scene
 from ..diagnostics import latent_diagnostics
 from ..inputs import read_json, require_folder
@@ -293,6 +294,15 @@ def encoder_lines(st: dict) -> list[str]:
     return lines + ["", f"**Encoder verdict: {verdict}.**", ""]
 
 
+def _collapse_mark(kind: str, dependence: float) -> str:
+    """' (z ignored)' where a kind's latent collapsed by the training runs' criterion
+    (:class:`~fastlam.configs.LatentCollapseConfig`'s default tolerance); a deterministic model
+    has no z to ignore."""
+    if kind != "deterministic" and abs(dependence - 1.0) <= LatentCollapseConfig().tolerance:
+        return " (z ignored)"
+    return ""
+
+
 def _best(rows: dict, key: str):
     vals = [r[key] for r in rows.values() if r.get(key) is not None]
     return max(vals) if vals else None
@@ -354,7 +364,8 @@ def write_study_report(results: str | Path, out: str | Path | None = None) -> Pa
                 f"{_fmt(g('ridge_untrained'))} | {_fmt(g('mlp_trained'))} | {_fmt(g('mlp_shuffled'))} | "
                 f"{_fmt(g('mlp_untrained'))} | {_fmt(g('distractor_ridge'))} | {_fmt(g('ridge_next_position'))} | "
                 f"{r['diag/l1_own']:.4f} / "
-                f"{r['diag/l1_other']:.4f} / {r['diag/l1_zero']:.4f} | x{r['diag/action_dependence']:.3f} | "
+                f"{r['diag/l1_other']:.4f} / {r['diag/l1_zero']:.4f} | x{r['diag/action_dependence']:.3f}"
+                f"{_collapse_mark(kind, r['diag/action_dependence'])} | "
                 f"x{r['leakage_ratio']:.2f} | {r['train_seconds']:.0f} |")
             ax.scatter(r["diag/l1_own"], r["leakage_ratio"], color=colours[kind], label=kind, s=40)
         lines.append("")

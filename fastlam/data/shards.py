@@ -36,7 +36,7 @@ import hashlib
 import io
 import json
 import os
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -53,18 +53,31 @@ from .remote import FileCache, default_cache
 from .shard_index import expand_braces, read_shard_index, shard_damage, tar_samples
 from .shard_writer import write_shards
 from .seeding import mix_seed
+from .shuffle_buffer import shuffle_buffered
 from .stream_state import load_stream_state, merge_states, prune_stream_states, save_stream_state
 from .video import clip_to_tensor
 
 __all__ = ["write_shards", "ShardStream", "ShardLoader", "merge_states", "read_shard_index",
-           "clip_from_bytes", "expand_braces", "is_shard_source", "save_stream_state",
+           "clip_from_bytes", "placed_clip_from_bytes", "PlacedClip", "expand_braces", "is_shard_source", "save_stream_state",
            "load_stream_state", "prune_stream_states"]
 
 # ---- decoding one sample -------------------------------------------------------------------
-def clip_from_bytes(data: bytes, meta: dict, *, num_frames: int, fps: float, size: tuple[int, int],
-                    crop: str, short_policy: str, generator: torch.Generator) -> torch.Tensor:
-    """A clip of an encoded video held in memory, uint8 (F, H, W, 3), with the start and crop
-    rules of ``VideoClipDataset`` (start drawn in [0, duration - span), then crop)."""
+class PlacedClip(NamedTuple):
+    """A clip read from a sample and where it came from: ``frames`` uint8 (F, H, W, 3), the
+    start it was read from (seconds), the generator's state before that read (its crop draws
+    replay from it) and how many frames were padded at the end."""
+    frames: torch.Tensor
+    start_s: float
+    crop_state: torch.Tensor
+    padded: int
+
+
+def placed_clip_from_bytes(data: bytes, meta: dict, *, num_frames: int, fps: float, size: tuple[int, int],
+                           crop: str, short_policy: str, generator: torch.Generator) -> PlacedClip:
+    """A clip of an encoded video held in memory with the start and crop rules of
+    ``VideoClipDataset``: a start drawn in [0, duration - span), then the crop; a clip the video
+    ends before is read again from 0 (whose reader draws its crop afresh), then padded
+    (``short_policy='pad'``). The state store records the returned place beside its states."""
     import av  # optional: PyAV (the data extra)
 
     span = (num_frames - 1) / fps
@@ -76,15 +89,25 @@ def clip_from_bytes(data: bytes, meta: dict, *, num_frames: int, fps: float, siz
         for s, rewind in ((start, False), (0.0, True)):
             if short is not None and s >= start:
                 break
+            drawn = generator.get_state()
             try:
-                return read_clip_opened("<shard sample>", c, stream, num_frames, fps, s, size, crop,
+                clip = read_clip_opened("<shard sample>", c, stream, num_frames, fps, s, size, crop,
                                         generator, rewind=rewind)
+                return PlacedClip(clip, s, drawn, 0)
             except ClipTooShort as e:
-                short = e
+                short, short_at, short_drawn = e, s, drawn
         got = len(short.frames) if short.frames is not None else 0
         if short_policy == "pad" and got > 0:
-            return torch.cat([short.frames, short.frames[-1:].expand(num_frames - got, -1, -1, -1)])
+            clip = torch.cat([short.frames, short.frames[-1:].expand(num_frames - got, -1, -1, -1)])
+            return PlacedClip(clip, short_at, short_drawn, num_frames - got)
         raise short
+
+
+def clip_from_bytes(data: bytes, meta: dict, *, num_frames: int, fps: float, size: tuple[int, int],
+                    crop: str, short_policy: str, generator: torch.Generator) -> torch.Tensor:
+    """The frames of :func:`placed_clip_from_bytes`, uint8 (F, H, W, 3)."""
+    return placed_clip_from_bytes(data, meta, num_frames=num_frames, fps=fps, size=size, crop=crop,
+                                  short_policy=short_policy, generator=generator).frames
 
 
 # ---- streaming -----------------------------------------------------------------------------
@@ -294,7 +317,6 @@ class ShardStream(torch.utils.data.IterableDataset):
         rng = np.random.default_rng(np.random.SeedSequence(
             [self.seed, self.epoch, self.rank, plan_worker]))
         skip = self.mine.copy()  # handed out before this iteration began (a resume, or a re-iteration)
-        buf: list[tuple[int, bytes | None, dict | None]] = []
 
         def decode(item):
             g, data, meta = item
@@ -311,17 +333,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             except decode_errors() as e:
                 return None, g, f"{meta.get('source', g)}: {type(e).__name__}: {e}"
 
-        for item in self._read(keys, skip):
-            if len(buf) < self.shuffle_buffer:
-                buf.append(item)
-                continue
-            k = int(rng.integers(len(buf)))
-            out, buf[k] = buf[k], item
-            if out[1] is not None or out[2] is not None:
-                yield decode(out)
-        for k in rng.permutation(len(buf)):
-            if buf[int(k)][1] is not None or buf[int(k)][2] is not None:
-                yield decode(buf[int(k)])
+        for item in shuffle_buffered(self._read(keys, skip), self.shuffle_buffer, rng):
+            yield decode(item)
 
 
 class ShardLoader:

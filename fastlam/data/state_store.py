@@ -41,9 +41,10 @@ import numpy as np
 import torch
 
 from ..checkpoint import atomic_write
-from .decoding import ClipTooShort, crop_offsets, read_clip_opened, resized_frame_shape
+from .decoding import crop_offsets, resized_frame_shape
 from .remote import FileCache, default_cache, is_remote, open_binary
-from .shards import ShardStream
+from .shards import ShardStream, placed_clip_from_bytes
+from .shuffle_buffer import shuffle_buffered
 from .video import clip_to_tensor
 
 __all__ = ["INDEX_NAME", "HEADER_NAME", "STORE_DTYPES", "StateStoreError", "StateStoreWriter", "StateStream",
@@ -111,39 +112,16 @@ def sample_clip(data: bytes, meta: dict, *, num_frames: int, fps: float, size: t
     crop box, and whether it was padded. Same draws as the stream: a start in
     ``[0, duration - span)``, then the crop offsets; a clip the video ends before is read again
     from 0 (whose reader draws its crop afresh), then padded (``short_policy='pad'``)."""
-    import av  # optional: PyAV (the data extra)
-
-    span = (num_frames - 1) / fps
-    u = float(torch.rand((), generator=generator, dtype=torch.float64))
-    start = max(0.0, float(meta["duration_s"]) - span - 1e-3) * u
     sar = meta.get("sar") or [1, 1]
     rh, rw = resized_frame_shape(int(meta["width"]), int(meta["height"]), Fraction(int(sar[0]), int(sar[1])),
                                  max(size))
-
-    def where(s: float, drawn: torch.Tensor, padded: int) -> dict:
-        replay = torch.Generator()
-        replay.set_state(drawn)
-        top, left = crop_offsets(rh, rw, size, crop, replay)
-        return {"start_s": s, "resized": [rh, rw], "crop_box": [top, left, size[0], size[1]], "padded": padded}
-
-    with av.open(io.BytesIO(data)) as c:
-        stream = c.streams.video[0]
-        short = None
-        for s, rewind in ((start, False), (0.0, True)):
-            if short is not None and s >= start:
-                break
-            drawn = generator.get_state()
-            try:
-                clip = read_clip_opened("<shard sample>", c, stream, num_frames, fps, s, size, crop,
-                                        generator, rewind=rewind)
-                return clip_to_tensor(clip), where(s, drawn, 0)
-            except ClipTooShort as e:
-                short, short_at, short_drawn = e, s, drawn
-        got = len(short.frames) if short.frames is not None else 0
-        if short_policy == "pad" and got > 0:
-            clip = torch.cat([short.frames, short.frames[-1:].expand(num_frames - got, -1, -1, -1)])
-            return clip_to_tensor(clip), where(short_at, short_drawn, num_frames - got)
-        raise short
+    placed = placed_clip_from_bytes(data, meta, num_frames=num_frames, fps=fps, size=size, crop=crop,
+                                    short_policy=short_policy, generator=generator)
+    replay = torch.Generator()  # the crop offsets the read drew, drawn again from its state
+    replay.set_state(placed.crop_state)
+    top, left = crop_offsets(rh, rw, size, crop, replay)
+    return clip_to_tensor(placed.frames), {"start_s": placed.start_s, "resized": [rh, rw],
+                                           "crop_box": [top, left, size[0], size[1]], "padded": placed.padded}
 
 
 # ---- writing --------------------------------------------------------------------------------
@@ -296,7 +274,6 @@ class StateStream(ShardStream):
         keys, plan_worker = self._worker_keys()
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, self.rank, plan_worker]))
         skip = self.mine.copy()
-        buf: list[tuple[int, bytes | None, dict | None]] = []
 
         def load(item):
             g, data, meta = item
@@ -307,15 +284,6 @@ class StateStream(ShardStream):
             except (ValueError, KeyError) as e:
                 return None, g, f"{meta.get('source', g)}: {type(e).__name__}: {e}"
 
-        for item in self._read(keys, skip):
-            if len(buf) < self.shuffle_buffer:
-                buf.append(item)
-                continue
-            k = int(rng.integers(len(buf)))
-            out, buf[k] = buf[k], item
-            if out[1] is not None or out[2] is not None:  # (id, None, None): consumed before a resume
-                yield load(out)
-        for k in rng.permutation(len(buf)):
-            if buf[int(k)][1] is not None or buf[int(k)][2] is not None:
-                yield load(buf[int(k)])
+        for item in shuffle_buffered(self._read(keys, skip), self.shuffle_buffer, rng):
+            yield load(item)
 

@@ -2,11 +2,18 @@
 was never interrupted."""
 from __future__ import annotations
 
+import json
+import signal
+import sys
+from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from fastlam.models import LatentActionWorldModel
+from subprocess_guard import run_guarded
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def crash_in_forward(run: Callable[[], object], call: int, monkeypatch) -> None:
@@ -28,3 +35,34 @@ def crash_in_forward(run: Callable[[], object], call: int, monkeypatch) -> None:
             run()
     finally:
         monkeypatch.setattr(LatentActionWorldModel, "forward", real_forward)
+
+
+# A training run in a child process that SIGKILLs itself when the world model's forward is
+# called for the kill_at-th time (that is, in step kill_at, before it completes): nothing the
+# trainer does on an exception (finally blocks, shutdown) runs, as after a real kill -9.
+KILLED_TRAINING = r"""
+import json, os, signal, sys
+from fastlam.config import load_config
+from fastlam.models import LatentActionWorldModel
+from fastlam.train import TrainConfig, train
+
+overrides, kill_at = json.loads(sys.argv[1]), int(sys.argv[2])
+calls = {"n": 0}
+forward = LatentActionWorldModel.forward
+
+def killing_forward(self, *args, **kwargs):
+    calls["n"] += 1
+    if calls["n"] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return forward(self, *args, **kwargs)
+
+LatentActionWorldModel.forward = killing_forward
+train(load_config(TrainConfig, "configs/tiny_cpu.yaml", overrides))
+"""
+
+
+def sigkill_in_forward(overrides: list[str], kill_at: int) -> None:
+    """Train ``configs/tiny_cpu.yaml`` with ``overrides`` in a child process that SIGKILLs
+    itself in step ``kill_at``; asserts it died of that signal."""
+    proc = run_guarded([sys.executable, "-c", KILLED_TRAINING, json.dumps(overrides), str(kill_at)], cwd=REPO)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]

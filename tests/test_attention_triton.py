@@ -24,6 +24,7 @@ from fastlam.ops import triton_attention as ta  # noqa: E402
 from fastlam.ops.attention import attention_math, attention_sdpa, mask_allows  # noqa: E402
 from fastlam.ops.dispatch import AttentionRequest, attention_backend  # noqa: E402
 from fastlam.testing import assert_error_ratio  # noqa: E402
+from rope_lookup import kernel_rope_lookup  # noqa: E402
 
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 DEV = "cpu" if INTERP else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -328,17 +329,9 @@ def test_rope_tables_match_reference_bitwise():
     for rope, F, D in [(Rope3D(grid_w=3, num_prefix=2), 8, 40), (Rope3D(grid_w=4, duplicated_freqs=False,
                                                                       spatial_scale=0.25), 16, 64)]:
         L = 5 * F
-        cos, sin, axis, npre, gw = ta.rope_position_tables(L, F, D, rope, "cpu")
         rc, rs = rope_tables(L, F, D, rope)
-        # Gather the kernel's lookup in torch: same index maths as attention_rope.rope_positions.
-        idx = torch.arange(L)
-        t, j = idx // F, idx % F
-        p = (j - npre).clamp(min=0)
-        h = torch.where(j >= npre, p // gw, 0)
-        w = torch.where(j >= npre, p % gw, 0)
-        pos = torch.stack([t, h, w, torch.zeros_like(t)], 1)[:, axis.long()]
-        cols = torch.arange(D).expand(L, D)
-        assert torch.equal(cos[pos, cols], rc) and torch.equal(sin[pos, cols], rs)
+        cos, sin, _ = kernel_rope_lookup(L, F, D, rope)
+        assert torch.equal(cos, rc) and torch.equal(sin, rs)
 
 
 # ---------------------------------------------------------------------------- reference checks

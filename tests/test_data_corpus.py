@@ -21,29 +21,16 @@ from fastlam.data.manifest import build_manifest, load_manifest, scan_sources  #
 from fastlam.data.remote import FileCache  # noqa: E402
 from fastlam.data.shards import (  # noqa: E402
     ShardLoader, ShardStream, expand_braces, merge_states, write_shards)
+from shard_corpus import make_corpus, ramp_video  # noqa: E402
 from simulated_crash import crash_in_forward  # noqa: E402
-from video_files import encode_video  # noqa: E402
 
 CLIP = dict(num_frames=4, fps=4.0, size=(32, 32))
-
-
-def _video(path, frames, rate=25, size=(48, 64)):
-    return encode_video(path, [np.full((*size, 3), 10 + 6 * (i % 40), np.uint8) for i in range(frames)], rate=rate)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """12 good videos (1.2-2.3 s), a manifest of them, and shards of ~3 samples."""
-    root = tmp_path_factory.mktemp("corpus")
-    vids = root / "videos"
-    vids.mkdir()
-    paths = [_video(vids / f"v{k:02d}.mp4", 30 + 3 * k) for k in range(12)]
-    manifest = root / "m.parquet"
-    build_manifest([vids], manifest, workers=0, progress=False)
-    shards = root / "shards"
-    index = write_shards(manifest, shards, shard_bytes=3 * 2600, progress=False, seed=1)
-    return {"root": root, "videos": vids, "paths": paths, "manifest": manifest,
-            "shards": shards, "index": index}
+    return make_corpus(tmp_path_factory.mktemp("corpus"), 12, lambda paths: 3 * 2600)
 
 
 # ------------------------------------------------------------------------------ index
@@ -69,7 +56,7 @@ def _bad_files(folder: Path, good: Path):
 def test_index_sources_bad_files_and_summary(tmp_path, corpus):
     folder = tmp_path / "mixed"
     folder.mkdir()
-    good = [_video(folder / "a.mp4", 40), _video(folder / "b.mp4", 50, rate=30)]
+    good = [ramp_video(folder / "a.mp4", 40), ramp_video(folder / "b.mp4", 50, rate=30)]
     expected_bad = _bad_files(folder, good[0])
     # A V-JEPA 2-style list ("path label", relative to the list) and a plain path list.
     (tmp_path / "train.csv").write_text("mixed/a.mp4 3\nmixed/b.mp4 7\n")

@@ -17,8 +17,6 @@ import errno
 import json
 import os
 import shutil
-import signal
-import sys
 import warnings
 from pathlib import Path
 
@@ -38,32 +36,24 @@ from fastlam.config import load_config  # noqa: E402
 from fastlam.data import VideoClipDataset  # noqa: E402
 from fastlam.data.__main__ import main as data_main  # noqa: E402
 from fastlam.data.manifest import build_manifest, load_manifest, scan_sources  # noqa: E402
-from fastlam.data.shards import ShardLoader, ShardStream, merge_states, write_shards  # noqa: E402
+from fastlam.data.shards import ShardLoader, ShardStream, merge_states  # noqa: E402
 from fastlam.data.stream_state import load_stream_state, save_stream_state  # noqa: E402
 from fastlam.data.walk import UnreadableWarning  # noqa: E402
 from fastlam.inputs import InputError, MissingInputError  # noqa: E402
 from fastlam.run_folder import RunFolderError  # noqa: E402
 from fastlam.train import TrainConfig, train  # noqa: E402
-from subprocess_guard import run_guarded  # noqa: E402
-from video_files import encode_video  # noqa: E402
+from shard_corpus import make_corpus, ramp_frame  # noqa: E402
+from simulated_crash import sigkill_in_forward  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 CLIP = dict(num_frames=4, fps=4.0, size=(32, 32))
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """12 videos (1.2-2.3 s) of distinct content, their manifest, and shards of ~3 samples."""
-    root = tmp_path_factory.mktemp("faults")
-    vids = root / "videos"
-    vids.mkdir()
-    for k in range(12):
-        frames = [np.full((48, 64, 3), 10 + 6 * ((i + 7 * k) % 40), np.uint8) for i in range(30 + 3 * k)]
-        encode_video(vids / f"v{k:02d}.mp4", frames, rate=25)
-    manifest = root / "m.parquet"
-    build_manifest([vids], manifest, workers=0, progress=False)
-    write_shards(manifest, root / "shards", shard_bytes=3 * 2600, progress=False, seed=1)
-    return {"root": root, "videos": vids, "manifest": manifest, "shards": root / "shards" / "shards.json"}
+    made = make_corpus(tmp_path_factory.mktemp("faults"), 12, lambda paths: 3 * 2600,
+                       frame=lambda k, i: ramp_frame(i, offset=7 * k))
+    return {**made, "shards": made["shards"] / "shards.json"}
 
 
 def tiny(source, out, *extra) -> TrainConfig:
@@ -83,35 +73,6 @@ def max_weight_difference(a: Path, b: Path) -> float:
     assert wa.keys() == wb.keys()
     return max((float((wa[k].double() - wb[k].double()).abs().max()) if wa[k].shape == wb[k].shape else float("inf"))
                for k in wa if wa[k].numel())
-
-
-# A training run in a child process that SIGKILLs itself when the world model's forward is
-# called for the kill_at-th time (that is, in step kill_at, before it completes): nothing the
-# trainer does on an exception (finally blocks, shutdown) runs, as after a real kill -9.
-KILLED_CHILD = r"""
-import json, os, signal, sys
-from fastlam.config import load_config
-from fastlam.models import LatentActionWorldModel
-from fastlam.train import TrainConfig, train
-
-overrides, kill_at = json.loads(sys.argv[1]), int(sys.argv[2])
-calls = {"n": 0}
-forward = LatentActionWorldModel.forward
-
-def killing_forward(self, *args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return forward(self, *args, **kwargs)
-
-LatentActionWorldModel.forward = killing_forward
-train(load_config(TrainConfig, "configs/tiny_cpu.yaml", overrides))
-"""
-
-
-def run_killed(cfg_overrides: list[str], kill_at: int) -> None:
-    proc = run_guarded([sys.executable, "-c", KILLED_CHILD, json.dumps(cfg_overrides), str(kill_at)], cwd=REPO)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
 
 
 def tiny_overrides(source, out, *extra) -> list[str]:
@@ -185,7 +146,7 @@ def _kill_and_resume(tmp_path, source, extra: list[str], kill_at: int, ckpt_step
     checks what it left), and resume: losses and final weights must be the same."""
     full, part = tmp_path / "full", tmp_path / "part"
     train(tiny(source, full, *extra))
-    run_killed(tiny_overrides(source, part, *extra), kill_at)
+    sigkill_in_forward(tiny_overrides(source, part, *extra), kill_at)
     latest = torch.load(part / "checkpoints" / "latest.pt", weights_only=True)
     assert latest["step"] == ckpt_step
     killed(part)

@@ -31,29 +31,20 @@ from fastlam.data.manifest import build_manifest  # noqa: E402
 from fastlam.data.remote import FileCache, RemoteMissing, RemoteUnavailable, with_retries  # noqa: E402
 from fastlam.data.shard_writer import ShardFolderError  # noqa: E402
 from fastlam.data.shards import ShardLoader, ShardStream, write_shards  # noqa: E402
-from video_files import encode_video  # noqa: E402
+from shard_corpus import make_corpus  # noqa: E402
 
 CLIP = dict(num_frames=4, fps=4.0, size=(32, 32))
 
 
-def _video(path, frames, rate=25, size=(48, 64)):
-    return encode_video(path, [np.full((*size, 3), 10 + 6 * (i % 40), np.uint8) for i in range(frames)], rate=rate)
+def _two_largest_plus(paths):  # room for two samples a shard (4 shards of 8)
+    sizes = sorted(p.stat().st_size for p in paths)
+    return sizes[-1] + sizes[-2] + 6000
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """8 good videos, a manifest of them, and shards of 2 samples each (4 shards)."""
-    root = tmp_path_factory.mktemp("faults_corpus")
-    vids = root / "videos"
-    vids.mkdir()
-    paths = [_video(vids / f"v{k:02d}.mp4", 30 + 3 * k) for k in range(8)]
-    manifest = root / "m.parquet"
-    build_manifest([vids], manifest, workers=0, progress=False)
-    shards = root / "shards"
-    sizes = sorted(p.stat().st_size for p in paths)
-    index = write_shards(manifest, shards, shard_bytes=sizes[-1] + sizes[-2] + 6000, progress=False, seed=1)
-    return {"root": root, "videos": vids, "paths": paths, "manifest": manifest, "shards": shards,
-            "index": index}
+    return make_corpus(tmp_path_factory.mktemp("faults_corpus"), 8, _two_largest_plus)
 
 
 @pytest.fixture(autouse=True)

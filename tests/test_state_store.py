@@ -28,13 +28,13 @@ pytest.importorskip("pyarrow")
 
 from fastlam.config import ConfigError, load_config  # noqa: E402
 from fastlam.data.__main__ import main as data_main  # noqa: E402
-from fastlam.data.manifest import build_manifest  # noqa: E402
-from fastlam.data.shards import ShardLoader, write_shards  # noqa: E402
+from fastlam.data.shards import ShardLoader  # noqa: E402
 from fastlam.data.state_store import StateStoreError, StateStream, read_store_header  # noqa: E402
 from fastlam.encode_states import encode_store  # noqa: E402
 from fastlam.train import TrainConfig, train  # noqa: E402
+from shard_corpus import make_corpus, ramp_frame  # noqa: E402
+from simulated_crash import sigkill_in_forward  # noqa: E402
 from subprocess_guard import run_guarded  # noqa: E402
-from video_files import encode_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,21 +42,14 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """12 videos (1.2-2.3 s), their video shards of ~3 samples, and a float32 state store of them."""
+    def frame(k: int, i: int) -> np.ndarray:  # the ramp, and a white square moving across it
+        f = ramp_frame(i, offset=7 * k)
+        x = (2 * i + 5 * k) % 52
+        f[16:28, x:x + 12] = 255
+        return f
+
     root = tmp_path_factory.mktemp("states")
-    vids = root / "videos"
-    vids.mkdir()
-    for k in range(12):
-        frames = []
-        for i in range(30 + 3 * k):
-            f = np.full((48, 64, 3), 10 + 6 * ((i + 7 * k) % 40), np.uint8)
-            x = (2 * i + 5 * k) % 52
-            f[16:28, x:x + 12] = 255
-            frames.append(f)
-        encode_video(vids / f"v{k:02d}.mp4", frames, rate=25)
-    manifest = root / "m.parquet"
-    build_manifest([vids], manifest, workers=0, progress=False)
-    write_shards(manifest, root / "shards", shard_bytes=3 * 2600, progress=False, seed=1)
-    shards = root / "shards" / "shards.json"
+    shards = make_corpus(root, 12, lambda paths: 3 * 2600, frame=frame)["shards"] / "shards.json"
     encode_store(tiny(shards, root / "unused"), str(root / "f32"), dtype="float32", progress=False)
     return {"root": root, "shards": shards, "f32": root / "f32" / "states.json"}
 
@@ -165,27 +158,6 @@ def test_an_encode_killed_midway_resumes_into_the_uninterrupted_store(corpus, tm
         encode_store(tiny(corpus["shards"], tmp_path / "x"), str(out), dtype="bfloat16", progress=False)
 
 
-KILLED_TRAINING = r"""
-import json, os, signal, sys
-from fastlam.config import load_config
-from fastlam.models import LatentActionWorldModel
-from fastlam.train import TrainConfig, train
-
-overrides, kill_at = json.loads(sys.argv[1]), int(sys.argv[2])
-calls = {"n": 0}
-forward = LatentActionWorldModel.forward
-
-def killing_forward(self, *args, **kwargs):
-    calls["n"] += 1
-    if calls["n"] == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return forward(self, *args, **kwargs)
-
-LatentActionWorldModel.forward = killing_forward
-train(load_config(TrainConfig, "configs/tiny_cpu.yaml", overrides))
-"""
-
-
 def test_training_from_states_killed_mid_epoch_resumes_exactly(corpus, tmp_path):
     """Batches of 2 from 12 states: 6 a epoch; killed in step 5 after the step-4 checkpoint (mid
     epoch), resumed: the uninterrupted run's losses for steps 5-8 (across the epoch boundary) and
@@ -193,8 +165,7 @@ def test_training_from_states_killed_mid_epoch_resumes_exactly(corpus, tmp_path)
     extra = ["steps=8", "ckpt_every=4", "batch_size=2", "data.shuffle_buffer=4"]
     train(tiny(corpus["f32"], tmp_path / "whole", *extra))
     cut = overrides(corpus["f32"], tmp_path / "cut", *extra)
-    proc = run_guarded([sys.executable, "-c", KILLED_TRAINING, json.dumps(cut), "5"], cwd=REPO)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    sigkill_in_forward(cut, 5)
     train(tiny(corpus["f32"], tmp_path / "cut", *extra), resume=True)
     assert losses(tmp_path / "cut") == losses(tmp_path / "whole")
     whole, cut = (load_file(str(tmp_path / run / "final" / "model.safetensors")) for run in ("whole", "cut"))

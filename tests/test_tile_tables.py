@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import triton
+from launch_spy import spy_forward_tiles
 from subprocess_guard import run_guarded
 
 from fastlam.kernels import attention as A
@@ -143,17 +144,7 @@ def test_bad_tuned_table_names_the_file(fake_gpu):
 
 def test_forced_tiles_reach_the_kernel_launch(monkeypatch):
     """The interpreter runs the forced tile (not its 16 x 16 default) and still matches SDPA."""
-    seen = []
-    real = A.attn_fwd
-
-    class Spy:
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                seen.append((kw["BLOCK_M"], kw["BLOCK_N"]))
-                return real[grid](*args, **kw)
-            return launch
-
-    monkeypatch.setattr(A, "attn_fwd", Spy())
+    seen = spy_forward_tiles(A, monkeypatch)
     q, k, v = (torch.randn(1, 2, 40, 32) for _ in range(3))
     kw = dict(frame_len=8, mask="frame_causal", scale=32 ** -0.5)
     with tt.forced({"fwd,fp32,hd32": (32, 16, 4, 1)}):

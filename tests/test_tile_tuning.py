@@ -14,6 +14,7 @@ import os
 import pytest
 import torch
 import triton
+from launch_spy import spy_forward_tiles
 
 from fastlam.kernels import attention as A
 from fastlam.kernels import attention_tuning as at
@@ -264,16 +265,7 @@ def test_cache_location_and_shape_classes(monkeypatch, tmp_path):
 
 def test_tuned_tiles_reach_the_launch_and_match_the_default_output(tuner, monkeypatch):
     """The chosen tile is what the forward launches, and it computes what the default does."""
-    seen = []
-    real = A.attn_fwd
-
-    class Spy:
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                seen.append((kw["BLOCK_M"], kw["BLOCK_N"]))
-                return real[grid](*args, **kw)
-            return launch
-    monkeypatch.setattr(A, "attn_fwd", Spy())
+    seen = spy_forward_tiles(A, monkeypatch)
     tuner["times"] = {FASTER: 0.5}
     q, k, v = (torch.randn(1, 2, 40, HEAD_DIM, dtype=torch.bfloat16) for _ in range(3))
     kw = dict(frame_len=8, mask="frame_causal", scale=HEAD_DIM ** -0.5)

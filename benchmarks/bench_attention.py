@@ -52,11 +52,13 @@ try:  # run as a script (python benchmarks/bench_x.py) or as a module
     from benchmarks._common import allow_many_compiles, git_commit, pyplot_or_none, versions
     from benchmarks.attention_baselines import Runner, make_runners, rope_for, rope_runners  # noqa: F401
     from benchmarks.attention_check import check_inputs, check_runner, check_shape
+    from benchmarks.gpu_arguments import add_out_and_budget
     from benchmarks.result_files import save_figure, write_rows_csv
 except ImportError:  # pragma: no cover
     from _common import allow_many_compiles, git_commit, pyplot_or_none, versions
     from attention_baselines import Runner, make_runners, rope_for, rope_runners  # noqa: F401
     from attention_check import check_inputs, check_runner, check_shape
+    from gpu_arguments import add_out_and_budget
     from result_files import save_figure, write_rows_csv
 from fastlam.flops import ATTENTION_BACKWARD_FACTOR  # noqa: E402
 
@@ -269,15 +271,12 @@ def timing_row(r: Runner, mask: str, shape: tuple, dtype, timing: tuple, peak_fl
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python benchmarks/bench_attention.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "benchmarks/results/gpu")),
-                        help="folder for the CSV / JSON / PNG results (default: $OUT, else benchmarks/results/gpu)")
+    add_out_and_budget(parser, "shapes")
     parser.add_argument("--quick", action="store_true", help="two shapes, shorter timing")
     parser.add_argument("--masks", nargs="+", default=None,
                         help="attention masks to time (default: frame_causal frame_local full; --quick: "
                              "frame_causal frame_local)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, Triton interpreter (suite test)")
-    parser.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_BUDGET_S", 240)),
-                        help="stop starting new shapes after this many seconds (default: $BENCH_BUDGET_S, else 240)")
     return parser
 
 

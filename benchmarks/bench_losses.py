@@ -19,7 +19,6 @@ import argparse
 import csv
 import datetime as dt
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,10 +27,11 @@ import torch
 
 try:  # run as a script (python benchmarks/bench_x.py) or as a module
     from benchmarks._common import allow_many_compiles, git_commit, pyplot_or_none
+    from benchmarks.gpu_arguments import add_out_and_budget
 except ImportError:  # pragma: no cover
     from _common import allow_many_compiles, git_commit, pyplot_or_none
+    from gpu_arguments import add_out_and_budget
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def measured_copy_bandwidth(nbytes: int = 256 << 20) -> float:
@@ -186,12 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python benchmarks/bench_losses.py",
         description="GPU benchmark of the fused loss / regularizer / AdaLN kernels against eager PyTorch and "
                     "torch.compile of the same reference ops.")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "benchmarks/results/gpu")),
-                        help="folder for the CSV / JSON / PNG results (default: $OUT, else benchmarks/results/gpu)")
+    add_out_and_budget(parser, "cases")
     parser.add_argument("--quick", action="store_true", help="smaller shapes")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
-    parser.add_argument("--budget-s", type=float, default=float(os.environ.get("BENCH_BUDGET_S", 240)),
-                        help="stop starting new cases after this many seconds (default: $BENCH_BUDGET_S, else 240)")
     return parser
 
 

@@ -69,3 +69,15 @@ def test_mlp_probe_early_stopping_on_fit_groups():
                   groups_fit=groups[fit]) < 0.1
     with pytest.raises(ValueError, match="groups_fit"):
         mlp_r2(x[fit], product[fit], x[score], product[score], groups_fit=groups[:3])
+
+
+def test_study_command_with_kinds_alone_runs_only_the_encoder_probes(tmp_path):
+    """`--kinds` with no names: the encoder probes (ridge from the state difference, and the
+    MLP from both states) and no LAM row, so the encoder is checked before any LAM trains."""
+    out = tmp_path / "study"
+    assert main(["study", "--world", "agent", "--source", "procedural", "--train-steps", "2", "--train-clips", "16",
+                 "--test-clips", "24", "--out", str(out), "--kinds"]) == 0
+    res = json.loads((out / "study_agent.json").read_text())
+    assert res["rows"] == {}
+    assert set(res["encoder_probe"]) >= {"pixels"} and "pixels" in res["encoder_probe_mlp"], sorted(res)
+    assert "the encoder" in res["encoder_verdict"] and "show" in res["encoder_verdict"]

@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the procedural world whose true action is probed (default: %(default)s)")
     p.add_argument("--kinds", nargs="*", default=None,
                    help="regularizer kinds (default: deterministic none noisy sparse discrete); rows merge into "
-                        "OUT/study_WORLD.json, so one kind can be re-run alone")
+                        "OUT/study_WORLD.json, so one kind can be re-run alone; --kinds with no names runs only "
+                        "the encoder probes (does the frozen encoder show the move?)")
     p.add_argument("--out", required=True, help="folder for study_WORLD.json (created if missing)")
     p.add_argument("--source", default="data/samples", help="background videos, or 'procedural' for textures")
     p.add_argument("--train-steps", type=int, default=300, help="training steps per kind (default: %(default)s)")

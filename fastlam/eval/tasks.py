@@ -316,7 +316,8 @@ def run_sample(args) -> Path:
 
 def run_study(args) -> Path:
     torch.set_num_threads(args.threads)
-    cfg = study.StudyConfig(world=args.world, kinds=tuple(args.kinds or study.KINDS), train_steps=args.train_steps,
+    kinds = study.KINDS if args.kinds is None else tuple(args.kinds)  # --kinds alone: encoder probes only
+    cfg = study.StudyConfig(world=args.world, kinds=kinds, train_steps=args.train_steps,
                       train_clips=args.train_clips, test_clips=args.test_clips, seed=args.seed,
                       batch_size=args.batch_size, width=args.width, depth=args.depth,
                       flicker=args.flicker, distractors=args.distractors, token_norm=args.token_norm,

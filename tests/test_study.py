@@ -81,3 +81,22 @@ def test_study_command_with_kinds_alone_runs_only_the_encoder_probes(tmp_path):
     assert res["rows"] == {}
     assert set(res["encoder_probe"]) >= {"pixels"} and "pixels" in res["encoder_probe_mlp"], sorted(res)
     assert "the encoder" in res["encoder_verdict"] and "show" in res["encoder_verdict"]
+
+
+def test_study_set_overrides_reach_the_model_and_the_record(tmp_path):
+    """``--set`` changes the LAM every kind trains (here the predictor's depth and the noisy beta,
+    which the study's own strength would otherwise fix) and is written into the result's config;
+    a misspelt key is refused with the key named, before any training."""
+    from fastlam.config import ConfigError
+    from fastlam.eval.study import StudyConfig
+
+    cfg = StudyConfig(model_overrides=("predictor.depth=3", "regularizer.beta=0.001"))
+    m = cfg.model_config("noisy")
+    assert (m.predictor.depth, m.idm.depth, m.regularizer.beta, m.encoder.kind) == (3, 2, 0.001, "pixels")
+    with pytest.raises(ConfigError, match="model.predictor.dpth"):
+        StudyConfig(model_overrides=("predictor.dpth=3",)).model_config("none")
+    out = tmp_path / "study"
+    assert main(["study", "--world", "agent", "--source", "procedural", "--train-steps", "1", "--train-clips", "8",
+                 "--test-clips", "16", "--kinds", "none", "--set", "predictor.depth=1", "--out", str(out)]) == 0
+    res = json.loads((out / "study_agent.json").read_text())
+    assert res["config"]["model_overrides"] == ["predictor.depth=1"]

@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distractors", type=int, default=2, help="independently moving distractor squares")
     p.add_argument("--token-norm", action="store_true",
                    help="pixels encoder standardising each frame of every token (model.encoder.token_norm)")
+    p.add_argument("--set", dest="model_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override of the LAM's model config, repeatable (e.g. --set predictor.depth=3); "
+                        "applied to every kind after the flags above")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.set_defaults(fn=run_study)

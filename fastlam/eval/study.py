@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import apply_overrides, from_dict, to_dict
 from ..configs import LatentCollapseConfig
 from ..data.worlds import load_backgrounds, make_world, other_scene
 from ..diagnostics import latent_diagnostics
@@ -86,14 +87,20 @@ class StudyConfig:
     # The pixels encoder's per-frame standardisation of every token (EncoderConfig.token_norm).
     token_norm: bool = False
     strengths: dict = field(default_factory=lambda: copy.deepcopy(STRENGTHS))
+    # ``key.sub=value`` overrides of the LAM's ModelConfig (e.g. ``predictor.width=64``), applied
+    # after the study's own settings so any model option reaches the study without a new flag.
+    model_overrides: tuple = ()
 
     def model_config(self, kind: str) -> ModelConfig:
         reg = RegularizerConfig(kind=kind, **self.strengths.get(kind, {}))
         t = TransformerConfig(width=self.width, depth=self.depth, heads=4)
-        return ModelConfig(image_size=self.size, frames=2 * self.steps_t, action_dim=self.action_dim,
-                           encoder=EncoderConfig(kind="pixels", patch_size=self.patch, tubelet=2, pool=self.pool,
-                                                 token_norm=self.token_norm),
-                           idm=t, predictor=copy.deepcopy(t), regularizer=reg)
+        cfg = ModelConfig(image_size=self.size, frames=2 * self.steps_t, action_dim=self.action_dim,
+                          encoder=EncoderConfig(kind="pixels", patch_size=self.patch, tubelet=2, pool=self.pool,
+                                                token_norm=self.token_norm),
+                          idm=t, predictor=copy.deepcopy(t), regularizer=reg)
+        if not self.model_overrides:
+            return cfg
+        return from_dict(ModelConfig, apply_overrides(to_dict(cfg), list(self.model_overrides)), "model")
 
 
 def _world(cfg: StudyConfig, n: int, seed: int, backgrounds, src):

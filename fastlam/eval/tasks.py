@@ -321,6 +321,7 @@ def run_study(args) -> Path:
                       train_clips=args.train_clips, test_clips=args.test_clips, seed=args.seed,
                       batch_size=args.batch_size, width=args.width, depth=args.depth,
                       flicker=args.flicker, distractors=args.distractors, token_norm=args.token_norm,
+                      model_overrides=tuple(args.model_overrides),
                       source=None if args.source == "procedural" else args.source)
     return study.run_study(cfg, args.out)
 

@@ -198,6 +198,17 @@ class RegularizerConfig:
     mean_term: str = "signed"
     # noisy (3.2)
     beta: float = 5e-5
+    # noisy: guards against a collapsed z at small scale (the paper's beta was tuned for V-JEPA 2
+    # features at batch 1024; the README's study measured z unused at beta 5e-5 where the action
+    # explains a small part of the loss). Both off (0) is the paper's recipe.
+    # free_bits: each latent dim's KL (averaged over the batch) is penalised only above this
+    # many nats (Kingma et al. 2016): a few informative dims cost nothing, so z is not pushed
+    # to the prior before the predictor has learnt to use it.
+    free_bits: float = 0.0
+    # beta_warmup_steps: beta ramps linearly from 0 to beta over this many training steps (the
+    # regularizer counts its training forward calls in a buffer saved with the weights, so a
+    # resumed run continues the ramp).
+    beta_warmup_steps: int = 0
     # discrete (3.3). The paper resets dead codes every 300k videos (configs/paper_vitl.yaml);
     # a small run never sees that many, so by default the reset runs every reset_every_steps.
     num_codes: int = 1024
@@ -217,9 +228,13 @@ class RegularizerConfig:
         are checked by the registry (``fastlam.nn.regularizers.check_regularizer_config``)."""
         check_keys(self, prefix, {
             "l_l1": at_least(0), "l_l2": at_least(0), "l_v": at_least(0), "l_c": at_least(0), "l_m": at_least(0),
-            "beta": at_least(0), "num_codes": at_least(1), "commitment": at_least(0),
+            "beta": at_least(0), "free_bits": at_least(0), "beta_warmup_steps": whole_at_least(0),
+            "num_codes": at_least(1), "commitment": at_least(0),
             "reset_every_videos": at_least(0), "reset_every_steps": at_least(0),
             "ema_decay": within(0, 1, hi_open=True)})
+
+
+PREDICTOR_TARGETS = ("state", "delta")
 
 
 @dataclass
@@ -233,11 +248,23 @@ class ModelConfig:
     frames: int = 16  # raw frames per clip (T = frames / tubelet time steps)
     loss: str = "l1"
     normalize_target: bool = False
+    # What the predictor's head outputs. "state" (the paper, V-JEPA 2-AC): s_(t+1) itself.
+    # "delta": s_(t+1) - s_t, added to s_t by a skip, with the head zero-initialised, so an
+    # untrained predictor is exactly "copy the last state" (the README's study measured the
+    # paper's predictor needing 1,500-3,000 steps just to beat copying, before it used z).
+    # Either way the predictor returns next-state predictions.
+    predictor_target: str = "state"
+    # Prediction loss weighted toward the tokens that change: token weight
+    # 1 + change_weight * |s_(t+1) - s_t| (mean over features, divided by its batch mean); the
+    # loss is the weighted mean. 0: the paper's plain mean. Runs on the torch loss, not the
+    # fused kernel.
+    change_weight: float = 0.0
 
     def check(self, prefix: str = "model") -> None:
         """Its own keys and its parts'; ``loss`` and ``regularizer.kind`` are choices of code
         above this layer (``fastlam.config_checks`` and the regularizer registry check them)."""
-        check_keys(self, prefix, {"action_dim": at_least(1), "image_size": at_least(1), "frames": at_least(2)})
+        check_keys(self, prefix, {"action_dim": at_least(1), "image_size": at_least(1), "frames": at_least(2),
+                                  "predictor_target": one_of(*PREDICTOR_TARGETS), "change_weight": at_least(0)})
         enc = self.encoder
         enc.check(f"{prefix}.encoder")
         self.idm.check(f"{prefix}.idm")

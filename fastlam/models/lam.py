@@ -69,8 +69,9 @@ class LatentActionWorldModel(nn.Module):
             else None
         )
         p = cfg.predictor
-        self.predictor = Predictor(self.encoder.width, p.width, p.depth, p.heads, cfg.action_dim, grid_w, p.mlp_ratio)
-        self.loss_fn = PredictionLoss(cfg.loss, cfg.normalize_target)
+        self.predictor = Predictor(self.encoder.width, p.width, p.depth, p.heads, cfg.action_dim, grid_w, p.mlp_ratio,
+                                   residual=cfg.predictor_target == "delta")
+        self.loss_fn = PredictionLoss(cfg.loss, cfg.normalize_target, change_weight=cfg.change_weight)
         self.check_video_range = True
 
     @property
@@ -165,7 +166,8 @@ class LatentActionWorldModel(nn.Module):
             states = self.encode(video, check_range=check_range)
         z, reg_loss, metrics = self._actions(states)
         pred = self.predict(states[:, :-1], z)
-        pred_loss = self.loss_fn(pred.flatten(1, 2), states[:, 1:].flatten(1, 2))
+        # previous: s_t, which model.change_weight compares the target with (unused at 0)
+        pred_loss = self.loss_fn(pred.flatten(1, 2), states[:, 1:].flatten(1, 2), previous=states[:, :-1].flatten(1, 2))
         loss = pred_loss + reg_loss
         return LAMOutput(loss, pred_loss.detach(), reg_loss.detach(), z, metrics)
 

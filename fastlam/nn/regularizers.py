@@ -94,17 +94,57 @@ class GaussianLatentRegularizer(nn.Module):
     On CUDA (``backend="auto"``) sampling and KL are one fused kernel with in-kernel Philox
     noise (reproducible under ``torch.manual_seed``); an explicit ``noise`` uses the reference.
 
+    Two guards against a collapsed z at small scale (both 0, off, is the paper's recipe):
+
+    - ``free_bits``: the penalty is ``beta * sum_j max(KL_j - free_bits, 0)`` with ``KL_j`` dim
+      j's KL averaged over the rows (free bits, Kingma et al. 2016: a dim may carry that many
+      nats for nothing, so the prior does not pull z to zero before the predictor uses it).
+      The fused kernels return only the summed KL, so the per-dim KL is computed with torch
+      ops here (the sample still comes from the fused path); ``reg/kl`` stays the plain KL.
+    - ``beta_warmup_steps``: beta ramps linearly from 0, ``beta * min(1, k / N)`` at the k-th
+      training forward (k from 0). The count k is a buffer (``warmup_step``, saved in the state
+      dict, so ``from_checkpoint`` and a resumed run continue the ramp) incremented by each
+      forward in training mode with gradients on; it is kept here rather than passed by the
+      training loop so every loop (the trainer, the study, a user's own) gets the ramp without
+      a new argument. Under gradient accumulation it counts micro-batches.
+      Without a warm-up the buffer does not exist (older checkpoints load unchanged).
+
     Example:
         >>> reg = GaussianLatentRegularizer(action_dim=128, beta=5e-5)
         >>> reg(torch.randn(4, 7, 256)).z.shape
         torch.Size([4, 7, 128])
     """
 
-    def __init__(self, action_dim: int = 128, beta: float = 5e-5, backend: str = "auto"):
+    def __init__(self, action_dim: int = 128, beta: float = 5e-5, backend: str = "auto", free_bits: float = 0.0,
+                 beta_warmup_steps: int = 0):
         super().__init__()
+        if not float(free_bits) >= 0:
+            raise ValueError(f"free_bits: expected a number of nats >= 0, got {free_bits!r}")
+        if isinstance(beta_warmup_steps, bool) or not isinstance(beta_warmup_steps, int) or beta_warmup_steps < 0:
+            raise ValueError(f"beta_warmup_steps: expected an int >= 0, got {beta_warmup_steps!r}")
         self.action_dim = action_dim
         self.beta = beta
         self.backend = backend
+        self.free_bits = float(free_bits)
+        self.beta_warmup_steps = beta_warmup_steps
+        if beta_warmup_steps:
+            self.register_buffer("warmup_step", torch.zeros((), dtype=torch.long))
+
+    def beta_now(self) -> float | torch.Tensor:
+        """The beta the next forward applies: ``beta``, or during a warm-up a 0-d tensor on the
+        buffer's device (no host sync on CUDA)."""
+        if not self.beta_warmup_steps:
+            return self.beta
+        return self.beta * (self.warmup_step.double() / self.beta_warmup_steps).clamp(max=1.0)
+
+    def _penalty(self, mu: torch.Tensor, logvar: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+        """The KL the loss counts: all of it, or each dim's batch mean above ``free_bits``."""
+        if not self.free_bits:
+            return kl
+        acc = torch.float64 if mu.dtype == torch.float64 else torch.float32
+        m, lv = mu.to(acc), logvar.to(acc)
+        per_dim = (0.5 * (m * m + lv.exp() - 1.0 - lv)).mean(0)
+        return (per_dim - self.free_bits).clamp_min(0.0).sum()
 
     @staticmethod
     def head_features(action_dim: int) -> int:
@@ -120,7 +160,14 @@ class GaussianLatentRegularizer(nn.Module):
             kl = gaussian_kl(mu, logvar, backend=self.backend)
             z = gaussian_sample(mu, logvar, noise=noise, backend="torch") if self.training else mu
         z = z.reshape(*h.shape[:-1], self.action_dim)
-        return RegularizerOutput(z, self.beta * kl, {"reg/kl": kl.detach()})
+        beta = self.beta_now()
+        metrics = {"reg/kl": kl.detach()}
+        if self.beta_warmup_steps:
+            beta = beta.to(kl.dtype)
+            metrics["reg/beta"] = beta.detach()
+            if self.training and torch.is_grad_enabled():
+                self.warmup_step += 1  # after reading beta: the k-th step (from 0) uses k / N
+        return RegularizerOutput(z, beta * self._penalty(mu, logvar, kl), metrics)
 
 
 # ---- the registry: every kind, its module and how a RegularizerConfig becomes its arguments ----
@@ -153,7 +200,8 @@ REGULARIZER_KINDS: dict[str, RegularizerKind] = {
     "none": RegularizerKind(UnconstrainedLatent, lambda cfg, n: {}, {}),
     "deterministic": RegularizerKind(None, lambda cfg, n: {}, {}),
     "sparse": RegularizerKind(SparseLatentRegularizer, _sparse_keywords, {"mean_term": MEAN_TERMS}),
-    "noisy": RegularizerKind(GaussianLatentRegularizer, lambda cfg, n: dict(beta=cfg.beta), {}),
+    "noisy": RegularizerKind(GaussianLatentRegularizer, lambda cfg, n: dict(
+        beta=cfg.beta, free_bits=cfg.free_bits, beta_warmup_steps=cfg.beta_warmup_steps), {}),
     "discrete": RegularizerKind(VectorQuantizer, _discrete_keywords, {"codebook_init": VQ_INITS}, dim_argument="dim"),
 }
 REGULARIZERS = tuple(REGULARIZER_KINDS)

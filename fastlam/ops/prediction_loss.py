@@ -12,6 +12,8 @@ LOSS_KINDS = ("l1", "l2")
 
 
 REDUCTIONS = ("mean", "sum", "none")
+WEIGHTS_UNSUPPORTED = ("a mask or per-token weights (the fused loss kernel takes none; the torch reference "
+                       "applies them); use backend='auto' or 'torch'")
 
 
 def prediction_loss(
@@ -41,7 +43,8 @@ def prediction_loss(
 
     ``backend`` picks the fused Triton kernel or this reference (see ``fastlam.ops.dispatch``);
     the kernel runs for same-shape inputs, no mask, ``mean`` / ``sum`` and p in {1, 2} (p=2
-    is its L2 halved). The kernel's ``grad_mode="fused"`` writes the gradient during the
+    is its L2 halved); with a mask ``auto`` falls back to the reference (warning once on CUDA)
+    and ``triton`` raises. The kernel's ``grad_mode="fused"`` writes the gradient during the
     forward pass (the fp32 difference tensor is never stored); ``"recompute"`` keeps nothing
     between forward and backward and recomputes the gradient from pred and target.
     """
@@ -69,9 +72,11 @@ def prediction_loss(
         raise ValueError(f"loss_exp: expected a positive number, got {loss_exp!r}")
     check_choice("grad_mode", grad_mode, GRAD_MODES)
     fused_kind = kind if loss_exp is None else {1.0: "l1", 2.0: "l2"}.get(float(loss_exp))
-    fusable = (pred.shape == target.shape and mask is None and reduction != "none" and fused_kind is not None)
-    if fusable and use_triton(backend, pred, target, unsupported=kernel_limits(pred, max_d=16384),
-                                   kernel="prediction_loss"):
+    fusable = (pred.shape == target.shape and reduction != "none" and fused_kind is not None)
+    # A mask (bool or per-token float weights, e.g. model.change_weight's) is not a kernel
+    # argument: 'auto' runs the reference and says why (once, on CUDA); 'triton' refuses it.
+    unsupported = (WEIGHTS_UNSUPPORTED if mask is not None else None) or kernel_limits(pred, max_d=16384)
+    if fusable and use_triton(backend, pred, target, unsupported=unsupported, kernel="prediction_loss"):
         loss = triton_prediction_loss(pred, target, kind=fused_kind, normalize_target=normalize_target, eps=eps,
                                       grad_mode=grad_mode)
         if loss_exp is not None and fused_kind == "l2":

@@ -389,26 +389,39 @@ class LatentCollapseConfig:
                                   "warmup": within(0, 1)})
 
 
+# ---- what every training run has ------------------------------------------------------------
+@dataclass
+class RunConfig:
+    """The top-level keys a LAM run (:class:`TrainConfig`) and a pixel decoder run
+    (:class:`DecoderTrainConfig`) share: one meaning and one check for both, so a change to how a
+    run is sized, seeded, placed or logged reaches both."""
+
+    batch_size: int = 8
+    steps: int = 300  # training steps
+    seed: int = 0
+    out_dir: str = "runs/tiny_cpu"  # the run folder
+    log_every: int = 10  # steps between logged metrics
+    ckpt_every: int = 100  # steps between checkpoints
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    progress: bool = True  # the progress bar
+
+    def check(self) -> None:
+        check_keys(self, "", {"batch_size": at_least(1), "steps": at_least(1), "log_every": at_least(1),
+                              "ckpt_every": at_least(1), "out_dir": NON_EMPTY})
+
+
 # ---- a LAM training run ----------------------------------------------------------------------
 # torch.compile backends a training run may name (TrainConfig.compile_backend).
 COMPILE_BACKENDS = ("inductor", "aot_eager")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    batch_size: int = 8
-    steps: int = 300
-    seed: int = 0
-    out_dir: str = "runs/tiny_cpu"
-    log_every: int = 10
-    ckpt_every: int = 100
     keep_checkpoints: int = 2
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
-    progress: bool = True
     grad_accum_steps: int = 1  # micro-batches per optimizer step (per rank)
     activation_checkpointing: bool = False  # recompute predictor blocks in backward
     # torch.compile the model's forward and backward (fastlam's custom ops are single nodes of the
@@ -427,9 +440,9 @@ class TrainConfig:
     def check(self) -> None:
         """Its own keys, then each part's (the device and the weights file are checked by
         :func:`fastlam.config_checks.validate_train_config`, which runs this first)."""
+        super().check()
         check_keys(self, "", {
-            "batch_size": at_least(1), "steps": at_least(1), "log_every": at_least(1), "ckpt_every": at_least(1),
-            "keep_checkpoints": at_least(1), "grad_accum_steps": at_least(1), "out_dir": NON_EMPTY,
+            "keep_checkpoints": at_least(1), "grad_accum_steps": at_least(1),
             "precision": one_of("auto", "bf16", "fp32"), "compile_backend": one_of(*COMPILE_BACKENDS)})
         deepspeed = self.distributed.backend == "deepspeed" or (self.distributed.backend == "auto"
                                                                 and bool(self.distributed.deepspeed_config))
@@ -484,31 +497,24 @@ class LPIPSConfig:
 
 
 @dataclass
-class DecoderTrainConfig:
+class DecoderTrainConfig(RunConfig):
     lam: str = "runs/tiny_cpu/final"
     decoder: DecoderArch = field(default_factory=DecoderArch)
     data: DecoderData = field(default_factory=DecoderData)
     lpips: LPIPSConfig = field(default_factory=LPIPSConfig)
     holdout_videos: int = 1  # the last N videos of data.source never train; PSNR is measured on them
     eval_clips: int = 8
-    batch_size: int = 8
-    steps: int = 300
     lr: float = 1e-3
     weight_decay: float = 0.04
     warmup_frac: float = 0.1
     grad_clip: float = 1.0
-    seed: int = 0
-    out_dir: str = "runs/decoder_tiny_cpu"
-    log_every: int = 10
-    ckpt_every: int = 100
-    device: str = "auto"
-    progress: bool = True
+    out_dir: str = "runs/decoder_tiny_cpu"  # RunConfig's key, this run's default
 
     def check(self) -> None:
+        super().check()
         check_keys(self, "", {
-            "batch_size": at_least(1), "steps": at_least(1), "log_every": at_least(1), "ckpt_every": at_least(1),
             "eval_clips": at_least(1), "holdout_videos": at_least(0), "lr": above(0), "weight_decay": at_least(0),
-            "warmup_frac": within(0, 1), "grad_clip": at_least(0), "out_dir": NON_EMPTY})
+            "warmup_frac": within(0, 1), "grad_clip": at_least(0)})
         self.decoder.check("decoder")
         self.data.check("data")
         self.lpips.check("lpips")

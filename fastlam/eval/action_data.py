@@ -284,31 +284,35 @@ def arm_trajectory(steps: int, gen: torch.Generator, max_delta: float = 0.05, ma
 def generate_arm(root: str | Path, *, episodes: int = 32, steps: int = 24, size: int = 64, seed: int = 0,
                  mp4_fps: float | None = 4.0) -> Path:
     """Write ``episodes`` DROID-style episodes of the simulated arm under ``root``."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def episode(e: int):
-        r = ArmRenderer(size, seed=_scene_seed(seed, e))
-        states, actions = arm_trajectory(steps, gen)
-        return torch.stack([r.render(s) for s in states]), actions, states
-
-    # seed and size let arm_renderer() rebuild each episode's scene (the planning oracle).
-    return _write_simulated(root, episodes, episode, mp4_fps, "droid", generator="arm",
-                            action_names=ARM_ACTION_NAMES, seed=seed, size=size)
+    # The arm's moves ignore its scene (the table, blocks and camera only change the pictures).
+    return _write_simulated(root, ArmRenderer, lambda scene, n, gen: arm_trajectory(n, gen), kind="droid",
+                            generator="arm", action_names=ARM_ACTION_NAMES, episodes=episodes, steps=steps,
+                            size=size, seed=seed, mp4_fps=mp4_fps)
 
 
 def _scene_seed(seed: int, episode: int) -> int:
     return seed * 100_003 + episode
 
 
-def _write_simulated(root: str | Path, episodes: int, episode, mp4_fps: float | None, kind: str, **meta) -> Path:
-    """Write the episodes ``episode(e)`` makes (frames, actions, states: tensors), ``e`` counting
-    from 0, under ``root``, then its meta.json (``kind``, fps, and ``meta``)."""
+def _write_simulated(root: str | Path, renderer_cls, trajectory, *, kind: str, generator: str, action_names,
+                     episodes: int, steps: int, size: int, seed: int, mp4_fps: float | None) -> Path:
+    """Write ``episodes`` episodes of a simulated world under ``root``, then its meta.json.
+
+    Episode ``e`` (counting from 0) has its own scene, ``renderer_cls(size, seed=_scene_seed(seed, e))``,
+    which meta.json's seed and size rebuild (:func:`arm_renderer`), and the states and actions
+    ``trajectory(renderer, steps, gen)`` draws from one generator seeded with ``seed``, episode
+    after episode; the frames are the renderer's pictures of the states."""
     root = Path(root)
+    gen = torch.Generator().manual_seed(seed)
     for e in range(episodes):
-        frames, actions, states = episode(e)
+        renderer = renderer_cls(size, seed=_scene_seed(seed, e))
+        states, actions = trajectory(renderer, steps, gen)
+        frames = torch.stack([renderer.render(s) for s in states])
         write_episode(root / f"episode_{e:05d}", frames.numpy(), actions.numpy(), states.numpy(), mp4_fps=mp4_fps)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "meta.json").write_text(json.dumps({"kind": kind, "fps": mp4_fps or 4.0, **meta}, indent=2))
+    meta = {"kind": kind, "fps": mp4_fps or 4.0, "generator": generator, "action_names": action_names,
+            "seed": seed, "size": size}
+    (root / "meta.json").write_text(json.dumps(meta, indent=2))
     return root
 
 
@@ -439,11 +443,7 @@ def nav_trajectory(renderer: NavRenderer, steps: int, gen: torch.Generator, max_
 def generate_nav(root: str | Path, *, episodes: int = 32, steps: int = 24, size: int = 64, seed: int = 0,
                  mp4_fps: float | None = 4.0) -> Path:
     """Write ``episodes`` RECON-style episodes of the simulated ego-camera robot under ``root``."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def episode(e: int):
-        r = NavRenderer(size, seed=_scene_seed(seed, e))
-        poses, actions = nav_trajectory(r, steps, gen)
-        return torch.stack([r.render(p) for p in poses]), actions, poses
-
-    return _write_simulated(root, episodes, episode, mp4_fps, "recon", generator="nav", action_names=NAV_ACTION_NAMES)
+    # The walk avoids the scene's pillars, so it is drawn in the episode's scene.
+    return _write_simulated(root, NavRenderer, nav_trajectory, kind="recon", generator="nav",
+                            action_names=NAV_ACTION_NAMES, episodes=episodes, steps=steps, size=size, seed=seed,
+                            mp4_fps=mp4_fps)

@@ -10,6 +10,9 @@ import argparse
 import sys
 
 from ..inputs import output_file, output_folder
+from .ac_baseline import ACBaselineConfig
+from .controller import ControllerTrainConfig
+from .fitting import RandomBatchRecipe
 # The runners live in fastlam.eval.tasks; imported under the names callers used from this module.
 from .tasks import (
     run_ac_baseline,
@@ -60,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
         if out:
             p.add_argument("--out", required=True, help=OUT_HELP)
         p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+
+    def fitting(p, recipe: RandomBatchRecipe, batch_of: str):
+        # The flags of a task that fits a small model with the evaluations' recipe
+        # (fastlam.eval.fitting): one meaning in every such task, defaults from the task's recipe.
+        p.add_argument("--iterations", type=int, default=recipe.iterations,
+                       help="training iterations (default: %(default)s)")
+        p.add_argument("--batch-size", type=int, default=recipe.batch_size,
+                       help=f"{batch_of} per iteration (default: %(default)s)")
+        p.add_argument("--lr", type=float, default=recipe.lr, help="peak AdamW learning rate (default: %(default)s)")
+        p.add_argument("--log-every", type=int, default=0,
+                       help="print the training loss every N iterations (default: 0, never)")
 
     p = sub.add_parser("generate", help="render simulated action-labelled episodes (no download)")
     p.add_argument("env", choices=("arm", "nav", "pybullet-arm"),
@@ -130,19 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("controller", help="train the controller and the actions-only baseline against IDM latents")
     common(p, data=False)
     p.add_argument("--data", required=True, help=TRAJ_HELP + "; the last 20%% of the episodes are held out")
-    p.add_argument("--iterations", type=int, default=3000, help="training iterations (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=300,
+    fitting(p, ControllerTrainConfig(), "(state, action, latent) pairs")
+    p.add_argument("--warmup", type=int, default=ControllerTrainConfig.warmup,
                    help="iterations of linear learning-rate warm-up (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=256,
-                   help="(state, action, latent) pairs per iteration (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default: %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=0.04, help="AdamW weight decay (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=ControllerTrainConfig.weight_decay,
+                   help="AdamW weight decay (default: %(default)s)")
     p.add_argument("--width", type=int, default=256,
                    help="controller width, and the hidden size of the actions-only MLP (default: %(default)s)")
     p.add_argument("--heads", type=int, default=4,
                    help="attention heads of the controller; must divide --width (default: %(default)s)")
-    p.add_argument("--log-every", type=int, default=0,
-                   help="print the training loss every N iterations (default: 0, never)")
     p.set_defaults(fn=run_controller)
 
     p = sub.add_parser("ac-baseline", help="train the action-conditioned (V-JEPA 2-AC style) baseline on true actions")
@@ -155,11 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=2, help="predictor blocks (default: %(default)s)")
     p.add_argument("--heads", type=int, default=4,
                    help="attention heads; must divide --width (default: %(default)s)")
-    p.add_argument("--iterations", type=int, default=2000, help="training iterations (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per iteration (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default: %(default)s)")
-    p.add_argument("--log-every", type=int, default=0,
-                   help="print the training loss every N iterations (default: 0, never)")
+    fitting(p, ACBaselineConfig(), "windows")
     p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     p.set_defaults(fn=run_ac_baseline)
 

@@ -300,6 +300,28 @@ def test_loader_pyav_path_equals_dataset_in_sampler_order(clips):
             DaliVideoLoader(paths, batch_size=1, device="cuda", **kw)
 
 
+def test_both_dali_loaders_set_up_the_same_clips(clips):
+    """The two DALI loaders share one set-up (``rank_clips``): the same files, this rank's
+    clip order, device index, default dtype and argument errors. Building either needs no DALI."""
+    from fastlam.data.dali import DaliVideoLoader
+    from fastlam.data.dali_stream import DaliStreamLoader
+
+    paths = [clips["h264_25"], clips["vp9_25"], clips["mjpeg_30"], clips["vp8_2997"]]
+    kw = dict(batch_size=1, num_frames=2, fps=4.0, size=(16, 16), seed=5, device="cpu", rank=1, world_size=2)
+    thread, stream = DaliVideoLoader(paths, backend="pyav", **kw), DaliStreamLoader(paths, **kw)
+    assert sorted(thread.dataset.paths) == sorted(paths) and stream.dataset.paths == thread.dataset.paths
+    for loader in (thread, stream):
+        assert loader.device_id is None and loader.dtype == torch.float32 and len(loader) == 2
+    assert torch.equal(thread.sampler.shard(3), stream.sampler.shard(3))
+    assert DaliStreamLoader(paths, **kw, dtype=torch.float16).pre["dtype"] == torch.float16
+    for bad, error in ((dict(batch_size=0), "batch_size must be a positive int"),
+                       (dict(device="tpu"), "device must be 'cuda' or 'cpu'"),
+                       (dict(batch_size=3), "batch_size=3 is larger than this rank's shard")):
+        for cls in (DaliVideoLoader, DaliStreamLoader):
+            with pytest.raises(ValueError, match=error):
+                cls(paths, **{**kw, **bad})
+
+
 @needs_dali
 @pytest.mark.parametrize("name,fps", [("vp9_25", 25), ("vp8_2997", 30000 / 1001), ("mjpeg_30", 30)])
 def test_dali_cpu_frames_match_pyav(clips, name, fps):

@@ -50,7 +50,7 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -127,36 +127,40 @@ class _Job:
     in_dali: bool = False  # submitted to the current decoder, not collected yet
 
 
-def check_batch_and_device(batch_size, device: str) -> None:
-    """The loaders' shared argument checks (this module's and :mod:`.dali_stream`'s)."""
+class RankClips(NamedTuple):
+    """What both DALI loaders (this module's and :mod:`.dali_stream`'s) set up alike."""
+
+    dataset: VideoClipDataset
+    sampler: ShardedClipSampler
+    device_id: int | None  # the CUDA device index; None on the CPU
+    dtype: torch.dtype  # of the batches handed out
+
+
+def rank_clips(source, *, batch_size: int, rank: int, world_size: int, seed: int, drop_last: bool,
+               device: str, device_id: int | None, dtype: torch.dtype | None, **clip_args) -> RankClips:
+    """The DALI loaders' shared set-up, in one place so both read the same clips the same way.
+
+    Checks ``batch_size`` and ``device``; builds the dataset, which validates the clip arguments
+    (``clip_args``: :class:`VideoClipDataset`'s), lists the files and owns the bad-file
+    bookkeeping and the PyAV path, so every path samples identical clips; and this rank's
+    sampler, checked to hold a batch when incomplete batches are dropped. The device index is the
+    current CUDA device when ``device_id`` is not given; ``dtype`` defaults to bfloat16 on CUDA
+    and float32 on the CPU."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if device not in ("cuda", "cpu"):
         raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but CUDA is not available (use device='cpu')")
-
-
-def device_index_and_dtype(device: str, device_id: int | None,
-                           dtype: torch.dtype | None) -> tuple[int | None, torch.dtype]:
-    """The loaders' CUDA device index (the current device when not given; None on the CPU) and
-    output dtype (by default bfloat16 on CUDA, float32 on the CPU)."""
-    index = (torch.cuda.current_device() if device_id is None else device_id) if device == "cuda" else None
-    return index, dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
-
-
-def rank_clip_dataset(source, *, batch_size: int, rank: int, world_size: int, seed: int, drop_last: bool,
-                      **clip_args) -> tuple[VideoClipDataset, ShardedClipSampler]:
-    """The loaders' clips (this module's and :mod:`.dali_stream`'s): the dataset, which
-    validates the clip arguments (``clip_args``: :class:`VideoClipDataset`'s), lists the files
-    and owns the bad-file bookkeeping and the PyAV path, so every path samples identical clips;
-    and this rank's sampler, checked to hold a batch when incomplete batches are dropped."""
     dataset = VideoClipDataset(source, seed=seed, **clip_args)
     sampler = ShardedClipSampler(len(dataset), rank=rank, world_size=world_size, seed=seed, drop_last=drop_last)
     if drop_last and len(sampler) < batch_size:
         raise ValueError(f"batch_size={batch_size} is larger than this rank's shard "
                          f"({len(sampler)} clips of {len(dataset)})")
-    return dataset, sampler
+    if device == "cuda":
+        index = torch.cuda.current_device() if device_id is None else device_id
+        return RankClips(dataset, sampler, index, dtype or torch.bfloat16)
+    return RankClips(dataset, sampler, None, dtype or torch.float32)
 
 
 class DaliVideoLoader:
@@ -183,7 +187,6 @@ class DaliVideoLoader:
                  tubelet: int = 2, patch: int = 16, backend: str = "auto", num_threads: int = 2,
                  prefetch: int = 2, extensions: Sequence[str] = VIDEO_EXTENSIONS,
                  bad_file_log=None, decode_timeout_s: float | None = 60.0, cut_workers: int = 4):
-        check_batch_and_device(batch_size, device)
         if backend not in ("auto", "dali", "pyav"):
             raise ValueError(f"backend must be 'auto', 'dali' or 'pyav', got {backend!r}")
         if backend == "dali" and not dali_available():
@@ -193,12 +196,12 @@ class DaliVideoLoader:
             raise ValueError(f"prefetch must be a positive int (batches prepared ahead), got {prefetch!r}")
         if not isinstance(cut_workers, int) or cut_workers < 1:
             raise ValueError(f"cut_workers must be a positive int (threads cutting clips), got {cut_workers!r}")
-        self.dataset, self.sampler = rank_clip_dataset(
+        self.dataset, self.sampler, self.device_id, self.dtype = rank_clips(
             source, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed, drop_last=drop_last,
-            num_frames=num_frames, fps=fps, size=tuple(size), extensions=extensions, short_policy=short_policy,
-            crop=crop, clips_per_video=clips_per_video, bad_file_log=bad_file_log, decode_timeout_s=decode_timeout_s)
+            device=device, device_id=device_id, dtype=dtype, num_frames=num_frames, fps=fps, size=tuple(size),
+            extensions=extensions, short_policy=short_policy, crop=crop, clips_per_video=clips_per_video,
+            bad_file_log=bad_file_log, decode_timeout_s=decode_timeout_s)
         self.batch_size, self.device, self.backend = batch_size, device, backend
-        self.device_id, self.dtype = device_index_and_dtype(device, device_id, dtype)
         self.pre = dict(dtype=self.dtype, layout=layout, mean=mean, std=std, tubelet=tubelet, patch=patch)
         self.num_threads, self.prefetch, self.drop_last = num_threads, prefetch, drop_last
         self.cut_workers = cut_workers

@@ -33,8 +33,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .dali import (DALI_CPU_CODECS, DALI_GPU_CODECS, DaliVideoLoader, check_batch_and_device, cut_stream,
-                   device_index_and_dtype, index_video, rank_clip_dataset)
+from .dali import DALI_CPU_CODECS, DALI_GPU_CODECS, DaliVideoLoader, cut_stream, index_video, rank_clips
 from .dataset import VIDEO_EXTENSIONS, VideoClipDataset
 from .preprocess import preprocess_frames
 from .video import VideoDecodeError
@@ -106,16 +105,15 @@ class DaliStreamLoader:
                  dtype: torch.dtype | None = None, num_threads: int = 2, py_workers: int = 2,
                  prefetch: int = 2, extensions: Sequence[str] = VIDEO_EXTENSIONS,
                  bad_file_log=None, decode_timeout_s: float | None = 60.0, **pre):
-        check_batch_and_device(batch_size, device)
         for name, v in (("py_workers", py_workers), ("prefetch", prefetch), ("num_threads", num_threads)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        self.dataset, self.sampler = rank_clip_dataset(
+        self.dataset, self.sampler, self.device_id, self.dtype = rank_clips(
             source, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed, drop_last=True,
-            num_frames=num_frames, fps=fps, size=tuple(size), extensions=extensions, short_policy=short_policy,
-            crop=crop, clips_per_video=clips_per_video, bad_file_log=bad_file_log, decode_timeout_s=decode_timeout_s)
+            device=device, device_id=device_id, dtype=dtype, num_frames=num_frames, fps=fps, size=tuple(size),
+            extensions=extensions, short_policy=short_policy, crop=crop, clips_per_video=clips_per_video,
+            bad_file_log=bad_file_log, decode_timeout_s=decode_timeout_s)
         self.batch_size, self.device, self.num_frames = batch_size, device, num_frames
-        self.device_id, self.dtype = device_index_and_dtype(device, device_id, dtype)
         self.pre = dict(dtype=self.dtype, **pre)
         self.num_threads, self.py_workers, self.prefetch = num_threads, py_workers, prefetch
         self.codecs = DALI_GPU_CODECS if device == "cuda" else DALI_CPU_CODECS

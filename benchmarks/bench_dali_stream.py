@@ -13,6 +13,8 @@ separately from RUSAGE_CHILDREN once they exit).
 import argparse, json, os, resource, time
 from pathlib import Path
 
+from fastlam.cli_help import plain
+
 
 def run(make, batches):
     ld = make()
@@ -32,11 +34,8 @@ def run(make, batches):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python benchmarks/bench_dali_stream.py",
-        description="DALI-CPU on VP9 copies: DaliVideoLoader (one Python thread feeds DALI) against "
-                    "DaliStreamLoader (parallel external-source workers, prefetching, async execution). "
-                    "Reports clips/s and CPU seconds per clip.")
+    ap = argparse.ArgumentParser(prog="python benchmarks/bench_dali_stream.py", description=plain(__doc__),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", required=True,
                     help="folder of VP8 / VP9 / MJPEG videos (python -m fastlam.data.transcode makes them)")
     ap.add_argument("--batch", type=int, default=4, help="clips per batch (default: %(default)s)")

@@ -5,14 +5,13 @@ no decode cache), on the sample videos.
 """
 import argparse, json, os, time
 import torch
+from fastlam.cli_help import plain
 from fastlam.data import VideoClipDataset
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python benchmarks/bench_pyav_workers.py",
-        description="PyAV DataLoader clips/s with 1 and 2 workers (tiny_cpu clip shape: 16 frames at 4 fps, "
-                    "64x64, no decode cache), on the sample videos.")
+    ap = argparse.ArgumentParser(prog="python benchmarks/bench_pyav_workers.py", description=plain(__doc__),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", default="data/samples", help="video folder or list (default: %(default)s)")
     ap.add_argument("--batches", type=int, default=3, help="timed batches per worker count (default: %(default)s)")
     ap.add_argument("--batch", type=int, default=8, help="clips per batch (default: %(default)s)")

@@ -100,3 +100,58 @@ def test_study_set_overrides_reach_the_model_and_the_record(tmp_path):
                  "--test-clips", "16", "--kinds", "none", "--set", "predictor.depth=1", "--out", str(out)]) == 0
     res = json.loads((out / "study_agent.json").read_text())
     assert res["config"]["model_overrides"] == ["predictor.depth=1"]
+
+
+@pytest.mark.slow
+def test_probe_at_records_one_run_as_a_curve_and_the_report_draws_it(tmp_path):
+    """``--probe-at 1,2``: one run per kind to step 2, probed at steps 1 and 2; the final point
+    is the row (whose format the report and older tests read stays as it was); study-report
+    draws probes_vs_steps.png and a table of the curve; a --train-steps other than the last
+    probe step is refused."""
+    out = tmp_path / "curves"
+    args = ["study", "--world", "agent", "--source", "procedural", "--train-clips", "16", "--test-clips", "24",
+            "--kinds", "none", "deterministic", "--out", str(out)]
+    assert main(args + ["--probe-at", "2,1", "--train-steps", "2"]) == 0
+    res = json.loads((out / "study_agent.json").read_text())
+    assert res["config"]["train_steps"] == 2 and res["config"]["probe_at"] == [1, 2]
+    assert res["copy_l1"] > 0
+    none = res["rows"]["none"]
+    assert [pt["step"] for pt in none["curve"]] == [1, 2]
+    for key in ("ridge_trained", "mlp_trained", "diag/l1_own", "diag/action_dependence"):
+        assert none["curve"][-1][key] == none[key], key
+    assert "ridge_shuffled" in none and "ridge_shuffled" not in none["curve"][0]  # floors once, in the row
+    assert none["curve"][0]["diag/l1_own"] != none["curve"][1]["diag/l1_own"]  # a step was taken in between
+    assert "ridge_trained" not in res["rows"]["deterministic"]["curve"][0]
+    assert main(["study-report", "--results", str(out)]) == 0
+    md = (out / "study.md").read_text()
+    assert (out / "probes_vs_steps.png").is_file() and "![probes vs steps](probes_vs_steps.png)" in md
+    pt = none["curve"][0]
+    assert f"| none | 1 | {pt['ridge_trained']:.3f} | {pt['mlp_trained']:.3f} | {pt['diag/l1_own']:.4f} /" in md
+    with pytest.raises(SystemExit) as refused:
+        main(args + ["--probe-at", "1,2", "--train-steps", "5"])
+    assert refused.value.code != 0
+
+
+def test_training_in_segments_takes_the_steps_of_one_run():
+    """The curve's run is one run: training to step 3 then on to 5 (schedule set for 5) leaves
+    the same weights as training 5 steps at once."""
+    from fastlam.eval.study import StateTraining, StudyConfig, train_on_states
+    from fastlam.models import LatentActionWorldModel
+
+    cfg = StudyConfig(world="agent", size=16, width=16, depth=1, action_dim=8)
+    states = torch.randn(12, cfg.steps_t, 4, 96, generator=torch.Generator().manual_seed(0))
+    models = []
+    for segments in ((5,), (3, 5)):
+        torch.manual_seed(0)
+        model = LatentActionWorldModel(cfg.model_config("none"))
+        if segments == (5,):
+            train_on_states(model, states, 5, 4, seed=0)
+        else:
+            training = StateTraining(model, states, 5, 4, seed=0)
+            for step in segments:
+                training.advance_to(step)
+            with pytest.raises(ValueError, match="step"):
+                training.advance_to(6)
+        models.append(model)
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.equal(a, b), name

@@ -44,6 +44,17 @@ KIND_HELP = ("refuse a checkpoint trained with another regularizer: none, determ
              "discrete (default: accept any)")
 
 
+def step_list(text: str) -> tuple[int, ...]:
+    """'300,1000,3000' -> (300, 1000, 3000): training steps, each >= 1."""
+    try:
+        steps = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        steps = ()
+    if not steps or min(steps) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated steps >= 1 (e.g. 300,1000,3000), got {text!r}")
+    return steps
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m fastlam.eval",
@@ -210,7 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the encoder probes (does the frozen encoder show the move?)")
     p.add_argument("--out", required=True, help="folder for study_WORLD.json (created if missing)")
     p.add_argument("--source", default="data/samples", help="background videos, or 'procedural' for textures")
-    p.add_argument("--train-steps", type=int, default=300, help="training steps per kind (default: %(default)s)")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="training steps per kind (default: 300, or the largest of --probe-at)")
+    p.add_argument("--probe-at", type=step_list, default=(), metavar="STEPS",
+                   help="comma-separated steps (e.g. 300,1000,3000) at which to probe one run per kind, trained to "
+                        "the largest with its schedule set for that count; each row gets a 'curve'")
     p.add_argument("--train-clips", type=int, default=384, help="clips to train on (default: %(default)s)")
     p.add_argument("--test-clips", type=int, default=192,
                    help="fresh clips the probes are fitted and scored on (default: %(default)s)")
@@ -219,8 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=2, help="IDM and predictor depth")
     p.add_argument("--flicker", type=float, default=0.03, help="per-frame brightness flicker amplitude (0: none)")
     p.add_argument("--distractors", type=int, default=2, help="independently moving distractor squares")
-    p.add_argument("--token-norm", action="store_true",
-                   help="pixels encoder standardising each frame of every token (model.encoder.token_norm)")
+    p.add_argument("--size", type=int, default=None,
+                   help="frame size in pixels (default: the world preset's encoder setting)")
+    p.add_argument("--patch", type=int, default=None, help="pixels encoder patch size (default: the preset's)")
+    p.add_argument("--pool", type=int, default=None,
+                   help="pixels encoder average pooling inside each patch, dividing --patch (default: the preset's)")
+    p.add_argument("--token-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="pixels encoder standardising each frame of every token (model.encoder.token_norm; "
+                        "default: the preset's)")
     p.add_argument("--set", dest="model_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override of the LAM's model config, repeatable (e.g. --set predictor.depth=3); "
                         "applied to every kind after the flags above")

@@ -22,8 +22,9 @@ schedule as ``fastlam.train``, on encoder states cached once (the encoder is fro
 is the same computation without re-encoding every step).
 
 ``python -m fastlam.eval study --world pan --out DIR`` writes ``DIR/study_pan.json`` (rows
-merge, so one kind can be re-run alone: ``--kinds discrete``); ``study-report`` draws the
-capacity-vs-leakage PNG and writes ``study.md`` with the paper's figures alongside.
+merge, so one kind can be re-run alone: ``--kinds discrete``); ``--probe-at 300,1000,3000`` probes
+each kind's one run along the way (a ``curve`` in its row). ``study-report``
+(:mod:`fastlam.eval.study_report`) draws the PNGs and writes ``study.md``.
 """
 from __future__ import annotations
 
@@ -35,24 +36,28 @@ from pathlib import Path
 import torch
 
 from ..config import apply_overrides, from_dict, to_dict
-from ..configs import LatentCollapseConfig
 from ..data.worlds import load_backgrounds, make_world, other_scene
 from ..diagnostics import latent_diagnostics
-from ..inputs import read_json, require_folder
+from ..inputs import read_json
 from ..loop import train_steps
 from ..models import EncoderConfig, LatentActionWorldModel, ModelConfig, RegularizerConfig, TransformerConfig
 from ..optim import OptimConfig, build_optimizers, build_schedulers
-from .common import pyplot, save_figure, write_json
+from .common import write_json
 from .leakage import future_leakage
 from .probes import group_split, mlp_r2, pca_features, ridge_r2
 
 KINDS = ("deterministic", "none", "noisy", "sparse", "discrete")
-# The world presets: max_step below / above the 8 px patch gives sub- / multi-patch moves.
+# The world presets: max_step below / above the 8 px patch gives sub- / multi-patch moves. Each preset names the pixels encoder setting its states are made with (issue 28 item 2: chosen
+# by the encoder probe before any LAM, benchmarks/results/small_scale_study/encoder_sweep/);
+# StudyConfig's size / patch / pool / token_norm left None take it, a value given overrides it.
 WORLDS = {
-    "pan": dict(kind="pan", max_step=3),
-    "agent": dict(kind="agent", max_step=3),
-    "agent_multi": dict(kind="agent", max_step=10),
+    "pan": dict(kind="pan", max_step=3, encoder=dict(size=32, patch=8, pool=2, token_norm=False)),
+    "agent": dict(kind="agent", max_step=3, encoder=dict(size=32, patch=8, pool=2, token_norm=False)),
+    "agent_multi": dict(kind="agent", max_step=10, encoder=dict(size=32, patch=8, pool=2, token_norm=False)),
 }
+ENCODER_FIELDS = ("size", "patch", "pool", "token_norm")
+# What an unknown world (refused by _world, with its name) is configured with until then.
+FALLBACK_ENCODER = dict(size=32, patch=8, pool=2, token_norm=False)
 # Each kind at the paper's scaling-run strength (lam-spec.md section 3); discrete: 1024 codes.
 STRENGTHS = {"noisy": {"beta": 5e-5}, "sparse": {"l_l1": 0.01}, "discrete": {"num_codes": 1024}}
 TARGETS = {"pan": 0.8, "agent": 0.6, "agent_multi": 0.6}
@@ -66,9 +71,10 @@ PAPER_LEAKAGE = {"sparse": (0.20, 0.50), "noisy": (0.21, 0.54), "discrete": (0.2
 class StudyConfig:
     world: str = "pan"
     kinds: tuple = KINDS
-    size: int = 32
-    patch: int = 8
-    pool: int = 2
+    # The pixels encoder (None: the world preset's setting, WORLDS[world]["encoder"]).
+    size: int | None = None
+    patch: int | None = None
+    pool: int | None = None
     steps_t: int = 6  # time steps per clip (tubelet 2)
     train_clips: int = 384
     test_clips: int = 192
@@ -84,12 +90,27 @@ class StudyConfig:
     # and the number of independently moving distractors.
     flicker: float = 0.03
     distractors: int = 2
-    # The pixels encoder's per-frame standardisation of every token (EncoderConfig.token_norm).
-    token_norm: bool = False
+    # The pixels encoder's per-frame standardisation of every token (EncoderConfig.token_norm;
+    # None: the preset's).
+    token_norm: bool | None = None
     strengths: dict = field(default_factory=lambda: copy.deepcopy(STRENGTHS))
     # ``key.sub=value`` overrides of the LAM's ModelConfig (e.g. ``predictor.width=64``), applied
     # after the study's own settings so any model option reaches the study without a new flag.
     model_overrides: tuple = ()
+    # Steps at which to probe one run per kind (issue 28 item 3: probes against steps); the run
+    # trains to the largest (its schedule set for that count), which is the row's final step.
+    probe_at: tuple = ()
+
+    def __post_init__(self):
+        if self.probe_at:
+            if any(not isinstance(x, int) or x < 1 for x in self.probe_at):
+                raise ValueError(f"probe_at: expected steps >= 1, got {self.probe_at}")
+            self.probe_at = tuple(sorted(set(self.probe_at)))
+            self.train_steps = self.probe_at[-1]
+        preset = WORLDS.get(self.world, {}).get("encoder", {})
+        for name in ENCODER_FIELDS:
+            if getattr(self, name) is None:
+                setattr(self, name, preset.get(name, FALLBACK_ENCODER[name]))
 
     def model_config(self, kind: str) -> ModelConfig:
         reg = RegularizerConfig(kind=kind, **self.strengths.get(kind, {}))
@@ -116,19 +137,40 @@ def _encode(model, video, chunk: int = 64):
     return torch.cat([model.encode(video[i:i + chunk]) for i in range(0, video.shape[0], chunk)])
 
 
+class StateTraining:
+    """fastlam's optimisers and warmup-cosine schedule on cached states, for ``steps`` steps in
+    all, run in segments (:meth:`advance_to`) so a run can be probed along the way: the
+    schedule is set for the whole count and the batch generator carries over, so the steps
+    are the ones a single :func:`train_on_states` call of ``steps`` would take."""
+
+    def __init__(self, model, states: torch.Tensor, steps: int, batch_size: int, seed: int):
+        self.model, self.states, self.steps, self.batch_size = model, states, steps, batch_size
+        self.ocfg = OptimConfig(adamw_lr=5e-3, muon_lr=0.03, warmup_frac=0.05)
+        self.opts = build_optimizers(model, self.ocfg)
+        self.scheds = build_schedulers(self.opts, steps, self.ocfg)
+        self.g = torch.Generator().manual_seed(seed)
+        self.done = 0
+
+    def advance_to(self, step: int) -> float:
+        """Train up to ``step`` (<= ``steps``) steps in all; returns the seconds it took."""
+        if not self.done <= step <= self.steps:
+            raise ValueError(f"step: expected {self.done} <= step <= {self.steps}, got {step}")
+        st, n = self.states, self.states.shape[0]
+        t0 = time.perf_counter()
+        train_steps(self.model, lambda _: self.model(states=st[torch.randint(0, n, (self.batch_size,), generator=self.g)]).loss,
+                    step - self.done, self.opts, self.scheds, grad_clip=self.ocfg.grad_clip)
+        self.done = step
+        return time.perf_counter() - t0
+
+
 def train_on_states(model, states: torch.Tensor, steps: int, batch_size: int, seed: int) -> float:
     """fastlam's optimisers and schedule on cached states; returns seconds."""
-    ocfg = OptimConfig(adamw_lr=5e-3, muon_lr=0.03, warmup_frac=0.05)
-    opts = build_optimizers(model, ocfg)
-    scheds = build_schedulers(opts, steps, ocfg)
-    g = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    train_steps(model, lambda _: model(states=states[torch.randint(0, states.shape[0], (batch_size,), generator=g)]).loss,
-                steps, opts, scheds, grad_clip=ocfg.grad_clip)
-    return time.perf_counter() - t0
+    return StateTraining(model, states, steps, batch_size, seed).advance_to(steps)
 
 
-def _probes(z, z0, states, actions, distractor, groups, seed: int, next_position=None) -> dict:
+def _probes(z, z0, states, actions, distractor, groups, seed: int, next_position=None, floors: bool = True) -> dict:
+    """The LAM probes of one model's z; ``floors=False`` (a point of a curve): the trained
+    model's ridge and MLP only, the floors and side probes being the final row's."""
     T1 = actions.shape[1]
     rows = lambda x: x.reshape(-1, x.shape[-1]).float()
     g = groups.repeat_interleave(T1)
@@ -138,7 +180,7 @@ def _probes(z, z0, states, actions, distractor, groups, seed: int, next_position
     s_fit, s_score = pca_features(s_t[fit], s_t[score], 32)
     perm = torch.randperm(int(fit.sum()), generator=torch.Generator().manual_seed(seed))
     out = {}
-    for name, zz in (("trained", z), ("untrained", z0)):
+    for name, zz in (("trained", z), ("untrained", z0)) if floors else (("trained", z),):
         x = rows(zz)
         out[f"ridge_{name}"] = ridge_r2(x[fit], y[fit], x[score], y[score])
         # The MLP sees all of z (a PCA of z, like one of the state difference, can drop the
@@ -146,7 +188,7 @@ def _probes(z, z0, states, actions, distractor, groups, seed: int, next_position
         # components of s_t; early stopping on fit-side groups keeps it from over-fitting.
         xm_fit, xm_score = torch.cat([x[fit], s_fit], 1), torch.cat([x[score], s_score], 1)
         out[f"mlp_{name}"] = mlp_r2(xm_fit, y[fit], xm_score, y[score], seed=seed, groups_fit=g[fit])
-        if name == "trained":
+        if name == "trained" and floors:
             out["ridge_shuffled"] = ridge_r2(x[fit], y[fit][perm], x[score], y[score])
             out["mlp_shuffled"] = mlp_r2(xm_fit, y[fit][perm], xm_score, y[score], seed=seed, groups_fit=g[fit])
             if next_position is not None:
@@ -186,15 +228,42 @@ def encoder_mlp_probe(states: torch.Tensor, actions: torch.Tensor, groups: torch
     return mlp_r2(x[fit], y[fit], x[score], y[score], hidden=hidden, seed=seed, groups_fit=g[fit])
 
 
-def encoder_verdict(ridge: float | None, mlp: float | None) -> str:
-    """The report's line on whether the frozen encoder shows the move (the better probe counts)."""
-    scores = {name: v for name, v in (("ridge", ridge), ("MLP", mlp)) if v is not None}
+# Above this token width the bilinear feature (width^2 per row) is not computed: patch 8 without
+# pooling has 384-d tokens, 147k features a row, over a gigabyte for the study's clips.
+BILINEAR_MAX_WIDTH = 128
+
+
+def encoder_bilinear_probe(states: torch.Tensor, actions: torch.Tensor, groups: torch.Tensor) -> float | None:
+    """Ridge R^2 of the action from sum over tokens of s_t (outer) (s_(t+1) - s_t), or None for
+    tokens wider than :data:`BILINEAR_MAX_WIDTH`.
+
+    Why this feature: a camera pan by a changes the state by about -a . grad(s), bilinear in
+    the action and the image, so no linear map of the difference reads a (the ridge scores
+    below 0 on the pan). The token-summed outer product holds, up to a fixed linear map (a
+    token's spatial gradient is a linear function of its own pooled pixels), the right-hand side
+    of the Lucas-Kanade normal equations, sum(grad s * ds) = -M a, with M the scene's structure
+    tensor: linear in a wherever M varies little between scenes. It uses no knowledge of the
+    pixel layout, so it probes any encoder's tokens. Fitted and scored on the same split as
+    :func:`encoder_probe`; nothing about it is chosen on the score side."""
+    if states.shape[-1] > BILINEAR_MAX_WIDTH:
+        return None
+    s_t, diff = states[:, :-1].float(), (states[:, 1:] - states[:, :-1]).float()
+    c = torch.einsum("btni,btnj->btij", s_t, diff).flatten(2)
+    x = c.reshape(-1, c.shape[-1])
+    y = actions.reshape(-1, actions.shape[-1])
+    fit, score = group_split(groups.repeat_interleave(actions.shape[1]))
+    return ridge_r2(x[fit], y[fit], x[score], y[score])
+
+
+def encoder_verdict(ridge: float | None, mlp: float | None, bilinear: float | None = None) -> str:
+    """The report's line on whether the frozen encoder shows the move (the best probe counts)."""
+    scores = {name: v for name, v in (("ridge", ridge), ("MLP", mlp), ("bilinear ridge", bilinear)) if v is not None}
     if not scores:
         return "the encoder was not probed"
     name, best = max(scores.items(), key=lambda kv: kv[1])
     if best >= ENCODER_TARGET:
         return f"the encoder shows the move: R^2 {best:.3f} ({name})"
-    return (f"the encoder barely shows the move (R^2 {best:.3f} < {ENCODER_TARGET}, best of ridge and MLP): a LAM "
+    return (f"the encoder barely shows the move (R^2 {best:.3f} < {ENCODER_TARGET}, best of {' / '.join(scores)}): a LAM "
             "cannot learn what its frozen encoder does not show")
 
 
@@ -231,17 +300,30 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, log=print) -> Path:
     # The MLP for the LAM's own encoder only: the random ViT is a reference, and its twice as
     # wide states would double the probe's cost.
     result["encoder_probe_mlp"] = {"pixels": encoder_mlp_probe(s_test, test_w.actions, test_w.groups, cfg.seed)}
-    result["encoder_verdict"] = encoder_verdict(result["encoder_probe"]["pixels"], result["encoder_probe_mlp"]["pixels"])
+    result["encoder_probe_bilinear"] = {"pixels": encoder_bilinear_probe(s_test, test_w.actions, test_w.groups)}
+    result["encoder_verdict"] = encoder_verdict(result["encoder_probe"]["pixels"], result["encoder_probe_mlp"]["pixels"],
+                                                result["encoder_probe_bilinear"]["pixels"])
     log(f"[{cfg.world}] data ready ({src}); encoder probes, pixels: ridge from s_(t+1) - s_t "
-        f"{result['encoder_probe']['pixels']:.3f}, MLP from (s_t, s_(t+1)) {result['encoder_probe_mlp']['pixels']:.3f} "
+        f"{result['encoder_probe']['pixels']:.3f}, MLP from (s_t, s_(t+1)) {result['encoder_probe_mlp']['pixels']:.3f}, "
+        f"bilinear ridge {result['encoder_probe_bilinear']['pixels'] or float('nan'):.3f} "
         f"(random tiny ViT ridge {result['encoder_probe']['random_tiny_vit']:.3f}): {result['encoder_verdict']}")
     if not cfg.kinds:
         _merge_write(path, result, None)
+    # The copy baseline (predict s_(t+1) = s_t): what a predictor must beat before z can matter.
+    result["copy_l1"] = float((s_test[:, 1:] - s_test[:, :-1]).abs().mean())
     for kind in cfg.kinds:
         torch.manual_seed(cfg.seed)
         model = LatentActionWorldModel(cfg.model_config(kind))
         untrained = copy.deepcopy(model).eval()
-        secs = train_on_states(model, s_train, cfg.train_steps, cfg.batch_size, cfg.seed)
+        training = StateTraining(model, s_train, cfg.train_steps, cfg.batch_size, cfg.seed)
+        curve, secs = [], 0.0
+        for step in cfg.probe_at[:-1]:
+            secs += training.advance_to(step)
+            curve.append(_curve_point(model, s_test, test_w, cfg, step, secs))
+            log(f"[{cfg.world}] {kind} step {step}: ridge {curve[-1].get('ridge_trained', float('nan')):.3f} "
+                f"mlp {curve[-1].get('mlp_trained', float('nan')):.3f} L1 {curve[-1]['diag/l1_own']:.4f} "
+                f"(copy {result['copy_l1']:.4f}) dep x{curve[-1]['diag/action_dependence']:.3f}")
+        secs += training.advance_to(cfg.train_steps)
         row = {"train_seconds": secs, "strength": cfg.strengths.get(kind, {})}
         row.update(latent_diagnostics(model, s_test))
         if model.idm is not None:
@@ -249,6 +331,10 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, log=print) -> Path:
             first_distractor = test_w.distractor_moves[:, :, 0] if cfg.distractors else None
             row.update(_probes(z, z0, s_test, test_w.actions, first_distractor, test_w.groups, cfg.seed,
                                next_position=test_w.positions[:, 1:]))
+        if cfg.probe_at:
+            # The final step's point is the row itself (its keys, the floors aside).
+            curve.append({"step": cfg.train_steps, **{k: row[k] for k in CURVE_KEYS if k in row}})
+            row["curve"] = curve
         leak = future_leakage(model, leak_a, leak_b)
         row["leakage_ratio"] = leak["latent_l1"]["ratio"]
         row["leakage_no_cut"] = leak["latent_l1"]["no_cut"]["mean"]
@@ -259,6 +345,23 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, log=print) -> Path:
             f"mlp {row.get('mlp_trained', float('nan')):.3f} dep x{row['diag/action_dependence']:.3f} "
             f"leak x{row['leakage_ratio']:.2f}")
     return path
+
+
+# What a curve records at each probe step (the final row has these and more).
+CURVE_KEYS = ("train_seconds", "ridge_trained", "mlp_trained", "diag/l1_own", "diag/l1_other", "diag/l1_zero",
+              "diag/action_dependence")
+
+
+def _curve_point(model, s_test, test_w, cfg: StudyConfig, step: int, secs: float) -> dict:
+    """One point of a kind's curve: the trained model's ridge and MLP probes on the fresh clips
+    and its held-out L1 with own / other clips' / zero z (action dependence)."""
+    point = {"step": step, "train_seconds": secs}
+    diag = latent_diagnostics(model, s_test)
+    point.update({k: diag[k] for k in CURVE_KEYS if k in diag})
+    if model.idm is not None:
+        z = model.infer_actions(states=s_test)
+        point.update(_probes(z, None, s_test, test_w.actions, None, test_w.groups, cfg.seed, floors=False))
+    return point
 
 
 def _merge_write(path: Path, result: dict, kind: str | None) -> None:
@@ -277,121 +380,3 @@ def _merge_write(path: Path, result: dict, kind: str | None) -> None:
         merged.update({k: v for k, v in result.items() if k != "rows"})
         merged["rows"] = rows
         write_json(path, merged)
-
-
-# What the report reads from every study file (rows are checked one by one as they are drawn).
-STUDY_KEYS = ("world", "world_preset", "background_source", "config", "encoder_probe", "rows")
-
-
-def _fmt(x, nd=3):
-    return "-" if x is None else f"{x:.{nd}f}"
-
-
-def encoder_lines(st: dict) -> list[str]:
-    """The report's encoder probes of one study file (files written before the MLP probe have
-    the ridge only) and the verdict line."""
-    ridge, mlp = st["encoder_probe"], st.get("encoder_probe_mlp", {})
-    lines = ["Encoder probes (before any LAM; the action from the frozen encoder's states on the same fresh clips "
-             "and backgrounds split as the LAM probes):", "",
-             "| frozen encoder | ridge from s_(t+1) - s_t | MLP from (s_t, s_(t+1)) |", "|---|---|---|"]
-    for name, label in (("pixels", "pixels (the LAMs' encoder)"), ("random_tiny_vit", "random tiny ViT (reference)")):
-        if name in ridge:
-            lines.append(f"| {label} | {_fmt(ridge[name])} | {_fmt(mlp.get(name))} |")
-    verdict = encoder_verdict(ridge.get("pixels"), mlp.get("pixels"))
-    return lines + ["", f"**Encoder verdict: {verdict}.**", ""]
-
-
-def _collapse_mark(kind: str, dependence: float) -> str:
-    """' (z ignored)' where a kind's latent collapsed by the training runs' criterion
-    (:class:`~fastlam.configs.LatentCollapseConfig`'s default tolerance); a deterministic model
-    has no z to ignore."""
-    if kind != "deterministic" and abs(dependence - 1.0) <= LatentCollapseConfig().tolerance:
-        return " (z ignored)"
-    return ""
-
-
-def _best(rows: dict, key: str):
-    vals = [r[key] for r in rows.values() if r.get(key) is not None]
-    return max(vals) if vals else None
-
-
-def write_study_report(results: str | Path, out: str | Path | None = None) -> Path:
-    """``study.md`` and ``capacity_vs_leakage.png`` from the ``study_*.json`` files in ``results``."""
-    expected = "the --out folder of 'python -m fastlam.eval study' (holding study_*.json)"
-    results = require_folder(results, "--results", expected)
-    files = sorted(results.glob("study_*.json"))
-    if not files:
-        raise FileNotFoundError(f"--results: no study_*.json in {results} (run 'python -m fastlam.eval study' first)")
-    studies = [read_json(f, "--results", f"a study_WORLD.json written by 'python -m fastlam.eval study' (or move "
-                                          f"this file out of {results})", keys=STUDY_KEYS) for f in files]
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(studies), figsize=(5 * len(studies), 4), squeeze=False)
-    colours = {"deterministic": "black", "none": "gray", "noisy": "tab:blue", "sparse": "tab:green",
-               "discrete": "tab:red"}
-    lines = ["# Small-scale study: are latent actions actions?", "",
-             "Produced by `scripts/small_scale_study.sh` (`python -m fastlam.eval study` per world, then "
-             "`study-report`). Probes are fitted on half of the backgrounds and scored on the other half "
-             "(held-out R^2; 0 = the held-out mean). Capacity = held-out one-step L1 with the IDM's own z "
-             "(lower = more information through z). Leakage ratio = error with a scene cut / without "
-             "(higher = less future leakage).", "",
-             "## The encoder beside the LAMs", "",
-             "Whether the frozen encoder shows the move at all (best of its ridge and MLP probes) next to the best "
-             "LAM probes of the world: a LAM cannot learn what its frozen encoder does not show.", "",
-             "| world | encoder (best probe) | best LAM ridge z | best LAM MLP (z, s) | verdict |", "|---|---|---|---|---|"]
-    for st in studies:
-        enc = [st["encoder_probe"].get("pixels"), st.get("encoder_probe_mlp", {}).get("pixels")]
-        enc = [v for v in enc if v is not None]
-        lines.append(f"| `{st['world']}` | {_fmt(max(enc) if enc else None)} | {_fmt(_best(st['rows'], 'ridge_trained'))} | "
-                     f"{_fmt(_best(st['rows'], 'mlp_trained'))} | "
-                     f"{encoder_verdict(st['encoder_probe'].get('pixels'), st.get('encoder_probe_mlp', {}).get('pixels'))} |")
-    lines.append("")
-    for ax, st in zip(axes[0], studies):
-        c = st["config"]
-        lines += [f"## World `{st['world']}` ({st['world_preset']}, backgrounds: {st['background_source']})", "",
-                  f"{c['size']} px, {c['steps_t']} steps, pixels encoder (patch {c['patch']}, pool {c['pool']}), "
-                  f"IDM / predictor width {c['width']} depth {c['depth']}, z in R^{c['action_dim']}, "
-                  f"{c['train_steps']} steps x batch {c['batch_size']} on {c['train_clips']} clips, "
-                  f"probes on {c['test_clips']} fresh clips, seed {c['seed']}; world nuisances: flicker "
-                  f"{c.get('flicker', 0.03)}, {c.get('distractors', 2)} distractors. "
-                  f"Target (issue 15): MLP/ridge probe R^2 >= {TARGETS.get(st['world'], 0.6)}.", "",
-                  *encoder_lines(st)]
-        if not st["rows"]:  # the encoder probes alone (kinds=()): no LAM table yet
-            lines += ["No LAM trained for this world yet.", ""]
-        else:
-            lines += ["| kind | ridge z | shuffled | untrained | MLP (z, s) | shuffled | untrained | distractor R^2 "
-                      "| z -> next position R^2 | L1 own / other / zero | action dep. | leakage ratio | train s |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for kind in KINDS:
-            r = st["rows"].get(kind)
-            if r is None:
-                continue
-            g = r.get
-            lines.append(
-                f"| {kind} {r['strength'] or ''} | {_fmt(g('ridge_trained'))} | {_fmt(g('ridge_shuffled'))} | "
-                f"{_fmt(g('ridge_untrained'))} | {_fmt(g('mlp_trained'))} | {_fmt(g('mlp_shuffled'))} | "
-                f"{_fmt(g('mlp_untrained'))} | {_fmt(g('distractor_ridge'))} | {_fmt(g('ridge_next_position'))} | "
-                f"{r['diag/l1_own']:.4f} / "
-                f"{r['diag/l1_other']:.4f} / {r['diag/l1_zero']:.4f} | x{r['diag/action_dependence']:.3f}"
-                f"{_collapse_mark(kind, r['diag/action_dependence'])} | "
-                f"x{r['leakage_ratio']:.2f} | {r['train_seconds']:.0f} |")
-            ax.scatter(r["diag/l1_own"], r["leakage_ratio"], color=colours[kind], label=kind, s=40)
-        lines.append("")
-        ax.set_xlabel("capacity: held-out one-step L1 with own z (lower = more)")
-        ax.set_ylabel("leakage ratio (cut / no cut)")
-        ax.axhline(2.0, color="gray", linestyle=":", linewidth=1)
-        ax.set_title(f"world: {st['world']}")
-        if st["rows"]:  # no points, no legend
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    png = save_figure(fig, results / "capacity_vs_leakage.png")
-    lines += ["## The paper's figures alongside (lam-spec.md section 5)", "",
-              "| kind (paper, 'high' capacity) | leakage: no cut -> cut (LPIPS) | ratio |", "|---|---|---|"]
-    for kind, (a, b) in PAPER_LEAKAGE.items():
-        lines.append(f"| {kind} | {a:.2f} -> {b:.2f} | x{b / a:.2f} |")
-    lines += ["", "Paper planning (DROID, Delta_xyz m): best LAM (noisy-high) 0.10, V-JEPA 2-AC 0.15. "
-              "The simulated-arm planning table is the README's 'Evaluations' sequence (not re-run here).", "",
-              f"![capacity vs leakage]({png.name})", ""]
-    out = Path(out) if out else results / "study.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
-    return out

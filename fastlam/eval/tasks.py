@@ -11,7 +11,7 @@ from ..config import load_config
 from ..models.decoder import StateDecoder
 from ..nn.lpips import LPIPS
 from ..trainer import TrainConfig
-from . import action_data, controller, study
+from . import action_data, controller, study, study_report
 from .action_data import integrate_actions
 from .capacity import PAPER_GRIDS, capacity_sweep, compare_capacity
 from .common import encode_batched, load_clips, load_lam, pyplot, save_figure, write_json
@@ -317,17 +317,22 @@ def run_sample(args) -> Path:
 def run_study(args) -> Path:
     torch.set_num_threads(args.threads)
     kinds = study.KINDS if args.kinds is None else tuple(args.kinds)  # --kinds alone: encoder probes only
-    cfg = study.StudyConfig(world=args.world, kinds=kinds, train_steps=args.train_steps,
+    if args.probe_at and args.train_steps is not None and args.train_steps != max(args.probe_at):
+        raise ValueError(f"--train-steps {args.train_steps}: with --probe-at the run trains to its largest step "
+                         f"({max(args.probe_at)}); leave --train-steps out or make it {max(args.probe_at)}")
+    train_steps = max(args.probe_at) if args.probe_at else (300 if args.train_steps is None else args.train_steps)
+    cfg = study.StudyConfig(world=args.world, kinds=kinds, train_steps=train_steps, probe_at=tuple(args.probe_at),
                       train_clips=args.train_clips, test_clips=args.test_clips, seed=args.seed,
                       batch_size=args.batch_size, width=args.width, depth=args.depth,
                       flicker=args.flicker, distractors=args.distractors, token_norm=args.token_norm,
+                      size=args.size, patch=args.patch, pool=args.pool,
                       model_overrides=tuple(args.model_overrides),
                       source=None if args.source == "procedural" else args.source)
     return study.run_study(cfg, args.out)
 
 
 def run_study_report(args) -> Path:
-    return study.write_study_report(args.results, args.out)
+    return study_report.write_study_report(args.results, args.out)
 
 
 def run_report(args) -> Path:

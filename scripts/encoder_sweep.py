@@ -85,7 +85,8 @@ def write_table(out: Path, worlds) -> Path:
             n_tok = (c["size"] // c["patch"]) ** 2
             width = 3 * 2 * (c["patch"] // c["pool"]) ** 2
             name, best = best_probe(r)
-            rows.append((best, name, f.stem.split("_s")[0].removeprefix(world + "_"), c, n_tok, width, r))
+            src = "procedural" if c["source"] is None else "samples"
+            rows.append((best, name, src, c, n_tok, width, r))
         if not rows:
             continue
         rows.sort(key=lambda t: -t[0])

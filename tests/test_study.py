@@ -122,11 +122,17 @@ def test_probe_at_records_one_run_as_a_curve_and_the_report_draws_it(tmp_path):
     assert "ridge_shuffled" in none and "ridge_shuffled" not in none["curve"][0]  # floors once, in the row
     assert none["curve"][0]["diag/l1_own"] != none["curve"][1]["diag/l1_own"]  # a step was taken in between
     assert "ridge_trained" not in res["rows"]["deterministic"]["curve"][0]
+    assert "running_curves" not in res  # each finished run's row replaced its points so far
     assert main(["study-report", "--results", str(out)]) == 0
     md = (out / "study.md").read_text()
     assert (out / "probes_vs_steps.png").is_file() and "![probes vs steps](probes_vs_steps.png)" in md
     pt = none["curve"][0]
     assert f"| none | 1 | {pt['ridge_trained']:.3f} | {pt['mlp_trained']:.3f} | {pt['diag/l1_own']:.4f} /" in md
+    # A run stopped after its first probe step keeps that point, and the report lists it.
+    res["running_curves"] = {"noisy": none["curve"][:1]}
+    (out / "study_agent.json").write_text(json.dumps(res))
+    assert main(["study-report", "--results", str(out)]) == 0
+    assert f"| noisy (stopped) | 1 | {pt['ridge_trained']:.3f} |" in (out / "study.md").read_text()
     with pytest.raises(SystemExit) as refused:
         main(args + ["--probe-at", "1,2", "--train-steps", "5"])
     assert refused.value.code != 0

@@ -323,6 +323,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, log=print) -> Path:
             log(f"[{cfg.world}] {kind} step {step}: ridge {curve[-1].get('ridge_trained', float('nan')):.3f} "
                 f"mlp {curve[-1].get('mlp_trained', float('nan')):.3f} L1 {curve[-1]['diag/l1_own']:.4f} "
                 f"(copy {result['copy_l1']:.4f}) dep x{curve[-1]['diag/action_dependence']:.3f}")
+            _merge_write(path, result, kind, running_curve=curve)
         secs += training.advance_to(cfg.train_steps)
         row = {"train_seconds": secs, "strength": cfg.strengths.get(kind, {})}
         row.update(latent_diagnostics(model, s_test))
@@ -364,9 +365,11 @@ def _curve_point(model, s_test, test_w, cfg: StudyConfig, step: int, secs: float
     return point
 
 
-def _merge_write(path: Path, result: dict, kind: str | None) -> None:
+def _merge_write(path: Path, result: dict, kind: str | None, running_curve: list | None = None) -> None:
     """Add ``result``'s row ``kind`` (None: no row, the world's entries only) to the file's rows
-    under a lock: several processes (one per kind) may write the same world's file."""
+    under a lock: several processes (one per kind) may write the same world's file. With
+    ``running_curve``: no row yet, the points so far of ``kind``'s curve go under
+    ``running_curves`` (a long run that is stopped keeps what it measured); a row replaces them."""
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -374,9 +377,16 @@ def _merge_write(path: Path, result: dict, kind: str | None) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         merged = (read_json(path, "--out", f"a study file to merge into (or move {path} aside)")
                   if path.is_file() else {"rows": {}})
-        rows = merged.get("rows", {})
-        if kind is not None:
+        rows, running = merged.get("rows", {}), merged.get("running_curves", {})
+        if running_curve is not None:
+            running[kind] = running_curve
+        elif kind is not None:
             rows[kind] = result["rows"][kind]
+            running.pop(kind, None)
         merged.update({k: v for k, v in result.items() if k != "rows"})
         merged["rows"] = rows
+        if running:
+            merged["running_curves"] = running
+        else:
+            merged.pop("running_curves", None)
         write_json(path, merged)

@@ -151,8 +151,11 @@ def write_study_report(results: str | Path, out: str | Path | None = None) -> Pa
 
 
 def _curves(st: dict) -> dict:
-    """{kind: curve points} of the kinds of a study file that were probed along their run."""
-    return {k: st["rows"][k]["curve"] for k in KINDS if st["rows"].get(k, {}).get("curve")}
+    """{kind: curve points} of the kinds of a study file that were probed along their run; a run
+    stopped before its last step ('running_curves') is listed as 'KIND (stopped)'."""
+    out = {k: st["rows"][k]["curve"] for k in KINDS if st["rows"].get(k, {}).get("curve")}
+    out.update({f"{k} (stopped)": c for k, c in st.get("running_curves", {}).items() if k not in out and c})
+    return out
 
 
 def curve_lines(st: dict) -> list[str]:
@@ -172,7 +175,7 @@ def curve_lines(st: dict) -> list[str]:
             below = "-" if copy_l1 is None else ("yes" if own < copy_l1 else "no")
             lines.append(f"| {kind} | {pt['step']} | {_fmt(pt.get('ridge_trained'))} | {_fmt(pt.get('mlp_trained'))} | "
                          f"{own:.4f} / {pt['diag/l1_other']:.4f} / {pt['diag/l1_zero']:.4f} | {below} | "
-                         f"x{pt['diag/action_dependence']:.3f}{_collapse_mark(kind, pt['diag/action_dependence'])} | "
+                         f"x{pt['diag/action_dependence']:.3f}{_collapse_mark(kind.split()[0], pt['diag/action_dependence'])} | "
                          f"{pt['train_seconds']:.0f} |")
     return lines + [""]
 
@@ -195,13 +198,13 @@ def plot_curves(studies: list[dict], path: Path) -> Path | None:
             label = f"{st['world']} {kind}"
             for key, style in (("ridge_trained", styles[0]), ("mlp_trained", styles[1])):
                 if any(pt.get(key) is not None for pt in curve):
-                    ax_r2.plot(steps, [pt.get(key) for pt in curve], style, marker=marker, color=COLOURS[kind],
+                    ax_r2.plot(steps, [pt.get(key) for pt in curve], style, marker=marker, color=COLOURS[kind.split()[0]],
                                label=f"{label} {'ridge z' if key.startswith('ridge') else 'MLP (z, s)'}")
             if st.get("copy_l1"):
                 ax_l1.plot(steps, [pt["diag/l1_own"] / st["copy_l1"] for pt in curve], "-", marker=marker,
-                           color=COLOURS[kind], label=label)
+                           color=COLOURS[kind.split()[0]], label=label)
             ax_dep.plot(steps, [pt["diag/action_dependence"] for pt in curve], "-", marker=marker,
-                        color=COLOURS[kind], label=label)
+                        color=COLOURS[kind.split()[0]], label=label)
         enc = [v for v in _encoder_scores(st) if v is not None]
         if enc:
             ax_r2.axhline(max(enc), color="black", linestyle=":", linewidth=1)

@@ -209,6 +209,11 @@ class RegularizerConfig:
     # regularizer counts its training forward calls in a buffer saved with the weights, so a
     # resumed run continues the ramp).
     beta_warmup_steps: int = 0
+    # logvar_offset: added to the IDM's log-variance output. Negative starts the posterior
+    # narrow (sigma = e^(offset / 2)), so z carries the IDM's mean from step 0 instead of noise
+    # of unit scale that the predictor learns to ignore (the method study measured the noisy z
+    # on the pan collapsed at beta 0 as well: the noise, not the KL, hid the action).
+    logvar_offset: float = 0.0
     # discrete (3.3). The paper resets dead codes every 300k videos (configs/paper_vitl.yaml);
     # a small run never sees that many, so by default the reset runs every reset_every_steps.
     num_codes: int = 1024
@@ -229,6 +234,7 @@ class RegularizerConfig:
         check_keys(self, prefix, {
             "l_l1": at_least(0), "l_l2": at_least(0), "l_v": at_least(0), "l_c": at_least(0), "l_m": at_least(0),
             "beta": at_least(0), "free_bits": at_least(0), "beta_warmup_steps": whole_at_least(0),
+            "logvar_offset": within(-20, 10),  # the clamp's range: beyond it the offset is lost
             "num_codes": at_least(1), "commitment": at_least(0),
             "reset_every_videos": at_least(0), "reset_every_steps": at_least(0),
             "ema_decay": within(0, 1, hi_open=True)})

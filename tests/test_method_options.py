@@ -1,7 +1,7 @@
 """The method options of issue 28 item 4 (fastlam/configs.py ModelConfig / RegularizerConfig):
 a residual predictor (``model.predictor_target: delta``), a prediction loss weighted toward
 the tokens that change (``model.change_weight``), and the noisy regularizer's guards against
-a collapsed z (``model.regularizer.free_bits``, ``.beta_warmup_steps``).
+a collapsed z (``model.regularizer.free_bits``, ``.beta_warmup_steps``, ``.logvar_offset``).
 
 Each option changes what it should and nothing else: off, the model computes the paper's
 formulas (checked by hand, bit for bit) with the paper's parameters; on, its values match
@@ -79,6 +79,7 @@ def test_each_option_keeps_the_papers_parameters():
         (small_cfg(change_weight=2.0), set(), set()),
         (small_cfg(reg=dict(free_bits=0.5)), set(), set()),
         (small_cfg(reg=dict(beta_warmup_steps=10)), set(), {"regularizer.warmup_step"}),
+        (small_cfg(reg=dict(logvar_offset=-4.0)), set(), set()),
     ]:
         got = seeded_model(cfg).state_dict()
         assert set(got) - set(paper) == added and set(paper) <= set(got)
@@ -226,6 +227,19 @@ def test_warm_up_step_survives_save_and_load(tmp_path):
     assert float(out.metrics["reg/beta"]) == pytest.approx(0.3 * model.cfg.regularizer.beta, rel=1e-12)
 
 
+def test_logvar_offset_starts_the_posterior_narrow():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    noise = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    reg = GaussianLatentRegularizer(action_dim=4, beta=0.5, backend="torch", logvar_offset=-4.0)
+    out = reg(h, noise=noise)
+    mu, logvar = h.chunk(2, -1)
+    assert torch.allclose(out.z, mu + torch.exp(0.5 * (logvar - 4.0)) * noise, rtol=1e-14)
+    assert torch.allclose(out.loss, 0.5 * kl_per_dim(mu, logvar - 4.0).sum(1).mean(), rtol=1e-14)
+    plain = GaussianLatentRegularizer(action_dim=4, beta=0.5, backend="torch")(h, noise=noise)
+    assert float((out.z - mu).abs().max()) < 0.2 * float((plain.z - mu).abs().max())
+
+
 # ---- bad values, and the config files ---------------------------------------------------------
 @pytest.mark.parametrize("override,key", [
     ("predictor_target=residual", "model.predictor_target"),
@@ -233,6 +247,7 @@ def test_warm_up_step_survives_save_and_load(tmp_path):
     ("regularizer.free_bits=-0.5", "model.regularizer.free_bits"),
     ("regularizer.beta_warmup_steps=-3", "model.regularizer.beta_warmup_steps"),
     ("regularizer.beta_warmup_steps=2.5", "model.regularizer.beta_warmup_steps"),
+    ("regularizer.logvar_offset=15", "model.regularizer.logvar_offset"),
 ])
 def test_bad_values_are_refused_with_the_key_named(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

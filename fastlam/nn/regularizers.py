@@ -108,6 +108,9 @@ class GaussianLatentRegularizer(nn.Module):
       training loop so every loop (the trainer, the study, a user's own) gets the ramp without
       a new argument. Under gradient accumulation it counts micro-batches.
       Without a warm-up the buffer does not exist (older checkpoints load unchanged).
+    - ``logvar_offset``: a constant added to the head's log-variance before the clamp; negative
+      starts the posterior narrow (sigma = e^(offset / 2) for a head output near 0), so the
+      predictor sees the IDM's mean rather than unit noise from the first step.
 
     Example:
         >>> reg = GaussianLatentRegularizer(action_dim=128, beta=5e-5)
@@ -116,7 +119,7 @@ class GaussianLatentRegularizer(nn.Module):
     """
 
     def __init__(self, action_dim: int = 128, beta: float = 5e-5, backend: str = "auto", free_bits: float = 0.0,
-                 beta_warmup_steps: int = 0):
+                 beta_warmup_steps: int = 0, logvar_offset: float = 0.0):
         super().__init__()
         if not float(free_bits) >= 0:
             raise ValueError(f"free_bits: expected a number of nats >= 0, got {free_bits!r}")
@@ -127,6 +130,7 @@ class GaussianLatentRegularizer(nn.Module):
         self.backend = backend
         self.free_bits = float(free_bits)
         self.beta_warmup_steps = beta_warmup_steps
+        self.logvar_offset = float(logvar_offset)
         if beta_warmup_steps:
             self.register_buffer("warmup_step", torch.zeros((), dtype=torch.long))
 
@@ -153,6 +157,8 @@ class GaussianLatentRegularizer(nn.Module):
     def forward(self, h: torch.Tensor, noise: torch.Tensor | None = None) -> RegularizerOutput:
         flat = _flat(h, 2 * self.action_dim)
         mu, logvar = flat.chunk(2, dim=-1)
+        if self.logvar_offset:
+            logvar = logvar + self.logvar_offset
         logvar = logvar.clamp(-20.0, 10.0)
         if self.training and noise is None:
             z, kl = gaussian_sample_kl(mu, logvar, backend=self.backend)
@@ -201,7 +207,8 @@ REGULARIZER_KINDS: dict[str, RegularizerKind] = {
     "deterministic": RegularizerKind(None, lambda cfg, n: {}, {}),
     "sparse": RegularizerKind(SparseLatentRegularizer, _sparse_keywords, {"mean_term": MEAN_TERMS}),
     "noisy": RegularizerKind(GaussianLatentRegularizer, lambda cfg, n: dict(
-        beta=cfg.beta, free_bits=cfg.free_bits, beta_warmup_steps=cfg.beta_warmup_steps), {}),
+        beta=cfg.beta, free_bits=cfg.free_bits, beta_warmup_steps=cfg.beta_warmup_steps,
+        logvar_offset=cfg.logvar_offset), {}),
     "discrete": RegularizerKind(VectorQuantizer, _discrete_keywords, {"codebook_init": VQ_INITS}, dim_argument="dim"),
 }
 REGULARIZERS = tuple(REGULARIZER_KINDS)

@@ -32,10 +32,10 @@ PATCH_POOL = ((8, 2), (4, 2), (4, 1))
 SOURCES = {"samples": "data/samples", "procedural": "procedural"}
 
 
-def grid(worlds):
+def grid(worlds, sizes=SIZES):
     for world, src in itertools.product(worlds, SOURCES):
         # Procedural textures at 32 px only: they are the control for the real-video backgrounds.
-        for size in (SIZES if src == "samples" else (32,)):
+        for size in (sizes if src == "samples" else (32,)):
             for (patch, pool), tn in itertools.product(PATCH_POOL, (0, 1)):
                 yield dict(world=world, source=src, size=size, patch=patch, pool=pool, token_norm=tn)
 
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder for the JSONs and the table (default: %(default)s)")
     ap.add_argument("--worlds", nargs="+", default=["pan", "agent", "agent_multi"],
                     help="study worlds to sweep (default: %(default)s)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES),
+                    help="frame sizes on the real-video backgrounds (default: %(default)s)")
     ap.add_argument("--jobs", type=int, default=2, help="study processes at once, one thread each (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=0, help="the study's seed (default: %(default)s)")
     ap.add_argument("--table-only", action="store_true", help="rewrite the table from the JSONs already there")
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out) if Path(args.out).is_absolute() else ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
-    todo = [] if args.table_only else [s for s in grid(args.worlds) if not (out / f"{tag(s)}.json").is_file()]
+    todo = [] if args.table_only else [s for s in grid(args.worlds, args.sizes) if not (out / f"{tag(s)}.json").is_file()]
     running, failed = [], []
     while todo or running:
         while todo and len(running) < args.jobs:

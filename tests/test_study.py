@@ -132,7 +132,7 @@ def test_probe_at_records_one_run_as_a_curve_and_the_report_draws_it(tmp_path):
     res["running_curves"] = {"noisy": none["curve"][:1]}
     (out / "study_agent.json").write_text(json.dumps(res))
     assert main(["study-report", "--results", str(out)]) == 0
-    assert f"| noisy (stopped) | 1 | {pt['ridge_trained']:.3f} |" in (out / "study.md").read_text()
+    assert f"| noisy (unfinished) | 1 | {pt['ridge_trained']:.3f} |" in (out / "study.md").read_text()
     with pytest.raises(SystemExit) as refused:
         main(args + ["--probe-at", "1,2", "--train-steps", "5"])
     assert refused.value.code != 0

@@ -152,9 +152,9 @@ def write_study_report(results: str | Path, out: str | Path | None = None) -> Pa
 
 def _curves(st: dict) -> dict:
     """{kind: curve points} of the kinds of a study file that were probed along their run; a run
-    stopped before its last step ('running_curves') is listed as 'KIND (stopped)'."""
+    stopped or still running before its last step ('running_curves') is listed as 'KIND (unfinished)'."""
     out = {k: st["rows"][k]["curve"] for k in KINDS if st["rows"].get(k, {}).get("curve")}
-    out.update({f"{k} (stopped)": c for k, c in st.get("running_curves", {}).items() if k not in out and c})
+    out.update({f"{k} (unfinished)": c for k, c in st.get("running_curves", {}).items() if k not in out and c})
     return out
 
 

@@ -110,7 +110,8 @@ class GaussianLatentRegularizer(nn.Module):
       Without a warm-up the buffer does not exist (older checkpoints load unchanged).
     - ``logvar_offset``: a constant added to the head's log-variance before the clamp; negative
       starts the posterior narrow (sigma = e^(offset / 2) for a head output near 0), so the
-      predictor sees the IDM's mean rather than unit noise from the first step.
+      predictor sees the IDM's mean rather than unit noise from the first step (measured on
+      the study's pan: no gain at -6; README, method options).
 
     Example:
         >>> reg = GaussianLatentRegularizer(action_dim=128, beta=5e-5)

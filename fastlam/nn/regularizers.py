@@ -94,7 +94,7 @@ class GaussianLatentRegularizer(nn.Module):
     On CUDA (``backend="auto"``) sampling and KL are one fused kernel with in-kernel Philox
     noise (reproducible under ``torch.manual_seed``); an explicit ``noise`` uses the reference.
 
-    Two guards against a collapsed z at small scale (both 0, off, is the paper's recipe):
+    Guards against a collapsed z at small scale (all off, 0, is the paper's recipe):
 
     - ``free_bits``: the penalty is ``beta * sum_j max(KL_j - free_bits, 0)`` with ``KL_j`` dim
       j's KL averaged over the rows (free bits, Kingma et al. 2016: a dim may carry that many

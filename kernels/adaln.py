@@ -42,11 +42,13 @@ def _frame_row(ptr, frame, stride_m, cols, cmask):
 
 
 @triton.jit
-def _chunk_rows(frame, F, lo, hi, start, cmask, BLOCK_M: tl.constexpr):
-    """Rows ``lo + start ...`` of the frame's chunk [lo, hi): which lie in it, their row index in
-    the (R, D) view (int64) and the element mask."""
+def _chunk_rows(frame, chunk, F, CHUNK, start, cmask, BLOCK_M: tl.constexpr):
+    """Rows ``start ...`` (BLOCK_M of them) of this program's chunk of its frame, tokens
+    [chunk * CHUNK, min((chunk + 1) * CHUNK, F)): which lie in it, their row index in the (R, D)
+    view (int64) and the element mask. Every kernel here walks its chunk with this one step."""
+    lo = chunk * CHUNK
     local = lo + start + tl.arange(0, BLOCK_M)
-    rmask = local < hi
+    rmask = local < tl.minimum(lo + CHUNK, F)
     rows = frame.to(tl.int64) * F + local
     return rmask, rows, rmask[:, None] & cmask[None, :]
 
@@ -70,10 +72,8 @@ def _adaln_fwd_kernel(
         w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     if HAS_B:
         bb = tl.load(b_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
-    lo = chunk * CHUNK
-    hi = tl.minimum(lo + CHUNK, F)
     for start in range(0, CHUNK, BLOCK_M):
-        rmask, rows, mask = _chunk_rows(frame, F, lo, hi, start, cmask, BLOCK_M)
+        rmask, rows, mask = _chunk_rows(frame, chunk, F, CHUNK, start, cmask, BLOCK_M)
         x = _load_rows(x_ptr, rows, stride_x, cols, mask)
         mean = tl.sum(x, axis=1) / D
         xc = tl.where(mask, x - mean[:, None], 0.0)
@@ -106,10 +106,8 @@ def _adaln_bwd_kernel(
     dscale = tl.zeros([BLOCK_D], dtype=tl.float32)
     dw = tl.zeros([BLOCK_D], dtype=tl.float32)
     db = tl.zeros([BLOCK_D], dtype=tl.float32)
-    lo = chunk * CHUNK
-    hi = tl.minimum(lo + CHUNK, F)
     for start in range(0, CHUNK, BLOCK_M):
-        rmask, rows, mask = _chunk_rows(frame, F, lo, hi, start, cmask, BLOCK_M)
+        rmask, rows, mask = _chunk_rows(frame, chunk, F, CHUNK, start, cmask, BLOCK_M)
         x = _load_rows(x_ptr, rows, stride_x, cols, mask)
         dy = _load_rows(dy_ptr, rows, stride_dy, cols, mask)
         mean = tl.load(mean_ptr + rows, mask=rmask, other=0.0)
@@ -148,10 +146,8 @@ def _gated_residual_fwd_kernel(
 ):
     frame, chunk, cols, cmask = _frame_chunk(D, BLOCK_D)
     gate = _frame_row(gate_ptr, frame, stride_m, cols, cmask)
-    lo = chunk * CHUNK
-    hi = tl.minimum(lo + CHUNK, F)
     for start in range(0, CHUNK, BLOCK_M):
-        _, rows, mask = _chunk_rows(frame, F, lo, hi, start, cmask, BLOCK_M)
+        _, rows, mask = _chunk_rows(frame, chunk, F, CHUNK, start, cmask, BLOCK_M)
         x = _load_rows(x_ptr, rows, stride_x, cols, mask)
         br = _load_rows(br_ptr, rows, stride_br, cols, mask)
         out = x + gate[None, :] * br
@@ -167,10 +163,8 @@ def _gated_residual_bwd_kernel(
     frame, chunk, cols, cmask = _frame_chunk(D, BLOCK_D)
     gate = _frame_row(gate_ptr, frame, stride_m, cols, cmask)
     dgate = tl.zeros([BLOCK_D], dtype=tl.float32)
-    lo = chunk * CHUNK
-    hi = tl.minimum(lo + CHUNK, F)
     for start in range(0, CHUNK, BLOCK_M):
-        _, rows, mask = _chunk_rows(frame, F, lo, hi, start, cmask, BLOCK_M)
+        _, rows, mask = _chunk_rows(frame, chunk, F, CHUNK, start, cmask, BLOCK_M)
         br = _load_rows(br_ptr, rows, stride_br, cols, mask)
         do = _load_rows(dout_ptr, rows, stride_do, cols, mask)
         dgate += tl.sum(do * br, axis=0)

@@ -13,7 +13,10 @@ four masks are one rule, frame-causal with a window over "mask frames" (:func:`m
 Two temporal masks (constexpr TEMPORAL, Genie / UniVLA temporal attention on the flattened
 layout): ``temporal_causal`` (the key at the query's spatial position in frames <= t, with
 the window) and ``temporal`` (same position, every frame): q - k = j * frame_len. Key padding
-(constexpr KEY_PAD): keys at or past ``key_lengths[b]`` (an int32 (B,) tensor) are masked.
+(constexpr KEY_PAD): keys at or past ``key_lengths[b]`` (an int32 (B,) tensor) are masked;
+per-frame key padding (constexpr FRAME_PAD): key j of frame f is masked when ``j % frame_len
+>= frame_key_lengths[b, f]`` (an int32 (B, L // frame_len) tensor). Both are read by the
+kernels from device memory: nothing is synchronised with the host.
 
 The pieces, one concern each:
 
@@ -191,27 +194,47 @@ def _check_fusion(rope_fusion: str) -> None:
 
 
 def _rope_kernel_args(rope_tables, fused: bool, frame_len: int, dummy: torch.Tensor) -> tuple:
-    """(COS, SIN, AXIS, F, NPREFIX, GRID_W) for an attention kernel; unused when not fused
-    (any pointer, and integers that keep the position maths defined)."""
+    """(COS, SIN, AXIS, F, NPREFIX, GRID_W) for an attention kernel; the tables are unused when
+    not fused (any pointer, and integers that keep the position maths defined). F is always
+    the video's frame length: per-frame key padding reads it too."""
     if not fused:
-        return dummy, dummy, dummy, 1, 0, 1
+        return dummy, dummy, dummy, frame_len, 0, 1
     cos, sin, axis, n_prefix, grid_w = rope_tables
     return cos, sin, axis, frame_len, int(n_prefix), int(grid_w)
 
 
-def _key_pad_args(key_lengths, B: int, dummy: torch.Tensor):
-    """(KLEN pointer, KEY_PAD) for the kernels: int32 (B,) valid key counts, or a dummy."""
-    if key_lengths is None:
-        return dummy, False
-    if key_lengths.shape != (B,) or key_lengths.dtype != torch.int32 or key_lengths.device != dummy.device:
-        raise ValueError(f"key_lengths: expected an int32 tensor of shape ({B},) on {dummy.device}, got "
-                         f"{key_lengths.dtype} {tuple(key_lengths.shape)} on {key_lengths.device}")
-    return key_lengths.contiguous(), True
+def _key_pad_args(key_lengths, frame_key_lengths, B: int, n_frames: int, dummy: torch.Tensor):
+    """(KLEN pointer, KEY_PAD, FRAME_PAD) for the kernels: int32 (B,) valid key counts, int32
+    (B, n_frames) valid keys per frame, or a dummy. Shapes and dtypes only: the values are
+    not read on the host (no synchronisation)."""
+    if key_lengths is not None and frame_key_lengths is not None:
+        raise ValueError("key_lengths, frame_key_lengths: pass one of them, not both")
+    for name, lengths, shape in (("key_lengths", key_lengths, (B,)),
+                                 ("frame_key_lengths", frame_key_lengths, (B, n_frames))):
+        if lengths is None:
+            continue
+        if tuple(lengths.shape) != shape or lengths.dtype != torch.int32 or lengths.device != dummy.device:
+            raise ValueError(f"{name}: expected an int32 tensor of shape {shape} on {dummy.device}, got "
+                             f"{lengths.dtype} {tuple(lengths.shape)} on {lengths.device}")
+        return lengths.contiguous(), name == "key_lengths", name == "frame_key_lengths"
+    return dummy, False, False
+
+
+def _launch_config(q, mask: str, rope_tables, rope_fusion: str, key_lengths, frame_key_lengths) -> tuple:
+    """(whether RoPE is fused, the launch parameters) of one attention call, forward or backward:
+    the tiles of :func:`block_config`, or :func:`mask_variant_config`'s for the temporal masks
+    and key padding."""
+    fused = rope_tables is not None and rope_fusion == "kernel"
+    # seq_len picks the device tuning's shape class (kernels/attention_tuning.py).
+    tiles = block_config(q.shape[-1], q.dtype, rope=fused, device=q.device, seq_len=q.shape[-2])
+    padded = key_lengths is not None or frame_key_lengths is not None
+    return fused, mask_variant_config(tiles, mask in TEMPORAL_MODE or padded, q.dtype != torch.float32)
 
 
 def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, window_frames=None, rope_tables=None,
                       rope_fusion: str = DEFAULT_ROPE_FUSION, out: torch.Tensor | None = None,
-                      lse: torch.Tensor | None = None, key_lengths: torch.Tensor | None = None):
+                      lse: torch.Tensor | None = None, key_lengths: torch.Tensor | None = None,
+                      frame_key_lengths: torch.Tensor | None = None):
     """Launch the forward. Returns (out (B,H,L,D) in q's dtype, lse (B,H,L) fp32, natural log).
 
     ``rope_tables``: None, or the tables of :func:`rope_rotate`. ``rope_fusion="prepass"``
@@ -219,16 +242,15 @@ def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, windo
     contiguous tensors that the plain kernels take; ``"kernel"`` rotates them inside the
     attention kernel (the resident q tile once, each streamed k tile as it is loaded); see
     the module docstring. ``key_lengths``: int32 (B,), keys at or past ``key_lengths[b]``
-    are padding (a row left with no key gets out 0, lse -inf).
+    are padding; or ``frame_key_lengths``: int32 (B, L // frame_len), key j of frame f is
+    padding when ``j % frame_len >= frame_key_lengths[b, f]``. A row left with no key gets out
+    0, lse -inf.
     """
     _check_fusion(rope_fusion)
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check(name, x)
     B, H, L, D = q.shape
-    fused = rope_tables is not None and rope_fusion == "kernel"
-    # seq_len picks the device tuning's shape class (kernels/attention_tuning.py).
-    tiles = block_config(D, q.dtype, rope=fused, device=q.device, seq_len=L)
-    cfg = mask_variant_config(tiles, mask in TEMPORAL_MODE or key_lengths is not None, q.dtype != torch.float32)
+    fused, cfg = _launch_config(q, mask, rope_tables, rope_fusion, key_lengths, frame_key_lengths)
     BM, BN, warps, stages = cfg["fwd"]
     mask_frame, window = mask_frames(L, frame_len, mask, window_frames)
     if out is None:
@@ -238,13 +260,14 @@ def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, windo
     if rope_tables is not None and not fused:
         q, k = rope_rotate_qk(q, k, frame_len, rope_tables)
     cos, sin, axis, F, npre, gw = _rope_kernel_args(rope_tables, fused, frame_len, lse)
-    klen, key_pad = _key_pad_args(key_lengths, B, lse)
+    klen, key_pad, frame_pad = _key_pad_args(key_lengths, frame_key_lengths, B, L // frame_len, lse)
     attn_fwd[(triton.cdiv(L, BM), B * H)](
         q, k, v, out, lse, cos, sin, axis,
         *_bhl_strides(q, k, v, out),
         H, L, D, mask_frame, window, scale * LOG2E_F, F, npre, gw, klen,
         ROPE=fused, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=cfg["BLOCK_D"], DOT_FP32=_dot_fp32(q.dtype), IEEE=q.dtype == torch.float32,
-        TEMPORAL=TEMPORAL_MODE.get(mask, 0), KEY_PAD=key_pad, num_warps=warps, num_stages=stages,
+        TEMPORAL=TEMPORAL_MODE.get(mask, 0), KEY_PAD=key_pad, FRAME_PAD=frame_pad,
+        num_warps=warps, num_stages=stages,
     )
     return out, lse
 
@@ -252,7 +275,7 @@ def attention_forward(q, k, v, *, frame_len: int, mask: str, scale: float, windo
 def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scale: float, window_frames=None,
                        rope_tables=None, rope_fusion: str = DEFAULT_ROPE_FUSION, deterministic: bool = False,
                        dlse: torch.Tensor | None = None, grads: tuple | None = None,
-                       key_lengths: torch.Tensor | None = None):
+                       key_lengths: torch.Tensor | None = None, frame_key_lengths: torch.Tensor | None = None):
     """Launch the backward. Returns (dq, dk, dv) in q's dtype, contiguous (B, H, L, D).
 
     ``deterministic=True`` computes dQ in its own pass (no atomics: bit-identical across
@@ -260,7 +283,8 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
     (:func:`use_atomic_dq`). ``dlse`` (B, H, L), the gradient of the lse output, if any:
     since d lse_i / d s_ij = p_ij it enters as dS = P * (dP - (Delta - dlse)). ``grads``:
     optional preallocated contiguous (dq, dk, dv) (tests poison them to prove every element
-    is written). With RoPE, the attention kernels see rotated q and k, and dQ and dK come
+    is written). ``key_lengths`` / ``frame_key_lengths``: as in :func:`attention_forward`.
+    With RoPE, the attention kernels see rotated q and k, and dQ and dK come
     out in the rotated basis; one point-wise pass applies the transposed rotation to them in
     place (the atomic dQ accumulator is fp32; that pass also casts it into dq).
 
@@ -278,10 +302,7 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
     for name, x in (("do", do), ("q", q), ("k", k), ("v", v), ("out", out)):
         _check(name, x)
     B, H, L, D = q.shape
-    fused = rope_tables is not None and rope_fusion == "kernel"
-    # seq_len picks the device tuning's shape class (kernels/attention_tuning.py).
-    tiles = block_config(D, q.dtype, rope=fused, device=q.device, seq_len=L)
-    cfg = mask_variant_config(tiles, mask in TEMPORAL_MODE or key_lengths is not None, q.dtype != torch.float32)
+    fused, cfg = _launch_config(q, mask, rope_tables, rope_fusion, key_lengths, frame_key_lengths)
     BD = cfg["BLOCK_D"]
     mask_frame, window = mask_frames(L, frame_len, mask, window_frames)
     dot_fp32 = _dot_fp32(q.dtype)
@@ -307,7 +328,7 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
         delta = delta - dlse.to(torch.float32)
     atomic = use_atomic_dq(D, q.dtype, deterministic, rope=fused)
     cos, sin, axis, F, npre, gw = _rope_kernel_args(rope_tables, fused, frame_len, delta)
-    klen, key_pad = _key_pad_args(key_lengths, B, delta)
+    klen, key_pad, frame_pad = _key_pad_args(key_lengths, frame_key_lengths, B, L // frame_len, delta)
     temporal = TEMPORAL_MODE.get(mask, 0)
     dq_acc = torch.zeros((B, H, L, D), device=q.device, dtype=torch.float32) if atomic else dq
 
@@ -317,7 +338,8 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
         *_bhl_strides(q, k, v, do, dk, dv, dq_acc),
         H, L, D, mask_frame, window, scale * LOG2E_F, scale, F, npre, gw, klen,
         ATOMIC_DQ=atomic, ROPE=fused, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
-        DOT_FP32=dot_fp32, IEEE=ieee, TEMPORAL=temporal, KEY_PAD=key_pad, num_warps=warps, num_stages=stages,
+        DOT_FP32=dot_fp32, IEEE=ieee, TEMPORAL=temporal, KEY_PAD=key_pad, FRAME_PAD=frame_pad,
+        num_warps=warps, num_stages=stages,
     )
     if not atomic:
         BM, BN, warps, stages = cfg["bwd_q"]
@@ -326,7 +348,8 @@ def attention_backward(do, q, k, v, out, lse, *, frame_len: int, mask: str, scal
             *_bhl_strides(q, k, v, do, dq),
             H, L, D, mask_frame, window, scale * LOG2E_F, scale, F, npre, gw, klen,
             ROPE=fused, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
-            DOT_FP32=dot_fp32, IEEE=ieee, TEMPORAL=temporal, KEY_PAD=key_pad, num_warps=warps, num_stages=stages,
+            DOT_FP32=dot_fp32, IEEE=ieee, TEMPORAL=temporal, KEY_PAD=key_pad, FRAME_PAD=frame_pad,
+        num_warps=warps, num_stages=stages,
         )
     if rope_tables is not None:
         # The atomic accumulator is fp32: the transposed rotation also casts it into dq.

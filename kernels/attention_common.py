@@ -15,7 +15,9 @@ fraction of the pairs is allowed, so no tile is ever full: for a query tile the 
 per frame shift j, the few key tiles covering [m0 - j*F, m1 - j*F) and skip the rest
 (:func:`temporal_key_shifts`, :func:`shifted_run`; the dK/dV pass likewise over query tiles,
 :func:`temporal_query_shifts`). Key padding clips these ranges to the keys that are not padding
-(:func:`key_count`).
+(:func:`key_count`). Per-frame key padding (constexpr FRAME_PAD: key j of frame f is
+padding when ``j % F >= counts[b, f]``) changes no range: it only adds an element mask
+(:func:`frame_key_valid`) to every visited tile, the unmasked ones included.
 
 These functions are inlined into the kernels that call them (``attention_fwd``,
 ``attention_bwd``, ``attention_rope``): moving code here costs nothing at run time.
@@ -62,6 +64,38 @@ def key_count(KLEN, off_b, L, KEY_PAD: tl.constexpr):
 
 
 @triton.jit
+def program_heads(BLOCK: tl.constexpr, H, Q, K, V, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh):
+    """:func:`program_tile`, and the q, k, v pointers moved to this program's (batch, head)
+    rows: every attention kernel starts with both. Returns (start, bh, b, h, Q, K, V)."""
+    start, bh, off_b, off_h = program_tile(BLOCK, H)
+    Q += off_b * stride_qb + off_h * stride_qh
+    K += off_b * stride_kb + off_h * stride_kh
+    V += off_b * stride_vb + off_h * stride_vh
+    return start, bh, off_b, off_h, Q, K, V
+
+
+@triton.jit
+def frame_counts(KLEN, off_b, L, F, FRAME_PAD: tl.constexpr):
+    """Per-frame key padding: batch row ``off_b``'s counts in the (B, L // F) table KLEN (KLEN
+    itself, unused, without FRAME_PAD)."""
+    FKLEN = KLEN
+    if FRAME_PAD:
+        FKLEN += off_b * (L // F)
+    return FKLEN
+
+
+@triton.jit
+def frame_key_valid(FKLEN, k_idx, L, F):
+    """Per-frame key padding: whether key ``k_idx`` is valid, i.e. its position inside its frame
+    of F tokens is below that frame's count. ``FKLEN`` points at this batch row's counts, one
+    per frame (int32, L // F of them). One gather per key tile, and a tile holds keys of at
+    most a few frames, so the loads hit the same cache lines; keys past L are never valid."""
+    ok = k_idx < L
+    counts = tl.load(FKLEN + k_idx // F, mask=ok, other=0)
+    return ok & (k_idx % F < counts)
+
+
+@triton.jit
 def allowed(q_idx, k_idx, L, KL, MF, MW, TEMPORAL: tl.constexpr):
     """Mask predicate on broadcast index tiles; out-of-range keys and queries are never allowed.
 
@@ -84,8 +118,9 @@ def allowed(q_idx, k_idx, L, KL, MF, MW, TEMPORAL: tl.constexpr):
 
 @triton.jit
 def temporal_key_shifts(m0, L, MF, MW, BLOCK_M: tl.constexpr, TEMPORAL: tl.constexpr):
-    """Temporal masks, query tile at m0: keys are q - j*MF; returns (j_hi, number of shifts),
-    j runs j_hi, j_hi - 1, ... so the key intervals [m0 - j*MF, m1 - j*MF) ascend."""
+    """Temporal masks, query tile at m0: keys are q - j*MF; returns (j_hi, number of shifts,
+    m1 = the tile's end clipped to L), j runs j_hi, j_hi - 1, ... so the key intervals
+    [m0 - j*MF, m1 - j*MF) ascend."""
     m1 = tl.minimum(m0 + BLOCK_M, L)
     j_hi = (m1 - 1) // MF
     if TEMPORAL == 1:
@@ -93,7 +128,7 @@ def temporal_key_shifts(m0, L, MF, MW, BLOCK_M: tl.constexpr, TEMPORAL: tl.const
         n = j_hi + 1
     else:
         n = j_hi + (L - 1 - m0) // MF + 1
-    return j_hi, n
+    return j_hi, n, m1
 
 
 @triton.jit

@@ -138,13 +138,16 @@ _register_configs()
 
 
 def _register_mask_variants() -> None:
-    """The temporal masks (TEMPORAL 1, 2) and key padding (KEY_PAD) of the attention kernels,
-    with the default tiles of :func:`block_config` and no fused RoPE: the same launches as
-    ``_register_configs`` plus the extra predicate / tile-run arithmetic, which must also
-    compile without spills."""
+    """The temporal masks (TEMPORAL 1, 2), key padding (KEY_PAD) and per-frame key padding
+    (FRAME_PAD, alone and with each temporal mask) of the attention kernels, with the default
+    tiles of :func:`block_config` and no fused RoPE: the same launches as ``_register_configs``
+    plus the extra predicate / tile-run arithmetic, which must also compile without spills. A
+    combination is left out where any of its parts has a :func:`mask_variant_gap`."""
     tables = {"COS": "*fp32", "SIN": "*fp32", "AXIS": "*i32", "KLEN": "*i32"}
     variants = [("temporal_causal", dict(TEMPORAL=1)), ("temporal", dict(TEMPORAL=2)),
-                ("key_pad", dict(KEY_PAD=True))]
+                ("key_pad", dict(KEY_PAD=True)), ("frame_key_pad", dict(FRAME_PAD=True)),
+                ("temporal_causal+frame_key_pad", dict(TEMPORAL=1, FRAME_PAD=True)),
+                ("temporal+frame_key_pad", dict(TEMPORAL=2, FRAME_PAD=True))]
     for dtype, tname in DTYPE_NAME.items():
         for head_dim in (32, 64, 128):
             BD = max(16, triton.next_power_of_2(head_dim))
@@ -152,7 +155,7 @@ def _register_mask_variants() -> None:
             common = dict(DOT_FP32=False, IEEE=dtype == torch.float32, BLOCK_D=BD, ROPE=False)
             t = {n: f"*{tname}" for n in ("Q", "K", "V", "O", "DO", "DK", "DV")}
             for label, extra in variants:
-                if mask_variant_gap(dtype, head_dim, label) is not None:
+                if any(mask_variant_gap(dtype, head_dim, part) is not None for part in label.split("+")):
                     continue
                 tag = f"hd{BD},{tname},{label}"
                 BM, BN, w, st = cfg["fwd"]

@@ -443,7 +443,8 @@ def use_atomic_dq(head_dim: int, dtype: torch.dtype, deterministic: bool, rope: 
 
 
 def mask_variant_gap(dtype: torch.dtype, head_dim: int, variant: str) -> str | None:
-    """Why a GPU launch of a masked variant (``temporal_causal``, ``temporal``, ``key_pad``)
+    """Why a GPU launch of a masked variant (``temporal_causal``, ``temporal``, ``key_pad``,
+    ``frame_key_pad``)
     does not use these kernels, or None when it does. These combinations spilled registers
     (8-24 B STACK, sm_80 or sm_90, triton 3.7.1) at h18's tiles and again at halved tiles, so
     they are neither registered as defaults nor launched on CUDA: the reference backends run
@@ -451,6 +452,7 @@ def mask_variant_gap(dtype: torch.dtype, head_dim: int, variant: str) -> str | N
     if dtype == torch.float32:
         return (f"fp32 attention with the {variant} mask variant (its kernels spill on sm_80/sm_90; "
                 "bf16/fp16 use the fused kernel)")
-    if variant == "key_pad" and head_dim <= 32:
+    if variant in ("key_pad", "frame_key_pad") and head_dim <= 32:
+        # frame_key_pad: not compiled at hd32 on the strength of key_pad's spill (same tiles, more registers)
         return "key padding at head_dim <= 32 in 16-bit (the forward kernel spills on sm_80)"
     return None

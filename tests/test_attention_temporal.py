@@ -93,8 +93,7 @@ def test_temporal_tile_runs_visit_exactly_the_tiles_with_allowed_pairs():
         start = tl.program_id(0) * BLOCK_M
         done = start * 0
         if KEYS:
-            m1 = tl.minimum(start + BLOCK_M, L)
-            j_hi, n_j = attention_common.temporal_key_shifts(start, L, MF, MW, BLOCK_M, TEMPORAL)
+            j_hi, n_j, m1 = attention_common.temporal_key_shifts(start, L, MF, MW, BLOCK_M, TEMPORAL)
             for t in range(0, n_j):
                 r0, r1, done = attention_common.shifted_run(start, m1, -(j_hi - t) * MF, KL, done, BLOCK_N)
                 for s in range(r0, r1, BLOCK_N):

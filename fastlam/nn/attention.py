@@ -91,10 +91,12 @@ class STAttention(nn.Module):
         key_lengths: torch.Tensor | None = None,
         rope_positions: torch.Tensor | None = None,
         dropout_seed: int | None = None,
+        frame_key_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: (B, L, dim). ``kv``: optional (B, Lk, dim) context for cross-attention (q from
         x, k and v from kv with the same ``qkv`` weights; ``mask="full"``). ``key_lengths``:
-        (B,) valid keys per sample (key padding). ``rope``: Rope3D / Rope1D;
+        (B,) valid keys per sample (key padding); ``frame_key_lengths``: (B, frames) valid keys
+        per frame of the flattened video (padding inside every frame). ``rope``: Rope3D / Rope1D;
         ``rope_positions``: explicit token ids for it. See :func:`fastlam.ops.st_attention`."""
         if x.dim() != 3:
             raise ValueError(f"x: expected (B, L, dim), got shape {tuple(x.shape)}")
@@ -114,7 +116,8 @@ class STAttention(nn.Module):
         out = st_attention(
             q, k, v,
             frame_len=frame_len, mask=mask, rope=rope, window_frames=window_frames, backend=self.backend,
-            scale=self.scale, key_lengths=key_lengths, rope_positions=rope_positions,
+            scale=self.scale, key_lengths=key_lengths, frame_key_lengths=frame_key_lengths,
+            rope_positions=rope_positions,
             dropout_p=self.attn_drop if self.training else 0.0, dropout_seed=dropout_seed,
         )
         return self.proj(out.transpose(1, 2).reshape(B, L, C))

@@ -14,8 +14,9 @@
 - ``temporal``: the same position in every frame.
 
 Options: ``key_lengths`` (per-sample count of valid keys: key padding, computed in-kernel on
-Triton), cross-attention (k, v with another length than q; ``mask="full"``), ``dropout_p``
-with an optional seed (training only; the reference path), RoPE as :class:`Rope3D` or
+Triton), ``frame_key_lengths`` (per-frame count of valid keys: padding inside every frame of
+the flattened video, also in-kernel on Triton), cross-attention (k, v with another length than
+q; ``mask="full"``), ``dropout_p`` with an optional seed (training only; the reference path), RoPE as :class:`Rope3D` or
 :class:`Rope1D` with optional explicit token ids ``rope_positions`` (the reference path for
 ids, ``Rope1D("sequence")`` and ``interleaved=False``). A row left with no visible key (padding) gets output 0 and lse -inf.
 
@@ -74,14 +75,29 @@ def dense_mask(seq_len: int, frame_len: int, mask: str, window_frames: int | Non
     return mask_allows(idx[:, None], idx[None, :], frame_len, mask, window_frames)
 
 
+def valid_keys(key_lengths, frame_key_lengths, k_len: int, frame_len: int, device) -> torch.Tensor | None:
+    """Boolean (B, Lk), True for the keys that are not padding, or None without padding: keys
+    below ``key_lengths[b]``; key j of frame f (frames of ``frame_len`` keys) when
+    ``j % frame_len < frame_key_lengths[b, f]``. Built by broadcasting, on the device."""
+    idx = torch.arange(k_len, device=device)
+    valid = None
+    if key_lengths is not None:
+        valid = idx < key_lengths.to(device)[:, None]
+    if frame_key_lengths is not None:
+        counts = frame_key_lengths.to(device)[:, idx // frame_len]  # (B, Lk): the count of each key's frame
+        in_frame = idx % frame_len < counts
+        valid = in_frame if valid is None else valid & in_frame
+    return valid
+
+
 def request_mask(req: AttentionRequest, q_len: int, k_len: int, device) -> torch.Tensor | None:
     """Boolean mask of a request, True = allowed: (Lq, Lk), or (B, 1, Lq, Lk) with key
-    lengths; None when every pair is allowed."""
+    padding; None when every pair is allowed."""
     allowed = None
     if req.mask != "full":
         allowed = dense_mask(q_len, req.frame_len, req.mask, req.window_frames, device=device)
-    if req.key_lengths is not None:
-        valid = torch.arange(k_len, device=device) < req.key_lengths.to(device)[:, None]  # (B, Lk)
+    valid = valid_keys(req.key_lengths, req.frame_key_lengths, k_len, req.frame_len, device)
+    if valid is not None:
         valid = valid[:, None, None, :]
         allowed = valid if allowed is None else allowed & valid
     return allowed
@@ -123,7 +139,7 @@ def attention_sdpa(q, k, v, req: AttentionRequest):
     """PyTorch SDPA; frame masks are passed as a dense boolean mask (what V-JEPA 2-AC does)."""
     q, k = rotate_qk(q, k, req)
     kwargs: dict = {"scale": req.scale, "dropout_p": req.dropout_p}
-    if req.mask == "causal" and req.key_lengths is None:
+    if req.mask == "causal" and req.key_lengths is None and req.frame_key_lengths is None:
         kwargs["is_causal"] = True
     else:
         allowed = request_mask(req, q.shape[-2], k.shape[-2], q.device)
@@ -144,6 +160,22 @@ register_backend("math", attention_math, lambda q, req: None)
 register_backend("torch", attention_sdpa, _sdpa_supports)
 
 
+def _check_frame_key_lengths(frame_key_lengths, key_lengths, batch: int, k_len: int, frame_len: int) -> None:
+    """Shape and dtype always; values only on CPU (reading a CUDA tensor would sync the host)."""
+    if key_lengths is not None:
+        raise ValueError("frame_key_lengths: pass either key_lengths (one count per sequence) or frame_key_lengths "
+                         "(one count per frame), not both")
+    if k_len % frame_len:
+        raise ValueError(f"frame_key_lengths: the key length {k_len} must be a multiple of frame_len={frame_len}")
+    shape_doc = f"(B, key frames) = ({batch}, {k_len // frame_len})"
+    check_tensor("frame_key_lengths", frame_key_lengths, ndim=2, shape_doc=shape_doc,
+                 dtypes=(torch.int32, torch.int64))
+    if tuple(frame_key_lengths.shape) != (batch, k_len // frame_len):
+        raise ValueError(f"frame_key_lengths: expected shape {shape_doc}, got {tuple(frame_key_lengths.shape)}")
+    if not frame_key_lengths.is_cuda and ((frame_key_lengths < 0) | (frame_key_lengths > frame_len)).any():
+        raise ValueError(f"frame_key_lengths: expected values in [0, frame_len={frame_len}]")
+
+
 def st_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -161,6 +193,7 @@ def st_attention(
     dropout_p: float = 0.0,
     dropout_seed: int | None = None,
     rope_positions: torch.Tensor | None = None,
+    frame_key_lengths: torch.Tensor | None = None,
 ):
     """Spatio-temporal attention over (B, heads, L, head_dim) tensors, L = frames * frame_len.
 
@@ -180,6 +213,16 @@ def st_attention(
         deterministic: ask for a backward without atomics (Triton backend).
         return_lse: also return the natural-log log-sum-exp of the scaled scores, (B, heads, L) fp32.
         key_lengths: optional integer (B,) tensor; keys at or past ``key_lengths[b]`` are padding.
+        frame_key_lengths: optional integer (B, Lk // frame_len) tensor, padding inside every
+            frame of the flattened video (UniVLA-style per-frame padding): key token j of frame
+            f is valid iff ``j % frame_len < frame_key_lengths[b, f]``. A count per frame, not
+            a (B, Lk) boolean mask: the Triton kernels read one count per key frame (one
+            gather per key tile) instead of streaming a dense mask. Either this or
+            ``key_lengths``, not both. With either, a query whose every allowed key is padding
+            gets output 0, lse -inf and gradients 0 (finite, no NaN): by construction on the
+            math and Triton backends, from PyTorch's masked softmax on ``torch`` (SDPA; tested
+            on CPU, not yet on a GPU). Values are checked (in [0, frame_len]) only for CPU
+            tensors: a CUDA tensor is never read on the host.
         dropout_p: attention-probability dropout (the caller passes 0 in eval); runs on the
             reference backends. ``dropout_seed`` makes it reproducible (math backend).
         rope_positions: explicit token ids (L,) or (B, L) for the RoPE positions (kept tokens
@@ -218,6 +261,8 @@ def st_attention(
             raise ValueError(f"key_lengths: expected shape ({q.shape[0]},), got {tuple(key_lengths.shape)}")
         if not key_lengths.is_cuda and ((key_lengths < 0) | (key_lengths > k.shape[-2])).any():
             raise ValueError(f"key_lengths: expected values in [0, {k.shape[-2]}]")
+    if frame_key_lengths is not None:
+        _check_frame_key_lengths(frame_key_lengths, key_lengths, q.shape[0], k.shape[-2], frame_len)
     if rope_positions is not None and rope is None:
         raise ValueError("rope_positions: only meaningful with rope=Rope3D(...) or Rope1D(...)")
     if not 0.0 <= float(dropout_p) < 1.0:
@@ -250,6 +295,7 @@ def st_attention(
         dropout_seed=dropout_seed,
         rope_positions=rope_positions,
         kv_len=k.shape[-2] if k.shape[-2] != L else None,
+        frame_key_lengths=frame_key_lengths,
     )
     name = select_backend(q, req, backend)
     return attention_backend(name).run(q, k, v, req)

@@ -58,6 +58,7 @@ class AttentionRequest(NamedTuple):
     dropout_seed: int | None = None
     rope_positions: torch.Tensor | None = None  # explicit token ids (L,) or (B, L)
     kv_len: int | None = None  # cross-attention: the key / value length when it is not q's
+    frame_key_lengths: torch.Tensor | None = None  # (B, key frames) integer count of valid keys per frame
 
     @property
     def plain_rope(self) -> bool:

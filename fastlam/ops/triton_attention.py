@@ -139,20 +139,22 @@ def st_attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_len: int, mask: str, scale: float, window_frames: int,
     deterministic: bool, rope_on: bool, grid_w: int, num_prefix: int, duplicated_freqs: bool, theta: float,
     spatial_scale: float, col_scale: float, rotary_dim: int, rope_axis: str, rope_fusion: str,
-    key_lengths: torch.Tensor | None = None,
+    key_lengths: torch.Tensor | None = None, frame_key_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused attention forward: (out (B,H,L,D) in q's dtype, lse (B,H,L) fp32). window_frames 0 = none.
-    ``key_lengths``: int32 (B,) valid keys per sample, or None."""
+    ``key_lengths``: int32 (B,) valid keys per sample, or None; ``frame_key_lengths``: int32
+    (B, L // frame_len) valid keys per frame, or None."""
     q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
     window, tables = _kernel_args(q, frame_len, window_frames, rope_on, grid_w, num_prefix, duplicated_freqs, theta,
                                   spatial_scale, col_scale, rotary_dim, rope_axis)
     return _kernels.attention_forward(q, k, v, frame_len=frame_len, mask=mask, scale=scale, window_frames=window,
-                                      rope_tables=tables, rope_fusion=rope_fusion, key_lengths=key_lengths)
+                                      rope_tables=tables, rope_fusion=rope_fusion, key_lengths=key_lengths,
+                                      frame_key_lengths=frame_key_lengths)
 
 
 @st_attention_fwd.register_fake
 def _(q, k, v, frame_len, mask, scale, window_frames, deterministic, rope_on, grid_w, num_prefix, duplicated_freqs,
-      theta, spatial_scale, col_scale, rotary_dim, rope_axis, rope_fusion, key_lengths=None):
+      theta, spatial_scale, col_scale, rotary_dim, rope_axis, rope_fusion, key_lengths=None, frame_key_lengths=None):
     B, H, L, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, H, L), dtype=torch.float32)
 
@@ -163,7 +165,7 @@ def st_attention_bwd(
     out: torch.Tensor, lse: torch.Tensor, frame_len: int, mask: str, scale: float, window_frames: int,
     deterministic: bool, rope_on: bool, grid_w: int, num_prefix: int, duplicated_freqs: bool, theta: float,
     spatial_scale: float, col_scale: float, rotary_dim: int, rope_axis: str, rope_fusion: str,
-    key_lengths: torch.Tensor | None = None,
+    key_lengths: torch.Tensor | None = None, frame_key_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused attention backward: (dq, dk, dv). ``dlse`` (or None) is the gradient of the lse output."""
     q, k, v, out, dout = (_unit_stride(x) for x in (q, k, v, out, dout))
@@ -171,19 +173,20 @@ def st_attention_bwd(
                                   spatial_scale, col_scale, rotary_dim, rope_axis)
     return _kernels.attention_backward(dout, q, k, v, out, lse, frame_len=frame_len, mask=mask, scale=scale,
                                        window_frames=window, rope_tables=tables, rope_fusion=rope_fusion,
-                                       deterministic=deterministic, dlse=dlse, key_lengths=key_lengths)
+                                       deterministic=deterministic, dlse=dlse, key_lengths=key_lengths,
+                                       frame_key_lengths=frame_key_lengths)
 
 
 @st_attention_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, frame_len, mask, scale, window_frames, deterministic, rope_on, grid_w,
       num_prefix, duplicated_freqs, theta, spatial_scale, col_scale, rotary_dim, rope_axis, rope_fusion,
-      key_lengths=None):
+      key_lengths=None, frame_key_lengths=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 _PARAMS = ("frame_len", "mask", "scale", "window_frames", "deterministic", "rope_on", "grid_w", "num_prefix",
            "duplicated_freqs", "theta", "spatial_scale", "col_scale", "rotary_dim", "rope_axis", "rope_fusion",
-           "key_lengths")
+           "key_lengths", "frame_key_lengths")
 
 
 def _setup_context(ctx, inputs, output):
@@ -215,6 +218,7 @@ def _op_args(req: AttentionRequest) -> tuple:
         "3d" if r3 or rope is None else rope.axis,
         rope_fusion() if rope else "prepass",  # no RoPE: unused
         None if req.key_lengths is None else req.key_lengths.to(torch.int32).contiguous(),
+        None if req.frame_key_lengths is None else req.frame_key_lengths.to(torch.int32).contiguous(),
     )
 
 
@@ -244,7 +248,8 @@ def triton_supports(q: torch.Tensor, req: AttentionRequest):
         return "CUDA tensor while TRITON_INTERPRET=1 (the interpreter runs on CPU tensors)"
     if q.device.type == "cuda":
         variants = ([req.mask] if req.mask in _kernels.TEMPORAL_MODE else []) + (
-            ["key_pad"] if req.key_lengths is not None else [])
+            ["key_pad"] if req.key_lengths is not None else []) + (
+            ["frame_key_pad"] if req.frame_key_lengths is not None else [])
         for variant in variants:
             gap = _kernels.mask_variant_gap(q.dtype, D, variant)
             if gap is not None:
@@ -301,8 +306,8 @@ def flex_supports(q: torch.Tensor, req: AttentionRequest):
         return "FlexAttention has no backward on CPU"
     if q.device.type not in ("cpu", "cuda"):
         return f"device {q.device}"
-    if req.key_lengths is not None:
-        return "key_lengths (the cached block mask is per (L, mask), not per batch)"
+    if req.key_lengths is not None or req.frame_key_lengths is not None:
+        return "key padding (the cached block mask is per (L, mask), not per batch)"
     return _reference_only(req)
 
 
@@ -353,8 +358,8 @@ def _dense_lib_supports(q, req, name, available):
         return f"{name} has no {req.mask!r} mask (only full and causal)"
     if req.return_lse:
         return f"the {name} backend does not return the log-sum-exp"
-    if req.key_lengths is not None:
-        return f"the {name} backend takes no key_lengths"
+    if req.key_lengths is not None or req.frame_key_lengths is not None:
+        return f"the {name} backend takes no key padding (key_lengths, frame_key_lengths)"
     return _reference_only(req)
 
 

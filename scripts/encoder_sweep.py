@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from fastlam.eval.study import ENCODER_TARGET  # noqa: E402  (the repo's own package, run from a checkout)
+from fastlam.eval.study import ENCODER_TARGET, WORLDS  # noqa: E402  (the repo's own package, run from a checkout)
 
 SIZES = (32, 48, 64)
 # (patch, pool): the ridge from the difference sees the same pixels for (8, 2) and (4, 2) (and
@@ -99,8 +99,14 @@ def write_table(out: Path, worlds) -> Path:
         real = [t for t in rows if t[2] == "samples"]
         best, name, _, c, n_tok, width, _ = real[0] if real else rows[0]
         verdict = "reaches" if best >= ENCODER_TARGET else "misses"
+        pre = WORLDS[world]["encoder"]
+        at_preset = [t for t in real if all(t[3][k] == pre[k] for k in pre)]
         lines += ["", f"Best on real-video backgrounds: size {c['size']}, patch {c['patch']}, pool {c['pool']}, "
-                  f"token_norm {'on' if c['token_norm'] else 'off'}: {name} R^2 {best:.3f} ({verdict} {ENCODER_TARGET}).", ""]
+                  f"token_norm {'on' if c['token_norm'] else 'off'}: {name} R^2 {best:.3f} ({verdict} {ENCODER_TARGET}).",
+                  "", f"The preset (`WORLDS['{world}']` in fastlam/eval/study.py): size {pre['size']}, patch "
+                  f"{pre['patch']}, pool {pre['pool']}, token_norm {'on' if pre['token_norm'] else 'off'}"
+                  + (f": {at_preset[0][1]} R^2 {at_preset[0][0]:.3f}" if at_preset else "")
+                  + " (the README's study section says why).", ""]
     path = out / "encoder_sweep.md"
     path.write_text("\n".join(lines))
     return path

@@ -276,6 +276,12 @@ class ModelConfig:
         self.idm.check(f"{prefix}.idm")
         self.predictor.check(f"{prefix}.predictor")
         self.regularizer.check(f"{prefix}.regularizer")
+        if self.predictor_target == "delta" and self.normalize_target:
+            # The skip adds the raw s_t while the loss would compare with a layer-normed s_(t+1):
+            # the residual would start from the wrong scale instead of from "copy".
+            raise ConfigError(f"{prefix}.predictor_target: 'delta' cannot be combined with "
+                              f"{prefix}.normalize_target=true (the skip adds the raw s_t, the target is "
+                              f"layer-normed); use predictor_target: state with normalize_target")
         if self.image_size % enc.patch_size:
             raise ConfigError(f"{prefix}.image_size: expected a multiple of {prefix}.encoder.patch_size="
                               f"{enc.patch_size}, got {self.image_size}")

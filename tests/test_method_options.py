@@ -255,6 +255,13 @@ def test_bad_values_are_refused_with_the_key_named(override, key):
         LatentActionWorldModel(cfg)
 
 
+def test_residual_with_a_normalized_target_is_refused():
+    # The skip adds the raw s_t; the loss would compare with a layer-normed s_(t+1).
+    bad = ["predictor_target=delta", "normalize_target=true"]
+    with pytest.raises(ConfigError, match=r"model\.predictor_target.*normalize_target"):
+        LatentActionWorldModel(from_dict(ModelConfig, apply_overrides(to_dict(small_cfg()), bad), "model"))
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml") if "model" in read_config_file(p)))
 def test_config_files_load_with_the_options_off_and_take_them(name):
     m = load_config(TrainConfig, CONFIGS / name).model

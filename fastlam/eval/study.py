@@ -51,7 +51,7 @@ KINDS = ("deterministic", "none", "noisy", "sparse", "discrete")
 # by the encoder probe before any LAM, benchmarks/results/small_scale_study/encoder_sweep/);
 # StudyConfig's size / patch / pool / token_norm left None take it, a value given overrides it.
 WORLDS = {
-    "pan": dict(kind="pan", max_step=3, encoder=dict(size=32, patch=8, pool=2, token_norm=False)),
+    "pan": dict(kind="pan", max_step=3, encoder=dict(size=64, patch=8, pool=2, token_norm=False)),
     "agent": dict(kind="agent", max_step=3, encoder=dict(size=32, patch=8, pool=2, token_norm=False)),
     "agent_multi": dict(kind="agent", max_step=10, encoder=dict(size=32, patch=8, pool=2, token_norm=False)),
 }

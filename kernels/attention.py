@@ -58,13 +58,14 @@ from .attention_bwd import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess
 from .attention_common import LOG2E_F
 from .attention_fwd import attn_fwd
 from .attention_rope import rope_rotate_kernel
-from .tile_tables import block_config, mask_variant_config, mask_variant_gap, triton_tiles, use_atomic_dq
+from .tile_tables import (block_config, mask_combination_gap, mask_variant_config, mask_variant_gap, triton_tiles,
+                          use_atomic_dq)
 
 __all__ = [
     "DEFAULT_ROPE_FUSION", "DTYPES", "HEAD_DIMS", "MASKS", "ROPE_FUSIONS", "TEMPORAL_MODE", "attention_backward",
     "attention_forward", "attn_bwd_dkdv", "attn_bwd_dq", "attn_bwd_preprocess", "attn_fwd", "block_config",
-    "interpreting", "mask_frames", "mask_variant_config", "mask_variant_gap", "rope_rotate", "rope_rotate_kernel",
-    "rope_rotate_qk", "triton_tiles", "use_atomic_dq",
+    "interpreting", "mask_combination_gap", "mask_frames", "mask_variant_config", "mask_variant_gap", "rope_rotate",
+    "rope_rotate_kernel", "rope_rotate_qk", "triton_tiles", "use_atomic_dq",
 ]
 
 MASKS = ("full", "causal", "frame_causal", "frame_local", "temporal_causal", "temporal")

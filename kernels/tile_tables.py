@@ -456,3 +456,19 @@ def mask_variant_gap(dtype: torch.dtype, head_dim: int, variant: str) -> str | N
         # frame_key_pad: not compiled at hd32 on the strength of key_pad's spill (same tiles, more registers)
         return "key padding at head_dim <= 32 in 16-bit (the forward kernel spills on sm_80)"
     return None
+
+
+def mask_combination_gap(variants: list[str], rope_in_kernel: bool) -> str | None:
+    """Why a GPU launch combining mask variants, or a mask variant with RoPE rotated inside the
+    kernels, does not use these kernels, or None when it does. The static check
+    (``python -m benchmarks.static_check``) compiles each variant with the plain tiles and no
+    in-kernel RoPE, and per-frame padding with each temporal mask; a launch outside that set would
+    be compiled for the first time on the GPU (a compile error or a spill found there costs
+    device time), so the reference backends run it instead."""
+    if variants and rope_in_kernel:
+        return (f"the {'+'.join(variants)} mask variant with RoPE inside the kernels "
+                f"(FASTLAM_ROPE_FUSION=kernel) is not compiled ahead of time; the prepass fusion is")
+    if "key_pad" in variants and len(variants) > 1:
+        return (f"key_lengths with the {'+'.join(v for v in variants if v != 'key_pad')} mask is not "
+                "compiled ahead of time (frame_key_lengths with a temporal mask is)")
+    return None

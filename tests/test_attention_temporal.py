@@ -224,3 +224,22 @@ def test_spilling_mask_variants_are_neither_registered_nor_launched_on_cuda():
     assert "head_dim <= 32" in K.mask_variant_gap(torch.float16, 32, "key_pad")
     assert K.mask_variant_gap(torch.bfloat16, 64, "key_pad") is None
     assert K.mask_variant_gap(torch.bfloat16, 32, "temporal_causal") is None
+
+
+def test_gpu_launches_outside_the_compiled_set_fall_back_with_the_reason():
+    """Every mask-variant launch the Triton backend takes on CUDA is one the static check compiled:
+    the registry holds each variant with no in-kernel RoPE, and per-frame padding with each
+    temporal mask, so those take the kernels; in-kernel RoPE with a variant, or key_lengths with a
+    temporal mask, go to the reference backends with a reason instead of a first compile on the GPU."""
+    pytest.importorskip("triton")
+    from fastlam.kernels import attention as K
+    from fastlam.kernels.registry import all_configs
+
+    names = [c.name for c in all_configs()]
+    for variants in (["temporal_causal"], ["frame_key_pad"], ["temporal", "frame_key_pad"], ["key_pad"]):
+        assert K.mask_combination_gap(variants, rope_in_kernel=False) is None
+        assert [n for n in names if f"bf16,{'+'.join(variants)}," in n], variants  # registered, so compiled
+        assert "FASTLAM_ROPE_FUSION=kernel" in K.mask_combination_gap(variants, rope_in_kernel=True)
+    assert not [n for n in names if "key_pad" in n and "temporal" in n and "frame_key_pad" not in n]
+    assert "key_lengths with the temporal_causal mask" in K.mask_combination_gap(["temporal_causal", "key_pad"], False)
+    assert K.mask_combination_gap([], rope_in_kernel=True) is None  # plain masks: the fused-RoPE tiles are registered

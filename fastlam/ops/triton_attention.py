@@ -254,6 +254,9 @@ def triton_supports(q: torch.Tensor, req: AttentionRequest):
             gap = _kernels.mask_variant_gap(q.dtype, D, variant)
             if gap is not None:
                 return gap
+        gap = _kernels.mask_combination_gap(variants, req.rope is not None and rope_fusion() == "kernel")
+        if gap is not None:
+            return gap
     return _reference_only(req)
 
 

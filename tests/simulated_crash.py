@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 
 from fastlam.models import LatentActionWorldModel
 from subprocess_guard import run_guarded
@@ -46,7 +47,10 @@ from fastlam.config import load_config
 from fastlam.models import LatentActionWorldModel
 from fastlam.train import TrainConfig, train
 
+import torch
+
 overrides, kill_at = json.loads(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(int(sys.argv[3]))  # the parent's count: CPU reductions split by thread count
 calls = {"n": 0}
 forward = LatentActionWorldModel.forward
 
@@ -64,5 +68,9 @@ train(load_config(TrainConfig, "configs/tiny_cpu.yaml", overrides))
 def sigkill_in_forward(overrides: list[str], kill_at: int) -> None:
     """Train ``configs/tiny_cpu.yaml`` with ``overrides`` in a child process that SIGKILLs
     itself in step ``kill_at``; asserts it died of that signal."""
-    proc = run_guarded([sys.executable, "-c", KILLED_TRAINING, json.dumps(overrides), str(kill_at)], cwd=REPO)
+    # The child trains with the parent's torch thread count: the tests compare its losses with
+    # runs in this process bit for bit, and a CPU reduction's result depends on how many threads
+    # split it (an earlier test may have changed this process's count).
+    proc = run_guarded([sys.executable, "-c", KILLED_TRAINING, json.dumps(overrides), str(kill_at),
+                        str(torch.get_num_threads())], cwd=REPO)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]

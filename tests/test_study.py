@@ -161,3 +161,13 @@ def test_training_in_segments_takes_the_steps_of_one_run():
         models.append(model)
     for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_study_command_leaves_the_callers_thread_count(tmp_path):
+    """``--threads`` applies to the study only: a caller of main() in the same process keeps its
+    own torch thread count (a leaked count changed the CPU reductions of later tests)."""
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    assert main(["study", "--world", "agent", "--source", "procedural", "--kinds", "--test-clips", "16",
+                 "--threads", str(target), "--out", str(tmp_path)]) == 0
+    assert torch.get_num_threads() == before

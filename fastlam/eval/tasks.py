@@ -315,7 +315,17 @@ def run_sample(args) -> Path:
 
 
 def run_study(args) -> Path:
+    # The thread count is process-wide: put it back, so a caller of main() in the same process
+    # (a notebook, a test) keeps its own.
+    previous = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return _run_study(args)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_study(args) -> Path:
     kinds = study.KINDS if args.kinds is None else tuple(args.kinds)  # --kinds alone: encoder probes only
     if args.probe_at and args.train_steps is not None and args.train_steps != max(args.probe_at):
         raise ValueError(f"--train-steps {args.train_steps}: with --probe-at the run trains to its largest step "

@@ -214,14 +214,17 @@ def test_frame_key_lengths_with_key_lengths_is_refused():
 
 
 def test_kernel_launcher_checks_shape_and_dtype():
-    q, k, v = (torch.randn(2, 1, 12, 16) for _ in range(3))
-    if not INTERP:
-        pytest.skip("the launcher runs on CPU only under the interpreter")
+    # CPU tensors under the interpreter (CI), CUDA tensors on a GPU machine.
+    device = "cpu" if INTERP else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("the launcher needs CUDA, or CPU tensors with TRITON_INTERPRET=1")
+    q, k, v = (torch.randn(2, 1, 12, 16, device=device, dtype=torch.float16) for _ in range(3))
     common = dict(frame_len=4, mask="frame_causal", scale=0.25)
+    full = lambda shape, dtype=torch.int64: torch.full(shape, 4, dtype=dtype, device=device)
     with pytest.raises(ValueError, match=r"frame_key_lengths: expected an int32 tensor of shape \(2, 3\)"):
-        kernels.attention_forward(q, k, v, frame_key_lengths=torch.full((2, 3), 4), **common)  # int64
+        kernels.attention_forward(q, k, v, frame_key_lengths=full((2, 3)), **common)  # int64
     with pytest.raises(ValueError, match=r"frame_key_lengths: expected an int32 tensor of shape \(2, 3\)"):
-        kernels.attention_forward(q, k, v, frame_key_lengths=torch.full((2, 4), 4, dtype=torch.int32), **common)
+        kernels.attention_forward(q, k, v, frame_key_lengths=full((2, 4), torch.int32), **common)
     with pytest.raises(ValueError, match="pass one of them"):
-        kernels.attention_forward(q, k, v, frame_key_lengths=torch.full((2, 3), 4, dtype=torch.int32),
-                                  key_lengths=torch.full((2,), 4, dtype=torch.int32), **common)
+        kernels.attention_forward(q, k, v, frame_key_lengths=full((2, 3), torch.int32),
+                                  key_lengths=full((2,), torch.int32), **common)

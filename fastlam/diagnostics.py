@@ -13,6 +13,9 @@ into the progress bar and a second panel into ``loss_curve.png``:
   leakage test);
 * ``diag/z_var_mean`` / ``diag/z_var_max`` / ``diag/z_dims_active``: per-dimension variance of
   the latents over the batch (active = variance above 1% of the largest);
+* ``diag/posterior_sigma`` / ``diag/posterior_snr``: for the noisy regularizer, the mean
+  posterior sigma and the signal-to-noise ratio of its samples (variance of mu across clips over
+  the mean posterior variance, averaged over dims): below ~1 the predictor sees mostly noise;
 * ``diag/codes_used``: for a discrete regularizer, distinct codes among the batch's latents,
   and ``diag/codes_used_train`` from the regularizer's ``usage`` buffer where it has one.
 
@@ -74,6 +77,14 @@ def latent_diagnostics(model, states: torch.Tensor) -> dict:
                "diag/z_dims_active": int((var > 0.01 * var.max().clamp_min(1e-12)).sum())}
         reg = getattr(model, "regularizer", None)
         kind = getattr(getattr(getattr(model, "cfg", None), "regularizer", None), "kind", None)
+        if callable(getattr(reg, "posterior", None)):
+            # noisy: how much of z the training noise drowns. SNR = mean over dims of the
+            # variance of mu across clips over the mean posterior variance; below ~1 a sampled z
+            # is mostly noise and the predictor learns to ignore it (README, method options).
+            mu, logvar = reg.posterior(model.idm(states))
+            noise_var = logvar.float().exp().mean(0)
+            out["diag/posterior_sigma"] = float(noise_var.sqrt().mean())
+            out["diag/posterior_snr"] = float((mu.float().var(0, unbiased=False) / noise_var).mean())
         if kind == "discrete":
             out["diag/codes_used"] = int(torch.unique(flat, dim=0).shape[0])
             usage = getattr(reg, "usage", None)

@@ -148,6 +148,16 @@ def test_diagnostics_on_real_models_and_vq_codes():
         if kind == "discrete":
             assert 1 <= out["diag/codes_used"] <= 8  # 4 clips x 2 transitions
             assert "diag/codes_used_train" in out
+        if kind == "noisy":
+            # by hand from the IDM's raw head: sigma = exp(logvar / 2); SNR = mean_j var(mu_j) / mean(sigma_j^2)
+            with torch.no_grad():
+                raw = model.idm(states).reshape(-1, 16).double()
+            mu, logvar = raw[:, :8], raw[:, 8:].clamp(-20, 10)
+            assert out["diag/posterior_sigma"] == pytest.approx(float(logvar.exp().mean(0).sqrt().mean()), rel=1e-5)
+            snr = (mu.var(0, unbiased=False) / logvar.exp().mean(0)).mean()
+            assert out["diag/posterior_snr"] == pytest.approx(float(snr), rel=1e-4)
+        else:
+            assert "diag/posterior_snr" not in out
 
 
 @pytest.mark.slow

@@ -67,6 +67,36 @@ def _two_condition_table(title: str, rows, rel, a: tuple[str, str], b: tuple[str
     return lines + ["", f"{paper}.", _lpips_note(rows), ""]
 
 
+def _mean_sd(xs: list[float]) -> str:
+    m = sum(xs) / len(xs)
+    sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+    return f"{m:.4f} +- {sd:.4f} [{min(xs):.4f}, {max(xs):.4f}]"
+
+
+def _plan_arm_over_runs(rows) -> list[str]:
+    """With two or more arm planning runs (seeds of ``scripts/arm_planning.sh``): each method's
+    mean Delta_xyz over runs, +- the sample sd over runs, with the range, and in how many runs
+    it beats the zero plan. Only runs planned on the same test windows are comparable, so the
+    rows are grouped by the zero plan's Delta_xyz (a property of the windows alone)."""
+    groups: dict[tuple, list[dict]] = {}
+    for _, r in rows:
+        if "zero_plan" in r:
+            groups.setdefault((round(r["zero_plan"]["delta_xyz"], 6), r["zero_plan"]["episodes"]), []).append(r)
+    lines = []
+    for (zero, episodes), runs in groups.items():
+        if len(runs) < 2:
+            continue
+        lines += [f"## Planning, arm, over {len(runs)} runs on the same {episodes} windows", "",
+                  "| method | Delta_xyz (m): mean +- sd over runs [min, max] | runs below the zero plan |",
+                  "|---|---|---|"]
+        for key, label in (("lam_controller", "LAM + controller"), ("ac_baseline", "action-conditioned baseline")):
+            xs = [r[key]["delta_xyz"] for r in runs if key in r]
+            if xs:
+                lines.append(f"| {label} | {_mean_sd(xs)} | {sum(x < zero for x in xs)} of {len(xs)} |")
+        lines += [f"| zero action (reference) | {zero:.4f} | - |", ""]
+    return lines
+
+
 def write_report(results: str | Path, out: str | Path | None = None) -> Path:
     """Write ``report.md`` (default: inside ``results``) and return its path."""
     results = require_folder(results, "--results", "the folder holding the evaluations' --out folders")
@@ -133,6 +163,7 @@ def write_report(results: str | Path, out: str | Path | None = None) -> Path:
         lines += ["", "The last two columns ask whether the world model's goal cost points at the recorded actions "
                   "(`cost_landscape`): CEM can only beat the zero plan where the recorded actions cost less than it.",
                   "", PAPER["arm"] + ".", ""]
+    lines += _plan_arm_over_runs(_load(results, "plan_arm.json"))
     for path, r in _load(results, "plan_nav.json"):
         found = True
         lines += [f"## Planning, navigation (RECON protocol) (`{rel(path)}`)", "", "| method | ATE | RPE |", "|---|---|---|"]

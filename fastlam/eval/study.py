@@ -353,7 +353,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, log=print) -> Path:
 
 # What a curve records at each probe step (the final row has these and more).
 CURVE_KEYS = ("train_seconds", "ridge_trained", "mlp_trained", "diag/l1_own", "diag/l1_other", "diag/l1_zero",
-              "diag/action_dependence")
+              "diag/action_dependence", "diag/posterior_sigma", "diag/posterior_snr")
 
 
 def _curve_point(model, s_test, test_w, cfg: StudyConfig, step: int, secs: float) -> dict:

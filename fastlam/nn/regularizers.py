@@ -155,12 +155,16 @@ class GaussianLatentRegularizer(nn.Module):
     def head_features(action_dim: int) -> int:
         return 2 * action_dim
 
-    def forward(self, h: torch.Tensor, noise: torch.Tensor | None = None) -> RegularizerOutput:
-        flat = _flat(h, 2 * self.action_dim)
-        mu, logvar = flat.chunk(2, dim=-1)
+    def posterior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's raw output (..., 2 * action_dim) -> the posterior's (mu, logvar), each
+        (rows, action_dim): the offset added and the clamp applied, as the forward uses them."""
+        mu, logvar = _flat(h, 2 * self.action_dim).chunk(2, dim=-1)
         if self.logvar_offset:
             logvar = logvar + self.logvar_offset
-        logvar = logvar.clamp(-20.0, 10.0)
+        return mu, logvar.clamp(-20.0, 10.0)
+
+    def forward(self, h: torch.Tensor, noise: torch.Tensor | None = None) -> RegularizerOutput:
+        mu, logvar = self.posterior(h)
         if self.training and noise is None:
             z, kl = gaussian_sample_kl(mu, logvar, backend=self.backend)
         else:

@@ -209,6 +209,11 @@ class RegularizerConfig:
     # regularizer counts its training forward calls in a buffer saved with the weights, so a
     # resumed run continues the ramp).
     beta_warmup_steps: int = 0
+    # beta_delay_steps: beta is exactly 0 for this many training steps, then the warm-up (or the
+    # full beta) starts. Measured on the study's pan (README, method options): with AdamW even a
+    # ramping beta drives the posterior to unit noise before the predictor uses z, so a ramp
+    # alone does not stop the collapse; a delay with a narrow start (logvar_offset) does.
+    beta_delay_steps: int = 0
     # logvar_offset: added to the IDM's log-variance output. Negative starts the posterior
     # narrow (sigma = e^(offset / 2)), so z carries the IDM's mean from step 0 instead of noise
     # of unit scale. Tried because the pan's noisy z stayed little used at beta 0 too; measured
@@ -234,6 +239,7 @@ class RegularizerConfig:
         check_keys(self, prefix, {
             "l_l1": at_least(0), "l_l2": at_least(0), "l_v": at_least(0), "l_c": at_least(0), "l_m": at_least(0),
             "beta": at_least(0), "free_bits": at_least(0), "beta_warmup_steps": whole_at_least(0),
+            "beta_delay_steps": whole_at_least(0),
             "logvar_offset": within(-20, 10),  # the clamp's range: beyond it the offset is lost
             "num_codes": at_least(1), "commitment": at_least(0),
             "reset_every_videos": at_least(0), "reset_every_steps": at_least(0),

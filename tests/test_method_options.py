@@ -79,6 +79,7 @@ def test_each_option_keeps_the_papers_parameters():
         (small_cfg(change_weight=2.0), set(), set()),
         (small_cfg(reg=dict(free_bits=0.5)), set(), set()),
         (small_cfg(reg=dict(beta_warmup_steps=10)), set(), {"regularizer.warmup_step"}),
+        (small_cfg(reg=dict(beta_delay_steps=10)), set(), {"regularizer.warmup_step"}),
         (small_cfg(reg=dict(logvar_offset=-4.0)), set(), set()),
     ]:
         got = seeded_model(cfg).state_dict()
@@ -214,6 +215,24 @@ def test_beta_warm_up_ramps_over_training_forwards_only():
     assert int(reg.warmup_step) == 6
 
 
+def test_beta_delay_holds_beta_at_zero_then_starts_the_ramp():
+    h = torch.randn(3, 8, dtype=torch.float64)
+    noise = torch.zeros(3, 4, dtype=torch.float64)
+    kl = kl_per_dim(*h.chunk(2, -1)).sum(1).mean()
+    # the ramp starts at 0 on the first step after the delay, as a warm-up without one does
+    for warmup, want in ((0, [0.0, 0.0, 0.0, 0.5, 0.5]), (2, [0.0, 0.0, 0.0, 0.0, 0.25, 0.5, 0.5])):
+        reg = GaussianLatentRegularizer(action_dim=4, beta=0.5, backend="torch", beta_delay_steps=3,
+                                        beta_warmup_steps=warmup)
+        seen = []
+        for _ in want:
+            out = reg(h, noise=noise)
+            seen.append(float(out.metrics["reg/beta"]))
+            assert torch.allclose(out.loss, seen[-1] * kl, rtol=1e-12)
+        assert seen == want
+    with pytest.raises(ValueError, match="beta_delay_steps"):
+        GaussianLatentRegularizer(action_dim=4, beta_delay_steps=-1)
+
+
 def test_warm_up_step_survives_save_and_load(tmp_path):
     model = seeded_model(small_cfg(reg=dict(beta_warmup_steps=10, free_bits=0.1)))
     s = states_for(model)
@@ -247,6 +266,7 @@ def test_logvar_offset_starts_the_posterior_narrow():
     ("regularizer.free_bits=-0.5", "model.regularizer.free_bits"),
     ("regularizer.beta_warmup_steps=-3", "model.regularizer.beta_warmup_steps"),
     ("regularizer.beta_warmup_steps=2.5", "model.regularizer.beta_warmup_steps"),
+    ("regularizer.beta_delay_steps=-1", "model.regularizer.beta_delay_steps"),
     ("regularizer.logvar_offset=15", "model.regularizer.logvar_offset"),
 ])
 def test_bad_values_are_refused_with_the_key_named(override, key):

@@ -107,11 +107,18 @@ class GaussianLatentRegularizer(nn.Module):
       forward in training mode with gradients on; it is kept here rather than passed by the
       training loop so every loop (the trainer, the study, a user's own) gets the ramp without
       a new argument. Under gradient accumulation it counts micro-batches.
-      Without a warm-up the buffer does not exist (older checkpoints load unchanged).
+      Without a warm-up or a delay the buffer does not exist (older checkpoints load unchanged).
+    - ``beta_delay_steps``: beta is exactly 0 for this many training forwards (counted by the
+      same buffer), then the warm-up's ramp (or the full beta) starts. A ramp is not enough at
+      small scale: AdamW normalises each step, so a tiny beta still moves the log-variance at
+      the full learning rate wherever the prediction loss does not oppose it, and on the
+      study's pan it pulled sigma from 0.05 to 0.42 in 100 steps, before the predictor used z
+      (README, method options). With a delay the predictor learns to use z first.
     - ``logvar_offset``: a constant added to the head's log-variance before the clamp; negative
       starts the posterior narrow (sigma = e^(offset / 2) for a head output near 0), so the
-      predictor sees the IDM's mean rather than unit noise from the first step (measured on
-      the study's pan: no gain at -6; README, method options).
+      predictor sees the IDM's mean rather than unit noise from the first step. Alone it does
+      not stop the collapse (the KL widens the posterior within ~100 steps); with
+      ``beta_delay_steps`` it does (measured on the study's pan; README, method options).
 
     Example:
         >>> reg = GaussianLatentRegularizer(action_dim=128, beta=5e-5)
@@ -120,27 +127,39 @@ class GaussianLatentRegularizer(nn.Module):
     """
 
     def __init__(self, action_dim: int = 128, beta: float = 5e-5, backend: str = "auto", free_bits: float = 0.0,
-                 beta_warmup_steps: int = 0, logvar_offset: float = 0.0):
+                 beta_warmup_steps: int = 0, logvar_offset: float = 0.0, beta_delay_steps: int = 0):
         super().__init__()
         if not float(free_bits) >= 0:
             raise ValueError(f"free_bits: expected a number of nats >= 0, got {free_bits!r}")
         if isinstance(beta_warmup_steps, bool) or not isinstance(beta_warmup_steps, int) or beta_warmup_steps < 0:
             raise ValueError(f"beta_warmup_steps: expected an int >= 0, got {beta_warmup_steps!r}")
+        if isinstance(beta_delay_steps, bool) or not isinstance(beta_delay_steps, int) or beta_delay_steps < 0:
+            raise ValueError(f"beta_delay_steps: expected an int >= 0, got {beta_delay_steps!r}")
         self.action_dim = action_dim
         self.beta = beta
         self.backend = backend
         self.free_bits = float(free_bits)
         self.beta_warmup_steps = beta_warmup_steps
         self.logvar_offset = float(logvar_offset)
-        if beta_warmup_steps:
+        self.beta_delay_steps = beta_delay_steps
+        if self.scheduled:
             self.register_buffer("warmup_step", torch.zeros((), dtype=torch.long))
 
+    @property
+    def scheduled(self) -> bool:
+        """Whether beta follows a schedule (a delay and / or a warm-up) counted in ``warmup_step``."""
+        return bool(self.beta_warmup_steps or self.beta_delay_steps)
+
     def beta_now(self) -> float | torch.Tensor:
-        """The beta the next forward applies: ``beta``, or during a warm-up a 0-d tensor on the
-        buffer's device (no host sync on CUDA)."""
-        if not self.beta_warmup_steps:
+        """The beta the next forward applies: ``beta``, or under a schedule a 0-d tensor on the
+        buffer's device (no host sync on CUDA): 0 for the first ``beta_delay_steps`` forwards,
+        then ``beta * min(1, (k - delay) / beta_warmup_steps)`` (``beta`` without a warm-up)."""
+        if not self.scheduled:
             return self.beta
-        return self.beta * (self.warmup_step.double() / self.beta_warmup_steps).clamp(max=1.0)
+        k = self.warmup_step.double()
+        if not self.beta_warmup_steps:
+            return self.beta * (k >= self.beta_delay_steps).double()
+        return self.beta * ((k - self.beta_delay_steps).clamp(min=0.0) / self.beta_warmup_steps).clamp(max=1.0)
 
     def _penalty(self, mu: torch.Tensor, logvar: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
         """The KL the loss counts: all of it, or each dim's batch mean above ``free_bits``."""
@@ -173,7 +192,7 @@ class GaussianLatentRegularizer(nn.Module):
         z = z.reshape(*h.shape[:-1], self.action_dim)
         beta = self.beta_now()
         metrics = {"reg/kl": kl.detach()}
-        if self.beta_warmup_steps:
+        if self.scheduled:
             beta = beta.to(kl.dtype)
             metrics["reg/beta"] = beta.detach()
             if self.training and torch.is_grad_enabled():
@@ -213,7 +232,7 @@ REGULARIZER_KINDS: dict[str, RegularizerKind] = {
     "sparse": RegularizerKind(SparseLatentRegularizer, _sparse_keywords, {"mean_term": MEAN_TERMS}),
     "noisy": RegularizerKind(GaussianLatentRegularizer, lambda cfg, n: dict(
         beta=cfg.beta, free_bits=cfg.free_bits, beta_warmup_steps=cfg.beta_warmup_steps,
-        logvar_offset=cfg.logvar_offset), {}),
+        logvar_offset=cfg.logvar_offset, beta_delay_steps=cfg.beta_delay_steps), {}),
     "discrete": RegularizerKind(VectorQuantizer, _discrete_keywords, {"codebook_init": VQ_INITS}, dim_argument="dim"),
 }
 REGULARIZERS = tuple(REGULARIZER_KINDS)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 from fastlam.eval.report import write_report
 
 
 def _plan(lam: float, ac: float, zero: float = 0.12, episodes: int = 24) -> dict:
-    one = lambda x: {"delta_xyz": x, "delta_xyz_std": 0.0, "episodes": episodes}
+    one = lambda x: {"delta_xyz": x, "delta_xyz_std": 0.0, "episodes": episodes,
+                     "alignment": {"corr_xyz": [0.84, 0.531, None], "scale": 0.35}}
     return {"lam_controller": one(lam), "ac_baseline": one(ac), "zero_plan": {"delta_xyz": zero, "episodes": episodes}}
 
 
@@ -26,3 +30,25 @@ def test_arm_planning_over_seeds_table(tmp_path):
     # mean 0.18, sd sqrt((.02^2 + .02^2 + 0) / 2) = 0.02; none below 0.12
     assert "| action-conditioned baseline | 0.1800 +- 0.0200 [0.1600, 0.2000] | 0 of 3 |" in report
     assert "| zero action (reference) | 0.1200 | - |" in report
+    assert "| 0.84 / 0.53 / -, x0.35 |" in report  # the per-run table's alignment column
+
+
+def test_plan_alignment_by_hand():
+    from fastlam.eval.planning import plan_alignment
+
+    # recorded 3-step moves (sums over the horizon) per window; plans = 2 x recorded on x,
+    # the negation on y, a constant on z (no correlation defined)
+    truth = torch.zeros(4, 3, 7)
+    truth[:, 0, 0] = torch.tensor([0.1, -0.2, 0.05, 0.0])
+    truth[:, 1, 1] = torch.tensor([0.03, 0.01, -0.04, 0.02])
+    truth[:, 2, 2] = torch.tensor([0.01, 0.02, 0.0, -0.01])
+    plan = torch.zeros(4, 3, 7)
+    plan[:, 1, 0] = 2 * truth[:, 0, 0]
+    plan[:, 2, 1] = -truth[:, 1, 1]
+    plan[:, 0, 2] = 0.05
+    got = plan_alignment(plan, truth)
+    assert got["corr_xyz"][0] == pytest.approx(1.0) and got["corr_xyz"][1] == pytest.approx(-1.0)
+    assert got["corr_xyz"][2] is None
+    p, t = plan[..., :3].sum(1).double(), truth[..., :3].sum(1).double()
+    assert got["scale"] == pytest.approx(float((p * t).sum() / (p * p).sum()))
+    assert plan_alignment(torch.zeros(2, 3, 7), truth[:2])["scale"] is None

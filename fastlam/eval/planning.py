@@ -26,7 +26,8 @@ from .planning_worlds import ACRollout, LatentRollout, SimulatorRollout
 
 __all__ = [
     "ARM_CEM", "NAV_CEM", "ACBaselineConfig", "ACRollout", "CEMConfig", "LatentRollout", "SimulatorRollout",
-    "StandardizedACPredictor", "ate_rpe", "cem", "cost_landscape", "delta_xyz", "goal_cost", "plan_arm", "plan_nav",
+    "StandardizedACPredictor", "ate_rpe", "cem", "cost_landscape", "delta_xyz", "goal_cost", "plan_alignment",
+    "plan_arm", "plan_nav",
     "relative_poses", "train_ac_baseline",
 ]
 
@@ -78,6 +79,22 @@ def cost_landscape(world, states: torch.Tensor, actions: torch.Tensor, proprio: 
 def delta_xyz(plan: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """``|| sum_i plan[..., i, :3] - sum_i truth[..., i, :3] ||_1`` over (..., H, A) actions."""
     return (plan[..., :3].sum(-2) - truth[..., :3].sum(-2)).abs().sum(-1)
+
+
+def plan_alignment(plan: torch.Tensor, truth: torch.Tensor) -> dict:
+    """How the planned displacements ``sum_i plan[e, i, :3]`` line up with the recorded ones over
+    windows e (plan, truth: (E, H, A)): per-axis Pearson correlation (``None`` where either side
+    does not vary) and the least-squares scale ``k`` minimising ``||k * planned - recorded||^2``.
+    A world model that knows the direction but under-responds to actions plans moves that are
+    too large: correlation high, scale well below 1 (README, arm planning)."""
+    p, t = plan[..., :3].sum(-2).double(), truth[..., :3].sum(-2).double()
+    corr = []
+    for i in range(3):
+        a, b = p[:, i] - p[:, i].mean(), t[:, i] - t[:, i].mean()
+        den = float(a.norm() * b.norm())
+        corr.append(float((a * b).sum()) / den if den > 0 else None)
+    pp = float((p * p).sum())
+    return {"corr_xyz": corr, "scale": float((p * t).sum()) / pp if pp > 0 else None}
 
 
 def ate_rpe(plan_poses: torch.Tensor, true_poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,11 +150,12 @@ def plan_arm(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.
         out = cem(cost, torch.zeros(horizon, A), std.clone(), cfg, low=low, high=high, generator=g)
         plans.append(out["plan"])
         errs.append(delta_xyz(out["plan"], actions[e, :horizon]))
-    errs = torch.stack(errs)
+    errs, plans = torch.stack(errs), torch.stack(plans)
     return {"delta_xyz": float(errs.mean()), "delta_xyz_std": float(errs.std()) if E > 1 else 0.0,
             "per_episode": errs.tolist(), "episodes": E, "horizon": horizon,
+            "alignment": plan_alignment(plans, actions[:, :horizon]),
             "cem": {"samples": cfg.samples, "top_k": cfg.top_k, "iterations": cfg.iterations},
-            "plans": torch.stack(plans).tolist()}
+            "plans": plans.tolist()}
 
 
 def plan_nav(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor | None = None, *,

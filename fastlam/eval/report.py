@@ -150,18 +150,25 @@ def write_report(results: str | Path, out: str | Path | None = None) -> Path:
     for path, r in _load(results, "plan_arm.json"):
         found = True
         lines += [f"## Planning, arm (DROID protocol) (`{rel(path)}`)", "",
-                  "| method | Delta_xyz (m) | episodes | recorded actions cost < zero plan's | other recorded sequences costing less |",
-                  "|---|---|---|---|---|"]
+                  "| method | Delta_xyz (m) | episodes | recorded actions cost < zero plan's | other recorded sequences costing less "
+                  "| planned vs recorded move: corr x / y / z, scale |",
+                  "|---|---|---|---|---|---|"]
         for key, label in (("lam_controller", "LAM + controller"), ("ac_baseline", "action-conditioned baseline (true actions)"),
                            ("oracle", "oracle: the simulator re-rendered (upper bound)")):
             if key in r:
                 cl = r[key].get("cost_landscape")
                 extra = (f"{cl['true_below_zero']:.0%} | {cl['random_below_true']:.0%}" if cl else "- | -")
-                lines.append(f"| {label} | {_fmt(r[key]['delta_xyz'])} | {r[key]['episodes']} | {extra} |")
+                al = r[key].get("alignment")
+                align = (" / ".join(_fmt(c, 2) for c in al["corr_xyz"]) + f", x{_fmt(al['scale'], 2)}" if al else "-")
+                lines.append(f"| {label} | {_fmt(r[key]['delta_xyz'])} | {r[key]['episodes']} | {extra} | {align} |")
         if "zero_plan" in r:
-            lines.append(f"| zero action (reference) | {_fmt(r['zero_plan']['delta_xyz'])} | {r['zero_plan']['episodes']} | - | - |")
+            lines.append(f"| zero action (reference) | {_fmt(r['zero_plan']['delta_xyz'])} | {r['zero_plan']['episodes']} "
+                         "| - | - | - |")
         lines += ["", "The last two columns ask whether the world model's goal cost points at the recorded actions "
-                  "(`cost_landscape`): CEM can only beat the zero plan where the recorded actions cost less than it.",
+                  "(`cost_landscape`): CEM can only beat the zero plan where the recorded actions cost less than it. "
+                  "The last: the planned 3-step moves against the recorded ones over windows (`plan_alignment`): "
+                  "correlation per axis, and the least-squares scale of the plan (below 1: the right direction, "
+                  "too far: a world model that under-responds to actions).",
                   "", PAPER["arm"] + ".", ""]
     lines += _plan_arm_over_runs(_load(results, "plan_arm.json"))
     for path, r in _load(results, "plan_nav.json"):

@@ -24,6 +24,7 @@ mkdir -p "$OUT"
 one_seed() {  # seed -> OUT/seed<N>/{lam,results/{controller,ac,plan}}
   local s=$1 d="$OUT/seed$1"
   local ck="$d/lam/final"
+  shift  # the rest: the LAM config overrides
   if [ ! -f "$ck/model.safetensors" ]; then
     "$PY" -m fastlam.train --config configs/eval_arm_tiny.yaml "data.source=$OUT/data" "out_dir=$d/lam" \
       "seed=$s" "steps=$STEPS" "$@"

@@ -216,8 +216,8 @@ class RegularizerConfig:
     beta_delay_steps: int = 0
     # logvar_offset: added to the IDM's log-variance output. Negative starts the posterior
     # narrow (sigma = e^(offset / 2)), so z carries the IDM's mean from step 0 instead of noise
-    # of unit scale. Tried because the pan's noisy z stayed little used at beta 0 too; measured
-    # (README, method options): -6 did not change that, so it stays off.
+    # of unit scale. Measured (README, method options): alone it does not stop the pan's
+    # collapse (the KL widens the posterior within ~100 steps); with beta_delay_steps it does.
     logvar_offset: float = 0.0
     # discrete (3.3). The paper resets dead codes every 300k videos (configs/paper_vitl.yaml);
     # a small run never sees that many, so by default the reset runs every reset_every_steps.

@@ -52,3 +52,21 @@ def test_plan_alignment_by_hand():
     p, t = plan[..., :3].sum(1).double(), truth[..., :3].sum(1).double()
     assert got["scale"] == pytest.approx(float((p * t).sum() / (p * p).sum()))
     assert plan_alignment(torch.zeros(2, 3, 7), truth[:2])["scale"] is None
+
+
+def test_runs_planned_with_an_action_prior_are_not_seeds_of_the_paper_protocol(tmp_path):
+    for i, lam in enumerate([0.10, 0.12]):
+        (tmp_path / f"paper{i}").mkdir()
+        (tmp_path / f"paper{i}" / "plan_arm.json").write_text(json.dumps(_plan(lam, 0.2)))
+        r = _plan(lam / 2, 0.1)
+        r["lam_controller"]["action_prior"] = r["ac_baseline"]["action_prior"] = 0.03
+        (tmp_path / f"prior{i}").mkdir()
+        (tmp_path / f"prior{i}" / "plan_arm.json").write_text(json.dumps(r))
+    report = write_report(tmp_path).read_text()
+    assert report.count("over 2 runs on the same 24 windows") == 2
+    assert "over 2 runs on the same 24 windows, action prior 0.03" in report
+    # mean 0.11, sd 0.0141, 0.12 is not below the zero plan (paper); 0.055, sd 0.0071 (prior):
+    # never mixed into one mean of four
+    assert "| LAM + controller | 0.1100 +- 0.0141 [0.1000, 0.1200] | 1 of 2 |" in report
+    assert "| LAM + controller | 0.0550 +- 0.0071 [0.0500, 0.0600] | 2 of 2 |" in report
+    assert report.count("planned with action prior 0.03 (not the paper's protocol)") == 2

@@ -201,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None,
                    help="CEM elite sequences kept per iteration (default: 10)")
     p.add_argument("--iterations", type=int, default=None, help="CEM iterations (default: arm 15, nav 1)")
+    p.add_argument("--action-prior", type=float, default=0.0,
+                   help="arm: plan with a Gaussian prior on the actions of this weight, the goal distance taken "
+                        "relative to the zero plan's (fastlam.eval.planning.goal_cost_with_prior); 0 is the paper's "
+                        "protocol (default: %(default)s)")
     p.set_defaults(fn=run_plan)
 
     p = sub.add_parser("sample", help="sample latent actions from the model's prior; 2-D plot vs inferred ones")

@@ -26,7 +26,8 @@ from .planning_worlds import ACRollout, LatentRollout, SimulatorRollout
 
 __all__ = [
     "ARM_CEM", "NAV_CEM", "ACBaselineConfig", "ACRollout", "CEMConfig", "LatentRollout", "SimulatorRollout",
-    "StandardizedACPredictor", "ate_rpe", "cem", "cost_landscape", "delta_xyz", "goal_cost", "plan_alignment",
+    "StandardizedACPredictor", "ate_rpe", "cem", "cost_landscape", "delta_xyz", "goal_cost", "goal_cost_with_prior",
+    "plan_alignment",
     "plan_arm", "plan_nav",
     "relative_poses", "train_ac_baseline",
 ]
@@ -40,6 +41,35 @@ def goal_cost(world, start: torch.Tensor, goal: torch.Tensor, proprio: torch.Ten
     def cost(actions: torch.Tensor) -> torch.Tensor:
         final = world.rollout(start, actions, proprio)[:, -1]
         return (final.flatten(1).float() - target).norm(dim=1)
+
+    return cost
+
+
+def goal_cost_with_prior(world, start: torch.Tensor, goal: torch.Tensor, proprio: torch.Tensor | None,
+                         action_std: torch.Tensor, weight: float):
+    """MAP planning: the goal cost relative to the zero plan's, plus ``weight`` times the mean of
+    ``(a / action_std)^2`` over the steps and the action dimensions that move (a Gaussian prior
+    N(0, action_std^2) on each action). Candidates (S, H, A) -> costs (S,); ``action_std`` (H, A).
+
+    Why: a learned world model is blind to some directions of the action space (the cost is flat
+    there) and has spurious minima elsewhere; CEM then drifts in those directions and plans moves
+    far longer than any recorded one (README, arm planning: scale 0.30-0.42). The prior pulls
+    what the cost cannot tell apart back to small actions. Dividing by the zero plan's cost makes
+    ``weight`` mean the same for every window and world model: 0.03 trades a 3% lower goal
+    distance against one standard deviation more of each action. ``weight`` 0 is
+    :func:`goal_cost` rescaled (the same minimiser: the paper's protocol)."""
+    if weight < 0:
+        raise ValueError(f"weight: expected >= 0, got {weight}")
+    base = goal_cost(world, start, goal, proprio)
+    live = action_std > 0
+    if not bool(live.any()):
+        raise ValueError("action_std: every action dimension has std 0; the prior has nothing to scale by")
+    zero = max(float(base(action_std.new_zeros(1, *action_std.shape))), 1e-12)  # goal == zero plan's end
+    safe_std = torch.where(live, action_std, torch.ones_like(action_std)).float()
+
+    def cost(actions: torch.Tensor) -> torch.Tensor:
+        z2 = (actions.float() / safe_std) ** 2
+        return base(actions) / zero + weight * z2[:, live].mean(1)
 
     return cost
 
@@ -122,14 +152,17 @@ def ate_rpe(plan_poses: torch.Tensor, true_poses: torch.Tensor) -> tuple[torch.T
 # ---- the protocols ------------------------------------------------------------------------
 def plan_arm(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor | None = None, *,
              horizon: int = 3, cfg: CEMConfig = ARM_CEM, action_std: torch.Tensor | None = None,
-             low: torch.Tensor | None = None, high: torch.Tensor | None = None, seed: int = 0) -> dict:
+             low: torch.Tensor | None = None, high: torch.Tensor | None = None, seed: int = 0,
+             action_prior: float = 0.0) -> dict:
     """The DROID protocol on episodes: states (E, T >= horizon + 1, N, D), actions (E, T-1, A).
     Start = state 0, goal = state ``horizon``; returns Delta_xyz per episode and its mean.
     ``world`` is one world model, or a list of one per episode (:class:`SimulatorRollout`).
     CEM starts at mean 0 with, per action dimension, the std of the recorded actions unless
     ``action_std`` is given (a dimension that never moves, like the arm's roll, stays 0);
     samples are clamped to ``low`` / ``high``, by default the range of the recorded actions
-    (the robot's action limits: a world model is not to be trusted far outside them)."""
+    (the robot's action limits: a world model is not to be trusted far outside them).
+    ``action_prior`` > 0 plans with :func:`goal_cost_with_prior` (not the paper's protocol, which
+    is the default 0)."""
     E = states.shape[0]
     if states.shape[1] < horizon + 1 or actions.shape[:2] != (E, states.shape[1] - 1):
         raise ValueError(f"states/actions: expected (E, T >= {horizon + 1}, N, D) and (E, T - 1, A), got "
@@ -146,7 +179,8 @@ def plan_arm(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.
     for e in range(E):
         p0 = None if proprio is None else proprio[e, 0]
         w = world[e] if isinstance(world, (list, tuple)) else world
-        cost = goal_cost(w, states[e, 0], states[e, horizon], p0)
+        cost = (goal_cost_with_prior(w, states[e, 0], states[e, horizon], p0, std, action_prior) if action_prior
+                else goal_cost(w, states[e, 0], states[e, horizon], p0))
         out = cem(cost, torch.zeros(horizon, A), std.clone(), cfg, low=low, high=high, generator=g)
         plans.append(out["plan"])
         errs.append(delta_xyz(out["plan"], actions[e, :horizon]))
@@ -155,7 +189,7 @@ def plan_arm(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.
             "per_episode": errs.tolist(), "episodes": E, "horizon": horizon,
             "alignment": plan_alignment(plans, actions[:, :horizon]),
             "cem": {"samples": cfg.samples, "top_k": cfg.top_k, "iterations": cfg.iterations},
-            "plans": plans.tolist()}
+            "action_prior": float(action_prior), "plans": plans.tolist()}
 
 
 def plan_nav(world, states: torch.Tensor, actions: torch.Tensor, proprio: torch.Tensor | None = None, *,

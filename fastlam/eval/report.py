@@ -73,20 +73,28 @@ def _mean_sd(xs: list[float]) -> str:
     return f"{m:.4f} +- {sd:.4f} [{min(xs):.4f}, {max(xs):.4f}]"
 
 
+def _action_prior(r: dict) -> float:
+    """The planner's action-prior weight of a ``plan_arm.json`` (0: the paper's protocol)."""
+    return max((float(v.get("action_prior", 0.0)) for v in r.values() if isinstance(v, dict)), default=0.0)
+
+
 def _plan_arm_over_runs(rows) -> list[str]:
     """With two or more arm planning runs (seeds of ``scripts/arm_planning.sh``): each method's
     mean Delta_xyz over runs, +- the sample sd over runs, with the range, and in how many runs
     it beats the zero plan. Only runs planned on the same test windows are comparable, so the
-    rows are grouped by the zero plan's Delta_xyz (a property of the windows alone)."""
+    rows are grouped by the zero plan's Delta_xyz (a property of the windows alone) and by the
+    planner's action prior (runs planned another way are not seeds of one method)."""
     groups: dict[tuple, list[dict]] = {}
     for _, r in rows:
         if "zero_plan" in r:
-            groups.setdefault((round(r["zero_plan"]["delta_xyz"], 6), r["zero_plan"]["episodes"]), []).append(r)
+            key = (round(r["zero_plan"]["delta_xyz"], 6), r["zero_plan"]["episodes"], _action_prior(r))
+            groups.setdefault(key, []).append(r)
     lines = []
-    for (zero, episodes), runs in groups.items():
+    for (zero, episodes, prior), runs in groups.items():
         if len(runs) < 2:
             continue
-        lines += [f"## Planning, arm, over {len(runs)} runs on the same {episodes} windows", "",
+        planner = f", action prior {prior:g}" if prior else ""
+        lines += [f"## Planning, arm, over {len(runs)} runs on the same {episodes} windows{planner}", "",
                   "| method | Delta_xyz (m): mean +- sd over runs [min, max] | runs below the zero plan |",
                   "|---|---|---|"]
         for key, label in (("lam_controller", "LAM + controller"), ("ac_baseline", "action-conditioned baseline")):
@@ -149,7 +157,9 @@ def write_report(results: str | Path, out: str | Path | None = None) -> Path:
         lines.append("")
     for path, r in _load(results, "plan_arm.json"):
         found = True
-        lines += [f"## Planning, arm (DROID protocol) (`{rel(path)}`)", "",
+        prior = _action_prior(r)
+        planner = f", planned with action prior {prior:g} (not the paper's protocol)" if prior else ""
+        lines += [f"## Planning, arm (DROID protocol{planner}) (`{rel(path)}`)", "",
                   "| method | Delta_xyz (m) | episodes | recorded actions cost < zero plan's | other recorded sequences costing less "
                   "| planned vs recorded move: corr x / y / z, scale |",
                   "|---|---|---|---|---|---|"]

@@ -225,8 +225,11 @@ def run_ac_baseline(args) -> Path:
 
 
 def run_plan(args) -> Path:
-    model = load_lam(args.checkpoint, args.expect_regularizer)
     arm = args.env == "arm"
+    if args.action_prior < 0 or (args.action_prior and not arm):
+        raise ValueError(f"--action-prior: expected a weight >= 0, for 'plan arm' only; got {args.action_prior} "
+                         f"for 'plan {args.env}'")
+    model = load_lam(args.checkpoint, args.expect_regularizer)
     horizon = args.horizon or (3 if arm else 8)
     ds = _traj(model, args.data, horizon + 1, stride=horizon + 1)
     if ds.action_dim is None:
@@ -260,7 +263,8 @@ def run_plan(args) -> Path:
         raise ValueError("plan: pass --controller (LAM + controller), --ac-baseline and/or --oracle")
     for name, (world, st, pr) in worlds.items():
         if arm:
-            res[name] = plan_arm(world, st, b["actions"], pr, horizon=horizon, cfg=cem_cfg, seed=args.seed)
+            res[name] = plan_arm(world, st, b["actions"], pr, horizon=horizon, cfg=cem_cfg, seed=args.seed,
+                                 action_prior=args.action_prior)
             cl = res[name]["cost_landscape"] = cost_landscape(world, st, b["actions"], pr, horizon=horizon,
                                                               seed=args.seed)
             print(f"{name}: Delta_xyz {res[name]['delta_xyz']:.4f} m over {res[name]['episodes']} episodes; recorded "

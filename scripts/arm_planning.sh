@@ -6,6 +6,9 @@
 # the LAM's). `fastlam.eval report` then prints each seed's table and the mean +- sd over seeds.
 #   scripts/arm_planning.sh OUT [key=value overrides for the LAM config ...]
 #   SEEDS="0 1 2" STEPS=2000 CONTROLLER_ITERATIONS=500 AC_ITERATIONS=500 scripts/arm_planning.sh OUT
+# ACTION_PRIOR=W plans with `plan arm --action-prior W` into results/plan_prior<W> (0, the default,
+# is the paper's protocol, into results/plan). A LAM, controller or baseline already in OUT is
+# reused, so a second run with another ACTION_PRIOR only plans.
 # Each seed runs on one thread; seeds run in parallel up to JOBS at a time (default: the cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +19,9 @@ SEEDS=${SEEDS:-"0 1 2"}
 STEPS=${STEPS:-2000}
 CONTROLLER_ITERATIONS=${CONTROLLER_ITERATIONS:-500}
 AC_ITERATIONS=${AC_ITERATIONS:-500}
+ACTION_PRIOR=${ACTION_PRIOR:-0}
+PLAN_DIR=plan
+[ "$ACTION_PRIOR" = 0 ] || PLAN_DIR="plan_prior$ACTION_PRIOR"
 JOBS=${JOBS:-$(nproc)}
 mkdir -p "$OUT"
 [ -d "$OUT/data" ] || "$PY" -m fastlam.eval generate arm --out "$OUT/data" --episodes 48 --steps 24
@@ -29,19 +35,21 @@ one_seed() {  # seed -> OUT/seed<N>/{lam,results/{controller,ac,plan}}
     "$PY" -m fastlam.train --config configs/eval_arm_tiny.yaml "data.source=$OUT/data" "out_dir=$d/lam" \
       "seed=$s" "steps=$STEPS" "$@"
   fi
-  "$PY" -m fastlam.eval controller --checkpoint "$ck" --data "$OUT/data" --out "$d/results/controller" \
-    --iterations "$CONTROLLER_ITERATIONS" --warmup 50 --seed "$s"
-  "$PY" -m fastlam.eval ac-baseline --checkpoint "$ck" --data "$OUT/data" --out "$d/results/ac" \
-    --iterations "$AC_ITERATIONS" --seed "$s"
+  [ -f "$d/results/controller/controller.json" ] ||
+    "$PY" -m fastlam.eval controller --checkpoint "$ck" --data "$OUT/data" --out "$d/results/controller" \
+      --iterations "$CONTROLLER_ITERATIONS" --warmup 50 --seed "$s"
+  [ -f "$d/results/ac/ac_baseline.json" ] ||
+    "$PY" -m fastlam.eval ac-baseline --checkpoint "$ck" --data "$OUT/data" --out "$d/results/ac" \
+      --iterations "$AC_ITERATIONS" --seed "$s"
   "$PY" -m fastlam.eval plan arm --checkpoint "$ck" --data "$OUT/test" --split all --episodes 24 \
-    --out "$d/results/plan" --controller "$d/results/controller/controller" \
-    --ac-baseline "$d/results/ac/ac_baseline"
+    --out "$d/results/$PLAN_DIR" --controller "$d/results/controller/controller" \
+    --ac-baseline "$d/results/ac/ac_baseline" --action-prior "$ACTION_PRIOR"
 }
 
 pids=()
 for s in $SEEDS; do
   mkdir -p "$OUT/seed$s"
-  OMP_NUM_THREADS=1 one_seed "$s" "$@" > "$OUT/seed$s/log.txt" 2>&1 &
+  OMP_NUM_THREADS=1 one_seed "$s" "$@" >> "$OUT/seed$s/log.txt" 2>&1 &
   pids+=($!)
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 5; done
 done

@@ -219,6 +219,16 @@ def test_plan_arm_recovers_actions_in_a_known_linear_world():
     # The exact world's cost points at the recorded actions; a world blind to them cannot tell.
     land = cost_landscape(Linear(), states, acts, horizon=3, samples=16)
     assert land["true_below_zero"] == 1.0 and land["random_below_true"] == 0.0 and land["windows"] == 2
+    # along the recorded direction: exact at 1x (cost 0), |1 - k| of the zero plan's elsewhere
+    assert land["recorded_scale_best"] == 1.0
+    assert land["recorded_scale_profile"][1.0] == pytest.approx(0.0, abs=1e-6)
+    assert land["recorded_scale_profile"][3.0] == pytest.approx(2.0, rel=1e-5)
+
+    class HalfAsFar(Linear):  # under-responds: the plan must ask for twice the move
+        def rollout(self, start, actions, proprio=None):
+            return super().rollout(start, 0.5 * actions)
+
+    assert cost_landscape(HalfAsFar(), states, acts, horizon=3, samples=4)["recorded_scale_best"] == 2.0
 
     class Blind(Linear):
         def rollout(self, start, actions, proprio=None):

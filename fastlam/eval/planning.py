@@ -25,7 +25,8 @@ from .cem import ARM_CEM, NAV_CEM, CEMConfig, cem
 from .planning_worlds import ACRollout, LatentRollout, SimulatorRollout
 
 __all__ = [
-    "ARM_CEM", "NAV_CEM", "ACBaselineConfig", "ACRollout", "CEMConfig", "LatentRollout", "SimulatorRollout",
+    "ARM_CEM", "NAV_CEM", "RECORDED_SCALES", "ACBaselineConfig", "ACRollout", "CEMConfig", "LatentRollout",
+    "SimulatorRollout",
     "StandardizedACPredictor", "ate_rpe", "cem", "cost_landscape", "delta_xyz", "goal_cost", "goal_cost_with_prior",
     "plan_alignment",
     "plan_arm", "plan_nav",
@@ -34,6 +35,8 @@ __all__ = [
 
 
 # ---- the goal cost ------------------------------------------------------------------------
+RECORDED_SCALES = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # cost_landscape: k x the recorded actions
+
 def goal_cost(world, start: torch.Tensor, goal: torch.Tensor, proprio: torch.Tensor | None = None):
     """The L2 latent cost ``||s_goal - s_hat_{t+H}||_2`` as a function of candidates (S, H, A)."""
     target = world.cost_space(goal).flatten()
@@ -85,12 +88,17 @@ def cost_landscape(world, states: torch.Tensor, actions: torch.Tensor, proprio: 
     Returns ``true_below_zero`` (fraction of windows where the recorded actions cost less than
     doing nothing) and ``random_below_true`` (mean fraction of the drawn sequences that cost
     less than the recorded ones); ties count half, so a cost blind to the actions scores 0.5
-    on both, a perfect one 1 and 0."""
+    on both, a perfect one 1 and 0. Along the recorded direction: ``recorded_scale_profile``,
+    the cost of ``k x`` the recorded actions over the zero plan's for each k of
+    :data:`RECORDED_SCALES` (mean over windows), and ``recorded_scale_best``, the median over
+    windows of the k that costs least (1 for a world model that responds to the actions by the
+    right amount; above 1 for one that under-responds)."""
     E, A = states.shape[0], actions.shape[-1]
     pool = actions[:, :horizon].flatten(0, 1)
     owner = torch.arange(E).repeat_interleave(horizon)
     g = torch.Generator().manual_seed(seed)
-    below_zero, below_true = [], []
+    scales = torch.tensor(RECORDED_SCALES)
+    below_zero, below_true, profile, best = [], [], torch.zeros(len(scales), dtype=torch.float64), []
     for e in range(E):
         w = world[e] if isinstance(world, (list, tuple)) else world
         cost = goal_cost(w, states[e, 0], states[e, horizon], None if proprio is None else proprio[e, 0])
@@ -101,8 +109,13 @@ def cost_landscape(world, states: torch.Tensor, actions: torch.Tensor, proprio: 
         below = lambda other: (other < c[0]).float() + 0.5 * (other == c[0]).float()
         below_zero.append(1.0 - float(below(c[1:2])))
         below_true.append(float(below(c[2:]).mean()))
+        along = cost(scales[:, None, None] * actions[e, :horizon][None].float()).double()
+        profile += along / along[0].clamp_min(1e-12)
+        best.append(float(scales[along.argmin()]))
     return {"true_below_zero": sum(below_zero) / E, "random_below_true": sum(below_true) / E,
-            "samples": samples, "windows": E}
+            "samples": samples, "windows": E,
+            "recorded_scale_profile": dict(zip(RECORDED_SCALES, (profile / E).tolist())),
+            "recorded_scale_best": float(torch.tensor(best).median())}
 
 
 # ---- metrics ------------------------------------------------------------------------------

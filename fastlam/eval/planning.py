@@ -26,11 +26,8 @@ from .planning_worlds import ACRollout, LatentRollout, SimulatorRollout
 
 __all__ = [
     "ARM_CEM", "NAV_CEM", "RECORDED_SCALES", "ACBaselineConfig", "ACRollout", "CEMConfig", "LatentRollout",
-    "SimulatorRollout",
-    "StandardizedACPredictor", "ate_rpe", "cem", "cost_landscape", "delta_xyz", "goal_cost", "goal_cost_with_prior",
-    "plan_alignment",
-    "plan_arm", "plan_nav",
-    "relative_poses", "train_ac_baseline",
+    "SimulatorRollout", "StandardizedACPredictor", "ate_rpe", "cem", "cost_landscape", "delta_xyz", "goal_cost",
+    "goal_cost_with_prior", "plan_alignment", "plan_arm", "plan_nav", "relative_poses", "train_ac_baseline",
 ]
 
 
@@ -58,8 +55,8 @@ def goal_cost_with_prior(world, start: torch.Tensor, goal: torch.Tensor, proprio
     there) and has spurious minima elsewhere; CEM then drifts in those directions and plans moves
     far longer than any recorded one (README, arm planning: scale 0.30-0.42). The prior pulls
     what the cost cannot tell apart back to small actions. Dividing by the zero plan's cost makes
-    ``weight`` mean the same for every window and world model: 0.03 trades a 3% lower goal
-    distance against one standard deviation more of each action. ``weight`` 0 is
+    ``weight`` mean the same for every window and world model: at 0.03, moving every action from
+    0 to one standard deviation must bring the goal 3% closer than doing nothing to pay off. ``weight`` 0 is
     :func:`goal_cost` rescaled (the same minimiser: the paper's protocol)."""
     if weight < 0:
         raise ValueError(f"weight: expected >= 0, got {weight}")

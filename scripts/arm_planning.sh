@@ -21,7 +21,8 @@ CONTROLLER_ITERATIONS=${CONTROLLER_ITERATIONS:-500}
 AC_ITERATIONS=${AC_ITERATIONS:-500}
 ACTION_PRIOR=${ACTION_PRIOR:-0}
 PLAN_DIR=plan
-[ "$ACTION_PRIOR" = 0 ] || PLAN_DIR="plan_prior$ACTION_PRIOR"
+# numerically 0 (0, 0.0, ...) is the paper's protocol and plans into results/plan
+awk -v w="$ACTION_PRIOR" 'BEGIN { exit !(w + 0 == 0) }' || PLAN_DIR="plan_prior$ACTION_PRIOR"
 JOBS=${JOBS:-$(nproc)}
 mkdir -p "$OUT"
 [ -d "$OUT/data" ] || "$PY" -m fastlam.eval generate arm --out "$OUT/data" --episodes 48 --steps 24

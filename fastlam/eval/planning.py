@@ -101,12 +101,15 @@ def cost_landscape(world, states: torch.Tensor, actions: torch.Tensor, proprio: 
         cost = goal_cost(w, states[e, 0], states[e, horizon], None if proprio is None else proprio[e, 0])
         others = pool[owner != e] if E > 1 else pool  # a permutation of its own actions would tie
         drawn = others[torch.randint(0, others.shape[0], (samples, horizon), generator=g)]
-        c = cost(torch.cat([actions[e, :horizon][None], actions.new_zeros(1, horizon, A), drawn]))
+        scaled = scales[:, None, None] * actions[e, :horizon][None].float()
+        # one batch: recorded, zero, the drawn sequences, then k x recorded
+        c = cost(torch.cat([actions[e, :horizon][None], actions.new_zeros(1, horizon, A), drawn,
+                            scaled.to(actions.dtype)]))
+        c, along = c[: samples + 2], c[samples + 2:].double()
         # ties count half: a cost blind to the actions scores 0.5 on both
         below = lambda other: (other < c[0]).float() + 0.5 * (other == c[0]).float()
         below_zero.append(1.0 - float(below(c[1:2])))
         below_true.append(float(below(c[2:]).mean()))
-        along = cost(scales[:, None, None] * actions[e, :horizon][None].float()).double()
         profile += along / along[0].clamp_min(1e-12)
         best.append(float(scales[along.argmin()]))
     return {"true_below_zero": sum(below_zero) / E, "random_below_true": sum(below_true) / E,

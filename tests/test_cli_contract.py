@@ -154,7 +154,7 @@ def test_the_help_check_catches_missing_help_and_rest_markup():
 def test_eval_subcommands_are_all_walked(monkeypatch):
     paths = {path for path, _ in walk(get_parser("fastlam/eval/cli.py", monkeypatch))}
     assert {("generate",), ("capacity",), ("ac-baseline",), ("controller",), ("report",),
-            ("study-report",), ("plan",)} <= paths
+            ("study-report",), ("study-compare",), ("plan",)} <= paths
 
 
 # ---- 2. bad files ---------------------------------------------------------------------------------
@@ -260,6 +260,7 @@ def _cases():
          "root", ALL),
         ("report --results", ev, ["report", "--results", "BAD"], "--results", ALL),
         ("study-report --results", ev, ["study-report", "--results", "BAD"], "--results", ALL),
+        ("study-compare --results", ev, ["study-compare", "--results", "BAD", "--out", "{out}/c.md"], "--results", ALL),
         # configs
         ("sweep --config", ev, ["sweep", "--config", "BAD", "--kind", "sparse", "--data", "synthetic", "--out", out],
          "--config", ALL),
@@ -321,14 +322,17 @@ def test_bad_files_get_one_clear_line_and_exit_status_2(case, good, bad, tmp_pat
 
 def test_results_files_that_are_not_what_the_report_reads(good, bad, tmp_path, capsys):
     """--results folders holding a damaged capacity.json / study_pan.json: the file is named."""
-    for task, name in (("report", "capacity.json"), ("study-report", "study_pan.json")):
+    for task, name in (("report", "capacity.json"), ("study-report", "study_pan.json"),
+                       ("study-compare", "study_pan.json")):
         for kind in FILES:
             results = tmp_path / f"{task}_{kind}"
-            # report searches the folder recursively; study-report reads study_*.json at its top
-            target = results / "run" / name if task == "report" else results / name
+            # report and study-compare search the folder recursively; study-report reads its top
+            target = results / name if task == "study-report" else results / "run" / name
             target.parent.mkdir(parents=True)
             shutil.copy(bad[kind], target)
-            assert_one_clear_line("fastlam.eval.cli", [task, "--results", results], capsys, named=(str(target),))
+            extra = ["--out", tmp_path / "compare.md"] if task == "study-compare" else []
+            assert_one_clear_line("fastlam.eval.cli", [task, "--results", results, *extra], capsys,
+                                  named=(str(target),))
 
 
 def test_manifests_with_the_right_suffix_and_the_wrong_content(bad, tmp_path, capsys):

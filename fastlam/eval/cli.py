@@ -24,6 +24,7 @@ from .tasks import (
     run_report,
     run_sample,
     run_study,
+    run_study_compare,
     run_study_report,
     run_sweep,
     run_transfer,
@@ -258,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder holding the study_*.json files (the --out of 'study'); the PNG is written there")
     p.add_argument("--out", default=None, help="Markdown file to write (default: RESULTS/study.md)")
     p.set_defaults(fn=run_study_report, out_is="file")
+
+    p = sub.add_parser("study-compare", help="one table and figure of the probed study runs under several folders, "
+                                             "grouped by setting with the spread over seeds")
+    p.add_argument("--results", required=True, nargs="+", metavar="DIR",
+                   help="folders searched recursively for the study_*.json files of 'study --probe-at' runs")
+    p.add_argument("--out", required=True, help="Markdown file to write; the figure goes beside it as .png")
+    p.set_defaults(fn=run_study_compare, out_is="file")
 
     p = sub.add_parser("report", help="write report.md from the JSON files under a results folder")
     p.add_argument("--results", required=True,

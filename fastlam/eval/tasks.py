@@ -11,7 +11,7 @@ from ..config import load_config
 from ..models.decoder import StateDecoder
 from ..nn.lpips import LPIPS
 from ..trainer import TrainConfig
-from . import action_data, controller, study, study_report
+from . import action_data, controller, study, study_compare, study_report
 from .action_data import integrate_actions
 from .capacity import PAPER_GRIDS, capacity_sweep, compare_capacity
 from .common import encode_batched, load_clips, load_lam, pyplot, save_figure, write_json
@@ -347,6 +347,10 @@ def _run_study(args) -> Path:
 
 def run_study_report(args) -> Path:
     return study_report.write_study_report(args.results, args.out)
+
+
+def run_study_compare(args) -> Path:
+    return study_compare.write_study_comparison(args.results, args.out)
 
 
 def run_report(args) -> Path:

@@ -78,3 +78,28 @@ def test_cli_writes_the_comparison_and_refuses_folders_without_curves(tmp_path, 
     assert refused.value.code != 0
     err = capsys.readouterr().err
     assert "--results" in err and "--probe-at" in err
+
+
+def test_world_nuisances_and_strengths_make_their_own_setting(tmp_path):
+    """A clean world (flicker 0, no distractors) or another regularizer strength at the same seed
+    is another setting, named by what differs from the study's defaults; the world's default
+    values (written out in full, as the study writes them) are not."""
+    from dataclasses import asdict
+
+    from fastlam.eval.study import StudyConfig
+
+    pts = [_point(10, 0.1, 0.0, 0.1, 2.0)]
+    _study(tmp_path / "default", seed=0, curve=pts)
+    _study(tmp_path / "clean", seed=0, curve=pts)
+    _study(tmp_path / "beta", seed=0, kind="noisy", curve=pts)
+    full = asdict(StudyConfig(world="agent"))
+    for name, change in (("default", {}), ("clean", {"flicker": 0.0, "distractors": 0}),
+                         ("beta", {"strengths": {**full["strengths"], "noisy": {"beta": 0.001}}})):
+        f = tmp_path / name / "study_agent.json"
+        st = json.loads(f.read_text())
+        st["config"] = {**full, **change, "seed": 0, "train_steps": 30, "probe_at": [10]}
+        f.write_text(json.dumps(st))
+    labels = list(group_runs(collect_runs([tmp_path])))
+    assert sorted(labels) == ["agent noisy, strength={'beta': 0.001}, 30 steps",
+                              "agent none, distractors=0 flicker=0.0, 30 steps",
+                              "agent none, paper recipe, 30 steps"]

@@ -18,12 +18,14 @@ unfinished. The same setting and seed twice is refused (its spread would count o
 """
 from __future__ import annotations
 
+import json
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 
 from ..inputs import InputError, read_json, require_folder
 from .common import pyplot, save_figure
-from .study import TARGETS
+from .study import TARGETS, StudyConfig
 from .study_report import STUDY_KEYS
 
 __all__ = ["collect_runs", "group_runs", "summarise", "write_study_comparison"]
@@ -47,22 +49,52 @@ def collect_runs(folders) -> list[dict]:
                            keys=STUDY_KEYS)
             cfg = st["config"]
             base = {"world": st["world"], "overrides": tuple(cfg.get("model_overrides", ())),
+                    "flags": _flags(st["world"], cfg),
                     "train_steps": int(cfg["train_steps"]), "seed": int(cfg["seed"]),
                     "copy_l1": st.get("copy_l1"), "file": f}
             for kind, row in st["rows"].items():
                 if row.get("curve"):
-                    runs.append({**base, "kind": kind, "finished": True, "curve": row["curve"]})
+                    runs.append({**base, "kind": kind, "finished": True, "curve": row["curve"],
+                                 "flags": base["flags"] + _strength_flag(st["world"], cfg, kind)})
             for kind, curve in st.get("running_curves", {}).items():
                 if curve and not st["rows"].get(kind, {}).get("curve"):
-                    runs.append({**base, "kind": kind, "finished": False, "curve": curve})
+                    runs.append({**base, "kind": kind, "finished": False, "curve": curve,
+                                 "flags": base["flags"] + _strength_flag(st["world"], cfg, kind)})
     if not runs:
         raise InputError(f"--results: no study run with a curve under {', '.join(str(f) for f in folders)} "
                          "(run 'python -m fastlam.eval study --probe-at STEPS' first)")
     return runs
 
 
+# Config entries that are not part of a setting: the seed (the spread is over it), what the
+# label shows on its own (world, kind, overrides, steps), the probe steps (where the curve is
+# read, not how the run trains) and the strengths (only the run's own kind's counts).
+_NOT_SETTING = {"seed", "world", "kinds", "model_overrides", "train_steps", "probe_at", "strengths"}
+
+
+def _normal(value):
+    return json.loads(json.dumps(value))  # tuples and lists alike, as the study file holds them
+
+
+def _flags(world: str, cfg: dict) -> tuple[str, ...]:
+    """The study flags of a run that differ from the study's defaults for its world (e.g.
+    ``flicker=0``), so runs of different worlds' nuisances or encoders never share a setting."""
+    default = _normal(asdict(StudyConfig(world=world)))
+    return tuple(f"{k}={cfg[k]}" for k in sorted(cfg) if k not in _NOT_SETTING and k in default
+                 and _normal(cfg[k]) != default[k])
+
+
+def _strength_flag(world: str, cfg: dict, kind: str) -> tuple[str, ...]:
+    if kind not in cfg.get("strengths", {}):  # written without it: the study's default
+        return ()
+    ours = _normal(cfg["strengths"][kind])
+    default = _normal(asdict(StudyConfig(world=world))["strengths"].get(kind))
+    return () if ours == default else (f"strength={ours}",)
+
+
 def setting_label(run: dict) -> str:
-    over = " ".join(run["overrides"]) if run["overrides"] else "paper recipe"
+    changes = [*run.get("flags", ()), *run["overrides"]]
+    over = " ".join(changes) if changes else "paper recipe"
     done = "" if run["finished"] else " (unfinished)"
     return f"{run['world']} {run['kind']}, {over}, {run['train_steps']} steps{done}"
 

@@ -26,9 +26,12 @@ from pathlib import Path
 from ..inputs import InputError, read_json, require_folder
 from .common import pyplot, save_figure
 from .study import TARGETS, StudyConfig
-from .study_report import STUDY_KEYS
 
-__all__ = ["collect_runs", "group_runs", "summarise", "write_study_comparison"]
+__all__ = ["STUDY_KEYS", "collect_runs", "runs_of_study", "group_runs", "summarise", "plot_comparison",
+           "write_study_comparison"]
+
+# What the reports read from every study file (rows are checked one by one as they are drawn).
+STUDY_KEYS = ("world", "world_preset", "background_source", "config", "encoder_probe", "rows")
 
 # The per-point figures compared (the curve's keys) and how the table names them.
 _PROBES = (("ridge_trained", "ridge z"), ("mlp_trained", "MLP (z, s)"))
@@ -47,19 +50,7 @@ def collect_runs(folders) -> list[dict]:
             seen.add(f.resolve())
             st = read_json(f, "--results", "a study_WORLD.json written by 'python -m fastlam.eval study'",
                            keys=STUDY_KEYS)
-            cfg = st["config"]
-            base = {"world": st["world"], "overrides": tuple(cfg.get("model_overrides", ())),
-                    "flags": _flags(st["world"], cfg),
-                    "train_steps": int(cfg["train_steps"]), "seed": int(cfg["seed"]),
-                    "copy_l1": st.get("copy_l1"), "file": f}
-            for kind, row in st["rows"].items():
-                if row.get("curve"):
-                    runs.append({**base, "kind": kind, "finished": True, "curve": row["curve"],
-                                 "flags": base["flags"] + _strength_flag(st["world"], cfg, kind)})
-            for kind, curve in st.get("running_curves", {}).items():
-                if curve and not st["rows"].get(kind, {}).get("curve"):
-                    runs.append({**base, "kind": kind, "finished": False, "curve": curve,
-                                 "flags": base["flags"] + _strength_flag(st["world"], cfg, kind)})
+            runs += runs_of_study(st, f)
     if not runs:
         raise InputError(f"--results: no study run with a curve under {', '.join(str(f) for f in folders)} "
                          "(run 'python -m fastlam.eval study --probe-at STEPS' first)")
@@ -90,6 +81,21 @@ def _strength_flag(world: str, cfg: dict, kind: str) -> tuple[str, ...]:
     ours = _normal(cfg["strengths"][kind])
     default = _normal(asdict(StudyConfig(world=world))["strengths"].get(kind))
     return () if ours == default else (f"strength={ours}",)
+
+
+def runs_of_study(st: dict, file=None) -> list[dict]:
+    """The probed runs of one loaded study file (see :func:`collect_runs`)."""
+    cfg, runs = st["config"], []
+    base = {"world": st["world"], "overrides": tuple(cfg.get("model_overrides", ())),
+            "train_steps": int(cfg["train_steps"]), "seed": int(cfg["seed"]),
+            "copy_l1": st.get("copy_l1"), "file": file}
+    curves = [(kind, row["curve"], True) for kind, row in st["rows"].items() if row.get("curve")]
+    curves += [(kind, curve, False) for kind, curve in st.get("running_curves", {}).items()
+               if curve and not st["rows"].get(kind, {}).get("curve")]  # a finished row replaces its points
+    for kind, curve, finished in curves:
+        runs.append({**base, "kind": kind, "finished": finished, "curve": curve,
+                     "flags": _flags(st["world"], cfg) + _strength_flag(st["world"], cfg, kind)})
+    return runs
 
 
 def setting_label(run: dict) -> str:
@@ -192,9 +198,11 @@ def comparison_lines(groups: dict[str, list[dict]]) -> list[str]:
     return lines + [""]
 
 
-def plot_comparison(groups: dict[str, list[dict]], path: Path) -> Path:
+def plot_comparison(groups: dict[str, list[dict]], path: Path, levels: dict[str, float] | None = None) -> Path:
     """Probe R^2 (ridge solid, MLP dashed), L1 / copy and action dependence against steps (log
-    x); a line per setting through the seed mean, the seeds' range shaded where there are several."""
+    x); a line per setting through the seed mean, the seeds' range shaded where there are several.
+    ``levels``: dotted reference lines on the probe panel, {name: R^2} (default: each world's
+    target)."""
     plt = pyplot()
     legend_in = 0.2 * (len(groups) + 1)  # inches of legend below the panels, one line per setting
     fig, (ax_r2, ax_l1, ax_dep) = plt.subplots(1, 3, figsize=(17, 4.5 + legend_in))
@@ -214,11 +222,12 @@ def plot_comparison(groups: dict[str, list[dict]], path: Path) -> Path:
             ax.plot(steps, [v["mean"] for _, v in pts], style, marker="o", markersize=3, color=colour, label=name)
             if len(runs) > 1:
                 ax.fill_between(steps, [v["min"] for _, v in pts], [v["max"] for _, v in pts], color=colour, alpha=0.12)
-    for world in sorted({r["world"] for rs in groups.values() for r in rs}):
-        if world in TARGETS:
-            ax_r2.axhline(TARGETS[world], color="black", linestyle=":", linewidth=1)
-            ax_r2.annotate(f"{world} target {TARGETS[world]}", (0.01, TARGETS[world]),
-                           xycoords=("axes fraction", "data"), fontsize=7)
+    if levels is None:
+        worlds = sorted({r["world"] for rs in groups.values() for r in rs})
+        levels = {f"{w} target {TARGETS[w]}": TARGETS[w] for w in worlds if w in TARGETS}
+    for name, level in levels.items():
+        ax_r2.axhline(level, color="black", linestyle=":", linewidth=1)
+        ax_r2.annotate(name, (0.01, level), xycoords=("axes fraction", "data"), fontsize=7)
     ax_r2.axhline(0.0, color="gray", linewidth=0.5)
     ax_l1.axhline(1.0, color="black", linestyle=":", linewidth=1)
     ax_dep.axhline(1.0, color="black", linestyle=":", linewidth=1)

@@ -14,14 +14,11 @@ from ..configs import LatentCollapseConfig
 from ..inputs import read_json, require_folder
 from .common import pyplot, save_figure
 from .study import KINDS, PAPER_LEAKAGE, TARGETS, encoder_verdict
+from .study_compare import STUDY_KEYS, group_runs, plot_comparison, runs_of_study
 
 __all__ = ["STUDY_KEYS", "encoder_lines", "curve_lines", "plot_curves", "write_study_report"]
 
 COLOURS = {"deterministic": "black", "none": "gray", "noisy": "tab:blue", "sparse": "tab:green", "discrete": "tab:red"}
-
-
-# What the report reads from every study file (rows are checked one by one as they are drawn).
-STUDY_KEYS = ("world", "world_preset", "background_source", "config", "encoder_probe", "rows")
 
 
 def _fmt(x, nd=3):
@@ -181,44 +178,16 @@ def curve_lines(st: dict) -> list[str]:
 
 
 def plot_curves(studies: list[dict], path: Path) -> Path | None:
-    """``probes_vs_steps.png``: probe R^2 against steps (log x), one line per kind per world
-    (ridge solid, MLP dashed), with each world's encoder probe as a dotted level; held-out L1 with
-    own z over the copy baseline's (below 1: the predictor beats copying); action dependence.
-    None when no study file has a curve."""
-    with_curves = [(st, _curves(st)) for st in studies if _curves(st)]
-    if not with_curves:
+    """``probes_vs_steps.png``: the probed runs of the study files drawn as ``study-compare``
+    draws them (:func:`~fastlam.eval.study_compare.plot_comparison`: probe R^2, held-out L1 over
+    the copy baseline's, action dependence against steps), with each world's encoder probe as a
+    dotted level. None when no study file has a curve."""
+    runs = [r for st in studies for r in runs_of_study(st)]
+    if not runs:
         return None
-    plt = pyplot()
-    fig, (ax_r2, ax_l1, ax_dep) = plt.subplots(1, 3, figsize=(16, 4.5))
-    styles = ("-", "--", ":", "-.")
-    for wi, (st, curves) in enumerate(with_curves):
-        marker = "os^v"[wi % 4]
-        for kind, curve in curves.items():
-            steps = [pt["step"] for pt in curve]
-            label = f"{st['world']} {kind}"
-            for key, style in (("ridge_trained", styles[0]), ("mlp_trained", styles[1])):
-                if any(pt.get(key) is not None for pt in curve):
-                    ax_r2.plot(steps, [pt.get(key) for pt in curve], style, marker=marker, color=COLOURS[kind.split()[0]],
-                               label=f"{label} {'ridge z' if key.startswith('ridge') else 'MLP (z, s)'}")
-            if st.get("copy_l1"):
-                ax_l1.plot(steps, [pt["diag/l1_own"] / st["copy_l1"] for pt in curve], "-", marker=marker,
-                           color=COLOURS[kind.split()[0]], label=label)
-            ax_dep.plot(steps, [pt["diag/action_dependence"] for pt in curve], "-", marker=marker,
-                        color=COLOURS[kind.split()[0]], label=label)
+    levels = {}
+    for st in studies:
         enc = [v for v in _encoder_scores(st) if v is not None]
-        if enc:
-            ax_r2.axhline(max(enc), color="black", linestyle=":", linewidth=1)
-            ax_r2.annotate(f"{st['world']} encoder {max(enc):.2f}", (0.01, max(enc)), xycoords=("axes fraction", "data"),
-                           fontsize=7)
-    ax_r2.axhline(0.0, color="gray", linewidth=0.5)
-    ax_l1.axhline(1.0, color="black", linestyle=":", linewidth=1)
-    ax_dep.axhline(1.0, color="black", linestyle=":", linewidth=1)
-    for ax, ylabel in ((ax_r2, "held-out probe R^2 of the true action"),
-                       (ax_l1, "held-out L1 with own z / copy baseline L1"),
-                       (ax_dep, "action dependence (L1 other z / own z)")):
-        ax.set_xscale("log")
-        ax.set_xlabel("training steps")
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    return save_figure(fig, path)
+        if enc and runs_of_study(st):
+            levels[f"{st['world']} encoder {max(enc):.2f}"] = max(enc)
+    return plot_comparison(group_runs(runs), path, levels=levels)

@@ -229,9 +229,12 @@ def plot_comparison(groups: dict[str, list[dict]], path: Path, levels: dict[str,
         ax_r2.axhline(level, color="black", linestyle=":", linewidth=1)
         ax_r2.annotate(name, (0.01, level), xycoords=("axes fraction", "data"), fontsize=7)
     ax_r2.axhline(0.0, color="gray", linewidth=0.5)
+    # Below -1 a probe is far worse than the mean and the scale would flatten the lines that matter.
+    if ax_r2.get_ylim()[0] < -1.0:
+        ax_r2.set_ylim(bottom=-1.0)
     ax_l1.axhline(1.0, color="black", linestyle=":", linewidth=1)
     ax_dep.axhline(1.0, color="black", linestyle=":", linewidth=1)
-    for ax, ylabel in ((ax_r2, "held-out R^2 of the true action (ridge z solid, MLP (z, s) dashed)"),
+    for ax, ylabel in ((ax_r2, "held-out R^2 of the true action (ridge z solid, MLP (z, s) dashed; below -1 cut)"),
                        (ax_l1, "held-out L1 with own z / copy baseline L1"),
                        (ax_dep, "action dependence (L1 other z / own z)")):
         ax.set_xscale("log")

@@ -260,6 +260,8 @@ def _cases():
          "root", ALL),
         ("report --results", ev, ["report", "--results", "BAD"], "--results", ALL),
         ("study-report --results", ev, ["study-report", "--results", "BAD"], "--results", ALL),
+        ("study --source", ev, ["study", "--world", "agent", "--source", "BAD", "--out", out, "--kinds"], "--source",
+         ("missing", "folder")),
         ("study-compare --results", ev, ["study-compare", "--results", "BAD", "--out", "{out}/c.md"], "--results", ALL),
         # configs
         ("sweep --config", ev, ["sweep", "--config", "BAD", "--kind", "sparse", "--data", "synthetic", "--out", out],

@@ -282,6 +282,9 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, log=print) -> Path:
     p = WORLDS.get(cfg.world, {})
     canvas = cfg.size + 2 * p.get("max_step", 0) * (cfg.steps_t - 1) if p.get("kind") == "pan" else cfg.size
     backgrounds, src = load_backgrounds(cfg.source, canvas, per_video=4, seed=cfg.seed)
+    if cfg.source is not None and src == "procedural textures":
+        log(f"warning: source {cfg.source!r} has no readable video; the backgrounds are procedural textures "
+            f"(recorded as background_source; not comparable with runs on videos)")
     t0 = time.perf_counter()
     train_w = _world(cfg, cfg.train_clips, cfg.seed, backgrounds, src)
     test_w = _world(cfg, cfg.test_clips, cfg.seed + 1, backgrounds, src)

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 
 from ..config import load_config
+from ..data.dataset import list_videos
+from ..inputs import InputError
 from ..models.decoder import StateDecoder
 from ..nn.lpips import LPIPS
 from ..trainer import TrainConfig
@@ -335,6 +337,16 @@ def _run_study(args) -> Path:
         raise ValueError(f"--train-steps {args.train_steps}: with --probe-at the run trains to its largest step "
                          f"({max(args.probe_at)}); leave --train-steps out or make it {max(args.probe_at)}")
     train_steps = max(args.probe_at) if args.probe_at else (300 if args.train_steps is None else args.train_steps)
+    if args.source != "procedural":
+        # The library falls back to generated textures; from the command line a missing source
+        # (a fresh clone before the samples are fetched) would silently give other numbers than
+        # the README's, so it is refused before any work.
+        try:
+            list_videos(args.source)
+        except ValueError as e:
+            raise InputError(f"--source: {e}; fetch the bundled samples the README's figures use with "
+                             f"'python -m fastlam.data.samples --dest data/samples', or pass --source procedural "
+                             f"for generated textures") from None
     cfg = study.StudyConfig(world=args.world, kinds=kinds, train_steps=train_steps, probe_at=tuple(args.probe_at),
                       train_clips=args.train_clips, test_clips=args.test_clips, seed=args.seed,
                       batch_size=args.batch_size, width=args.width, depth=args.depth,

@@ -172,8 +172,9 @@ def comparison_lines(groups: dict[str, list[dict]]) -> list[str]:
              "## At the end of each run", "",
              "| setting | seeds | last step | ridge z | MLP (z, s) | best seed-mean probe (probe, step) | target | "
              "reached |", "|---|---|---|---|---|---|---|---|"]
+    stats_of = {label: _curve_stats(runs) for label, runs in groups.items()}
     for label, runs in groups.items():
-        stats = _curve_stats(runs)
+        stats = stats_of[label]
         last = _steps(runs)[-1]
         ridge_last = dict(stats["ridge_trained"]).get(last)
         mlp_last = dict(stats["mlp_trained"]).get(last)
@@ -189,7 +190,7 @@ def comparison_lines(groups: dict[str, list[dict]]) -> list[str]:
               "| setting | step | seeds | ridge z | MLP (z, s) | L1 own / copy | action dep. |",
               "|---|---|---|---|---|---|---|"]
     for label, runs in groups.items():
-        stats = {k: dict(v) for k, v in _curve_stats(runs).items()}
+        stats = {k: dict(v) for k, v in stats_of[label].items()}
         for step in _steps(runs):
             n = sum(any(p["step"] == step for p in r["curve"]) for r in runs)
             lines.append(f"| {label} | {step} | {n} | {_fmt(stats['ridge_trained'].get(step))} | "

@@ -150,9 +150,8 @@ def write_study_report(results: str | Path, out: str | Path | None = None) -> Pa
 def _curves(st: dict) -> dict:
     """{kind: curve points} of the kinds of a study file that were probed along their run; a run
     stopped or still running before its last step ('running_curves') is listed as 'KIND (unfinished)'."""
-    out = {k: st["rows"][k]["curve"] for k in KINDS if st["rows"].get(k, {}).get("curve")}
-    out.update({f"{k} (unfinished)": c for k, c in st.get("running_curves", {}).items() if k not in out and c})
-    return out
+    runs = sorted(runs_of_study(st), key=lambda r: (not r["finished"], KINDS.index(r["kind"])))
+    return {r["kind"] + ("" if r["finished"] else " (unfinished)"): r["curve"] for r in runs}
 
 
 def curve_lines(st: dict) -> list[str]:
@@ -182,12 +181,13 @@ def plot_curves(studies: list[dict], path: Path) -> Path | None:
     draws them (:func:`~fastlam.eval.study_compare.plot_comparison`: probe R^2, held-out L1 over
     the copy baseline's, action dependence against steps), with each world's encoder probe as a
     dotted level. None when no study file has a curve."""
-    runs = [r for st in studies for r in runs_of_study(st)]
+    runs, levels = [], {}
+    for st in studies:
+        of_study = runs_of_study(st)
+        runs += of_study
+        enc = [v for v in _encoder_scores(st) if v is not None]
+        if enc and of_study:
+            levels[f"{st['world']} encoder {max(enc):.2f}"] = max(enc)
     if not runs:
         return None
-    levels = {}
-    for st in studies:
-        enc = [v for v in _encoder_scores(st) if v is not None]
-        if enc and runs_of_study(st):
-            levels[f"{st['world']} encoder {max(enc):.2f}"] = max(enc)
     return plot_comparison(group_runs(runs), path, levels=levels)
